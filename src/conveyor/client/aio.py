@@ -1,0 +1,133 @@
+"""The asyncio client: the same operations as the sync Client, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from .. import protocol, serde, wire
+from ..errors import NotFound
+from ..store.base import NewTask, Result
+from .client import decode_result, resolve_address, resolve_authkey
+from .core import Address, ClientCore
+from .options import make_task, split_options
+
+
+class AsyncClient:
+    """A connection to a master for asyncio code. Create it with :func:`connect`."""
+
+    def __init__(self, address: str | tuple[str, int] | Address | None = None,
+                 authkey: bytes | str | None = None, *, codec: str = serde.MSGPACK,
+                 ssl_context: ssl.SSLContext | None = None, connect_timeout: float = 10.0) -> None:
+        self.address = resolve_address(address)
+        self.codec = serde.check_codec(codec)
+        self.allow_pickle = codec == serde.PICKLE
+        self._core = ClientCore(self.address, resolve_authkey(authkey), ssl_context=ssl_context,
+                                connect_timeout=connect_timeout, hello={"name": "aio-client"})
+
+    async def connect(self) -> AsyncClient:
+        """Connect and authenticate; returns self."""
+        await self._core.connect()
+        return self
+
+    def _resolver(self, fut: asyncio.Future) -> Callable[[Result], None]:
+        def resolve(result: Result) -> None:
+            if fut.done():
+                return
+            ok, value = decode_result(result, allow_pickle=self.allow_pickle)
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        return resolve
+
+    def _send(self, tasks: list[NewTask]) -> tuple[list[asyncio.Future], asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in tasks]
+        committed = self._core.submit_nowait(tasks, [self._resolver(f) for f in futures])
+
+        def fail(c: asyncio.Future) -> None:
+            if not c.cancelled() and c.exception() is not None:
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(c.exception())
+        committed.add_done_callback(fail)
+        for f in futures:  # a failed submit is reported by the awaited commit too
+            f.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return futures, committed
+
+    def _task(self, fn: Callable | str, args: tuple, kwargs: dict, options: dict) -> NewTask:
+        options.setdefault("codec", self.codec)
+        return make_task(fn, args, kwargs, **options)
+
+    async def submit(self, fn: Callable | str, /, *args: Any, **kwargs: Any) -> asyncio.Future:
+        """Submit ``fn(*args, **kwargs)``; returns (after commit) a future of its result.
+
+        Submit options (``queue``, ``priority``, ``countdown``, ``eta``,
+        ``timeout``, ``codec``, ``task_id``) are taken from the keywords as
+        in :meth:`conveyor.Client.submit`.
+        """
+        call_kwargs, options = split_options(kwargs)
+        futures, committed = self._send([self._task(fn, args, call_kwargs, options)])
+        await committed
+        return futures[0]
+
+    async def map(self, fn: Callable | str, *iterables: Iterable[Any], chunksize: int = 500,
+                  window: int = 4000, **options: Any) -> AsyncIterator[Any]:
+        """Yield results in order, streaming with at most ``window`` tasks outstanding."""
+        args_iter = zip(*iterables)
+        queue: deque[asyncio.Future] = deque()
+        commits: list[asyncio.Future] = []
+
+        def fill() -> None:
+            while len(queue) < window:
+                chunk = list(itertools.islice(args_iter, chunksize))
+                if not chunk:
+                    return
+                fs, committed = self._send([self._task(fn, tuple(a), {}, dict(options)) for a in chunk])
+                queue.extend(fs)
+                commits.append(committed)
+
+        fill()
+        while queue:
+            value = await queue.popleft()
+            if len(queue) <= window - chunksize:
+                fill()
+            yield value
+        await asyncio.gather(*commits)
+
+    async def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for the result of any task by id; NotFound if the master never had it."""
+        fetched = await self._core.request(protocol.FETCH, {"ids": [task_id]})
+        fut = asyncio.get_running_loop().create_future()
+        if fetched["results"]:
+            self._resolver(fut)(wire.result_from_wire(fetched["results"][0]))
+        elif task_id in fetched["unknown"]:
+            raise NotFound(f"no task {task_id!r} on the master (never submitted, or its result expired)")
+        else:
+            await self._core.watch(task_id, self._resolver(fut))
+        return await asyncio.wait_for(fut, timeout)
+
+    async def status(self) -> dict[str, Any]:
+        """The master's status document."""
+        return await self._core.request(protocol.STATUS, {})
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._core.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str | None = None,
+                  **kwargs: Any) -> AsyncClient:
+    """Connect to a master from asyncio code (same arguments as :func:`conveyor.connect`)."""
+    return await AsyncClient(address, authkey, **kwargs).connect()

@@ -1,0 +1,339 @@
+"""The synchronous client: submit work, get ``concurrent.futures`` futures back.
+
+A background thread runs the async core (see core.py); the methods here
+hand work to it and wait where the promise says they wait: ``submit``
+returns only after the master committed the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import os
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .. import protocol, serde
+from ..auth import ENV_AUTHKEY, as_key
+from ..errors import ConnectionLost, NotFound, TaskError
+from ..store.base import NewTask, Result
+from .core import Address, ClientCore, parse_address
+from .options import make_task, split_options
+
+ENV_ADDRESS = "CONVEYOR_ADDRESS"
+DEFAULT_ADDRESS = "127.0.0.1:7700"
+
+
+class TaskFuture(cf.Future):
+    """A ``concurrent.futures.Future`` for one task; ``task_id`` names it on the master."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__()
+        self.task_id = task_id
+
+    def __repr__(self) -> str:
+        return f"<TaskFuture {self.task_id} {self._state.lower()}>"
+
+
+def decode_result(result: Result, *, allow_pickle: bool) -> tuple[bool, Any]:
+    """(True, value) for a success, (False, exception) for a failure."""
+    if result.ok:
+        try:
+            return True, serde.decode(result.payload, result.codec, allow_pickle=allow_pickle)
+        except Exception as exc:
+            return False, exc
+    err = serde.decode_error(result.payload)
+    return False, TaskError(err["type"], err["message"], err["traceback"])
+
+
+def resolve_address(address: str | tuple[str, int] | Address | None) -> Address:
+    """The address to use: the argument, else ``CONVEYOR_ADDRESS``, else 127.0.0.1:7700."""
+    return parse_address(address or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS)
+
+
+def resolve_authkey(authkey: bytes | str | None) -> bytes:
+    """The authkey to use: the argument, else ``CONVEYOR_AUTHKEY``, else empty."""
+    if authkey is None:
+        authkey = os.environ.get(ENV_AUTHKEY, "")
+    return as_key(authkey)
+
+
+class Client:
+    """A connection to a master for submitting tasks and reading results.
+
+    Use as a context manager, or call :meth:`close`. Thread-safe: any thread
+    may submit. If the master restarts, the client reconnects by itself and
+    pending futures still complete.
+    """
+
+    def __init__(
+        self,
+        address: str | tuple[str, int] | Address | None = None,
+        authkey: bytes | str | None = None,
+        *,
+        codec: str = serde.MSGPACK,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+        name: str | None = None,
+    ) -> None:
+        self.address = resolve_address(address)
+        self.codec = serde.check_codec(codec)
+        self.allow_pickle = codec == serde.PICKLE
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-client", daemon=True)
+        self._thread.start()
+        self._core = ClientCore(
+            self.address, resolve_authkey(authkey), ssl_context=ssl_context,
+            connect_timeout=connect_timeout, hello={"name": name or f"client-{os.getpid()}"},
+        )
+        self._closed = False
+        try:
+            self._run(self._core.connect())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # -- plumbing ----------------------------------------------------------
+    def _run(self, coro, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _stop_loop(self) -> None:
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def _resolver(self, fut: TaskFuture) -> Callable[[Result], None]:
+        allow = self.allow_pickle
+
+        def resolve(result: Result) -> None:
+            if fut.done():
+                return
+            ok, value = decode_result(result, allow_pickle=allow)
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+        return resolve
+
+    def _send(self, tasks: list[NewTask]) -> tuple[list[TaskFuture], cf.Future]:
+        """Send tasks without waiting: their futures, and a future for the commit."""
+        if self._closed:
+            raise ConnectionLost("client is closed")
+        futures = [TaskFuture(t.id) for t in tasks]
+        for f in futures:
+            f.set_running_or_notify_cancel()
+        committed: cf.Future = cf.Future()
+
+        def start() -> None:
+            try:
+                afut = self._core.submit_nowait(tasks, [self._resolver(f) for f in futures])
+            except Exception as exc:
+                committed.set_exception(exc)
+                return
+
+            def done(a: asyncio.Future) -> None:
+                exc = a.exception()
+                if exc is None:
+                    committed.set_result(a.result())
+                    return
+                committed.set_exception(exc)
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(exc)
+
+            afut.add_done_callback(done)
+
+        self._loop.call_soon_threadsafe(start)
+        return futures, committed
+
+    def _task(self, fn: Callable | str, args: tuple, kwargs: dict, options: dict) -> NewTask:
+        options.setdefault("codec", self.codec)
+        return make_task(fn, args, kwargs, **options)
+
+    # -- submitting --------------------------------------------------------
+    def submit(self, fn: Callable | str, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Run ``fn(*args, **kwargs)`` on a worker; returns once the master committed it.
+
+        ``fn`` is a module-level function or a ``"module:function"`` string.
+        Keyword arguments named like submit options (``queue``, ``priority``,
+        ``countdown``, ``eta``, ``timeout``, ``codec``, ``task_id``) are options;
+        use :meth:`submit_call` to pass such a name to the task itself. An
+        argument the codec cannot encode raises TypeError here.
+        """
+        call_kwargs, options = split_options(kwargs)
+        return self.submit_call(fn, args, call_kwargs, **options)
+
+    def submit_call(self, fn: Callable | str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> TaskFuture:
+        """Like :meth:`submit`, with the task's arguments given apart from the options."""
+        task = self._task(fn, tuple(args), dict(kwargs or {}), options)
+        futures, committed = self._send([task])
+        committed.result()
+        return futures[0]
+
+    def submit_many(self, fn: Callable | str, arglist: Iterable[Iterable[Any]], **options: Any) -> list[TaskFuture]:
+        """Submit ``fn(*args)`` for every args in ``arglist`` in batched frames; returns after commit."""
+        tasks = [self._task(fn, tuple(args), {}, dict(options)) for args in arglist]
+        pending: list[cf.Future] = []
+        futures: list[TaskFuture] = []
+        for i in range(0, len(tasks), 1000):
+            fs, committed = self._send(tasks[i:i + 1000])
+            futures.extend(fs)
+            pending.append(committed)
+        for c in pending:
+            c.result()
+        return futures
+
+    def map(self, fn: Callable | str, *iterables: Iterable[Any], chunksize: int | None = None,
+            timeout: float | None = None, window: int | None = None, **options: Any) -> Iterator[Any]:
+        """Yield ``fn(*args)`` for args zipped from ``iterables``, in order, as results arrive.
+
+        Streams: at most ``window`` tasks are outstanding at once (default
+        4,000), sent ``chunksize`` to a frame, so mapping over a million
+        items holds a bounded number of futures. A task's exception is
+        raised when its turn to be yielded comes.
+        """
+        batch = max(1, chunksize or 500)
+        window = max(batch, window or 4000)
+        args_iter = zip(*iterables)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        queue: deque[TaskFuture] = deque()
+        commits: deque[cf.Future] = deque()
+
+        def fill() -> None:
+            while len(queue) < window:
+                chunk = list(itertools.islice(args_iter, batch))
+                if not chunk:
+                    return
+                tasks = [self._task(fn, tuple(a), {}, dict(options)) for a in chunk]
+                fs, committed = self._send(tasks)
+                queue.extend(fs)
+                commits.append(committed)
+
+        def gen() -> Iterator[Any]:
+            fill()
+            while queue:
+                f = queue.popleft()
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                value = f.result(remaining)
+                while commits and commits[0].done():
+                    commits.popleft().result()
+                if len(queue) <= window - batch:
+                    fill()
+                yield value
+
+        return gen()
+
+    # -- results and status ------------------------------------------------
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """The result of any task by id: waits for it; NotFound if the master never had it."""
+        fut = self.future(task_id)
+        return fut.result(timeout)
+
+    def future(self, task_id: str) -> TaskFuture:
+        """A future for an existing task by id; NotFound if the master does not know it."""
+        fetched = self._run(self._core.request(protocol.FETCH, {"ids": [task_id]}))
+        fut = TaskFuture(task_id)
+        fut.set_running_or_notify_cancel()
+        if fetched["results"]:
+            from .. import wire
+
+            self._resolver(fut)(wire.result_from_wire(fetched["results"][0]))
+            return fut
+        if task_id in fetched["unknown"]:
+            raise NotFound(f"no task {task_id!r} on the master (never submitted, or its result expired)")
+        resolve = self._resolver(fut)
+
+        async def watch() -> None:
+            await self._core.watch(task_id, resolve)
+
+        self._run(watch())
+        return fut
+
+    def status(self) -> dict[str, Any]:
+        """The master's status: queues with counts by state, workers, counters, rates."""
+        return self._run(self._core.request(protocol.STATUS, {}))
+
+    def executor(self) -> ConveyorExecutor:
+        """A ``concurrent.futures.Executor`` that runs calls on the cluster's workers."""
+        return ConveyorExecutor(self)
+
+    # -- life cycle --------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection; futures still pending fail with ConnectionLost."""
+        if self._closed:
+            return
+        try:
+            self._run(self._core.close(), timeout=5)
+        except Exception:
+            pass
+        self._stop_loop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ConveyorExecutor(cf.Executor):
+    """``concurrent.futures.Executor`` over a Client: code written for
+    ``ProcessPoolExecutor`` runs across machines unchanged."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._futures: set[cf.Future] = set()
+        self._shutdown = False
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Schedule ``fn(*args, **kwargs)``; every keyword goes to ``fn``."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        fut = self._client.submit_call(fn, args, kwargs)
+        with self._lock:
+            self._futures.add(fut)
+        fut.add_done_callback(self._discard)
+        return fut
+
+    def _discard(self, fut: cf.Future) -> None:
+        with self._lock:
+            self._futures.discard(fut)
+
+    def map(self, fn: Callable, *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """Like ``Executor.map``, streamed in batches through :meth:`Client.map`."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return self._client.map(fn, *iterables, timeout=timeout, chunksize=max(chunksize, 500))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new work; with ``wait``, block until submitted futures are done."""
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._futures)
+        if wait:
+            cf.wait(pending)
+
+
+def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str | None = None,
+            **kwargs: Any) -> Client:
+    """Connect to a master; ``address`` is ``host:port``, ``tcp://host:port`` or ``tls://host:port``.
+
+    ``authkey`` defaults to ``CONVEYOR_AUTHKEY``; ``address`` to ``CONVEYOR_ADDRESS``
+    or 127.0.0.1:7700. Raises ConnectionLost if the master cannot be reached
+    and AuthenticationError if the keys differ.
+    """
+    return Client(address, authkey, **kwargs)
+
+
+def as_completed(futures: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:
+    """Yield futures as they finish (``concurrent.futures.as_completed``, for conveyor futures)."""
+    return cf.as_completed(futures, timeout)

@@ -1,0 +1,85 @@
+"""One exception hierarchy for everything conveyor raises."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+
+class ConveyorError(Exception):
+    """Base class of every error conveyor raises."""
+
+
+class AuthenticationError(ConveyorError, multiprocessing.AuthenticationError):
+    """The authkey handshake failed: the peer does not hold the same key.
+
+    It is also a ``multiprocessing.AuthenticationError`` so code written for
+    ``multiprocessing.managers`` catches it unchanged.
+    """
+
+
+class ProtocolError(ConveyorError):
+    """A peer sent bytes that are not a valid conveyor frame or message."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame announced a length above the connection's maximum frame size."""
+
+
+class ConnectionLost(ConveyorError, ConnectionError):
+    """The connection to the master dropped or could not be made."""
+
+
+class StoreError(ConveyorError):
+    """The store cannot be opened or written (unwritable or corrupt data directory)."""
+
+
+class SerializationError(ConveyorError, TypeError):
+    """A value cannot be encoded with the codec in use (raised at submit, never later)."""
+
+
+class NotFound(ConveyorError, KeyError):
+    """No task with that id is known to the master (never submitted, or its result expired)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class RemoteError(ConveyorError):
+    """The master refused a request; ``kind`` names the master-side error type."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+class TaskError(ConveyorError):
+    """A task failed on a worker.
+
+    ``type_name`` is the remote exception's qualified type name, ``message`` its
+    text and ``remote_traceback`` the worker-side traceback text.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.message}"
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class UnknownTask(ConveyorError):
+    """A task names a function the worker was not started with; it is refused, never imported."""
+
+
+class WorkerCrashed(ConveyorError):
+    """The process running a task died (os._exit, a signal, the OOM killer)."""
+
+
+class TaskTimeout(ConveyorError):
+    """A task ran past its time limit and was stopped."""

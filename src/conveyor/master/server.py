@@ -1,0 +1,547 @@
+"""The master: an asyncio server that turns protocol messages into store calls.
+
+It authenticates every connection, accepts submits (answered only after
+their commit), pushes leased tasks to workers within the credit each
+granted, takes results back, delivers them to the clients waiting, and
+hands back the leases of workers that disconnect or stop heartbeating. It
+keeps no state a restart on the same store would need: sessions,
+subscriptions and credit are rebuilt when connections come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__, protocol, wire
+from ..errors import ProtocolError
+from ..serde import PICKLE
+from ..store import DUPLICATE, STALE, STORED, Store
+from .dispatch import QueueTracker
+from .rates import RateMeter
+from .session import Session
+
+log = logging.getLogger("conveyor.master")
+
+DEFAULT_PORT = 7700
+
+
+class Master:
+    """Serves a store's queues over TCP (or TLS) behind an authkey.
+
+    ``clock`` is the wall clock the store's times are read from (injectable
+    for tests); heartbeats use the monotonic clock.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        authkey: bytes | None,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        ssl_context: ssl.SSLContext | None = None,
+        lease_for: float = 60.0,
+        heartbeat_timeout: float = 15.0,
+        handshake_timeout: float = 10.0,
+        result_ttl: float = 24 * 3600.0,
+        allow_pickle: bool = False,
+        max_frame_size: int = protocol.DEFAULT_MAX_FRAME,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.authkey = authkey or b""
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.lease_for = lease_for
+        self.heartbeat_timeout = heartbeat_timeout
+        self.handshake_timeout = handshake_timeout
+        self.result_ttl = result_ttl
+        self.allow_pickle = allow_pickle
+        self.max_frame_size = max_frame_size
+        self.clock = clock
+        self.started_at = clock()
+        self.sessions: dict[str, Session] = {}
+        self.counters: dict[str, int] = defaultdict(int)
+        self.completed = RateMeter()
+        self.queues = QueueTracker()
+        self._subs: dict[str, set[Session]] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self._runner: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self._wake = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._next_due: float | None = None
+        self._closed = asyncio.Event()
+
+    # -- life cycle --------------------------------------------------------
+    async def start(self) -> None:
+        """Recover the store (void every lease), bind, and start the background loops."""
+        from .runner import StoreRunner
+
+        loop = asyncio.get_running_loop()
+        self._runner = StoreRunner(self.store, loop)
+        released = await self._runner.call(self.store.release_all, self.clock())
+        if released:
+            log.info("recovered %d task(s) that were leased when the master stopped", released)
+        self._next_due = await self._runner.call(self.store.next_due)
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, ssl=self.ssl_context,
+            reuse_address=True, limit=1 << 20,
+        )
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        for coro in (self._dispatcher(), self._reaper(), self._timer()):
+            self._tasks.append(asyncio.create_task(coro))
+        log.info("master listening on %s:%d (store: %s)", self.host, self.port, type(self.store).__name__)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        return self.host, self.port
+
+    async def serve_forever(self) -> None:
+        """Run until :meth:`close` is called."""
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, let pending store calls commit."""
+        if self._closed.is_set():
+            return
+        if self._server is not None:
+            self._server.close()
+        for s in list(self.sessions.values()):
+            s.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._runner.close)
+        self._closed.set()
+
+    # -- connections -------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer(writer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        conn = protocol.Connection("server", self.authkey, max_frame_size=self.max_frame_size)
+        session: Session | None = None
+        try:
+            try:
+                pending = await asyncio.wait_for(self._handshake(conn, reader, writer, peer),
+                                                 self.handshake_timeout)
+            except TimeoutError:
+                log.warning("closing %s: handshake not finished within %.0fs", peer, self.handshake_timeout)
+                return
+            if pending is None:
+                return
+            session = Session(uuid.uuid4().hex, peer, writer, conn)
+            self.sessions[session.id] = session
+            if pending:
+                self._on_events(session, pending)
+            while not session.closed:
+                data = await reader.read(1 << 18)
+                if not data:
+                    break
+                session.last_seen = time.monotonic()
+                self._on_events(session, conn.receive_data(data))
+        except ProtocolError as exc:
+            log.warning("closing %s: %s", peer, exc)
+        except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        finally:
+            if session is not None:
+                self._drop(session)
+            writer.close()
+
+    async def _handshake(self, conn: protocol.Connection, reader, writer, peer: str) -> list | None:
+        """Run the handshake; the events that arrived with it, or None if it failed."""
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                return None
+            events = conn.receive_data(data)
+            out = conn.data_to_send()
+            if out:
+                writer.write(out)
+            for i, ev in enumerate(events):
+                if isinstance(ev, protocol.HandshakeFailed):
+                    log.warning("refused %s: %s", peer, ev.reason)
+                    await _drain(writer)
+                    return None
+                if isinstance(ev, protocol.HandshakeDone):
+                    return events[i + 1:]
+
+    def _drop(self, s: Session) -> None:
+        """Forget a session; hand its leases back and end its subscriptions."""
+        s.close()
+        if self.sessions.pop(s.id, None) is None:
+            return
+        for tid in s.subscriptions:
+            subs = self._subs.get(tid)
+            if subs is not None:
+                subs.discard(s)
+                if not subs:
+                    del self._subs[tid]
+        s.subscriptions.clear()
+        if s.role == "worker":
+            log.info("worker %s (%s) disconnected with %d task(s) in flight", s.name, s.peer, len(s.inflight))
+            fut = self._runner.call(self.store.release_owner, s.id, self.clock())
+            fut.add_done_callback(self._after_release)
+            s.inflight.clear()
+
+    def _after_release(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None and fut.result():
+            self.queues.changed_unknown()
+            self._wake.set()
+
+    # -- messages ----------------------------------------------------------
+    def _on_events(self, s: Session, events: list) -> None:
+        for ev in events:
+            if not isinstance(ev, protocol.Message):
+                continue
+            handler = _HANDLERS.get(ev.op)
+            if handler is None:
+                s.error(ev.rid, "ProtocolError", f"unknown op {ev.op!r}")
+                continue
+            if s.role is None and ev.op != protocol.HELLO:
+                raise ProtocolError("the first message must be hello")
+            # Handlers start in arrival order and make their first store call before
+            # their first await, so one connection's requests reach the store in order.
+            task = asyncio.ensure_future(handler(self, s, ev.rid, ev.fields))
+            task.add_done_callback(lambda t, s=s, rid=ev.rid: self._handler_done(t, s, rid))
+
+    def _handler_done(self, task: asyncio.Task, s: Session, rid: int) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if isinstance(exc, ProtocolError):
+            log.warning("bad request from %s: %s", s.peer, exc)
+            s.error(rid, "ProtocolError", str(exc))
+        else:
+            log.error("request from %s failed", s.peer, exc_info=exc)
+            s.error(rid, type(exc).__name__, str(exc))
+
+    async def _on_hello(self, s: Session, rid: int, f: dict) -> None:
+        role = f.get("role")
+        if role not in ("client", "worker"):
+            raise ProtocolError("hello: role must be 'client' or 'worker'")
+        s.role = role
+        s.name = str(f.get("name") or "")[:200]
+        s.host = str(f.get("host") or "")[:200]
+        s.pid = f.get("pid") if isinstance(f.get("pid"), int) else None
+        if role == "worker":
+            queues = f.get("queues")
+            if not isinstance(queues, list) or not queues or not all(isinstance(q, str) and q for q in queues):
+                raise ProtocolError("hello: a worker must name its queues")
+            s.queues = queues
+            s.concurrency = int(f.get("concurrency") or 0)
+            s.codecs = [c for c in f.get("codecs", []) if isinstance(c, str)]
+            log.info("worker %s connected from %s (queues %s, concurrency %d)",
+                     s.name, s.peer, ",".join(queues), s.concurrency)
+        s.reply(rid, {"session": s.id, "version": __version__,
+                      "heartbeat": self.heartbeat_timeout, "pickle": self.allow_pickle})
+
+    async def _on_submit(self, s: Session, rid: int, f: dict) -> None:
+        items = f.get("tasks")
+        if not isinstance(items, list) or not items:
+            raise ProtocolError("submit: tasks must be a non-empty list")
+        tasks = [wire.task_from_wire(item) for item in items]
+        if not self.allow_pickle and any(t.codec == PICKLE for t in tasks):
+            s.error(rid, "SerializationError",
+                    "the pickle codec is disabled on this master (start it with --pickle on a trusted network)")
+            return
+        now = self.clock()
+        for t in tasks:
+            self._subscribe(s, t.id)
+        try:
+            new = await self._runner.call(self.store.enqueue, tasks, now)
+        except Exception:
+            for t in tasks:
+                self._unsubscribe(s, t.id)
+            raise
+        s.reply(rid, {"new": sum(new)})
+        self.counters["submitted"] += sum(new)
+        for t, is_new in zip(tasks, new):
+            if is_new:
+                if t.not_before > now:
+                    self._due_at(t.not_before)
+                else:
+                    self.queues.changed(t.queue)
+        self._wake.set()
+        existing = [t.id for t, is_new in zip(tasks, new) if not is_new]
+        if existing:
+            await self._push_stored(existing)
+
+    async def _push_stored(self, ids: list[str]) -> None:
+        found = await self._runner.call(self.store.results, ids)
+        if found:
+            self._deliver(list(found.values()))
+
+    async def _on_subscribe(self, s: Session, rid: int, f: dict) -> None:
+        ids = wire.id_list(f.get("ids"))
+        for tid in ids:
+            self._subscribe(s, tid)
+        await self._push_stored(ids)
+        s.reply(rid, {})
+
+    async def _on_fetch(self, s: Session, rid: int, f: dict) -> None:
+        ids = wire.id_list(f.get("ids"))
+        found = await self._runner.call(self.store.results, ids)
+        rest = [tid for tid in ids if tid not in found]
+        infos = await self._runner.call(lambda: [self.store.get(tid) for tid in rest]) if rest else []
+        pending = [tid for tid, info in zip(rest, infos) if info is not None]
+        unknown = [tid for tid, info in zip(rest, infos) if info is None]
+        s.reply(rid, {"results": [wire.result_to_wire(r) for r in found.values()],
+                      "pending": pending, "unknown": unknown})
+
+    async def _on_ack(self, s: Session, rid: int, f: dict) -> None:
+        items = f.get("results")
+        if not isinstance(items, list):
+            raise ProtocolError("ack: results must be a list")
+        outcomes = [wire.outcome_from_wire(item) for item in items]
+        credit = f.get("credit", 0)
+        if isinstance(credit, int) and credit > 0:
+            s.credit += credit
+            self._wake.set()
+        for o in outcomes:
+            s.inflight.pop(o.id, None)
+        statuses = await self._runner.call(self.store.complete, outcomes, self.clock()) if outcomes else []
+        stored = [o.id for o, st in zip(outcomes, statuses) if st == STORED]
+        self.counters["duplicates"] += statuses.count(DUPLICATE)
+        self.counters["stale"] += statuses.count(STALE)
+        self.counters["completed"] += len(stored)
+        self.completed.add(len(stored))
+        s.reply(rid, {})
+        if stored:
+            # Results go to their subscribers straight from the worker's message.
+            by_id = {o.id: o for o in outcomes}
+            now = self.clock()
+            results = []
+            for tid in stored:
+                if tid in self._subs:
+                    o = by_id[tid]
+                    results.append(wire.Result(tid, o.ok, o.payload, o.codec,
+                                               "succeeded" if o.ok else "failed", now))
+            if results:
+                self._deliver(results)
+
+    async def _on_credit(self, s: Session, rid: int, f: dict) -> None:
+        n = f.get("n")
+        if not isinstance(n, int) or n < 0:
+            raise ProtocolError("credit: n must be a non-negative integer")
+        s.credit += n
+        self._wake.set()
+
+    async def _on_return(self, s: Session, rid: int, f: dict) -> None:
+        items = f.get("leases")
+        if not isinstance(items, list) or not all(
+            isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) and isinstance(i[1], int) for i in items
+        ):
+            raise ProtocolError("return: leases must be a list of [id, token]")
+        for tid, _ in items:
+            s.inflight.pop(tid, None)
+        n = await self._runner.call(self.store.release, [tuple(i) for i in items], self.clock())
+        s.reply(rid, {"n": n})
+        if n:
+            self.queues.changed_unknown()
+            self._wake.set()
+
+    async def _on_ping(self, s: Session, rid: int, f: dict) -> None:
+        s.reply(rid, {})
+
+    async def _on_status(self, s: Session, rid: int, f: dict) -> None:
+        stats = await self._runner.call(self.store.stats)
+        s.reply(rid, self.status(stats))
+
+    def status(self, stats: dict) -> dict:
+        """The status document ``conveyor status`` prints."""
+        workers = [
+            {"name": w.name, "host": w.host, "pid": w.pid, "peer": w.peer, "queues": w.queues,
+             "concurrency": w.concurrency, "inflight": len(w.inflight),
+             "idle_for": round(time.monotonic() - w.last_seen, 1)}
+            for w in self.sessions.values() if w.role == "worker"
+        ]
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(self.clock() - self.started_at, 1),
+            "store": type(self.store).__name__,
+            "queues": {q: st.as_dict() for q, st in sorted(stats.items())},
+            "workers": workers,
+            "clients": sum(1 for c in self.sessions.values() if c.role == "client"),
+            "counters": dict(self.counters),
+            "rates": {"completed_10s": self.completed.rate(10), "completed_60s": self.completed.rate(60)},
+        }
+
+    # -- results -----------------------------------------------------------
+    def _subscribe(self, s: Session, tid: str) -> None:
+        self._subs.setdefault(tid, set()).add(s)
+        s.subscriptions.add(tid)
+
+    def _unsubscribe(self, s: Session, tid: str) -> None:
+        subs = self._subs.get(tid)
+        if subs is not None:
+            subs.discard(s)
+            if not subs:
+                del self._subs[tid]
+        s.subscriptions.discard(tid)
+
+    def _deliver(self, results: list) -> None:
+        """Push each result to the sessions subscribed to it, one frame per session."""
+        batches: dict[Session, list] = {}
+        for r in results:
+            subs = self._subs.pop(r.id, None)
+            if not subs:
+                continue
+            item = wire.result_to_wire(r)
+            for sub in subs:
+                sub.subscriptions.discard(r.id)
+                batches.setdefault(sub, []).append(item)
+        for sub, items in batches.items():
+            sub.push(protocol.RESULTS, {"results": items})
+
+    # -- background loops --------------------------------------------------
+    async def _dispatcher(self) -> None:
+        """Lease ready tasks to workers with credit, until credit or work runs out."""
+        rotate = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            workers = [w for w in self.sessions.values() if w.role == "worker" and not w.closed and w.credit > 0]
+            if not workers:
+                continue
+            rotate = (rotate + 1) % len(workers)
+            workers = workers[rotate:] + workers[:rotate]
+            plan = []
+            for w in workers:
+                q = self.queues.first_nonempty(w.queues)
+                if q is not None:
+                    plan.append((w, q, w.credit))
+            if not plan:
+                continue
+            marks = [self.queues.mark(q) for _, q, _ in plan]
+            now = self.clock()
+            leases = await self._runner.call(self._lease_plan, plan, now)
+            progress = False
+            for (w, q, n), mark, got in zip(plan, marks, leases):
+                if len(got) < n:
+                    self.queues.empty(q, mark)
+                if not got:
+                    continue
+                progress = True
+                if w.closed or self.sessions.get(w.id) is not w:
+                    fut = self._runner.call(self.store.release, [(g.id, g.token) for g in got], now)
+                    fut.add_done_callback(self._after_release)
+                    continue
+                w.credit -= len(got)
+                for g in got:
+                    w.inflight[g.id] = g.token
+                w.push(protocol.TASKS, {"tasks": [wire.lease_to_wire(g) for g in got]})
+            if progress or any(len(got) < n for (_, _, n), got in zip(plan, leases)):
+                self._wake.set()
+
+    def _lease_plan(self, plan: list, now: float) -> list:
+        return [self.store.lease(q, n, w.id, now, self.lease_for) for w, q, n in plan]
+
+    async def _reaper(self) -> None:
+        """Close silent workers, extend live leases, expire lost ones, purge old results."""
+        last_extend = last_expire = last_purge = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, self.heartbeat_timeout / 4))
+            mono = time.monotonic()
+            for w in list(self.sessions.values()):
+                if w.role == "worker" and mono - w.last_seen > self.heartbeat_timeout:
+                    log.warning("worker %s (%s) missed its heartbeat for %.1fs: closing it",
+                                w.name, w.peer, mono - w.last_seen)
+                    self._drop(w)
+            if mono - last_extend >= self.lease_for / 4:
+                last_extend = mono
+                owners = [w.id for w in self.sessions.values() if w.role == "worker" and w.inflight]
+                if owners:
+                    now = self.clock()
+                    await self._runner.call(
+                        lambda: [self.store.extend_owner(o, now, self.lease_for) for o in owners])
+            if mono - last_expire >= 5.0:
+                last_expire = mono
+                expired = await self._runner.call(self.store.expire_leases, self.clock())
+                if expired:
+                    log.warning("%d lease(s) expired and went back to their queues", len(expired))
+                    self.queues.changed_unknown()
+                    self._wake.set()
+            if mono - last_purge >= 60.0:
+                last_purge = mono
+                n = await self._runner.call(self.store.purge_finished, self.clock() - self.result_ttl)
+                if n:
+                    log.info("purged %d finished task(s) older than the result TTL", n)
+
+    def _due_at(self, when: float) -> None:
+        if self._next_due is None or when < self._next_due:
+            self._next_due = when
+            self._timer_wake.set()
+
+    async def _timer(self) -> None:
+        """Make delayed tasks ready when their time comes."""
+        while True:
+            self._timer_wake.clear()
+            if self._next_due is None:
+                await self._timer_wake.wait()
+                continue
+            delay = self._next_due - self.clock()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._timer_wake.wait(), min(delay, 1.0))
+                except TimeoutError:
+                    pass
+                continue
+            now = self.clock()
+            queues = await self._runner.call(self.store.promote_due, now)
+            self._next_due = await self._runner.call(self.store.next_due)
+            for q in queues:
+                self.queues.changed(q)
+            if queues:
+                self._wake.set()
+
+
+_HANDLERS = {
+    protocol.HELLO: Master._on_hello,
+    protocol.SUBMIT: Master._on_submit,
+    protocol.SUBSCRIBE: Master._on_subscribe,
+    protocol.FETCH: Master._on_fetch,
+    protocol.ACK: Master._on_ack,
+    protocol.CREDIT: Master._on_credit,
+    protocol.RETURN: Master._on_return,
+    protocol.PING: Master._on_ping,
+    protocol.STATUS: Master._on_status,
+}
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    try:
+        await asyncio.wait_for(writer.drain(), 2.0)
+    except (Exception, asyncio.CancelledError):
+        pass

@@ -1,0 +1,246 @@
+"""The conveyor wire protocol, sans-IO: bytes in, events out; messages in, bytes out.
+
+No sockets, no asyncio, no clocks: whoever owns the socket feeds received
+bytes to :meth:`Connection.receive_data` and writes what
+:meth:`Connection.data_to_send` returns.
+
+Handshake (fixed-size raw fields; nothing else is decoded before it succeeds)::
+
+    client  HELLO      b"CNVY" | version:u8 | client_nonce:32
+    master  CHALLENGE  b"CNVY" | status:u8 (0 ok, 1 bad version) | version:u8 | server_nonce:32 | server_mac:32
+    client  PROOF      client_mac:32
+    master  VERDICT    u8 (1 accepted, 0 refused)
+
+After the handshake every frame is ``length:u32 big-endian | msgpack body`` and
+every body is ``[op, request_id, fields]``: ``op`` a short string, ``request_id``
+an int (0 for a push that expects no reply; > 0 for a request, echoed by its
+``ok`` or ``err`` reply, so requests pipeline), ``fields`` a map. Batch ops
+carry many tasks or results per frame.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from . import auth
+from .errors import AuthenticationError, FrameTooLarge, ProtocolError
+
+MAGIC = b"CNVY"
+VERSION = 1
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+HELLO_SIZE = len(MAGIC) + 1 + auth.NONCE_SIZE
+CHALLENGE_SIZE = len(MAGIC) + 2 + auth.NONCE_SIZE + auth.MAC_SIZE
+PROOF_SIZE = auth.MAC_SIZE
+VERDICT_SIZE = 1
+_HEADER = struct.Struct(">I")
+
+# Ops. Requests (request_id > 0) are answered with OK or ERR.
+HELLO = "hello"  # {role, name, host, pid, queues, concurrency, codecs} -> {session, heartbeat}
+SUBMIT = "submit"  # {tasks: [wire task...]} -> {new: int}; results are pushed to the submitter
+SUBSCRIBE = "subscribe"  # {ids} -> {}; results of those tasks are pushed when stored
+FETCH = "fetch"  # {ids} -> {results: [wire result...], missing: [id...]}
+STATUS = "status"  # {} -> {queues, workers, counters}
+ACK = "ack"  # {results: [[id, token, ok, payload, codec]...]} -> {} once committed
+RETURN = "return"  # {leases: [[id, token]...]} -> {n}: prefetched tasks handed back
+PING = "ping"  # {} -> {}
+CREDIT = "credit"  # push {n}: the worker can take n more tasks
+# Pushes from the master (request_id 0).
+TASKS = "tasks"  # {tasks: [[id, token, name, payload, codec, options]...]}
+RESULTS = "results"  # {results: [wire result...]}
+# Replies.
+OK = "ok"
+ERR = "err"  # {type, message}
+
+REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING})
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    """One decoded frame: an op, its request id and its fields."""
+
+    op: str
+    rid: int
+    fields: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class HandshakeDone:
+    """The peer proved it holds the authkey; messages may flow."""
+
+
+@dataclass(slots=True, frozen=True)
+class HandshakeFailed:
+    """The peer failed the handshake; send what is pending, then close."""
+
+    reason: str
+
+
+Event = Message | HandshakeDone | HandshakeFailed
+
+
+def encode_frame(op: str, rid: int, fields: dict[str, Any]) -> bytes:
+    """One frame's bytes: length prefix and msgpack body."""
+    body = msgpack.packb([op, rid, fields], use_bin_type=True)
+    return _HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes | memoryview) -> Message:
+    """Decode one frame body into a Message, or raise ProtocolError."""
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise ProtocolError(f"undecodable frame: {exc}") from None
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not isinstance(value[0], str)
+        or not isinstance(value[1], int)
+        or not isinstance(value[2], dict)
+    ):
+        raise ProtocolError("frame is not [op, request_id, fields]")
+    return Message(value[0], value[1], value[2])
+
+
+class Connection:
+    """One side of a conveyor connection: the handshake state machine, then framing.
+
+    ``role`` is "client" (clients and workers) or "server" (the master).
+    ``nonce`` is injectable for byte-for-byte tests; by default it is random.
+    """
+
+    def __init__(self, role: str, authkey: bytes | str | None, *,
+                 max_frame_size: int = DEFAULT_MAX_FRAME, nonce: bytes | None = None) -> None:
+        if role not in ("client", "server"):
+            raise ValueError("role must be 'client' or 'server'")
+        self.role = role
+        self.max_frame_size = max_frame_size
+        self._key = auth.as_key(authkey)
+        self._nonce = nonce if nonce is not None else os.urandom(auth.NONCE_SIZE)
+        if len(self._nonce) != auth.NONCE_SIZE:
+            raise ValueError(f"nonce must be {auth.NONCE_SIZE} bytes")
+        self._peer_nonce = b""
+        self._buf = bytearray()
+        self._out = bytearray()
+        # client: "hello" -> "challenge" -> "verdict" -> "open"; server: "hello" -> "proof" -> "open"
+        self.state = "hello" if role == "server" else "start"
+        self.authenticated = False
+
+    # -- outgoing ---------------------------------------------------------
+    def initiate(self) -> bytes:
+        """Client only: the HELLO bytes that open the handshake."""
+        if self.role != "client" or self.state != "start":
+            raise ProtocolError("initiate() is for a new client connection")
+        self.state = "challenge"
+        return MAGIC + bytes([VERSION]) + self._nonce
+
+    def send(self, op: str, rid: int, fields: dict[str, Any]) -> bytes:
+        """The bytes of one message; only after the handshake succeeded."""
+        if not self.authenticated:
+            raise ProtocolError("cannot send messages before the handshake succeeded")
+        return encode_frame(op, rid, fields)
+
+    def data_to_send(self) -> bytes:
+        """Handshake bytes produced by receive_data, to be written to the peer."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    # -- incoming ---------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed received bytes; returns the events they complete (possibly none).
+
+        Raises ProtocolError (FrameTooLarge for an oversized frame) on bytes
+        that are not valid; the connection must then be closed.
+        """
+        if self.state == "closed":
+            raise ProtocolError("connection is closed")
+        self._buf += data
+        if not self.authenticated:
+            events = self._handshake()
+            if not self.authenticated:
+                return events
+        else:
+            events = []
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        limit = self.max_frame_size
+        view = memoryview(buf)
+        try:
+            while end - pos >= 4:
+                (size,) = _HEADER.unpack_from(buf, pos)
+                if size > limit:
+                    self.state = "closed"
+                    raise FrameTooLarge(f"frame of {size} bytes exceeds the maximum of {limit}")
+                if end - pos - 4 < size:
+                    break
+                events.append(decode_body(view[pos + 4: pos + 4 + size]))
+                pos += 4 + size
+        finally:
+            view.release()
+        if pos:
+            del buf[:pos]
+        return events
+
+    def _handshake(self) -> list[Event]:
+        buf = self._buf
+        if self.role == "server":
+            if self.state == "hello" and len(buf) >= HELLO_SIZE:
+                if buf[:4] != MAGIC:
+                    self.state = "closed"
+                    raise ProtocolError("not a conveyor client (bad magic)")
+                version = buf[4]
+                self._peer_nonce = bytes(buf[5:HELLO_SIZE])
+                del buf[:HELLO_SIZE]
+                if version != VERSION:
+                    self._out += MAGIC + bytes([1, VERSION]) + bytes(auth.NONCE_SIZE + auth.MAC_SIZE)
+                    self.state = "closed"
+                    return [HandshakeFailed(f"unsupported protocol version {version}")]
+                mac = auth.server_mac(self._key, self._peer_nonce, self._nonce)
+                self._out += MAGIC + bytes([0, VERSION]) + self._nonce + mac
+                self.state = "proof"
+            if self.state == "proof" and len(buf) >= PROOF_SIZE:
+                proof = bytes(buf[:PROOF_SIZE])
+                del buf[:PROOF_SIZE]
+                if not auth.verify(auth.client_mac(self._key, self._peer_nonce, self._nonce), proof):
+                    self._out += b"\x00"
+                    self.state = "closed"
+                    return [HandshakeFailed("authentication failed")]
+                self._out += b"\x01"
+                self.state = "open"
+                self.authenticated = True
+                return [HandshakeDone()]
+            return []
+        # client
+        if self.state == "challenge" and len(buf) >= CHALLENGE_SIZE:
+            if buf[:4] != MAGIC:
+                self.state = "closed"
+                raise ProtocolError("the peer is not a conveyor master (bad magic)")
+            status, version = buf[4], buf[5]
+            if status != 0:
+                self.state = "closed"
+                raise ProtocolError(f"the master does not speak protocol version {VERSION} (it speaks {version})")
+            self._peer_nonce = bytes(buf[6:6 + auth.NONCE_SIZE])
+            mac = bytes(buf[6 + auth.NONCE_SIZE:CHALLENGE_SIZE])
+            del buf[:CHALLENGE_SIZE]
+            # Answer even when the master's proof is wrong, so the master logs the failure.
+            self._out += auth.client_mac(self._key, self._nonce, self._peer_nonce)
+            if not auth.verify(auth.server_mac(self._key, self._nonce, self._peer_nonce), mac):
+                self.state = "closed"
+                raise AuthenticationError("authentication failed")
+            self.state = "verdict"
+        if self.state == "verdict" and len(buf) >= VERDICT_SIZE:
+            verdict = buf[0]
+            del buf[:1]
+            if verdict != 1:
+                self.state = "closed"
+                raise AuthenticationError("authentication failed")
+            self.state = "open"
+            self.authenticated = True
+            return [HandshakeDone()]
+        return []

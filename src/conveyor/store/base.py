@@ -1,0 +1,234 @@
+"""The store interface: the durable semantics every store implements.
+
+Everything the master knows about work lives behind this interface; the
+master keeps nothing in memory that a restart on the same store would need.
+Every method takes ``now`` (wall-clock seconds, ``time.time()``) as an
+argument instead of reading a clock, so expiry and delays are unit tests.
+
+A task moves through these states::
+
+    delayed ──promote_due──► ready ──lease──► leased ──complete──► succeeded / failed
+                               ▲                 │
+                               └──── release / release_owner / expire_leases / nack(delay=0)
+                                                 │
+                                                 └── nack(delay>0) ──► delayed
+                                                 └── nack(dead=True) ──► dead
+
+Every lease carries a *token*: the task's attempt number at the moment it
+was leased. Operations that change a leased task (nack, extend, release) must
+name the token; an outdated token is *stale* and changes nothing. A
+successful result, though, is accepted from any attempt as long as no result
+is stored yet: the first stored result wins, later ones are duplicates.
+
+Calls made inside one ``with store.transaction():`` block commit together
+(group commit); a call made outside one commits by itself.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Task states, as stored.
+DELAYED = "delayed"
+READY = "ready"
+LEASED = "leased"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+DEAD = "dead"
+CANCELLED = "cancelled"
+STATES = (DELAYED, READY, LEASED, SUCCEEDED, FAILED, DEAD, CANCELLED)
+FINISHED = (SUCCEEDED, FAILED, DEAD, CANCELLED)
+
+# Outcomes of Store.complete, one per Outcome given.
+STORED = "stored"  # the result was stored; the task is finished
+DUPLICATE = "duplicate"  # a result was stored already: this one is dropped (and counted)
+STALE = "stale"  # a failure from an attempt that no longer holds the lease: ignored
+UNKNOWN = "unknown"  # no task with that id
+
+
+@dataclass(slots=True)
+class NewTask:
+    """A task (or plain queue item, when ``name`` is None) to enqueue.
+
+    ``payload`` and ``options`` are opaque to the store; ``codec`` names how
+    the payload is encoded. ``not_before`` > now makes the task delayed.
+    """
+
+    id: str
+    queue: str
+    name: str | None
+    payload: bytes
+    codec: str = "msgpack"
+    priority: int = 0
+    not_before: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Lease:
+    """A task handed to a consumer; ``token`` is its attempt number (fencing token)."""
+
+    id: str
+    queue: str
+    name: str | None
+    payload: bytes
+    codec: str
+    token: int
+    options: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a consumer reports for one leased task: a value (ok) or an error."""
+
+    id: str
+    token: int
+    ok: bool
+    payload: bytes
+    codec: str = "msgpack"
+
+
+@dataclass(slots=True)
+class Result:
+    """A stored result: ``payload`` is the encoded value when ``ok``, else an encoded error."""
+
+    id: str
+    ok: bool
+    payload: bytes
+    codec: str
+    state: str
+    finished_at: float
+
+
+@dataclass(slots=True)
+class TaskInfo:
+    """Everything stored about one task, for inspection."""
+
+    id: str
+    queue: str
+    name: str | None
+    state: str
+    priority: int
+    attempts: int
+    created_at: float
+    not_before: float
+    lease_owner: str | None
+    lease_deadline: float | None
+    started_at: float | None
+    finished_at: float | None
+    options: dict[str, Any]
+    errors: list[bytes]
+    result: Result | None
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """Counts of tasks by state in one queue."""
+
+    ready: int = 0
+    delayed: int = 0
+    leased: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead: int = 0
+    cancelled: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in STATES}
+
+
+class Store(abc.ABC):
+    """The durable semantics of queues, leases and results."""
+
+    @abc.abstractmethod
+    def enqueue(self, tasks: Sequence[NewTask], now: float) -> list[bool]:
+        """Insert tasks; one bool each: True if new, False if that id existed (nothing changes).
+
+        Idempotent by id, so a client that resubmits after a reconnect never
+        creates a second task. Tasks with ``not_before > now`` become delayed.
+        """
+
+    @abc.abstractmethod
+    def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
+        """Lease up to ``limit`` ready tasks of ``queue`` to ``owner``.
+
+        Highest priority first, FIFO (enqueue order) within a priority. Each
+        leased task's attempt count goes up by one and becomes its token; its
+        lease ends at ``now + lease_for`` unless extended.
+        """
+
+    @abc.abstractmethod
+    def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
+        """Store final results; one of STORED, DUPLICATE, STALE, UNKNOWN for each.
+
+        A success is stored from any attempt if the task has no result yet (the
+        first stored result wins). A failure is stored only from the attempt
+        that holds the lease now; from any other it is STALE. A stored result
+        makes the task succeeded or failed and ends its lease.
+        """
+
+    @abc.abstractmethod
+    def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
+             error: bytes | None = None, dead: bool = False) -> bool:
+        """Give a leased task back after a failed attempt: to ready (or delayed by
+        ``delay`` seconds), or to dead. ``error`` is appended to the task's error
+        history. False (and nothing changes) if ``token`` does not hold the lease."""
+
+    @abc.abstractmethod
+    def release(self, leases: Sequence[tuple[str, int]], now: float) -> int:
+        """Hand leased tasks back to ready without a result (a worker's warm shutdown).
+
+        Only pairs whose token still holds the lease count; returns how many did.
+        """
+
+    @abc.abstractmethod
+    def release_owner(self, owner: str, now: float) -> list[str]:
+        """Hand back every task leased to ``owner`` (its connection dropped); their ids."""
+
+    @abc.abstractmethod
+    def release_all(self, now: float) -> int:
+        """Hand back every leased task (master start-up: no lease survives a restart)."""
+
+    @abc.abstractmethod
+    def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
+        """Push the lease deadline of every task ``owner`` holds to ``now + lease_for``."""
+
+    @abc.abstractmethod
+    def expire_leases(self, now: float) -> list[str]:
+        """Hand back every task whose lease deadline passed; their ids."""
+
+    @abc.abstractmethod
+    def promote_due(self, now: float) -> list[str]:
+        """Make delayed tasks whose ``not_before`` has come ready; their queues (deduplicated)."""
+
+    @abc.abstractmethod
+    def next_due(self) -> float | None:
+        """The earliest ``not_before`` of any delayed task, or None."""
+
+    @abc.abstractmethod
+    def results(self, ids: Sequence[str]) -> dict[str, Result]:
+        """Stored results of the finished tasks among ``ids`` (others are absent)."""
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskInfo | None:
+        """Everything stored about one task, or None."""
+
+    @abc.abstractmethod
+    def purge_finished(self, before: float) -> int:
+        """Delete finished tasks (and their results) that finished before ``before``."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, QueueStats]:
+        """Counts by state for every queue that has tasks."""
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the calls inside into one commit (a no-op where commits are free)."""
+        yield
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files and connections."""

@@ -1,0 +1,90 @@
+"""Conversions between store records and the lists they travel as on the wire.
+
+Kept apart from protocol.py (which knows frames, not tasks) so that the
+master, the client and the worker share one spelling of each record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ProtocolError
+from .serde import CODECS
+from .store.base import FINISHED, Lease, NewTask, Outcome, Result
+
+MAX_ID = 128
+MAX_NAME = 512
+
+
+def task_to_wire(t: NewTask) -> list:
+    """A submit's task: [id, queue, name, payload, codec, priority, not_before, options]."""
+    return [t.id, t.queue, t.name, t.payload, t.codec, t.priority, t.not_before, t.options]
+
+
+def _str(value: Any, what: str, limit: int, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ProtocolError(f"{what} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def task_from_wire(item: Any) -> NewTask:
+    """Validate and convert a submitted task; ProtocolError names what is wrong."""
+    if not isinstance(item, list) or len(item) != 8:
+        raise ProtocolError("a task must be a list of 8 fields")
+    tid, queue, name, payload, codec, priority, not_before, options = item
+    if not isinstance(payload, bytes):
+        raise ProtocolError("task payload must be bytes")
+    if codec not in CODECS:
+        raise ProtocolError(f"unknown codec {codec!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ProtocolError("priority must be an integer")
+    if not isinstance(not_before, (int, float)) or isinstance(not_before, bool):
+        raise ProtocolError("not_before must be a number")
+    if not isinstance(options, dict):
+        raise ProtocolError("options must be a map")
+    return NewTask(
+        _str(tid, "task id", MAX_ID), _str(queue, "queue", MAX_NAME),
+        _str(name, "task name", MAX_NAME, optional=True), payload, codec,
+        priority, float(not_before), options,
+    )
+
+
+def lease_to_wire(lease: Lease) -> list:
+    """A pushed task: [id, token, name, payload, codec, options]."""
+    return [lease.id, lease.token, lease.name, lease.payload, lease.codec, lease.options]
+
+
+def outcome_from_wire(item: Any) -> Outcome:
+    """Validate a worker's result: [id, token, ok, payload, codec]."""
+    if not isinstance(item, list) or len(item) != 5:
+        raise ProtocolError("a result must be a list of 5 fields")
+    tid, token, ok, payload, codec = item
+    if not isinstance(token, int) or not isinstance(ok, bool) or not isinstance(payload, bytes):
+        raise ProtocolError("malformed result")
+    if codec not in CODECS:
+        raise ProtocolError(f"unknown codec {codec!r}")
+    return Outcome(_str(tid, "task id", MAX_ID), token, ok, payload, codec)
+
+
+def result_to_wire(r: Result) -> list:
+    """A pushed or fetched result: [id, ok, payload, codec, state]."""
+    return [r.id, r.ok, r.payload, r.codec, r.state]
+
+
+def result_from_wire(item: Any) -> Result:
+    """Validate a result pushed by the master."""
+    if not isinstance(item, list) or len(item) != 5:
+        raise ProtocolError("malformed result")
+    tid, ok, payload, codec, state = item
+    if state not in FINISHED or not isinstance(payload, bytes):
+        raise ProtocolError("malformed result")
+    return Result(tid, bool(ok), payload, codec, state, 0.0)
+
+
+def id_list(value: Any, what: str = "ids") -> list[str]:
+    """Validate a list of task ids."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= MAX_ID for v in value):
+        raise ProtocolError(f"{what} must be a list of task ids")
+    return value

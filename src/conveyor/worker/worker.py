@@ -1,0 +1,260 @@
+"""The worker: takes tasks from the master within the credit it grants, runs
+them in a pool, and reports results until the master has them.
+
+Credit (the prefetch window) is the number of tasks the worker is willing to
+hold: running plus waiting. By default it adapts to task length: about
+100 ms of queued work and at least twice the concurrency, so a busy worker
+never hoards long tasks, while no-op tasks still flow in large batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+from typing import Any
+
+from .. import protocol
+from ..auth import as_key
+from ..client.core import Address, ClientCore, parse_address
+from ..errors import AuthenticationError, ConnectionLost, RemoteError
+from ..serde import MSGPACK, PICKLE
+from .pool import Job, JobResult, make_pool
+
+log = logging.getLogger("conveyor.worker")
+
+MAX_WINDOW = 2000
+TARGET_QUEUED_SECONDS = 0.1
+
+
+class Worker:
+    """Runs tasks from ``modules`` for the master at ``address``.
+
+    ``queues`` are served in the order given (the first with work wins).
+    ``pool`` is "process" (default: a crashing or hung task cannot take the
+    worker down) or "thread". ``prefetch`` fixes the credit window instead
+    of adapting it.
+    """
+
+    def __init__(
+        self,
+        modules: list[str],
+        address: str | tuple[str, int] | Address,
+        authkey: bytes | str | None,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        pool: str = "process",
+        prefetch: int | None = None,
+        allow_pickle: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        heartbeat: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        if not modules:
+            raise ValueError("a worker needs at least one module of tasks")
+        self.modules = list(modules)
+        self.address = parse_address(address)
+        self.authkey = as_key(authkey)
+        self.queues = list(queues or ["default"])
+        self.concurrency = concurrency or os.cpu_count() or 1
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if prefetch is not None and prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        self.pool_kind = pool
+        self.prefetch = prefetch
+        self.allow_pickle = allow_pickle
+        self.ssl_context = ssl_context
+        self.heartbeat = heartbeat
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.completed = 0
+        self._pool: Any = None
+        self._core: ClientCore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outstanding = 0  # credit granted and not yet used up by a finished task
+        self._acks: list[list] = []
+        self._flush_scheduled = False
+        self._unconfirmed: set[asyncio.Future] = set()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._signals = 0
+
+    # -- window ------------------------------------------------------------
+    def window(self) -> int:
+        """How many tasks this worker is willing to hold right now."""
+        if self.prefetch is not None:
+            return max(self.prefetch, 1)
+        floor = 2 * self.concurrency
+        avg = self._pool.avg_duration if self._pool is not None else 0.0
+        if avg <= 0:
+            return floor
+        return max(floor, min(MAX_WINDOW, int(self.concurrency * TARGET_QUEUED_SECONDS / avg)))
+
+    def _top_up(self) -> None:
+        if self._stopping or self._core is None or not self._core.connected:
+            return
+        want = self.window() - self._outstanding
+        if want > 0:
+            self._outstanding += want
+            self._core.push(protocol.CREDIT, {"n": want})
+
+    # -- connection events -------------------------------------------------
+    def _on_connect(self) -> None:
+        """A new session: the master released everything we held but did not finish."""
+        if self._pool is not None:
+            self._pool.discard_pending()
+        running = self._pool.running() if self._pool is not None else 0
+        self._outstanding = running
+        if self._stopping:
+            return
+        # Credit must follow the resent acks' requests, so defer one loop turn.
+        asyncio.get_running_loop().call_soon(self._top_up)
+
+    def _on_message(self, msg: protocol.Message) -> None:
+        if msg.op != protocol.TASKS:
+            return
+        jobs = []
+        for item in msg.fields.get("tasks", ()):
+            try:
+                tid, token, name, payload, codec, options = item
+                jobs.append(Job(tid, token, name or "", payload, codec, options or {}))
+            except (TypeError, ValueError):
+                log.warning("ignoring a malformed task from the master")
+        if not jobs:
+            return
+        if self._stopping:
+            self._hand_back(jobs)
+            return
+        self._pool.submit(jobs)
+
+    def _hand_back(self, jobs: list[Job]) -> None:
+        if not jobs or self._core is None:
+            return
+        self._outstanding -= len(jobs)
+        fut = self._core.request_nowait(protocol.RETURN, {"leases": [[j.id, j.token] for j in jobs]})
+        self._track(fut)
+
+    # -- results -----------------------------------------------------------
+    def _results_from_pool(self, results: list[JobResult]) -> None:
+        """Called on pool threads."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._on_results, results)
+            except RuntimeError:
+                pass
+
+    def _on_results(self, results: list[JobResult]) -> None:
+        for r in results:
+            self._acks.append([r.id, r.token, r.ok, r.payload, r.codec])
+        self.completed += len(results)
+        self._outstanding -= len(results)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._acks and self._core is not None:
+            batch, self._acks = self._acks, []
+            # An ack unanswered when the connection drops is resent after the
+            # reconnect: results of finished tasks are kept until the master has them.
+            self._track(self._core.request_nowait(protocol.ACK, {"results": batch}))
+        self._top_up()
+        self._maybe_finished()
+
+    def _track(self, fut: asyncio.Future) -> None:
+        self._unconfirmed.add(fut)
+
+        def done(f: asyncio.Future) -> None:
+            self._unconfirmed.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("master refused a report: %s", f.exception())
+            self._maybe_finished()
+
+        fut.add_done_callback(done)
+
+    def _maybe_finished(self) -> None:
+        if (self._stopping and not self._unconfirmed and not self._acks
+                and self._pool is not None and self._pool.running() == 0 and self._pool.pending() == 0):
+            self._stopped.set()
+
+    # -- shutdown ----------------------------------------------------------
+    def request_stop(self, cold: bool = False) -> None:
+        """Warm stop: finish running tasks, hand back prefetched ones. Cold: stop now."""
+        if cold:
+            log.warning("cold shutdown: killing running tasks (the master will run them again)")
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._stopped.set()
+            self._cold = True
+            return
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("warm shutdown: finishing %d running task(s); press Ctrl+C again to stop now",
+                 self._pool.running() if self._pool else 0)
+        if self._pool is not None:
+            self._hand_back(self._pool.discard_pending())
+        self._maybe_finished()
+
+    def _on_signal(self) -> None:
+        self._signals += 1
+        self.request_stop(cold=self._signals > 1)
+
+    # -- main --------------------------------------------------------------
+    async def main(self, *, install_signals: bool = True) -> None:
+        """Connect, serve until stopped, shut down."""
+        self._loop = asyncio.get_running_loop()
+        self._cold = False
+        self._pool = make_pool(self.pool_kind, self.concurrency, self.modules, self._results_from_pool,
+                               allow_pickle=self.allow_pickle)
+        await self._loop.run_in_executor(None, self._pool.start)
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._on_signal)
+        self._core = ClientCore(
+            self.address, self.authkey, role="worker", ssl_context=self.ssl_context,
+            heartbeat=self.heartbeat, on_message=self._on_message, on_connect=self._on_connect,
+            hello={"name": self.name, "queues": self.queues, "concurrency": self.concurrency,
+                   "codecs": [MSGPACK, PICKLE] if self.allow_pickle else [MSGPACK]},
+        )
+        try:
+            await self._connect_first()
+            log.info("worker %s serving %s with %d %s slot(s) from %s",
+                     self.name, ",".join(self.queues), self.concurrency, self.pool_kind, self.address)
+            await self._stopped.wait()
+        finally:
+            if self._cold or not self._stopping:
+                self._pool.shutdown(wait=False)
+            else:
+                await self._loop.run_in_executor(None, self._pool.shutdown, True)
+            await self._core.close()
+            log.info("worker %s stopped after %d task(s)", self.name, self.completed)
+
+    async def _connect_first(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._core.connect()
+                return
+            except AuthenticationError:
+                raise
+            except (ConnectionLost, OSError, RemoteError) as exc:
+                if self._stopped.is_set() or self._stopping:
+                    raise
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                try:
+                    await asyncio.wait_for(self._stopped.wait(), delay)
+                    raise ConnectionLost("stopped before the master was reached")
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, 5.0)
+
+    def run(self) -> None:
+        """Run the worker in this thread until a signal stops it."""
+        asyncio.run(self.main())
