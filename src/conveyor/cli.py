@@ -111,6 +111,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         master = Master(store, authkey=authkey, host=host, port=port, ssl_context=ssl_ctx,
                         lease_for=args.lease, heartbeat_timeout=args.heartbeat_timeout,
                         result_ttl=args.result_ttl, allow_pickle=args.pickle,
+                        handshake_timeout=args.handshake_timeout,
                         max_frame_size=args.max_frame_size)
         try:
             await master.start()
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     p.add_argument("--heartbeat-timeout", type=float, default=15.0,
                    help="seconds of silence after which a worker is presumed dead (default 15)")
+    p.add_argument("--handshake-timeout", type=float, default=10.0,
+                   help="seconds a new connection has to authenticate (default 10)")
     p.add_argument("--lease", type=float, default=60.0, help="lease length in seconds, extended while the worker lives")
     p.add_argument("--result-ttl", type=float, default=86400.0, help="seconds results are kept (default 24 h)")
     p.add_argument("--max-frame-size", type=int, default=64 * 1024 * 1024, help="largest frame accepted, in bytes")

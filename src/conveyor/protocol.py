@@ -49,6 +49,13 @@ ACK = "ack"  # {results: [[id, token, ok, payload, codec]...]} -> {} once commit
 RETURN = "return"  # {leases: [[id, token]...]} -> {n}: prefetched tasks handed back
 PING = "ping"  # {} -> {}
 CREDIT = "credit"  # push {n}: the worker can take n more tasks
+# Plain queues (queue.Queue over the network).
+QPUT = "qput"  # {queue, items: [[id, payload, codec]...], maxsize, timeout} -> {accepted}
+QGET = "qget"  # {queue, max, timeout, ack} -> {items: [[id, token, payload, codec]...]}
+QACK = "qack"  # {items: [[id, token]...]} -> {n}
+QJOIN = "qjoin"  # {queue, timeout} -> {done: bool}: every item put has been acknowledged
+QSIZE = "qsize"  # {queue} -> {ready, delayed, leased}
+QINFO = "qinfo"  # {queue} -> {declared, maxsize}: queues the master was started with
 # Pushes from the master (request_id 0).
 TASKS = "tasks"  # {tasks: [[id, token, name, payload, codec, options]...]}
 RESULTS = "results"  # {results: [wire result...]}
@@ -56,7 +63,8 @@ RESULTS = "results"  # {results: [wire result...]}
 OK = "ok"
 ERR = "err"  # {type, message}
 
-REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING})
+REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
+                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO})
 
 
 @dataclass(slots=True, frozen=True)

@@ -108,7 +108,7 @@ class Registry:
         names = list(modules)
         for modname in names:
             module = importlib.import_module(modname)
-            for attr, value in vars(module).items():
+            for value in vars(module).values():
                 if not inspect.isfunction(value):
                     continue
                 marked = getattr(value, _ATTR, None)

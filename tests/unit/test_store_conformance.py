@@ -751,3 +751,13 @@ def test_sqlite_options_and_errors_are_msgpack(tmp_path):
         assert serde.unpackb(blob_errors) == [b"e"]
     finally:
         s.close()
+
+
+def test_pending_counts_per_queue(store):
+    assert store.pending_counts("q") == (0, 0, 0)
+    store.enqueue([task("a"), task("b"), task("c", not_before=T0 + 50), task("x", queue="other")], T0)
+    store.lease("q", 1, "w", T0, 30)
+    assert store.pending_counts("q") == (1, 1, 1)
+    assert store.pending_counts("other") == (1, 0, 0)
+    store.complete([ok("a", 1)], T0)
+    assert store.pending_counts("q") == (1, 1, 0)

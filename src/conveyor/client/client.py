@@ -24,6 +24,7 @@ from ..errors import ConnectionLost, NotFound, TaskError
 from ..store.base import NewTask, Result
 from .core import Address, ClientCore, parse_address
 from .options import make_task, split_options
+from .queues import NetworkQueue
 
 ENV_ADDRESS = "CONVEYOR_ADDRESS"
 DEFAULT_ADDRESS = "127.0.0.1:7700"
@@ -152,6 +153,24 @@ class Client:
         self._loop.call_soon_threadsafe(start)
         return futures, committed
 
+    def _request_future(self, op: str, fields: dict) -> cf.Future:
+        """Send a request from any thread; a concurrent future of its reply fields."""
+        if self._closed:
+            raise ConnectionLost("client is closed")
+        cfut: cf.Future = cf.Future()
+
+        def start() -> None:
+            try:
+                afut = self._core.request_nowait(op, fields)
+            except Exception as exc:
+                cfut.set_exception(exc)
+                return
+            afut.add_done_callback(lambda a: cfut.set_exception(a.exception()) if a.exception()
+                                   else cfut.set_result(a.result()))
+
+        self._loop.call_soon_threadsafe(start)
+        return cfut
+
     def _task(self, fn: Callable | str, args: tuple, kwargs: dict, options: dict) -> NewTask:
         options.setdefault("codec", self.codec)
         return make_task(fn, args, kwargs, **options)
@@ -259,6 +278,17 @@ class Client:
     def status(self) -> dict[str, Any]:
         """The master's status: queues with counts by state, workers, counters, rates."""
         return self._run(self._core.request(protocol.STATUS, {}))
+
+    def queue(self, name: str, maxsize: int = 0, *, ack: str = "task_done",
+              codec: str | None = None) -> NetworkQueue:
+        """A durable network queue with the ``queue.Queue`` interface (see conveyor.client.queues).
+
+        ``ack`` is "task_done" (default: ``task_done()`` acknowledges; an item
+        whose consumer dies first is delivered again), "get" (acknowledged
+        when handed out) or "auto" (acknowledged when the consumer comes back
+        for the next item or exits normally).
+        """
+        return NetworkQueue(self, name, maxsize, ack=ack, codec=codec)
 
     def executor(self) -> ConveyorExecutor:
         """A ``concurrent.futures.Executor`` that runs calls on the cluster's workers."""

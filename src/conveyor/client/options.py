@@ -50,7 +50,7 @@ def make_task(
     spec = task_options(fn)
     serde.check_codec(codec)
     options = dict(spec.options)
-    queue = queue or spec.queue
+    queue = spec.queue if queue is None else queue
     if not isinstance(queue, str) or not queue:
         raise ValueError("queue must be a non-empty string")
     priority = options.pop("priority", 0) if priority is None else priority

@@ -26,6 +26,8 @@ from ..errors import ProtocolError
 from ..serde import PICKLE
 from ..store import DUPLICATE, STALE, STORED, Store
 from .dispatch import QueueTracker
+from .queues import HANDLERS as QUEUE_HANDLERS
+from .queues import QueueService
 from .rates import RateMeter
 from .session import Session
 
@@ -56,6 +58,7 @@ class Master:
         allow_pickle: bool = False,
         max_frame_size: int = protocol.DEFAULT_MAX_FRAME,
         clock: Callable[[], float] = time.time,
+        queues: dict[str, int] | None = None,
     ) -> None:
         self.store = store
         self.authkey = authkey or b""
@@ -74,6 +77,7 @@ class Master:
         self.counters: dict[str, int] = defaultdict(int)
         self.completed = RateMeter()
         self.queues = QueueTracker()
+        self.queue_service = QueueService(self, declared=dict(queues or {}))
         self._subs: dict[str, set[Session]] = {}
         self._server: asyncio.base_events.Server | None = None
         self._runner: Any = None
@@ -125,7 +129,7 @@ class Master:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._runner.close)
+            self._runner.close()
         self._closed.set()
 
     # -- connections -------------------------------------------------------
@@ -199,8 +203,11 @@ class Master:
                 if not subs:
                     del self._subs[tid]
         s.subscriptions.clear()
-        if s.role == "worker":
-            log.info("worker %s (%s) disconnected with %d task(s) in flight", s.name, s.peer, len(s.inflight))
+        self.queue_service.drop(s)
+        if s.role == "worker" or s.holds_items:
+            if s.role == "worker":
+                log.info("worker %s (%s) disconnected with %d task(s) in flight",
+                         s.name, s.peer, len(s.inflight))
             fut = self._runner.call(self.store.release_owner, s.id, self.clock())
             fut.add_done_callback(self._after_release)
             s.inflight.clear()
@@ -215,15 +222,19 @@ class Master:
         for ev in events:
             if not isinstance(ev, protocol.Message):
                 continue
-            handler = _HANDLERS.get(ev.op)
-            if handler is None:
-                s.error(ev.rid, "ProtocolError", f"unknown op {ev.op!r}")
-                continue
             if s.role is None and ev.op != protocol.HELLO:
                 raise ProtocolError("the first message must be hello")
+            handler = _HANDLERS.get(ev.op)
+            if handler is not None:
+                coro = handler(self, s, ev.rid, ev.fields)
+            elif ev.op in QUEUE_HANDLERS:
+                coro = QUEUE_HANDLERS[ev.op](self.queue_service, s, ev.rid, ev.fields)
+            else:
+                s.error(ev.rid, "ProtocolError", f"unknown op {ev.op!r}")
+                continue
             # Handlers start in arrival order and make their first store call before
             # their first await, so one connection's requests reach the store in order.
-            task = asyncio.ensure_future(handler(self, s, ev.rid, ev.fields))
+            task = asyncio.ensure_future(coro)
             task.add_done_callback(lambda t, s=s, rid=ev.rid: self._handler_done(t, s, rid))
 
     def _handler_done(self, task: asyncio.Task, s: Session, rid: int) -> None:
@@ -426,11 +437,10 @@ class Master:
             await self._wake.wait()
             self._wake.clear()
             workers = [w for w in self.sessions.values() if w.role == "worker" and not w.closed and w.credit > 0]
-            if not workers:
-                continue
-            rotate = (rotate + 1) % len(workers)
-            workers = workers[rotate:] + workers[:rotate]
-            plan = []
+            plan: list = self.queue_service.plan()
+            if workers:
+                rotate = (rotate + 1) % len(workers)
+                workers = workers[rotate:] + workers[:rotate]
             for w in workers:
                 q = self.queues.first_nonempty(w.queues)
                 if q is not None:
@@ -447,6 +457,10 @@ class Master:
                 if not got:
                     continue
                 progress = True
+                self.queue_service.space_freed(q)
+                if not isinstance(w, Session):  # a parked queue get
+                    self.queue_service.deliver(w, got)
+                    continue
                 if w.closed or self.sessions.get(w.id) is not w:
                     fut = self._runner.call(self.store.release, [(g.id, g.token) for g in got], now)
                     fut.add_done_callback(self._after_release)
@@ -458,8 +472,13 @@ class Master:
             if progress or any(len(got) < n for (_, _, n), got in zip(plan, leases)):
                 self._wake.set()
 
+    def _extend(self, owners: list[str], now: float) -> None:
+        for owner in owners:
+            self.store.extend_owner(owner, now, self.lease_for)
+
     def _lease_plan(self, plan: list, now: float) -> list:
-        return [self.store.lease(q, n, w.id, now, self.lease_for) for w, q, n in plan]
+        return [self.store.lease(q, n, w.id, now, self.lease_for) if isinstance(w, Session)
+                else self.queue_service.lease_for(w, now) for w, q, n in plan]
 
     async def _reaper(self) -> None:
         """Close silent workers, extend live leases, expire lost ones, purge old results."""
@@ -477,8 +496,9 @@ class Master:
                 owners = [w.id for w in self.sessions.values() if w.role == "worker" and w.inflight]
                 if owners:
                     now = self.clock()
-                    await self._runner.call(
-                        lambda: [self.store.extend_owner(o, now, self.lease_for) for o in owners])
+                    await self._runner.call(self._extend, owners, now)
+            if self.queue_service.joiners:
+                self.queue_service.joiners_may_be_done()
             if mono - last_expire >= 5.0:
                 last_expire = mono
                 expired = await self._runner.call(self.store.expire_leases, self.clock())

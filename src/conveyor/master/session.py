@@ -28,6 +28,7 @@ class Session:
     credit: int = 0
     inflight: dict[str, int] = field(default_factory=dict)  # task id -> lease token
     subscriptions: set[str] = field(default_factory=set)
+    holds_items: bool = False  # has leased plain-queue items: release them when it goes
     last_seen: float = field(default_factory=time.monotonic)
     closed: bool = False
 

@@ -218,6 +218,10 @@ class Store(abc.ABC):
         """Everything stored about one task, or None."""
 
     @abc.abstractmethod
+    def pending_counts(self, queue: str) -> tuple[int, int, int]:
+        """(ready, delayed, leased) counts of one queue; cheap enough to call per put."""
+
+    @abc.abstractmethod
     def purge_finished(self, before: float) -> int:
         """Delete finished tasks (and their results) that finished before ``before``."""
 

@@ -429,6 +429,14 @@ class MemoryStore(Store):
                 n += 1
         return n
 
+    def pending_counts(self, queue: str) -> tuple[int, int, int]:
+        """(ready, delayed, leased) counts of one queue."""
+        with self._lock:
+            counts = self._counts.get(queue)
+            if counts is None:
+                return 0, 0, 0
+            return counts[READY], counts[DELAYED], counts[LEASED]
+
     def stats(self) -> dict[str, QueueStats]:
         """Counts by state for every queue that has tasks."""
         with self._lock:

@@ -479,6 +479,14 @@ class SQLiteStore(Store):
             return self.conn.execute(
                 "DELETE FROM tasks WHERE finished_at < ?", (before,)).rowcount
 
+    def pending_counts(self, queue: str) -> tuple[int, int, int]:
+        """(ready, delayed, leased) counts of one queue, each from its partial index."""
+        with self._reading() as conn:
+            return tuple(  # type: ignore[return-value]
+                conn.execute(f"SELECT count(*) FROM tasks WHERE state = '{state}' AND queue = ?",
+                             (queue,)).fetchone()[0]
+                for state in (READY, DELAYED, LEASED))
+
     def stats(self) -> dict[str, QueueStats]:
         """Counts by state for every queue that has tasks."""
         out: dict[str, QueueStats] = {}

@@ -1,0 +1,251 @@
+"""``queue.Queue`` over the network: durable, shared by every process that names it.
+
+Items live in the master's store. ``put`` returns once the item is
+committed. ``get`` leases the item to this consumer; how it is acknowledged
+depends on ``ack``:
+
+- ``"task_done"``: ``task_done()`` acknowledges the oldest item this consumer
+  got and has not acknowledged; an item whose consumer dies or disconnects
+  first goes back to the queue for someone else.
+- ``"get"``: acknowledged as it is handed out (fast, and as lossy as a
+  ``queue.Queue`` in a dying process).
+- ``"auto"``: acknowledged when this consumer comes back for its next item,
+  calls ``task_done()``, or its process exits normally; redelivered if the
+  process dies or exits with an uncaught exception. This is what
+  ``conveyor.managers`` proxies use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import math
+import queue as stdqueue
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import protocol, serde
+
+if TYPE_CHECKING:
+    from .client import Client
+
+ACK_MODES = ("task_done", "get", "auto")
+_GRACE = 2.0  # how long past its timeout a get waits for the master's own answer
+_MAX_WAIT = threading.TIMEOUT_MAX
+
+
+def _check_timeout(block: bool, timeout: float | None) -> float | None:
+    """The timeout to send: 0 for non-blocking, None to wait forever; ValueError if negative."""
+    if not block:
+        return 0.0
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+        raise TypeError("'timeout' must be a number or None")
+    if timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    return float(timeout)
+
+
+class NetworkQueue:
+    """A named durable queue on a master, with the ``queue.Queue`` interface.
+
+    Create it with :meth:`conveyor.Client.queue`. ``maxsize`` > 0 bounds the
+    queue for every producer together (the master enforces it).
+    """
+
+    def __init__(self, client: Client, name: str, maxsize: int = 0, *, ack: str = "task_done",
+                 codec: str | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("queue name must be a non-empty string")
+        if ack not in ACK_MODES:
+            raise ValueError(f"ack must be one of {', '.join(ACK_MODES)}, not {ack!r}")
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int):
+            raise TypeError("maxsize must be an integer")
+        self._client = client
+        self.name = name
+        self.maxsize = maxsize
+        self.ack = ack
+        self.codec = serde.check_codec(codec or client.codec)
+        self._allow_pickle = self.codec == serde.PICKLE
+        self._unacked: deque[list] = deque()  # [id, token] in the order got
+        self._lock = threading.Lock()
+        self._acks: list[cf.Future] = []
+        if ack == "auto":
+            _AUTO_QUEUES.add(self)
+
+    def __repr__(self) -> str:
+        return f"<NetworkQueue {self.name!r} on {self._client.address}>"
+
+    # -- plumbing ----------------------------------------------------------
+    def _request(self, op: str, fields: dict, wait: float | None) -> dict:
+        """A request's reply, waiting at most ``wait`` seconds (None: forever)."""
+        cfut = self._client._request_future(op, fields)
+        try:
+            return cfut.result(_MAX_WAIT if wait is None else wait)
+        except (TimeoutError, cf.TimeoutError):
+            if op == protocol.QGET:  # items leased to us after we gave up go back
+                cfut.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, cfut: cf.Future) -> None:
+        if cfut.cancelled() or cfut.exception() is not None:
+            return
+        items = cfut.result().get("items") or []
+        if items:
+            self._client._request_future(protocol.RETURN, {"leases": [[i[0], i[1]] for i in items]})
+
+    def _encode(self, item: Any) -> list:
+        return [uuid.uuid4().hex, serde.encode(item, self.codec), self.codec]
+
+    # -- put ---------------------------------------------------------------
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``item``; returns once committed. ``queue.Full`` if no room in time."""
+        if self.put_many([item], block, timeout) != 1:
+            raise stdqueue.Full
+
+    def put_nowait(self, item: Any) -> None:
+        """Put without blocking; ``queue.Full`` if the queue is full."""
+        self.put(item, block=False)
+
+    def put_many(self, items: Any, block: bool = True, timeout: float | None = None) -> int:
+        """Put several items in one round trip; returns how many went in (all, unless full)."""
+        wait = _check_timeout(block, timeout)
+        encoded = [self._encode(i) for i in items]
+        if not encoded:
+            return 0
+        deadline = None if wait is None else time.monotonic() + wait
+        accepted = 0
+        for start in range(0, len(encoded), 5000):
+            chunk = encoded[start:start + 5000]
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            reply = self._request(protocol.QPUT, {"queue": self.name, "items": chunk, "maxsize": self.maxsize,
+                                                  "timeout": remaining},
+                                  None if remaining is None else remaining + _GRACE)
+            accepted += reply["accepted"]
+            if reply["accepted"] < len(chunk):
+                break
+        return accepted
+
+    # -- get ---------------------------------------------------------------
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return an item; ``queue.Empty`` if none arrives in time."""
+        return self.get_many(1, block=block, timeout=timeout)[0]
+
+    def get_nowait(self) -> Any:
+        """Get without blocking; ``queue.Empty`` if the queue is empty."""
+        return self.get(block=False)
+
+    def get_many(self, max_items: int, timeout: float | None = None, *, block: bool = True) -> list[Any]:
+        """Up to ``max_items`` items in one round trip (at least one); ``queue.Empty`` if none in time."""
+        if not isinstance(max_items, int) or max_items < 1:
+            raise ValueError("max_items must be a positive integer")
+        wait = _check_timeout(block, timeout)
+        fields: dict[str, Any] = {"queue": self.name, "max": max_items, "timeout": wait,
+                                  "ack": self.ack == "get"}
+        if self.ack == "auto":
+            with self._lock:
+                previous = list(self._unacked)
+                self._unacked.clear()
+            if previous:
+                self._client._request_future(protocol.QACK, {"items": previous})
+        try:
+            reply = self._request(protocol.QGET, fields, None if wait is None else wait + _GRACE)
+        except (TimeoutError, cf.TimeoutError):
+            raise stdqueue.Empty from None
+        items = reply.get("items") or []
+        if not items:
+            raise stdqueue.Empty
+        if self.ack != "get":
+            with self._lock:
+                self._unacked.extend([i[0], i[1]] for i in items)
+        return [serde.decode(i[2], i[3], allow_pickle=self._allow_pickle) for i in items]
+
+    # -- acknowledgement ---------------------------------------------------
+    def task_done(self) -> None:
+        """Acknowledge the oldest item this consumer got and has not acknowledged."""
+        with self._lock:
+            if not self._unacked:
+                if self.ack == "get":
+                    return  # acknowledged on get already
+                raise ValueError("task_done() called too many times")
+            item = self._unacked.popleft()
+            self._acks = [f for f in self._acks if not f.done()]
+            self._acks.append(self._client._request_future(protocol.QACK, {"items": [item]}))
+
+    def flush(self, timeout: float | None = 10.0) -> None:
+        """Wait until this consumer's acknowledgements reached the master."""
+        with self._lock:
+            pending = list(self._acks)
+        cf.wait(pending, timeout)
+
+    def _ack_outstanding(self) -> None:
+        with self._lock:
+            items = list(self._unacked)
+            self._unacked.clear()
+        if items:
+            try:
+                self._client._request_future(protocol.QACK, {"items": items}).result(5)
+            except Exception:
+                pass
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until every item put in this queue (by anyone) has been acknowledged.
+
+        Returns True when it has; False if ``timeout`` passed first.
+        """
+        self.flush()
+        wait = _check_timeout(True, timeout)
+        try:
+            reply = self._request(protocol.QJOIN, {"queue": self.name, "timeout": wait},
+                                  None if wait is None else wait + _GRACE)
+        except (TimeoutError, cf.TimeoutError):
+            return False
+        return bool(reply.get("done"))
+
+    # -- size --------------------------------------------------------------
+    def _counts(self) -> dict:
+        return self._request(protocol.QSIZE, {"queue": self.name}, 30)
+
+    def qsize(self) -> int:
+        """Items waiting in the queue (not counting those handed out)."""
+        c = self._counts()
+        return c["ready"] + c["delayed"]
+
+    def empty(self) -> bool:
+        """True if no item is waiting."""
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """True if a bounded queue has ``maxsize`` items waiting."""
+        c = self._counts()
+        maxsize = c.get("maxsize") or self.maxsize
+        return maxsize > 0 and c["ready"] + c["delayed"] >= maxsize
+
+
+# Queues in ack="auto" mode: acknowledged at a normal exit, not after an uncaught exception.
+_AUTO_QUEUES: weakref.WeakSet[NetworkQueue] = weakref.WeakSet()
+_crashed = False
+_previous_hook = sys.excepthook
+
+
+def _excepthook(kind, value, tb) -> None:
+    global _crashed
+    _crashed = True
+    _previous_hook(kind, value, tb)
+
+
+sys.excepthook = _excepthook
+
+
+@atexit.register
+def _ack_at_exit() -> None:
+    if _crashed:
+        return
+    for q in list(_AUTO_QUEUES):
+        q._ack_outstanding()

@@ -1,0 +1,1 @@
+"""The worker: runs tasks from the master in a pool of processes or threads."""
