@@ -8,20 +8,25 @@ futures back.
 __version__ = "0.1.0"
 
 from .client.client import Client, ConveyorExecutor, TaskFuture, as_completed, connect  # noqa: E402
+from .context import current_task  # noqa: E402
 from .errors import (  # noqa: E402
     AuthenticationError,
     ConnectionLost,
     ConveyorError,
+    DependencyFailed,
     NotFound,
     ProtocolError,
     RemoteError,
+    Retry,
     SerializationError,
+    SoftTimeLimitExceeded,
     StoreError,
     TaskError,
     TaskTimeout,
     UnknownTask,
     WorkerCrashed,
 )
+from .periodic import periodic  # noqa: E402
 from .tasks import task  # noqa: E402
 
 __all__ = [
@@ -30,6 +35,9 @@ __all__ = [
     "ConnectionLost",
     "ConveyorError",
     "ConveyorExecutor",
+    "DependencyFailed",
+    "Retry",
+    "SoftTimeLimitExceeded",
     "NotFound",
     "ProtocolError",
     "RemoteError",
@@ -43,5 +51,7 @@ __all__ = [
     "__version__",
     "as_completed",
     "connect",
+    "current_task",
+    "periodic",
     "task",
 ]

@@ -134,13 +134,35 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 # -- worker -----------------------------------------------------------------
+def parse_queues(text: str) -> tuple[list[str], list[int] | None]:
+    """``"a,b"`` (served in order) or ``"a:3,b:1"`` (weighted): names and weights."""
+    names, weights = [], []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, weight = part.partition(":")
+        if not name:
+            raise CliError(f"invalid --queues entry {part!r}")
+        names.append(name)
+        if sep:
+            try:
+                weights.append(int(weight))
+                if weights[-1] < 1:
+                    raise ValueError
+            except ValueError:
+                raise CliError(f"invalid weight in --queues entry {part!r}: use NAME:N with N >= 1") from None
+    if not names:
+        raise CliError("--queues needs at least one queue name")
+    if weights and len(weights) != len(names):
+        raise CliError("--queues: give a weight to every queue (a:3,b:1) or to none (a,b)")
+    return names, weights or None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .worker.worker import Worker
 
     _setup_logging(args.log_level)
-    queues = [q for q in args.queues.split(",") if q]
-    if not queues:
-        raise CliError("--queues needs at least one queue name")
+    queues, weights = parse_queues(args.queues)
     if args.concurrency is not None and args.concurrency < 1:
         raise CliError("--concurrency must be at least 1")
     if args.prefetch is not None and args.prefetch < 1:
@@ -154,7 +176,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise CliError(f"cannot import task module: {type(exc).__name__}: {exc}") from None
     worker = Worker(args.modules, args.connect or os.environ.get("CONVEYOR_ADDRESS") or "127.0.0.1:7700",
-                    _authkey(args), queues=queues, concurrency=args.concurrency, pool=args.pool,
+                    _authkey(args), queues=queues, weights=weights, concurrency=args.concurrency,
+                    pool=args.pool,
                     prefetch=args.prefetch, allow_pickle=args.pickle, ssl_context=_client_ssl(args),
                     name=args.name)
     worker.run()
@@ -277,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connect(p)
     p.add_argument("--concurrency", "-n", type=int, default=None, help="parallel tasks (default: CPU count)")
     p.add_argument("--pool", choices=["process", "thread"], default="process", help="where tasks run (default process)")
-    p.add_argument("--queues", "-q", default="default", help="comma-separated queues, served in this order")
+    p.add_argument("--queues", "-q", default="default", help="comma-separated queues, served in this order; "
+                   "or weighted, e.g. high:3,low:1")
     p.add_argument("--prefetch", type=int, default=None, help="fixed credit window (default: adaptive)")
     p.add_argument("--name", default=None, help="worker name shown in status (default host-pid)")
     p.add_argument("--pickle", action="store_true", help="run pickled payloads (trusted networks only)")
@@ -301,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
     _add_common(p)
     p.set_defaults(func=cmd_submit)
+
+    from .cli_jobs import add_job_commands
+
+    add_job_commands(sub, _add_connect, _add_common, _connect, CliError)
+
+    from .cli_schedule import add_schedule_commands  # conveyor schedule add|list|remove
+
+    add_schedule_commands(sub, _add_connect, _add_common, _connect, CliError)
 
     p = sub.add_parser("demo", help="start a master and workers, square 10,000 numbers, print a summary")
     p.add_argument("--tasks", type=int, default=10_000, help="how many tasks (default 10000)")

@@ -161,9 +161,13 @@ class LocalCluster:
         """Stop workers, then the master (SIGTERM, then SIGKILL after ``grace``)."""
         for w in self.workers:
             if w.poll() is None:
-                w.send_signal(signal.SIGTERM)
+                w.send_signal(signal.SIGTERM)  # once: a second SIGTERM means a cold stop
+        deadline = time.monotonic() + grace
         for w in self.workers:
-            self._kill(w, signal.SIGTERM, grace)
+            try:
+                w.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._kill(w, signal.SIGKILL)
         if self.master is not None:
             self._kill(self.master, signal.SIGTERM, grace)
 

@@ -83,3 +83,24 @@ class WorkerCrashed(ConveyorError):
 
 class TaskTimeout(ConveyorError):
     """A task ran past its time limit and was stopped."""
+
+
+class DependencyFailed(ConveyorError):
+    """A task did not run because a task it depends on failed, died or was cancelled."""
+
+
+class SoftTimeLimitExceeded(ConveyorError):
+    """Raised inside a task when its soft time limit passes, so it can clean up."""
+
+
+class Retry(ConveyorError):
+    """Raise inside a task to ask for another attempt, after ``delay`` seconds if given.
+
+    The attempt counts against the task's ``retries`` (3 when it has none).
+    """
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
+            raise ValueError("Retry delay must be a non-negative number of seconds")
+        self.delay = delay

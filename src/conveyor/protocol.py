@@ -56,15 +56,31 @@ QACK = "qack"  # {items: [[id, token]...]} -> {n}
 QJOIN = "qjoin"  # {queue, timeout} -> {done: bool}: every item put has been acknowledged
 QSIZE = "qsize"  # {queue} -> {ready, delayed, leased}
 QINFO = "qinfo"  # {queue} -> {declared, maxsize}: queues the master was started with
+# Job control.
+CANCEL = "cancel"  # {ids} -> {cancelled, finished, unknown}; also pushed to the worker running one
+RETRY = "retry"  # {ids} or {queue, states} -> {requeued, skipped, unknown}
+PURGE = "purge"  # {queue, states} -> {n}
+INSPECT = "inspect"  # {id} -> {task}
+TASKLIST = "tasks"  # {queue, state, limit, offset} -> {tasks}
+PROGRESS = "progress"  # worker push {id, token, done, total, message}; pushed on to subscribers
 # Pushes from the master (request_id 0).
-TASKS = "tasks"  # {tasks: [[id, token, name, payload, codec, options]...]}
+TASKS = "push_tasks"  # {tasks: [[id, token, name, payload, codec, options, extra]...]}
 RESULTS = "results"  # {results: [wire result...]}
 # Replies.
 OK = "ok"
 ERR = "err"  # {type, message}
 
 REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
-                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO})
+                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, CANCEL, RETRY, PURGE,
+                         INSPECT, TASKLIST})
+
+# Periodic schedules (master/scheduler.py; a worker's hello may carry "periodic":
+# [schedule...] declared by @conveyor.periodic in its modules).
+SCHED_ADD = "sched_add"  # {schedule: {name, task, queue, payload, codec, cron, every, tz, missed, options},
+#                           replace: bool} -> {schedule}
+SCHED_LIST = "sched_list"  # {} -> {schedules: [schedule + source, created_at, last_slot, next_slot...]}
+SCHED_DEL = "sched_del"  # {name} -> {}; NotFound for an unknown name
+REQUEST_OPS = REQUEST_OPS | {SCHED_ADD, SCHED_LIST, SCHED_DEL}
 
 
 @dataclass(slots=True, frozen=True)

@@ -101,12 +101,25 @@ def decode_call(data: bytes, codec: str = MSGPACK, *, allow_pickle: bool = False
     return value[0], value[1]
 
 
+def type_name(kind: type) -> str:
+    """An exception type's name as errors carry it: ``ValueError``, ``pkg.mod.MyError``."""
+    return kind.__qualname__ if kind.__module__ in ("builtins", None) else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def encode_error(exc: BaseException) -> bytes:
-    """Describe an exception as a msgpack map (always msgpack: errors never carry code)."""
+    """Describe an exception as a msgpack map (always msgpack: errors never carry code).
+
+    ``mro`` lists the names of the exception's classes, so a worker can match
+    ``retry_on`` against base classes without importing anything.
+    """
     kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ in ("builtins", None) else f"{kind.__module__}.{kind.__qualname__}"
     tb = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
-    return packb({"type": name, "message": str(exc), "traceback": tb})
+    error = {"type": type_name(kind), "message": str(exc), "traceback": tb,
+             "mro": [type_name(k) for k in kind.__mro__ if issubclass(k, BaseException)]}
+    delay = getattr(exc, "delay", None)
+    if isinstance(delay, (int, float)):
+        error["delay"] = float(delay)
+    return packb(error)
 
 
 def decode_error(data: bytes) -> dict:
@@ -117,8 +130,14 @@ def decode_error(data: bytes) -> dict:
         value = None
     if not isinstance(value, dict):
         return {"type": "conveyor.errors.ProtocolError", "message": "unreadable error payload", "traceback": ""}
-    return {
+    out = {
         "type": str(value.get("type", "Exception")),
         "message": str(value.get("message", "")),
         "traceback": str(value.get("traceback", "")),
+        "mro": [str(x) for x in value.get("mro", [])] if isinstance(value.get("mro"), list) else [],
     }
+    if isinstance(value.get("delay"), (int, float)):
+        out["delay"] = float(value["delay"])
+    if isinstance(value.get("dependency"), str):
+        out["dependency"] = value["dependency"]
+    return out

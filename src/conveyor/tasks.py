@@ -54,6 +54,8 @@ def task(fn: Callable | None = None, *, name: str | None = None, queue: str = DE
     unchanged, so it can still be called locally.
     """
 
+    _validate_options(options)
+
     def mark(f: Callable) -> Callable:
         if not callable(f):
             raise TypeError("@task decorates a function")
@@ -66,6 +68,33 @@ def task(fn: Callable | None = None, *, name: str | None = None, queue: str = DE
         return f
 
     return mark(fn) if fn is not None else mark
+
+
+TASK_OPTIONS = frozenset({
+    "priority", "timeout", "soft_timeout", "rate_limit", "retries", "retry_backoff",
+    "retry_backoff_max", "retry_jitter", "retry_on",
+})
+
+
+def _validate_options(options: dict[str, Any]) -> None:
+    """Refuse unknown or invalid per-task defaults at declaration time, naming the field."""
+    from .ratelimit import parse_rate
+    from .retries import normalise_options
+
+    unknown = set(options) - TASK_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}; "
+                        f"choose from {', '.join(sorted(TASK_OPTIONS))}")
+    normalise_options(options)
+    if options.get("rate_limit") is not None:
+        parse_rate(options["rate_limit"])
+    priority = options.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"priority must be an integer, not {priority!r}")
+    for name in ("timeout", "soft_timeout"):
+        value = options.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
 def task_options(fn: Callable | str) -> TaskOptions:

@@ -17,8 +17,8 @@ MAX_NAME = 512
 
 
 def task_to_wire(t: NewTask) -> list:
-    """A submit's task: [id, queue, name, payload, codec, priority, not_before, options]."""
-    return [t.id, t.queue, t.name, t.payload, t.codec, t.priority, t.not_before, t.options]
+    """A submit's task: [id, queue, name, payload, codec, priority, not_before, options, after]."""
+    return [t.id, t.queue, t.name, t.payload, t.codec, t.priority, t.not_before, t.options, t.after]
 
 
 def _str(value: Any, what: str, limit: int, *, optional: bool = False) -> str | None:
@@ -31,9 +31,9 @@ def _str(value: Any, what: str, limit: int, *, optional: bool = False) -> str | 
 
 def task_from_wire(item: Any) -> NewTask:
     """Validate and convert a submitted task; ProtocolError names what is wrong."""
-    if not isinstance(item, list) or len(item) != 8:
-        raise ProtocolError("a task must be a list of 8 fields")
-    tid, queue, name, payload, codec, priority, not_before, options = item
+    if not isinstance(item, list) or len(item) != 9:
+        raise ProtocolError("a task must be a list of 9 fields")
+    tid, queue, name, payload, codec, priority, not_before, options, after = item
     if not isinstance(payload, bytes):
         raise ProtocolError("task payload must be bytes")
     if codec not in CODECS:
@@ -47,25 +47,43 @@ def task_from_wire(item: Any) -> NewTask:
     return NewTask(
         _str(tid, "task id", MAX_ID), _str(queue, "queue", MAX_NAME),
         _str(name, "task name", MAX_NAME, optional=True), payload, codec,
-        priority, float(not_before), options,
+        priority, float(not_before), options, id_list(after, "after"),
     )
 
 
-def lease_to_wire(lease: Lease) -> list:
-    """A pushed task: [id, token, name, payload, codec, options]."""
-    return [lease.id, lease.token, lease.name, lease.payload, lease.codec, lease.options]
+def lease_to_wire(lease: Lease, upstream: list | None = None) -> list:
+    """A pushed task: [id, token, name, payload, codec, options, extra].
+
+    ``extra`` carries ``failures`` (earlier failed attempts, for the retry
+    budget) and, for ``pass_results`` tasks, ``upstream``: the results of the
+    tasks it waited for, as [[ok, payload, codec]...] in ``after`` order.
+    """
+    extra: dict = {"failures": lease.failures}
+    if upstream is not None:
+        extra["upstream"] = upstream
+    return [lease.id, lease.token, lease.name, lease.payload, lease.codec, lease.options, extra]
 
 
-def outcome_from_wire(item: Any) -> Outcome:
-    """Validate a worker's result: [id, token, ok, payload, codec]."""
-    if not isinstance(item, list) or len(item) != 5:
-        raise ProtocolError("a result must be a list of 5 fields")
-    tid, token, ok, payload, codec = item
+def outcome_from_wire(item: Any) -> tuple[Outcome, dict | None]:
+    """Validate a worker's result: [id, token, ok, payload, codec, retry].
+
+    ``retry`` is None (a final result), ``{"delay": s}`` (run again after s
+    seconds) or ``{"dead": True}`` (retries spent).
+    """
+    if not isinstance(item, list) or len(item) != 6:
+        raise ProtocolError("a result must be a list of 6 fields")
+    tid, token, ok, payload, codec, retry = item
+    if retry is not None:
+        if not isinstance(retry, dict) or ok:
+            raise ProtocolError("malformed retry decision")
+        delay = retry.get("delay")
+        if not retry.get("dead") and (not isinstance(delay, (int, float)) or delay < 0):
+            raise ProtocolError("malformed retry decision")
     if not isinstance(token, int) or not isinstance(ok, bool) or not isinstance(payload, bytes):
         raise ProtocolError("malformed result")
     if codec not in CODECS:
         raise ProtocolError(f"unknown codec {codec!r}")
-    return Outcome(_str(tid, "task id", MAX_ID), token, ok, payload, codec)
+    return Outcome(_str(tid, "task id", MAX_ID), token, ok, payload, codec), retry
 
 
 def result_to_wire(r: Result) -> list:

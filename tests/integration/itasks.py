@@ -46,3 +46,64 @@ def record(path, n, delay=0.0):
 
 def whoami():
     return os.getpid()
+
+
+def flaky(path, fail_times, value="ok"):
+    """Fail the first `fail_times` calls (counted in a file), then return value."""
+    n = len(open(path).read().split()) if os.path.exists(path) else 0
+    record(path, n)
+    if n < fail_times:
+        raise ValueError(f"flaky failure {n + 1}")
+    return value
+
+
+def raise_key_error():
+    raise KeyError("missing")
+
+
+def ask_retry(path, delay=0.05):
+    n = len(open(path).read().split()) if os.path.exists(path) else 0
+    record(path, n)
+    if n < 1:
+        import conveyor
+
+        raise conveyor.Retry("not yet", delay=delay)
+    return n
+
+
+def hang(seconds=60):
+    time.sleep(seconds)
+    return "woke"
+
+
+def soft_limited(seconds=10):
+    import conveyor
+
+    try:
+        time.sleep(seconds)
+    except conveyor.SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "finished"
+
+
+def with_progress(steps=5, delay=0.1):
+    import conveyor
+
+    task = conveyor.current_task()
+    for i in range(1, steps + 1):
+        time.sleep(delay)
+        task.progress(i, steps, message=f"step {i}")
+    return steps
+
+
+def total(values, extra=0):
+    return sum(values) + extra
+
+
+def stamp(path, label):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{label} {time.time()}\n".encode())
+    finally:
+        os.close(fd)
+    return label

@@ -52,7 +52,7 @@ def test_make_task_fields():
 def test_make_task_eta_must_be_aware():
     with pytest.raises(ValueError, match="timezone-aware"):
         make_task(module_level, (), {}, eta=dt.datetime(2030, 1, 1))
-    when = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     assert make_task(module_level, (), {}, eta=when).not_before == when.timestamp()
 
 

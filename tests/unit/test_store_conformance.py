@@ -18,16 +18,20 @@ import conveyor.store as store_pkg
 from conveyor import serde
 from conveyor.errors import StoreError
 from conveyor.store import (
+    CANCELLED,
     DEAD,
     DELAYED,
     DUPLICATE,
     FAILED,
+    FINISHED,
     LEASED,
     READY,
     STALE,
+    STATES,
     STORED,
     SUCCEEDED,
     UNKNOWN,
+    WAITING,
     MemoryStore,
     NewTask,
     Outcome,
@@ -36,6 +40,7 @@ from conveyor.store import (
     Store,
     open_store,
 )
+from conveyor.store.base import dependency_failed_error
 
 T0 = 1_000.0
 
@@ -761,3 +766,712 @@ def test_pending_counts_per_queue(store):
     assert store.pending_counts("other") == (1, 0, 0)
     store.complete([ok("a", 1)], T0)
     assert store.pending_counts("q") == (1, 1, 0)
+
+
+# -- periodic schedules ----------------------------------------------------------
+
+
+def schedule_record(name: str = "nightly", **fields) -> dict:
+    rec = {"name": name, "task": "mod:fn", "queue": "q", "payload": serde.packb([[1], {}]),
+           "codec": "msgpack", "cron": "*/5 * * * *", "every": None, "tz": "Europe/Paris",
+           "missed": "run_once", "options": {"timeout": 5}, "source": "cli", "created_at": T0}
+    rec.update(fields)
+    return rec
+
+
+def test_schedules_save_list_and_last_slot(store):
+    assert store.schedules() == []
+    store.save_schedule(schedule_record("b", cron=None, every=2.5, source="code"))
+    store.save_schedule(schedule_record("a"))
+    got = store.schedules()
+    assert [r["name"] for r in got] == ["a", "b"]
+    assert got[0] == {**schedule_record("a"), "last_slot": None}
+    assert got[1]["every"] == 2.5 and got[1]["cron"] is None and got[1]["source"] == "code"
+    assert isinstance(got[0]["payload"], bytes) and got[0]["options"] == {"timeout": 5}
+
+
+def test_save_schedule_upserts_by_name(store):
+    store.save_schedule(schedule_record("a"))
+    store.mark_slot("a", T0 + 300)
+    store.save_schedule(schedule_record("a", queue="other", last_slot=T0 + 300))
+    (rec,) = store.schedules()
+    assert rec["queue"] == "other" and rec["last_slot"] == T0 + 300
+    store.save_schedule(schedule_record("a", cron="0 * * * *"))  # no last_slot: none enqueued yet
+    (rec,) = store.schedules()
+    assert rec["cron"] == "0 * * * *" and rec["last_slot"] is None
+
+
+def test_mark_slot_only_moves_forward(store):
+    store.save_schedule(schedule_record("a"))
+    store.mark_slot("a", T0 + 600)
+    store.mark_slot("a", T0 + 300)  # a master that looked late
+    assert store.schedules()[0]["last_slot"] == T0 + 600
+    store.mark_slot("a", T0 + 900)
+    assert store.schedules()[0]["last_slot"] == T0 + 900
+    store.mark_slot("missing", T0)  # ignored
+    assert [r["name"] for r in store.schedules()] == ["a"]
+
+
+def test_remove_schedule(store):
+    store.save_schedule(schedule_record("a"))
+    store.save_schedule(schedule_record("b"))
+    assert store.remove_schedule("a") is True
+    assert store.remove_schedule("a") is False
+    assert [r["name"] for r in store.schedules()] == ["b"]
+
+
+def test_schedule_changes_roll_back_with_the_transaction(store):
+    store.save_schedule(schedule_record("keep"))
+    store.mark_slot("keep", T0 + 300)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.save_schedule(schedule_record("new"))
+        store.mark_slot("keep", T0 + 600)
+        store.enqueue([task("slot-task")], T0)
+        store.remove_schedule("keep")
+        raise RuntimeError("boom")
+    assert [(r["name"], r["last_slot"]) for r in store.schedules()] == [("keep", T0 + 300)]
+    assert store.get("slot-task") is None
+    with store.transaction():
+        store.enqueue([task("slot-task")], T0)
+        store.mark_slot("keep", T0 + 600)
+    assert store.schedules()[0]["last_slot"] == T0 + 600
+
+
+def test_sqlite_schedules_survive_reopen(tmp_path):
+    s = SQLiteStore(tmp_path / "data")
+    s.save_schedule(schedule_record("a"))
+    s.mark_slot("a", T0 + 300)
+    s.close()
+    s = SQLiteStore(tmp_path / "data")
+    try:
+        assert s.schedules() == [{**schedule_record("a"), "last_slot": T0 + 300}]
+    finally:
+        s.close()
+
+
+def test_sqlite_version_1_file_gets_the_schedules_table(tmp_path):
+    s = SQLiteStore(tmp_path / "data")
+    s.enqueue([task("old")], T0)
+    s.close()
+    conn = sqlite3.connect(tmp_path / "data" / "conveyor.db")
+    conn.execute("DROP TABLE schedules")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    s = SQLiteStore(tmp_path / "data")
+    try:
+        assert s.get("old") is not None and s.schedules() == []
+        s.save_schedule(schedule_record("a"))
+        assert [r["name"] for r in s.schedules()] == ["a"]
+    finally:
+        s.close()
+    conn = sqlite3.connect(tmp_path / "data" / "conveyor.db")
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == store_pkg.sqlite.SCHEMA_VERSION >= 2
+    finally:
+        conn.close()
+
+
+# -- dependencies, cancel, requeue, purge, list_tasks, progress ----------------------
+
+
+def after(task_id: str, *deps: str, **kw) -> NewTask:
+    t = task(task_id, **kw)
+    t.after = list(deps)
+    return t
+
+
+def lease_one(store, task_id: str, queue: str = "q", owner: str = "w", now: float = T0):
+    leases = store.lease(queue, 1000, owner, now, 30)
+    mine = [x for x in leases if x.id == task_id]
+    others = [(x.id, x.token) for x in leases if x.id != task_id]
+    if others:
+        store.release(others, now)
+    assert mine, f"{task_id} was not ready"
+    return mine[0]
+
+
+def dep_error(dep_id: str, state: str) -> bytes:
+    return dependency_failed_error(dep_id, state)
+
+
+def assert_dep_failed(store, task_id: str, dep_id: str, state: str, now: float) -> None:
+    info = store.get(task_id)
+    assert (info.state, info.finished_at, info.lease_owner) == (FAILED, now, None)
+    assert (info.result.ok, info.result.codec, info.result.state) == (False, "msgpack", FAILED)
+    assert info.result.payload == dep_error(dep_id, state)
+    assert serde.unpackb(info.result.payload)["dependency"] == dep_id
+    assert store.results([task_id])[task_id].payload == dep_error(dep_id, state)
+
+
+def test_waiting_is_a_state_before_delayed():
+    assert STATES[0] == WAITING and WAITING not in FINISHED
+    assert QueueStats().as_dict() == dict.fromkeys(STATES, 0)
+
+
+def test_waiting_task_becomes_ready_when_all_its_dependencies_succeed(store):
+    store.enqueue([task("a"), task("b")], T0)
+    assert store.enqueue([after("c", "a", "b", priority=3)], T0) == [True]
+    info = store.get("c")
+    assert (info.state, info.after, info.result, info.finished_at) == (WAITING, ["a", "b"], None, None)
+    assert store.pending_counts("q") == (2, 0, 0)  # waiting is not pending
+    assert store.stats()["q"] == QueueStats(waiting=1, ready=2)
+    assert ids(store.lease("q", 10, "w", T0, 30)) == ["a", "b"]  # never leased while waiting
+    assert store.complete([ok("a", 1)], T0 + 1) == [STORED]
+    assert store.get("c").state == WAITING
+    assert store.lease("q", 10, "w", T0 + 1, 30) == []
+    assert store.complete([ok("b", 1)], T0 + 2) == [STORED]
+    info = store.get("c")
+    assert (info.state, info.attempts, info.result) == (READY, 0, None)
+    assert store.stats()["q"] == QueueStats(ready=1, succeeded=2)
+    [lease] = store.lease("q", 10, "w", T0 + 2, 30)
+    assert (lease.id, lease.token, lease.failures) == ("c", 1, 0)
+    assert store.complete([ok("c", 1)], T0 + 3) == [STORED]
+    assert store.get("c").after == ["a", "b"]  # still shown once finished
+
+
+def test_dependent_with_a_future_not_before_becomes_delayed(store):
+    store.enqueue([task("a"), after("b", "a", not_before=T0 + 100)], T0)
+    assert store.get("b").state == WAITING
+    assert store.next_due() is None  # a waiting task is not due, whatever its not_before
+    assert store.promote_due(T0 + 1000) == []
+    assert store.get("b").state == WAITING
+    lease_one(store, "a")
+    store.complete([ok("a", 1)], T0 + 10)
+    assert store.get("b").state == DELAYED
+    assert store.next_due() == T0 + 100
+    assert store.promote_due(T0 + 100) == ["q"]
+    assert ids(store.lease("q", 5, "w", T0 + 100, 30)) == ["b"]
+
+
+def test_dependent_whose_not_before_passed_becomes_ready(store):
+    store.enqueue([task("a"), after("b", "a", not_before=T0 + 5)], T0)
+    lease_one(store, "a")
+    store.complete([ok("a", 1)], T0 + 5)  # not_before == now is not in the future
+    assert store.get("b").state == READY
+
+
+def test_dependencies_within_one_batch_and_already_finished_ones(store):
+    store.enqueue([task("done"), task("bad")], T0)
+    store.lease("q", 2, "w", T0, 30)
+    store.complete([ok("done", 1), fail("bad", 1)], T0)
+    got = store.enqueue([task("x"), after("y", "x"), after("z", "y", "x"),
+                         after("s", "done"), after("f", "done", "bad"), after("ff", "f")], T0 + 1)
+    assert got == [True] * 6
+    assert [store.get(t).state for t in ("x", "y", "z")] == [READY, WAITING, WAITING]
+    assert store.get("s").state == READY  # a dependency that already succeeded counts at once
+    assert_dep_failed(store, "f", "bad", FAILED, T0 + 1)  # ... and one that already failed
+    assert_dep_failed(store, "ff", "f", FAILED, T0 + 1)  # down the chain, in the same batch
+    assert store.stats()["q"] == QueueStats(waiting=2, ready=2, succeeded=1, failed=3)
+    lease_one(store, "x", now=T0 + 2)
+    store.complete([ok("x", 1)], T0 + 2)
+    assert [store.get(t).state for t in ("y", "z")] == [READY, WAITING]
+    lease_one(store, "y", now=T0 + 3)
+    store.complete([ok("y", 1)], T0 + 3)
+    assert store.get("z").state == READY
+
+
+def test_unknown_dependency_rejects_the_whole_batch(store):
+    store.enqueue([task("a")], T0)
+    with pytest.raises(ValueError, match="unknown dependency nope"):
+        store.enqueue([task("b"), after("c", "a", "nope")], T0)
+    with pytest.raises(ValueError, match="unknown dependency later"):
+        store.enqueue([after("early", "later"), task("later")], T0)  # only earlier ones count
+    with pytest.raises(ValueError, match="unknown dependency me"):
+        store.enqueue([after("me", "me")], T0)
+    assert [store.get(t) for t in ("b", "c", "early", "later", "me")] == [None] * 5
+    assert store.stats() == {"q": QueueStats(ready=1)}
+    assert ids(store.lease("q", 10, "w", T0, 30)) == ["a"]
+    # Inside a transaction the error rolls back only the failed enqueue's part.
+    with store.transaction():
+        store.enqueue([task("t1")], T0)
+        with pytest.raises(ValueError):
+            store.enqueue([task("t2"), after("t3", "ghost")], T0)
+    assert (store.get("t1").state, store.get("t2"), store.get("t3")) == (READY, None, None)
+
+
+def test_reenqueue_of_an_existing_id_changes_no_dependencies(store):
+    store.enqueue([task("a"), task("b"), after("c", "a", "a", "b")], T0)
+    assert store.get("c").after == ["a", "b"]  # duplicates named once
+    # Resubmitted (a reconnect): nothing changes, not even with other or unknown dependencies.
+    assert store.enqueue([after("c", "a", "b"), after("c", "ghost")], T0 + 1) == [False, False]
+    assert store.enqueue([after("c", "b")], T0 + 1) == [False]
+    assert store.get("c").after == ["a", "b"]
+    store.lease("q", 2, "w", T0, 30)
+    store.complete([ok("a", 1)], T0 + 2)
+    assert store.get("c").state == WAITING
+    store.complete([ok("b", 1)], T0 + 2)
+    assert store.get("c").state == READY
+    # Same id twice in one batch: the first wins, the second's dependencies are ignored.
+    assert store.enqueue([after("d", "a"), after("d", "ghost")], T0) == [True, False]
+    assert store.get("d").after == ["a"]
+
+
+@pytest.mark.parametrize("how", ["fail", "dead", "cancel"])
+def test_a_failed_dependency_fails_its_waiting_dependents_down_the_chain(store, how):
+    store.enqueue([task("a"), task("other"), after("b", "a"), after("c", "b", "other"),
+                   after("d", "c"), after("e", "other")], T0)
+    lease_one(store, "a")
+    state = {"fail": FAILED, "dead": DEAD, "cancel": CANCELLED}[how]
+    if how == "fail":
+        assert store.complete([fail("a", 1)], T0 + 1) == [STORED]
+    elif how == "dead":
+        assert store.nack("a", 1, T0 + 1, error=b"e", dead=True) is True
+    else:
+        assert store.cancel("a", T0 + 1, b"stop") == (LEASED, "w")
+    assert store.get("a").state == state
+    assert_dep_failed(store, "b", "a", state, T0 + 1)
+    assert_dep_failed(store, "c", "b", FAILED, T0 + 1)
+    assert_dep_failed(store, "d", "c", FAILED, T0 + 1)
+    assert store.get("e").state == WAITING  # other dependents of "other" wait on
+    assert store.stats()["q"].failed == 3 + (how == "fail")
+    # The finished dependents stay finished whatever happens to "other".
+    lease_one(store, "other", now=T0 + 2)
+    store.complete([ok("other", 1)], T0 + 2)
+    assert store.get("c").state == FAILED and store.get("e").state == READY
+
+
+def test_success_from_any_path_frees_dependents(store):
+    store.enqueue([task("a"), task("b"), after("c", "a"), after("d", "b")], T0)
+    store.lease("q", 2, "w", T0, 30)
+    store.release([("a", 1)], T0)  # ready again: a late success still counts
+    assert store.nack("b", 1, T0, delay=60) is True  # delayed: likewise
+    assert store.complete([ok("a", 1), ok("b", 1)], T0 + 1) == [STORED, STORED]
+    assert [store.get(t).state for t in "cd"] == [READY, READY]
+    assert store.next_due() is None
+
+
+def test_one_complete_batch_with_several_dependencies(store):
+    store.enqueue([task("a"), task("b"), task("c"), after("ab", "a", "b"), after("bc", "b", "c"),
+                   after("abc", "ab", "bc")], T0)
+    store.lease("q", 3, "w", T0, 30)
+    assert store.complete([ok("a", 1), ok("b", 1), fail("c", 1)], T0 + 1) == [STORED] * 3
+    assert store.get("ab").state == READY
+    assert_dep_failed(store, "bc", "c", FAILED, T0 + 1)
+    assert_dep_failed(store, "abc", "bc", FAILED, T0 + 1)
+
+
+def test_lease_counts_failures_and_a_deferral_is_not_one(store):
+    store.enqueue([task("a")], T0)
+    [lease] = store.lease("q", 1, "w", T0, 30)
+    assert lease.failures == 0
+    store.nack("a", 1, T0, error=b"e1")
+    [lease] = store.lease("q", 1, "w", T0, 30)
+    assert (lease.token, lease.failures) == (2, 1)
+    assert store.nack("a", 2, T0, delay=5) is True  # error=None: a deferral
+    assert store.get("a").errors == [b"e1"]
+    store.promote_due(T0 + 5)
+    [lease] = store.lease("q", 1, "w", T0 + 5, 30)
+    assert (lease.token, lease.failures) == (3, 1)
+    store.nack("a", 3, T0 + 5, error=b"e2")
+    assert store.lease("q", 1, "w", T0 + 5, 30)[0].failures == 2
+
+
+# -- cancel -------------------------------------------------------------------------
+
+
+def test_cancel_each_unfinished_state(store):
+    store.enqueue([task("r"), task("l"), task("d", not_before=T0 + 50), task("x"),
+                   after("wt", "x")], T0)
+    lease_one(store, "l", owner="w1")
+    assert store.cancel("r", T0 + 1, b"c-r") == (READY, None)
+    assert store.cancel("l", T0 + 1, b"c-l") == (LEASED, "w1")
+    assert store.cancel("d", T0 + 1, b"c-d") == (DELAYED, None)
+    assert store.cancel("wt", T0 + 1, b"c-w") == (WAITING, None)
+    for tid in ("r", "l", "d", "wt"):
+        info = store.get(tid)
+        assert (info.state, info.finished_at, info.lease_owner, info.lease_deadline) \
+            == (CANCELLED, T0 + 1, None, None)
+        assert (info.result.ok, info.result.payload, info.result.codec, info.result.state) \
+            == (False, f"c-{tid[0]}".encode(), "msgpack", CANCELLED)
+    assert store.get("l").attempts == 1
+    assert store.stats()["q"] == QueueStats(ready=1, cancelled=4)
+    assert store.pending_counts("q") == (1, 0, 0)
+    assert ids(store.lease("q", 10, "w", T0 + 100, 30)) == ["x"]  # the others never come back
+    assert store.promote_due(T0 + 100) == [] and store.next_due() is None
+    assert store.expire_leases(T0 + 1000) == ["x"]
+    assert store.release_owner("w1", T0) == [] and store.extend_owner("w1", T0, 5) == 0
+    # The worker that ran "l" is too late: its result is a duplicate, its nack stale.
+    assert store.complete([ok("l", 1), fail("l", 1)], T0 + 2) == [DUPLICATE, DUPLICATE]
+    assert store.nack("l", 1, T0 + 2, error=b"e") is False
+    assert store.set_progress("l", 1, {"done": 1}) is False
+    # x is not hurt: wt was its dependent, not its dependency.
+    assert store.get("x").state == READY
+
+
+def test_cancel_finished_and_unknown_tasks_changes_nothing(store):
+    store.enqueue([task("a"), task("b")], T0)
+    store.lease("q", 2, "w", T0, 30)
+    store.complete([ok("a", 1, b"v")], T0)
+    assert store.cancel("a", T0 + 1, b"c") == (SUCCEEDED, None)
+    assert store.cancel("b", T0 + 1, b"c") == (LEASED, "w")
+    assert store.cancel("b", T0 + 2, b"again") == (CANCELLED, None)
+    assert store.cancel("nope", T0, b"c") is None
+    assert store.results(["a"])["a"].payload == b"v"
+    info = store.get("b")
+    assert (info.result.payload, info.finished_at) == (b"c", T0 + 1)
+
+
+def test_cancel_is_rolled_back_with_its_transaction(store):
+    store.enqueue([task("a"), after("b", "a")], T0)
+    lease_one(store, "a")
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            assert store.cancel("a", T0, b"c") == (LEASED, "w")
+            assert store.get("b").state == FAILED
+            raise RuntimeError
+    assert (store.get("a").state, store.get("a").lease_owner) == (LEASED, "w")
+    assert store.get("b").state == WAITING
+    assert store.stats()["q"] == QueueStats(waiting=1, leased=1)
+    store.complete([ok("a", 1)], T0)
+    assert store.get("b").state == READY
+
+
+# -- requeue ------------------------------------------------------------------------
+
+
+def _dead(store, task_id: str, now: float, *errors: bytes) -> None:
+    """Lease ``task_id`` and fail it once per error, the last one killing it."""
+    for i, err in enumerate(errors):
+        lease = lease_one(store, task_id, queue=store.get(task_id).queue, now=now)
+        assert store.nack(task_id, lease.token, now, error=err, dead=i == len(errors) - 1)
+
+
+def test_requeue_sends_dead_tasks_back_with_their_history(store):
+    store.enqueue([task("a", options={"retries": 1}), task("b"), task("c")], T0)
+    _dead(store, "a", T0 + 1, b"e1", b"e2")
+    info = store.get("a")
+    assert store.set_progress("a", 2, {"done": 1}) is False  # (dead now)
+    assert (info.state, info.attempts) == (DEAD, 2)
+    assert store.requeue(T0 + 2, ids=["a"]) == ["a"]
+    info = store.get("a")
+    assert (info.state, info.result, info.finished_at, info.lease_owner) == (READY, None, None, None)
+    assert info.errors == [b"e1", b"e2"]
+    assert info.options == {"retries": 1, "retry_base": 2}
+    assert info.attempts == 2  # tokens stay unique
+    assert store.results(["a"]) == {}
+    assert store.stats()["q"] == QueueStats(ready=3)
+    [lease] = store.lease("q", 1, "w", T0 + 3, 30)
+    assert (lease.id, lease.token, lease.failures, lease.options) \
+        == ("a", 3, 2, {"retries": 1, "retry_base": 2})
+    assert store.complete([ok("a", 3)], T0 + 4) == [STORED]
+    assert store.requeue(T0 + 5, ids=["a"]) == []  # succeeded: not in the default (dead,)
+
+
+def test_requeue_states_ids_and_queues(store):
+    store.enqueue([task("d1"), task("f1"), task("s1"), task("r1"), task("d2", "q2"),
+                   task("d3")], T0)
+    _dead(store, "d1", T0, b"x")
+    _dead(store, "d3", T0, b"x")
+    _dead(store, "d2", T0, b"x")
+    lease = lease_one(store, "f1")
+    assert store.complete([fail("f1", lease.token)], T0) == [STORED]
+    lease = lease_one(store, "s1")
+    assert store.complete([ok("s1", lease.token)], T0) == [STORED]
+    c = store.get("r1")
+    assert c.state == READY
+    assert store.requeue(T0) == []  # neither ids nor a queue: nothing
+    with pytest.raises(ValueError, match="ready"):
+        store.requeue(T0, ids=["r1"], states=[DEAD, READY])
+    # ids: in enqueue order, only those in states; unknown and other states skipped.
+    assert store.requeue(T0, ids=["f1", "ghost", "r1", "s1", "d3", "d1"], states=[DEAD, FAILED]) \
+        == ["d1", "f1", "d3"]
+    assert store.get("s1").state == SUCCEEDED and store.get("r1").state == READY
+    # A queue: every task of it in states.
+    assert store.requeue(T0, queue="q") == []  # nothing dead left there
+    assert store.requeue(T0, queue="q2") == ["d2"]
+    assert store.requeue(T0, queue="q", states=[SUCCEEDED]) == ["s1"]
+    assert store.get("s1").options == {"retry_base": 0}
+    # ids and a queue: only those ids in that queue.
+    _dead(store, "d2", T0, b"y")
+    assert store.requeue(T0, ids=["d2"], queue="q") == []
+    assert store.requeue(T0, ids=["d2"], queue="q2") == ["d2"]
+    assert store.get("d2").options == {"retry_base": 2}
+    assert store.stats() == {"q": QueueStats(ready=5), "q2": QueueStats(ready=1)}
+
+
+def test_requeue_keeps_a_future_not_before(store):
+    store.enqueue([task("a", not_before=T0 + 100), task("b", not_before=T0 + 10)], T0)
+    store.promote_due(T0 + 100)
+    _dead(store, "a", T0 + 100, b"x")
+    _dead(store, "b", T0 + 100, b"x")
+    # Seen from an earlier "now" (a clock that went back) a not_before ahead still delays it.
+    assert store.requeue(T0 + 50, ids=["a", "b"]) == ["a", "b"]
+    assert (store.get("a").state, store.get("b").state) == (DELAYED, READY)
+    assert store.next_due() == T0 + 100
+
+
+def test_requeue_of_a_dependency_failed_task_waits_for_its_retried_dependency(store):
+    store.enqueue([task("a"), after("b", "a"), after("c", "b")], T0)
+    _dead(store, "a", T0, b"x")
+    assert [store.get(t).state for t in "abc"] == [DEAD, FAILED, FAILED]
+    # Alone, b would fail again at once: it is skipped until a is retried too.
+    assert store.requeue(T0 + 1, ids=["b"], states=[FAILED]) == []
+    assert store.requeue(T0 + 1, ids=["c", "b", "a"], states=[DEAD, FAILED]) == ["a", "b", "c"]
+    assert [store.get(t).state for t in "abc"] == [READY, WAITING, WAITING]
+    assert store.stats()["q"] == QueueStats(waiting=2, ready=1)
+    lease_one(store, "a", now=T0 + 2)
+    store.complete([ok("a", 2)], T0 + 2)
+    assert [store.get(t).state for t in "bc"] == [READY, WAITING]
+
+
+def test_requeued_task_finished_again_is_purged_by_its_new_finish_time(store):
+    store.enqueue([task("a")], T0)
+    _dead(store, "a", T0 + 1, b"x")
+    store.requeue(T0 + 2, ids=["a"])
+    lease_one(store, "a", now=T0 + 100)
+    store.complete([ok("a", 2)], T0 + 100)
+    assert store.purge_finished(T0 + 50) == 0
+    assert store.get("a").state == SUCCEEDED
+    assert store.purge_finished(T0 + 101) == 1
+
+
+# -- purge --------------------------------------------------------------------------
+
+
+def test_purge_deletes_finished_tasks_by_state_and_queue(store):
+    store.enqueue([task("d1"), task("d2", "q2"), task("f1"), task("s1"), task("r1")], T0)
+    _dead(store, "d1", T0, b"x")
+    _dead(store, "d2", T0, b"x")
+    lease = lease_one(store, "f1")
+    assert store.complete([fail("f1", lease.token)], T0) == [STORED]
+    lease = lease_one(store, "s1")
+    assert store.complete([ok("s1", lease.token)], T0) == [STORED]
+    for bad in ([READY], [DEAD, LEASED], [WAITING], ["bogus"]):
+        with pytest.raises(ValueError):
+            store.purge(states=bad)
+    assert store.get("r1").state == READY
+    assert store.purge(queue="q2", states=[FAILED]) == 0
+    assert store.purge(queue="q") == 1  # dead by default
+    assert store.get("d1") is None and store.get("d2").state == DEAD
+    assert store.purge(states=[DEAD, FAILED, SUCCEEDED]) == 3
+    assert store.purge(states=[]) == 0
+    assert store.stats() == {"q": QueueStats(ready=1)}
+    assert store.enqueue([task("d1")], T0) == [True]  # a purged id is new again
+
+
+@pytest.mark.parametrize("how", ["purge", "purge_finished"])
+def test_purging_a_dependency_drops_its_links(store, how):
+    store.enqueue([task("a"), task("b"), after("c", "a", "b"), after("d", "c")], T0)
+    lease_one(store, "a")
+    store.complete([ok("a", 1)], T0)
+    assert store.get("c").state == WAITING
+    if how == "purge":
+        assert store.purge(states=[SUCCEEDED]) == 1
+    else:
+        assert store.purge_finished(T0 + 1) == 1
+    assert store.get("a") is None
+    assert store.get("c").after == ["b"]
+    # Its id can be used again without touching the old links.
+    assert store.enqueue([task("a")], T0 + 2) == [True]
+    lease = lease_one(store, "a", now=T0 + 2)
+    assert store.complete([fail("a", lease.token)], T0 + 2) == [STORED]
+    assert store.get("c").state == WAITING
+    lease = lease_one(store, "b", now=T0 + 3)
+    assert store.complete([ok("b", lease.token)], T0 + 3) == [STORED]
+    assert store.get("c").state == READY
+    # Purging a dependent drops its links too.
+    lease = lease_one(store, "c", now=T0 + 4)
+    assert store.complete([fail("c", lease.token)], T0 + 4) == [STORED]
+    assert store.get("d").state == FAILED
+    assert store.purge(states=[FAILED]) == 3
+    assert store.get("b").state == SUCCEEDED
+    store.enqueue([after("c", "b")], T0 + 5)
+    assert store.get("c").after == ["b"] and store.get("c").state == READY
+
+
+def test_purge_is_rolled_back_with_its_transaction(store):
+    store.enqueue([task("a"), after("b", "a"), task("c")], T0)
+    _dead(store, "a", T0, b"x")
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            assert store.purge(states=[DEAD, FAILED]) == 2
+            raise RuntimeError
+    assert store.get("a").state == DEAD and store.get("b").after == ["a"]
+    assert store.stats()["q"] == QueueStats(ready=1, failed=1, dead=1)
+    assert store.purge(states=[DEAD, FAILED]) == 2
+
+
+# -- list_tasks ---------------------------------------------------------------------
+
+
+def test_list_tasks_filters_and_pages_in_enqueue_order(store):
+    store.enqueue([task("c", priority=5), task("a"), task("x", "other"), after("w", "a"),
+                   task("b", not_before=T0 + 9)], T0)
+    lease_one(store, "c")
+    assert [i.id for i in store.list_tasks()] == ["c", "a", "x", "w", "b"]
+    assert [i.id for i in store.list_tasks(queue="q")] == ["c", "a", "w", "b"]
+    assert [i.id for i in store.list_tasks(state=READY)] == ["a", "x"]
+    assert [i.id for i in store.list_tasks(queue="q", state=READY)] == ["a"]
+    assert [i.id for i in store.list_tasks(queue="nope")] == []
+    assert [i.id for i in store.list_tasks(limit=2)] == ["c", "a"]
+    assert [i.id for i in store.list_tasks(limit=2, offset=2)] == ["x", "w"]
+    assert [i.id for i in store.list_tasks(limit=2, offset=4)] == ["b"]
+    assert store.list_tasks(offset=5) == []
+    [w] = store.list_tasks(state=WAITING)
+    assert w == store.get("w")
+    assert (w.state, w.after) == (WAITING, ["a"])
+    [c] = store.list_tasks(state=LEASED)
+    assert c == store.get("c") and c.lease_owner == "w"
+    for bad in ({"state": "bogus"}, {"limit": 0}, {"limit": 1001}, {"offset": -1}):
+        with pytest.raises(ValueError):
+            store.list_tasks(**bad)
+    assert len(store.list_tasks(limit=1000)) == 5
+
+
+def test_list_tasks_pages_through_many(store):
+    store.enqueue([task(f"t{i:03d}") for i in range(250)], T0)
+    store.enqueue([after(f"u{i:03d}", f"t{i:03d}") for i in range(250)], T0)
+    got, offset = [], 0
+    while page := store.list_tasks(limit=97, offset=offset):
+        got.extend(page)
+        offset += len(page)
+    assert [i.id for i in got] == [f"t{i:03d}" for i in range(250)] + [f"u{i:03d}" for i in range(250)]
+    assert all(i.after == [f"t{i.id[1:]}"] for i in got[250:])
+
+
+# -- progress -----------------------------------------------------------------------
+
+
+def test_set_progress_only_from_the_lease_holder_and_kept_after_completion(store):
+    store.enqueue([task("a"), task("b")], T0)
+    assert store.set_progress("a", 0, {"done": 1}) is False  # not leased
+    assert store.get("a").progress is None
+    [first] = store.lease("q", 1, "w", T0, 30)
+    report = {"done": 3, "total": 10, "message": "three", "nested": {"x": [1, 2]}}
+    assert store.set_progress("a", first.token, report) is True
+    assert store.get("a").progress == report
+    assert store.set_progress("a", first.token + 1, {"done": 9}) is False  # a future token
+    assert store.set_progress("ghost", 1, {"done": 9}) is False
+    store.release([("a", first.token)], T0)
+    assert store.set_progress("a", first.token, {"done": 9}) is False  # released
+    [second] = store.lease("q", 1, "w", T0, 30)
+    assert store.get("a").progress == report  # the last report stays until a new one
+    assert store.set_progress("a", second.token, {"done": 10, "total": 10, "message": ""})
+    store.complete([ok("a", second.token)], T0 + 1)
+    assert store.get("a").progress == {"done": 10, "total": 10, "message": ""}
+    assert store.set_progress("a", second.token, {"done": 11}) is False
+    assert store.list_tasks(state=SUCCEEDED)[0].progress == {"done": 10, "total": 10, "message": ""}
+
+
+def test_set_progress_is_rolled_back_with_its_transaction(store):
+    store.enqueue([task("a")], T0)
+    store.lease("q", 1, "w", T0, 30)
+    store.set_progress("a", 1, {"done": 1})
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.set_progress("a", 1, {"done": 2})
+            raise RuntimeError
+    assert store.get("a").progress == {"done": 1}
+
+
+# -- transactions with dependencies ---------------------------------------------------
+
+
+def test_rolled_back_dependencies_leave_no_trace(store):
+    store.enqueue([task("a")], T0)
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.enqueue([after("b", "a"), after("c", "b")], T0)
+            lease_one(store, "a")
+            store.complete([fail("a", 1)], T0)
+            assert store.get("c").state == FAILED
+            raise RuntimeError
+    assert (store.get("b"), store.get("c")) == (None, None)
+    assert store.stats() == {"q": QueueStats(ready=1)}
+    store.enqueue([after("d", "a")], T0)
+    lease_one(store, "a")
+    store.complete([ok("a", 1)], T0)
+    assert store.get("d").state == READY and store.get("d").after == ["a"]
+
+
+# -- SQLite only: dependencies on disk and the additive schema -------------------------
+
+
+def test_sqlite_dependencies_survive_reopen(tmp_path):
+    s = SQLiteStore(tmp_path)
+    s.enqueue([task("a"), after("b", "a")], T0)
+    s.lease("q", 1, "w", T0, 30)
+    s.set_progress("a", 1, {"done": 1})
+    s.close()
+    s = SQLiteStore(tmp_path)
+    try:
+        assert s.get("b").state == WAITING and s.get("a").progress == {"done": 1}
+        s.complete([ok("a", 1)], T0)
+        assert s.get("b").state == READY
+    finally:
+        s.close()
+
+
+def test_sqlite_store_made_before_dependencies_gains_them(tmp_path):
+    SQLiteStore(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "conveyor.db", isolation_level=None)
+    conn.execute("DROP TABLE deps")
+    conn.execute("ALTER TABLE tasks DROP COLUMN progress")
+    conn.execute("INSERT INTO tasks (id, queue, state, created_at, payload, codec) "
+                 "VALUES ('old', 'q', 'ready', 1.0, x'00', 'msgpack')")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    conn.close()
+    s = SQLiteStore(tmp_path)
+    try:
+        columns = {r[1] for r in s.conn.execute("PRAGMA table_info(tasks)")}
+        assert "progress" in columns
+        indexes = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"deps_task", "deps_on"} <= indexes
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == version
+        assert s.get("old").state == READY and s.get("old").progress is None
+        s.enqueue([after("new", "old")], T0)
+        assert s.get("new").state == WAITING
+        [lease] = s.lease("q", 5, "w", T0, 30)
+        s.set_progress("old", lease.token, {"done": 1})
+        s.complete([ok("old", lease.token)], T0)
+        assert s.get("new").state == READY and s.get("old").progress == {"done": 1}
+        plan = " ".join(r[3] for r in s.conn.execute(
+            "EXPLAIN QUERY PLAN SELECT task_id FROM deps WHERE depends_on = ?", ("x",)))
+        assert "deps_on" in plan
+    finally:
+        s.close()
+    SQLiteStore(tmp_path).close()  # opening again changes nothing
+
+
+# The tasks table exactly as schema version 1 (the first release) made it.
+_V1_SCHEMA = """
+CREATE TABLE tasks (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, queue TEXT NOT NULL, name TEXT,
+    state TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0, lease_owner TEXT, lease_deadline REAL, started_at REAL,
+    finished_at REAL, payload BLOB NOT NULL, codec TEXT NOT NULL, options BLOB, errors BLOB,
+    result_ok INTEGER, result_payload BLOB, result_codec TEXT
+);
+CREATE INDEX tasks_ready ON tasks (queue, priority DESC, seq, state) WHERE state = 'ready';
+CREATE INDEX tasks_owner ON tasks (lease_owner) WHERE state = 'leased';
+CREATE INDEX tasks_deadline ON tasks (lease_deadline) WHERE state = 'leased';
+CREATE INDEX tasks_delayed ON tasks (not_before, state) WHERE state = 'delayed';
+CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+INSERT INTO tasks (id, queue, name, state, created_at, payload, codec, errors)
+    VALUES ('old', 'q', 'mod.fn', 'ready', 1.0, x'00', 'msgpack', x'91c40165');
+PRAGMA user_version = 1;
+"""
+
+
+def test_sqlite_version_1_file_gains_dependencies_and_progress(tmp_path):
+    conn = sqlite3.connect(tmp_path / "conveyor.db")
+    conn.executescript(_V1_SCHEMA)
+    conn.close()
+    s = SQLiteStore(tmp_path)
+    try:
+        assert s.get("old").state == READY and s.get("old").errors == [b"e"]
+        s.enqueue([after("new", "old")], T0)
+        [lease] = s.lease("q", 5, "w", T0, 30)
+        assert (lease.id, lease.failures) == ("old", 1)
+        assert s.set_progress("old", lease.token, {"done": 1}) is True
+        assert s.complete([ok("old", lease.token)], T0) == [STORED]
+        assert s.get("new").state == READY and s.get("old").progress == {"done": 1}
+    finally:
+        s.close()
+    s = SQLiteStore(tmp_path)  # and it opens again as it is now
+    try:
+        assert s.get("new").after == ["old"]
+    finally:
+        s.close()

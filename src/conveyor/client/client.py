@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import itertools
+import logging
 import os
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -25,20 +27,64 @@ from ..store.base import NewTask, Result
 from .core import Address, ClientCore, parse_address
 from .options import make_task, split_options
 from .queues import NetworkQueue
+from .schedules import ScheduleMixin
 
 ENV_ADDRESS = "CONVEYOR_ADDRESS"
 DEFAULT_ADDRESS = "127.0.0.1:7700"
 
 
 class TaskFuture(cf.Future):
-    """A ``concurrent.futures.Future`` for one task; ``task_id`` names it on the master."""
+    """A ``concurrent.futures.Future`` for one task; ``task_id`` names it on the master.
 
-    def __init__(self, task_id: str) -> None:
+    ``cancel()`` cancels the task on the master (a queued or delayed task never
+    runs; a running one is stopped). ``progress`` is the task's latest progress
+    report (``{"done", "total", "message"}``) or None.
+    """
+
+    def __init__(self, task_id: str, client: Client | None = None) -> None:
         super().__init__()
         self.task_id = task_id
+        self.progress: dict[str, Any] | None = None
+        self._client = client
+        self._progress_callbacks: list[Callable[[TaskFuture], Any]] = []
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} {self._state.lower()}>"
+
+    def cancel(self) -> bool:
+        """Cancel the task on the master; True if it is cancelled (now or already)."""
+        if self.cancelled():
+            return True
+        if self.done() or self._client is None:
+            return False
+        outcome = self._client.cancel(self.task_id)
+        if self.task_id in outcome["cancelled"]:
+            self._mark_cancelled()
+            return True
+        return self.cancelled()
+
+    def _mark_cancelled(self) -> None:
+        """The master cancelled the task: the future raises CancelledError."""
+        with self._condition:
+            if self._state in (cf._base.FINISHED, cf._base.CANCELLED_AND_NOTIFIED):
+                return
+            self._state = cf._base.CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+
+    def add_progress_callback(self, fn: Callable[[TaskFuture], Any]) -> None:
+        """Call ``fn(future)`` on every progress report (from the client's I/O thread)."""
+        self._progress_callbacks.append(fn)
+
+    def _on_progress(self, report: dict[str, Any]) -> None:
+        self.progress = report
+        for fn in list(self._progress_callbacks):
+            try:
+                fn(self)
+            except Exception:
+                logging.getLogger("conveyor.client").exception("progress callback failed")
 
 
 def decode_result(result: Result, *, allow_pickle: bool) -> tuple[bool, Any]:
@@ -64,7 +110,7 @@ def resolve_authkey(authkey: bytes | str | None) -> bytes:
     return as_key(authkey)
 
 
-class Client:
+class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/schedules.py
     """A connection to a master for submitting tasks and reading results.
 
     Use as a context manager, or call :meth:`close`. Thread-safe: any thread
@@ -91,7 +137,9 @@ class Client:
         self._core = ClientCore(
             self.address, resolve_authkey(authkey), ssl_context=ssl_context,
             connect_timeout=connect_timeout, hello={"name": name or f"client-{os.getpid()}"},
+            on_message=self._on_push,
         )
+        self._futures: weakref.WeakValueDictionary[str, TaskFuture] = weakref.WeakValueDictionary()
         self._closed = False
         try:
             self._run(self._core.connect())
@@ -114,6 +162,9 @@ class Client:
         def resolve(result: Result) -> None:
             if fut.done():
                 return
+            if result.state == "cancelled":
+                fut._mark_cancelled()
+                return
             ok, value = decode_result(result, allow_pickle=allow)
             if ok:
                 fut.set_result(value)
@@ -126,9 +177,10 @@ class Client:
         """Send tasks without waiting: their futures, and a future for the commit."""
         if self._closed:
             raise ConnectionLost("client is closed")
-        futures = [TaskFuture(t.id) for t in tasks]
+        futures = [TaskFuture(t.id, self) for t in tasks]
         for f in futures:
             f.set_running_or_notify_cancel()
+            self._futures[f.task_id] = f
         committed: cf.Future = cf.Future()
 
         def start() -> None:
@@ -210,13 +262,15 @@ class Client:
         return futures
 
     def map(self, fn: Callable | str, *iterables: Iterable[Any], chunksize: int | None = None,
-            timeout: float | None = None, window: int | None = None, **options: Any) -> Iterator[Any]:
+            timeout: float | None = None, window: int | None = None, progress: bool = False,
+            **options: Any) -> Iterator[Any]:
         """Yield ``fn(*args)`` for args zipped from ``iterables``, in order, as results arrive.
 
         Streams: at most ``window`` tasks are outstanding at once (default
         4,000), sent ``chunksize`` to a frame, so mapping over a million
         items holds a bounded number of futures. A task's exception is
-        raised when its turn to be yielded comes.
+        raised when its turn to be yielded comes. ``progress=True`` draws a
+        progress bar (tqdm, on stderr) over the whole map.
         """
         batch = max(1, chunksize or 500)
         window = max(batch, window or 4000)
@@ -247,7 +301,19 @@ class Client:
                     fill()
                 yield value
 
-        return gen()
+        if not progress:
+            return gen()
+        from tqdm import tqdm
+
+        total = min((len(i) for i in iterables if hasattr(i, "__len__")), default=None)
+
+        def with_bar() -> Iterator[Any]:
+            with tqdm(total=total, unit="task", mininterval=0.2) as bar:
+                for value in gen():
+                    bar.update(1)
+                    yield value
+
+        return with_bar()
 
     # -- results and status ------------------------------------------------
     def result(self, task_id: str, timeout: float | None = None) -> Any:
@@ -258,8 +324,9 @@ class Client:
     def future(self, task_id: str) -> TaskFuture:
         """A future for an existing task by id; NotFound if the master does not know it."""
         fetched = self._run(self._core.request(protocol.FETCH, {"ids": [task_id]}))
-        fut = TaskFuture(task_id)
+        fut = TaskFuture(task_id, self)
         fut.set_running_or_notify_cancel()
+        self._futures[task_id] = fut
         if fetched["results"]:
             from .. import wire
 
@@ -275,6 +342,45 @@ class Client:
         self._run(watch())
         return fut
 
+    def _on_push(self, msg: protocol.Message) -> None:
+        if msg.op == protocol.PROGRESS:
+            fut = self._futures.get(str(msg.fields.get("id")))
+            if fut is not None:
+                fut._on_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
+
+    # -- job control -------------------------------------------------------
+    def cancel(self, task_id: str) -> dict[str, list[str]]:
+        """Cancel tasks by id: ``{"cancelled": [...], "finished": [...], "unknown": [...]}``."""
+        return self._request_future(protocol.CANCEL, {"ids": [task_id]}).result(30)
+
+    def retry(self, task_ids: Iterable[str] = (), *, queue: str | None = None,
+              states: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """Send dead (or failed, cancelled) tasks back to their queue: by id, or every dead task of ``queue``."""
+        fields: dict[str, Any] = {"ids": list(task_ids), "queue": queue}
+        if states is not None:
+            fields["states"] = list(states)
+        return self._request_future(protocol.RETRY, fields).result(30)
+
+    def purge(self, *, queue: str | None = None, states: Iterable[str] = ("dead",)) -> int:
+        """Delete finished tasks in ``states`` (default dead) of ``queue`` (or every queue)."""
+        return self._request_future(protocol.PURGE, {"queue": queue, "states": list(states)}).result(30)["n"]
+
+    def inspect(self, task_id: str) -> dict[str, Any]:
+        """Everything the master knows about a task: state, attempts, errors, worker, timings,
+        progress, dependencies, result. NotFound for an unknown id."""
+        return self._request_future(protocol.INSPECT, {"id": task_id}).result(30)["task"]
+
+    def tasks(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
+              offset: int = 0) -> list[dict[str, Any]]:
+        """Tasks filtered by queue and state, in submit order, a page at a time."""
+        return self._request_future(protocol.TASKLIST, {"queue": queue, "state": state, "limit": limit,
+                                                        "offset": offset}).result(30)["tasks"]
+
+    def gather(self, futures: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
+        """The results of ``futures`` in order (the first failure raises)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [f.result(None if deadline is None else max(0.0, deadline - time.monotonic())) for f in futures]
+
     def status(self) -> dict[str, Any]:
         """The master's status: queues with counts by state, workers, counters, rates."""
         return self._run(self._core.request(protocol.STATUS, {}))
@@ -289,6 +395,11 @@ class Client:
         for the next item or exits normally).
         """
         return NetworkQueue(self, name, maxsize, ack=ack, codec=codec)
+
+    def queue_info(self, name: str) -> dict[str, Any]:
+        """What the master says of queue ``name``: ``declared`` (it was configured
+        with it), its ``maxsize``, and ``queues`` (every declared name)."""
+        return self._request_future(protocol.QINFO, {"queue": name}).result(30)
 
     def executor(self) -> ConveyorExecutor:
         """A ``concurrent.futures.Executor`` that runs calls on the cluster's workers."""

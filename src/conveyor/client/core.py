@@ -107,7 +107,8 @@ class ClientCore:
         self.server_info: dict[str, Any] = {}
         self._rids = itertools.count(1)
         self._requests: dict[int, tuple[str, dict, asyncio.Future]] = {}
-        self._pending: dict[str, tuple[list, ResultCallback]] = {}  # task id -> (wire task, callback)
+        # task id -> (wire task, or None when only watched; the callbacks waiting for its result)
+        self._pending: dict[str, tuple[list | None, list[ResultCallback]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
         self._closing = False
@@ -305,9 +306,9 @@ class ClientCore:
                     log.warning("ignoring a malformed result from the master")
                     continue
                 entry = self._pending.pop(result.id, None)
-                if entry is not None:
+                for callback in entry[1] if entry is not None else ():
                     try:
-                        entry[1](result)
+                        callback(result)
                     except Exception:  # a user callback must not kill the connection
                         log.exception("result callback failed")
         elif self.on_message is not None:
@@ -350,21 +351,31 @@ class ClientCore:
         """Send tasks; each callback gets its task's result. The future resolves on commit."""
         items = [wire.task_to_wire(t) for t in tasks]
         for item, cb in zip(items, callbacks):
-            self._pending[item[0]] = (item, cb)
+            self._add_pending(item[0], item, cb)
         fut = self.request_nowait(protocol.SUBMIT, {"tasks": items})
 
         def forget_on_error(f: asyncio.Future) -> None:
             if f.cancelled() or f.exception() is not None:
                 for item in items:
-                    self._pending.pop(item[0], None)
+                    self._pending.pop(item[0], None)  # the submit failed: its futures got the error
 
         fut.add_done_callback(forget_on_error)
         return fut
 
     def watch(self, task_id: str, callback: ResultCallback) -> asyncio.Future:
         """Get ``task_id``'s result through ``callback`` when it is stored (now if it is)."""
-        self._pending[task_id] = (None, callback)  # type: ignore[assignment]
+        self._add_pending(task_id, None, callback)
         return self.request_nowait(protocol.SUBSCRIBE, {"ids": [task_id]})
+
+    def _add_pending(self, task_id: str, item: list | None, callback: ResultCallback) -> None:
+        """Remember who waits for a task's result (several may: one key, one task)."""
+        entry = self._pending.get(task_id)
+        if entry is None:
+            self._pending[task_id] = (item, [callback])
+            return
+        entry[1].append(callback)
+        if entry[0] is None and item is not None:
+            self._pending[task_id] = (item, entry[1])
 
     def pending_count(self) -> int:
         """Tasks submitted through this client whose results have not arrived."""
@@ -391,4 +402,10 @@ def _remote_error(fields: dict) -> Exception:
         from ..errors import SerializationError
 
         return SerializationError(message)
+    if kind == "ValueError":  # the master refused a value (an unknown dependency, a bad option)
+        return ValueError(message)
+    if kind == "NotFound":
+        from ..errors import NotFound
+
+        return NotFound(message)
     return RemoteError(kind, message)

@@ -8,6 +8,8 @@ generation, so an enqueue that races a lease is never missed.
 
 from __future__ import annotations
 
+import random
+
 
 class QueueTracker:
     """Remembers which queues are known to be empty."""
@@ -42,6 +44,19 @@ class QueueTracker:
             if q not in self._empty:
                 return q
         return None
+
+    def pick_weighted(self, queues: list[str], weights: list[int],
+                      rand: random.Random | None = None) -> str | None:
+        """A queue that may have work, chosen with probability proportional to its weight."""
+        live = [(q, w) for q, w in zip(queues, weights) if q not in self._empty]
+        if not live:
+            return None
+        r = (rand or random).random() * sum(w for _, w in live)
+        for q, w in live:
+            r -= w
+            if r < 0:
+                return q
+        return live[-1][0]
 
     def is_empty(self, queue: str) -> bool:
         """True if ``queue`` is known to have no ready work."""

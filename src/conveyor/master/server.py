@@ -26,9 +26,13 @@ from ..errors import ProtocolError
 from ..serde import PICKLE
 from ..store import DUPLICATE, STALE, STORED, Store
 from .dispatch import QueueTracker
+from .jobs import HANDLERS as JOB_HANDLERS
+from .jobs import JobService
 from .queues import HANDLERS as QUEUE_HANDLERS
 from .queues import QueueService
 from .rates import RateMeter
+from .scheduler import HANDLERS as SCHEDULE_HANDLERS  # periodic schedules
+from .scheduler import Scheduler
 from .session import Session
 
 log = logging.getLogger("conveyor.master")
@@ -78,6 +82,8 @@ class Master:
         self.completed = RateMeter()
         self.queues = QueueTracker()
         self.queue_service = QueueService(self, declared=dict(queues or {}))
+        self.jobs = JobService(self)
+        self.scheduler = Scheduler(self)  # periodic schedules (master/scheduler.py)
         self._subs: dict[str, set[Session]] = {}
         self._server: asyncio.base_events.Server | None = None
         self._runner: Any = None
@@ -104,7 +110,7 @@ class Master:
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        for coro in (self._dispatcher(), self._reaper(), self._timer()):
+        for coro in (self._dispatcher(), self._reaper(), self._timer(), self.scheduler.run()):
             self._tasks.append(asyncio.create_task(coro))
         log.info("master listening on %s:%d (store: %s)", self.host, self.port, type(self.store).__name__)
 
@@ -229,6 +235,8 @@ class Master:
                 coro = handler(self, s, ev.rid, ev.fields)
             elif ev.op in QUEUE_HANDLERS:
                 coro = QUEUE_HANDLERS[ev.op](self.queue_service, s, ev.rid, ev.fields)
+            elif ev.op in JOB_HANDLERS:
+                coro = JOB_HANDLERS[ev.op](self.jobs, s, ev.rid, ev.fields)
             else:
                 s.error(ev.rid, "ProtocolError", f"unknown op {ev.op!r}")
                 continue
@@ -263,8 +271,15 @@ class Master:
             if not isinstance(queues, list) or not queues or not all(isinstance(q, str) and q for q in queues):
                 raise ProtocolError("hello: a worker must name its queues")
             s.queues = queues
+            weights = f.get("weights")
+            if weights is not None:
+                if (not isinstance(weights, list) or len(weights) != len(queues)
+                        or not all(isinstance(w, int) and w > 0 for w in weights)):
+                    raise ProtocolError("hello: weights must be positive integers, one per queue")
+                s.weights = weights
             s.concurrency = int(f.get("concurrency") or 0)
             s.codecs = [c for c in f.get("codecs", []) if isinstance(c, str)]
+            self.scheduler.declare(s, f.get("periodic"))  # @conveyor.periodic in its modules
             log.info("worker %s connected from %s (queues %s, concurrency %d)",
                      s.name, s.peer, ",".join(queues), s.concurrency)
         s.reply(rid, {"session": s.id, "version": __version__,
@@ -290,6 +305,7 @@ class Master:
             raise
         s.reply(rid, {"new": sum(new)})
         self.counters["submitted"] += sum(new)
+        dependents = [t.id for t in tasks if t.after]
         for t, is_new in zip(tasks, new):
             if is_new:
                 if t.not_before > now:
@@ -300,6 +316,10 @@ class Master:
         existing = [t.id for t, is_new in zip(tasks, new) if not is_new]
         if existing:
             await self._push_stored(existing)
+        if dependents:
+            # A dependency may have failed already: then these finished as they were stored.
+            self.jobs.track_dependents(dependents)
+            await self.jobs.settle_dependents()
 
     async def _push_stored(self, ids: list[str]) -> None:
         found = await self._runner.call(self.store.results, ids)
@@ -327,14 +347,19 @@ class Master:
         items = f.get("results")
         if not isinstance(items, list):
             raise ProtocolError("ack: results must be a list")
-        outcomes = [wire.outcome_from_wire(item) for item in items]
+        pairs = [wire.outcome_from_wire(item) for item in items]
         credit = f.get("credit", 0)
         if isinstance(credit, int) and credit > 0:
             s.credit += credit
             self._wake.set()
-        for o in outcomes:
+        for o, _ in pairs:
             s.inflight.pop(o.id, None)
-        statuses = await self._runner.call(self.store.complete, outcomes, self.clock()) if outcomes else []
+        outcomes = [o for o, retry in pairs if retry is None]
+        retrying = [(o, retry) for o, retry in pairs if retry is not None]
+        now = self.clock()
+        statuses = await self._runner.call(self.store.complete, outcomes, now) if outcomes else []
+        if retrying:
+            await self.jobs.retry_or_bury(retrying, now)
         stored = [o.id for o, st in zip(outcomes, statuses) if st == STORED]
         self.counters["duplicates"] += statuses.count(DUPLICATE)
         self.counters["stale"] += statuses.count(STALE)
@@ -353,6 +378,8 @@ class Master:
                                                "succeeded" if o.ok else "failed", now))
             if results:
                 self._deliver(results)
+        if stored:
+            await self.jobs.settle_dependents()
 
     async def _on_credit(self, s: Session, rid: int, f: dict) -> None:
         n = f.get("n")
@@ -375,8 +402,12 @@ class Master:
             self.queues.changed_unknown()
             self._wake.set()
 
+    async def _on_progress(self, s: Session, rid: int, f: dict) -> None:
+        self.jobs.on_progress(s, f)
+
     async def _on_ping(self, s: Session, rid: int, f: dict) -> None:
-        s.reply(rid, {})
+        # Answered even as a push (rid 0): the answer is the peer's proof we are alive.
+        s.push(protocol.OK, {}) if rid == 0 else s.reply(rid, {})
 
     async def _on_status(self, s: Session, rid: int, f: dict) -> None:
         stats = await self._runner.call(self.store.stats)
@@ -400,6 +431,7 @@ class Master:
             "clients": sum(1 for c in self.sessions.values() if c.role == "client"),
             "counters": dict(self.counters),
             "rates": {"completed_10s": self.completed.rate(10), "completed_60s": self.completed.rate(60)},
+            "schedules": self.scheduler.summary(),
         }
 
     # -- results -----------------------------------------------------------
@@ -442,7 +474,8 @@ class Master:
                 rotate = (rotate + 1) % len(workers)
                 workers = workers[rotate:] + workers[:rotate]
             for w in workers:
-                q = self.queues.first_nonempty(w.queues)
+                q = (self.queues.pick_weighted(w.queues, w.weights) if w.weights
+                     else self.queues.first_nonempty(w.queues))
                 if q is not None:
                     plan.append((w, q, w.credit))
             if not plan:
@@ -465,10 +498,14 @@ class Master:
                     fut = self._runner.call(self.store.release, [(g.id, g.token) for g in got], now)
                     fut.add_done_callback(self._after_release)
                     continue
+                got = self.jobs.rate_limit(got, now)
+                if not got:
+                    continue
                 w.credit -= len(got)
                 for g in got:
                     w.inflight[g.id] = g.token
-                w.push(protocol.TASKS, {"tasks": [wire.lease_to_wire(g) for g in got]})
+                upstream = await self.jobs.upstream(got)
+                w.push(protocol.TASKS, {"tasks": [wire.lease_to_wire(g, upstream.get(g.id)) for g in got]})
             if progress or any(len(got) < n for (_, _, n), got in zip(plan, leases)):
                 self._wake.set()
 
@@ -506,7 +543,7 @@ class Master:
                     log.warning("%d lease(s) expired and went back to their queues", len(expired))
                     self.queues.changed_unknown()
                     self._wake.set()
-            if mono - last_purge >= 60.0:
+            if mono - last_purge >= min(60.0, max(1.0, self.result_ttl / 4)):
                 last_purge = mono
                 n = await self._runner.call(self.store.purge_finished, self.clock() - self.result_ttl)
                 if n:
@@ -549,8 +586,10 @@ _HANDLERS = {
     protocol.CREDIT: Master._on_credit,
     protocol.RETURN: Master._on_return,
     protocol.PING: Master._on_ping,
+    protocol.PROGRESS: Master._on_progress,
     protocol.STATUS: Master._on_status,
 }
+_HANDLERS.update(SCHEDULE_HANDLERS)  # sched_add, sched_list, sched_del
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

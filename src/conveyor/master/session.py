@@ -23,6 +23,7 @@ class Session:
     host: str = ""
     pid: int | None = None
     queues: list[str] = field(default_factory=list)
+    weights: list[int] | None = None  # served by weighted choice instead of in order
     concurrency: int = 0
     codecs: list[str] = field(default_factory=list)
     credit: int = 0

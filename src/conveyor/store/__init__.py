@@ -23,6 +23,7 @@ from .base import (
     STORED,
     SUCCEEDED,
     UNKNOWN,
+    WAITING,
     Lease,
     NewTask,
     Outcome,
@@ -48,7 +49,7 @@ def open_store(data: str | os.PathLike[str] | None, *, sync: str = "normal") -> 
 
 __all__ = [
     "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED", "READY",
-    "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "MEMORY",
+    "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING", "MEMORY",
     "Lease", "NewTask", "Outcome", "QueueStats", "Result", "Store", "TaskInfo",
     "MemoryStore", "SQLiteStore", "open_store",
 ]

@@ -40,7 +40,8 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 DEAD = "dead"
 CANCELLED = "cancelled"
-STATES = (DELAYED, READY, LEASED, SUCCEEDED, FAILED, DEAD, CANCELLED)
+WAITING = "waiting"  # waits for the tasks it depends on (NewTask.after) to succeed
+STATES = (WAITING, DELAYED, READY, LEASED, SUCCEEDED, FAILED, DEAD, CANCELLED)
 FINISHED = (SUCCEEDED, FAILED, DEAD, CANCELLED)
 
 # Outcomes of Store.complete, one per Outcome given.
@@ -66,6 +67,7 @@ class NewTask:
     priority: int = 0
     not_before: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
+    after: list[str] = field(default_factory=list)  # ids that must succeed first
 
 
 @dataclass(slots=True)
@@ -79,6 +81,7 @@ class Lease:
     codec: str
     token: int
     options: dict[str, Any]
+    failures: int = 0  # errors recorded for this task so far (failed attempts)
 
 
 @dataclass(slots=True)
@@ -123,12 +126,15 @@ class TaskInfo:
     options: dict[str, Any]
     errors: list[bytes]
     result: Result | None
+    after: list[str] = field(default_factory=list)
+    progress: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
 class QueueStats:
     """Counts of tasks by state in one queue."""
 
+    waiting: int = 0
     ready: int = 0
     delayed: int = 0
     leased: int = 0
@@ -150,6 +156,15 @@ class Store(abc.ABC):
 
         Idempotent by id, so a client that resubmits after a reconnect never
         creates a second task. Tasks with ``not_before > now`` become delayed.
+
+        Dependencies: a task whose ``after`` names tasks that have not all
+        succeeded yet is WAITING; when the last of them succeeds it becomes
+        ready (or delayed, if its ``not_before`` is still ahead). If any of
+        them fails, dies or is cancelled — now or later — the waiting task is
+        finished as FAILED with the result from :func:`dependency_failed_error`
+        naming that dependency, and so on down the chain. Every id in
+        ``after`` must exist (in the store or earlier in the same batch):
+        otherwise ValueError naming it, and nothing of the batch is inserted.
         """
 
     @abc.abstractmethod
@@ -175,8 +190,10 @@ class Store(abc.ABC):
     def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
              error: bytes | None = None, dead: bool = False) -> bool:
         """Give a leased task back after a failed attempt: to ready (or delayed by
-        ``delay`` seconds), or to dead. ``error`` is appended to the task's error
-        history. False (and nothing changes) if ``token`` does not hold the lease."""
+        ``delay`` seconds), or to dead. ``error`` (when given) is appended to the
+        task's error history; with ``error=None`` the attempt is not counted as a
+        failure (a deferral, e.g. by a rate limit). False (and nothing changes) if
+        ``token`` does not hold the lease. A dead task's dependents fail."""
 
     @abc.abstractmethod
     def release(self, leases: Sequence[tuple[str, int]], now: float) -> int:
@@ -218,6 +235,39 @@ class Store(abc.ABC):
         """Everything stored about one task, or None."""
 
     @abc.abstractmethod
+    def cancel(self, task_id: str, now: float, error: bytes) -> tuple[str, str | None] | None:
+        """Cancel a task that has not finished: it becomes CANCELLED with a failed
+        result whose payload is ``error`` (its dependents fail, as for any failure).
+
+        Returns (the state it had, the lease owner if it was leased) — so the
+        caller can stop it where it runs — or None for an unknown id. A
+        finished task is left as it is (its state is returned).
+        """
+
+    @abc.abstractmethod
+    def requeue(self, now: float, *, ids: Sequence[str] = (), queue: str | None = None,
+                states: Sequence[str] = (DEAD,)) -> list[str]:
+        """Send finished tasks in ``states`` back to ready (``conveyor retry``): the
+        given ``ids``, or every such task of ``queue``. Their results are cleared,
+        their error history is kept, and ``options["retry_base"]`` is set to the
+        number of errors so far so the retry budget starts again. Returns the ids
+        requeued (in enqueue order); ids not in ``states`` are skipped."""
+
+    @abc.abstractmethod
+    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
+        """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
+
+    @abc.abstractmethod
+    def list_tasks(self, *, queue: str | None = None, state: str | None = None,
+                   limit: int = 50, offset: int = 0) -> list[TaskInfo]:
+        """Tasks filtered by queue and/or state, in enqueue order, paged."""
+
+    @abc.abstractmethod
+    def set_progress(self, task_id: str, token: int, progress: dict[str, Any]) -> bool:
+        """Record the latest progress report of the attempt holding the lease
+        (False, nothing changes, for a stale token or a task not leased)."""
+
+    @abc.abstractmethod
     def pending_counts(self, queue: str) -> tuple[int, int, int]:
         """(ready, delayed, leased) counts of one queue; cheap enough to call per put."""
 
@@ -229,6 +279,28 @@ class Store(abc.ABC):
     def stats(self) -> dict[str, QueueStats]:
         """Counts by state for every queue that has tasks."""
 
+    # -- periodic schedules (conveyor.schedule; the master's scheduler loop) --
+    # A record is a dict: name, task, queue, payload (the encoded arguments),
+    # codec, cron, every, tz, missed, options, source ("code" | "cli"),
+    # created_at, last_slot (the latest slot enqueued, or None).
+    @abc.abstractmethod
+    def save_schedule(self, record: dict[str, Any]) -> None:
+        """Insert or replace the schedule ``record["name"]``, its ``last_slot`` included
+        (``record.get("last_slot")``: None means no slot enqueued yet)."""
+
+    @abc.abstractmethod
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule record, by name."""
+
+    @abc.abstractmethod
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; False if there was none by that name."""
+
+    @abc.abstractmethod
+    def mark_slot(self, name: str, slot: float) -> None:
+        """Record that ``slot`` of schedule ``name`` was enqueued. ``last_slot`` only
+        moves forward (an older slot leaves it as it is); an unknown name is ignored."""
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Group the calls inside into one commit (a no-op where commits are free)."""
@@ -236,3 +308,15 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
+
+
+def dependency_failed_error(dependency_id: str, state: str) -> bytes:
+    """The error stored for a task whose dependency ``dependency_id`` ended ``state``."""
+    from ..serde import packb
+
+    return packb({
+        "type": "conveyor.errors.DependencyFailed",
+        "message": f"dependency {dependency_id} {state}",
+        "traceback": "",
+        "dependency": dependency_id,
+    })

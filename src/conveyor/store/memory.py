@@ -11,9 +11,13 @@ from __future__ import annotations
 import contextlib
 import heapq
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
+from typing import Any
 
+from .. import serde
 from .base import (
+    CANCELLED,
     DEAD,
     DELAYED,
     DUPLICATE,
@@ -26,6 +30,7 @@ from .base import (
     STORED,
     SUCCEEDED,
     UNKNOWN,
+    WAITING,
     Lease,
     NewTask,
     Outcome,
@@ -33,9 +38,12 @@ from .base import (
     Result,
     Store,
     TaskInfo,
+    dependency_failed_error,
 )
+from .schedules import MemorySchedules  # periodic schedules: save_schedule, mark_slot...
 
 _FINISHED = frozenset(FINISHED)
+_STATES = frozenset(STATES)
 
 
 class _Rec:
@@ -45,13 +53,20 @@ class _Rec:
         "seq", "id", "queue", "name", "state", "priority", "attempts", "created_at",
         "not_before", "lease_owner", "lease_deadline", "started_at", "finished_at",
         "payload", "codec", "options", "errors", "result_ok", "result_payload", "result_codec",
+        # Dependencies: ``after`` (a tuple, replaced, never changed in place) lists the
+        # ids this task waits for; ``dependents`` (a list or None) the tasks waiting for
+        # it, in enqueue order. ``progress`` is the last progress report, msgpack.
+        "after", "dependents", "progress",
     )
 
     def copy(self) -> _Rec:
+        """A snapshot for the undo log (replaced below by an unrolled equivalent)."""
         other = _Rec.__new__(_Rec)
         for name in _Rec.__slots__:
             setattr(other, name, getattr(self, name))
         other.errors = list(self.errors)
+        if self.dependents:
+            other.dependents = list(self.dependents)
         return other
 
     def result(self) -> Result | None:
@@ -61,7 +76,48 @@ class _Rec:
                       self.result_codec or "msgpack", self.state, self.finished_at)
 
 
-class MemoryStore(Store):
+def _unrolled_copy() -> Any:
+    """_Rec.copy with one assignment per slot instead of a getattr/setattr loop.
+
+    Every lease and result snapshots the record it changes, so this is on
+    the hot path; unrolled it is about four times faster.
+    """
+    lines = ["def copy(self):", "    other = new(_Rec)"]
+    lines += [f"    other.{name} = self.{name}" for name in _Rec.__slots__]
+    lines += ["    other.errors = list(self.errors)",
+              "    if self.dependents:",
+              "        other.dependents = list(self.dependents)",
+              "    return other"]
+    namespace: dict[str, Any] = {"_Rec": _Rec, "new": _Rec.__new__}
+    exec("\n".join(lines), namespace)  # a fixed source, built from __slots__
+    copy = namespace["copy"]
+    copy.__doc__ = _Rec.copy.__doc__
+    return copy
+
+
+_Rec.copy = _unrolled_copy()  # type: ignore[method-assign]
+
+
+def _finished_states(states: Sequence[str], what: str) -> frozenset[str]:
+    """``states`` as a set; ValueError unless every one is a finished state."""
+    wanted = frozenset(states)
+    bad = sorted(wanted - _FINISHED)
+    if bad:
+        raise ValueError(f"cannot {what} {bad[0]} tasks: only finished states "
+                         f"({', '.join(FINISHED)})")
+    return wanted
+
+
+def _check_page(state: str | None, limit: int, offset: int) -> None:
+    if state is not None and state not in _STATES:
+        raise ValueError(f"unknown state {state!r}: choose one of {', '.join(STATES)}")
+    if not 1 <= limit <= 1000:
+        raise ValueError(f"limit must be 1..1000, not {limit}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
+
+
+class MemoryStore(MemorySchedules, Store):
     """Thread-safe in-memory :class:`Store` with heap-ordered per-queue ready sets."""
 
     def __init__(self) -> None:
@@ -104,7 +160,7 @@ class MemoryStore(Store):
             self._owners.setdefault(rec.lease_owner, set()).add(rec.id)
             self._push_deadline(rec)
             self._leased += 1
-        else:
+        elif state != WAITING:  # waiting tasks are found through their dependencies
             heapq.heappush(self._finished, (rec.finished_at, rec.seq, rec.id))
 
     def _push_deadline(self, rec: _Rec) -> None:
@@ -169,7 +225,9 @@ class MemoryStore(Store):
                 undo = self._undo.pop()
                 if undo:
                     for task_id, snap in undo.items():
-                        if snap is None:
+                        if type(task_id) is tuple:  # a schedule's snapshot (store/schedules.py)
+                            self._restore_schedule(task_id, snap)
+                        elif snap is None:
                             self._records.pop(task_id, None)
                         else:
                             self._records[task_id] = snap
@@ -188,6 +246,8 @@ class MemoryStore(Store):
         """Insert tasks; False for ids that exist already (nothing changes)."""
         out: list[bool] = []
         with self.transaction():
+            if any(t.after for t in tasks):
+                self._check_after(tasks)
             undo = self._undo[-1]
             for t in tasks:
                 if t.id in self._records:
@@ -215,12 +275,79 @@ class MemoryStore(Store):
                 rec.result_ok = None
                 rec.result_payload = None
                 rec.result_codec = None
+                rec.after = ()
+                rec.dependents = None
+                rec.progress = None
                 undo.setdefault(t.id, None)
                 self._records[t.id] = rec
+                if t.after:
+                    self._link(rec, t.after, now)
                 self._count(rec.queue, rec.state, 1)
                 self._index(rec)
                 out.append(True)
         return out
+
+    def _check_after(self, tasks: Sequence[NewTask]) -> None:
+        """ValueError unless every dependency of a new task exists or comes earlier in the batch."""
+        seen: set[str] = set()
+        for t in tasks:
+            if t.id in self._records or t.id in seen:
+                continue  # not new: nothing of it is used
+            for dep in t.after:
+                if dep not in self._records and dep not in seen:
+                    raise ValueError(f"unknown dependency {dep}")
+            seen.add(t.id)
+
+    def _link(self, rec: _Rec, after: Sequence[str], now: float) -> None:
+        """Record a new task's dependencies and set its state from theirs (before it is counted)."""
+        rec.after = tuple(dict.fromkeys(after))
+        failed: _Rec | None = None
+        waiting = False
+        for dep_id in rec.after:
+            dep = self._records[dep_id]
+            self._touch(dep)
+            if dep.dependents is None:
+                dep.dependents = []
+            dep.dependents.append(rec.id)
+            if dep.state == SUCCEEDED:
+                continue
+            if dep.state in _FINISHED:
+                failed = failed or dep
+            else:
+                waiting = True
+        if failed is not None:
+            rec.state = FAILED
+            rec.result_ok = False
+            rec.result_payload = dependency_failed_error(failed.id, failed.state)
+            rec.result_codec = "msgpack"
+            rec.finished_at = now
+        elif waiting:
+            rec.state = WAITING
+
+    def _settle(self, task_id: str, state: str, now: float) -> None:
+        """``task_id`` just finished as ``state``: free or fail the tasks waiting for it.
+
+        A success makes each waiting dependent whose dependencies have all
+        succeeded ready (or delayed); any other end fails every waiting
+        dependent, and theirs in turn (breadth first, in enqueue order).
+        """
+        work = deque([(task_id, state)])
+        while work:
+            dep_id, dep_state = work.popleft()
+            dep = self._records.get(dep_id)
+            if dep is None or not dep.dependents:
+                continue
+            for rec in self._sorted_recs([i for i in dep.dependents if i in self._records]):
+                if rec.state != WAITING:
+                    continue
+                if dep_state != SUCCEEDED:
+                    self._finish(rec, FAILED, False, dependency_failed_error(dep_id, dep_state),
+                                 "msgpack", now)
+                    work.append((rec.id, FAILED))
+                elif all(self._records[a].state == SUCCEEDED
+                         for a in rec.after if a in self._records):
+                    self._touch(rec)
+                    self._move(rec, DELAYED if rec.not_before > now else READY)
 
     def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
         """Lease up to ``limit`` ready tasks, highest priority first, FIFO within one."""
@@ -240,7 +367,7 @@ class MemoryStore(Store):
                 rec.started_at = now
                 self._move(rec, LEASED)
                 out.append(Lease(rec.id, rec.queue, rec.name, rec.payload, rec.codec,
-                                 rec.attempts, dict(rec.options)))
+                                 rec.attempts, dict(rec.options), len(rec.errors)))
             if heap is not None and not heap:
                 del self._ready[queue]
         return out
@@ -258,6 +385,7 @@ class MemoryStore(Store):
         """Store results; STORED, DUPLICATE, STALE or UNKNOWN for each outcome."""
         out: list[str] = []
         with self.transaction():
+            ended: list[_Rec] = []  # finished here with dependents: settled after the batch
             for o in outcomes:
                 rec = self._records.get(o.id)
                 if rec is None:
@@ -267,11 +395,17 @@ class MemoryStore(Store):
                 elif o.ok and 1 <= o.token <= rec.attempts:
                     self._finish(rec, SUCCEEDED, True, o.payload, o.codec, now)
                     out.append(STORED)
+                    if rec.dependents:
+                        ended.append(rec)
                 elif not o.ok and rec.state == LEASED and o.token == rec.attempts:
                     self._finish(rec, FAILED, False, o.payload, o.codec, now)
                     out.append(STORED)
+                    if rec.dependents:
+                        ended.append(rec)
                 else:
                     out.append(STALE)
+            for rec in ended:
+                self._settle(rec.id, rec.state, now)
         return out
 
     def _holds(self, task_id: str, token: int) -> _Rec | None:
@@ -293,6 +427,8 @@ class MemoryStore(Store):
             if dead:
                 last = rec.errors[-1] if rec.errors else b""
                 self._finish(rec, DEAD, False, last, "msgpack", now)
+                if rec.dependents:
+                    self._settle(rec.id, DEAD, now)
             elif delay > 0:
                 rec.not_before = now + delay
                 self._move(rec, DELAYED)
@@ -401,31 +537,142 @@ class MemoryStore(Store):
         """Everything stored about one task, or None."""
         with self._lock:
             rec = self._records.get(task_id)
+            return None if rec is None else self._info(rec)
+
+    @staticmethod
+    def _info(rec: _Rec) -> TaskInfo:
+        return TaskInfo(
+            id=rec.id, queue=rec.queue, name=rec.name, state=rec.state,
+            priority=rec.priority, attempts=rec.attempts, created_at=rec.created_at,
+            not_before=rec.not_before, lease_owner=rec.lease_owner,
+            lease_deadline=rec.lease_deadline, started_at=rec.started_at,
+            finished_at=rec.finished_at, options=dict(rec.options),
+            errors=list(rec.errors), result=rec.result(), after=list(rec.after),
+            progress=serde.unpackb(rec.progress) if rec.progress is not None else None,
+        )
+
+    def cancel(self, task_id: str, now: float, error: bytes) -> tuple[str, str | None] | None:
+        """Cancel an unfinished task; (its state before, its lease owner) or None if unknown."""
+        with self.transaction():
+            rec = self._records.get(task_id)
             if rec is None:
                 return None
-            return TaskInfo(
-                id=rec.id, queue=rec.queue, name=rec.name, state=rec.state,
-                priority=rec.priority, attempts=rec.attempts, created_at=rec.created_at,
-                not_before=rec.not_before, lease_owner=rec.lease_owner,
-                lease_deadline=rec.lease_deadline, started_at=rec.started_at,
-                finished_at=rec.finished_at, options=dict(rec.options),
-                errors=list(rec.errors), result=rec.result(),
-            )
+            before = rec.state
+            if before in _FINISHED:
+                return before, None
+            owner = rec.lease_owner if before == LEASED else None
+            self._finish(rec, CANCELLED, False, error, "msgpack", now)
+            if rec.dependents:
+                self._settle(rec.id, CANCELLED, now)
+            return before, owner
+
+    def requeue(self, now: float, *, ids: Sequence[str] = (), queue: str | None = None,
+                states: Sequence[str] = (DEAD,)) -> list[str]:
+        """Send finished tasks in ``states`` back to ready; their ids in enqueue order."""
+        wanted = _finished_states(states, "requeue")
+        with self.transaction():
+            if ids:
+                found = {i for i in ids if i in self._records}
+                recs = self._sorted_recs(found)
+                if queue is not None:
+                    recs = [r for r in recs if r.queue == queue]
+            elif queue is not None:
+                recs = [r for r in self._records.values() if r.queue == queue]
+                recs.sort(key=lambda r: r.seq)
+            else:
+                return []
+            out: list[str] = []
+            for rec in recs:
+                if rec.state not in wanted:
+                    continue
+                blocked = False
+                waiting = False
+                for dep_id in rec.after:
+                    dep = self._records.get(dep_id)
+                    if dep is None or dep.state == SUCCEEDED:
+                        continue
+                    if dep.state in _FINISHED:
+                        blocked = True  # it would fail again at once: retry the dependency too
+                        break
+                    waiting = True
+                if blocked:
+                    continue
+                self._touch(rec)
+                rec.result_ok = rec.result_payload = rec.result_codec = None
+                rec.finished_at = None
+                rec.progress = None
+                rec.options = {**rec.options, "retry_base": len(rec.errors)}
+                if waiting:
+                    state = WAITING
+                else:
+                    state = DELAYED if rec.not_before > now else READY
+                self._move(rec, state)
+                out.append(rec.id)
+            return out
+
+    def _unlink(self, rec: _Rec) -> None:
+        """Drop every dependency link to or from ``rec`` (it is being deleted)."""
+        for dep_id in rec.after:
+            dep = self._records.get(dep_id)
+            if dep is not None and dep.dependents:
+                self._touch(dep)
+                dep.dependents = [i for i in dep.dependents if i != rec.id] or None
+        for child_id in rec.dependents or ():
+            child = self._records.get(child_id)
+            if child is not None and rec.id in child.after:
+                self._touch(child)
+                child.after = tuple(i for i in child.after if i != rec.id)
+
+    def _delete(self, rec: _Rec) -> None:
+        self._undo[-1].setdefault(rec.id, rec)  # the record itself is the snapshot
+        del self._records[rec.id]
+        self._count(rec.queue, rec.state, -1)
+        if rec.after or rec.dependents:
+            self._unlink(rec)
+
+    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
+        """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
+        wanted = _finished_states(states, "purge")
+        with self.transaction():
+            doomed = [rec for rec in self._records.values()
+                      if rec.state in wanted and (queue is None or rec.queue == queue)]
+            for rec in doomed:
+                self._delete(rec)
+            return len(doomed)
+
+    def list_tasks(self, *, queue: str | None = None, state: str | None = None,
+                   limit: int = 50, offset: int = 0) -> list[TaskInfo]:
+        """Tasks filtered by queue and/or state, in enqueue order, paged."""
+        _check_page(state, limit, offset)
+        with self._lock:
+            recs = [rec for rec in self._records.values()
+                    if (queue is None or rec.queue == queue) and (state is None or rec.state == state)]
+            recs.sort(key=lambda r: r.seq)
+            return [self._info(rec) for rec in recs[offset:offset + limit]]
+
+    def set_progress(self, task_id: str, token: int, progress: dict[str, Any]) -> bool:
+        """Record the progress report of the attempt holding the lease; False if stale."""
+        blob = serde.packb(progress)
+        with self.transaction():
+            rec = self._holds(task_id, token)
+            if rec is None:
+                return False
+            self._touch(rec)
+            rec.progress = blob
+            return True
 
     def purge_finished(self, before: float) -> int:
         """Delete finished tasks that finished before ``before``; how many."""
         n = 0
         with self.transaction():
             heap = self._finished
-            undo = self._undo[-1]
             while heap and heap[0][0] < before:
-                _, seq, task_id = heapq.heappop(heap)
+                finished_at, seq, task_id = heapq.heappop(heap)
                 rec = self._records.get(task_id)
-                if rec is None or rec.seq != seq or rec.state not in _FINISHED:
-                    continue
-                undo.setdefault(task_id, rec)  # the record itself is the snapshot
-                del self._records[task_id]
-                self._count(rec.queue, rec.state, -1)
+                if rec is None or rec.seq != seq or rec.state not in _FINISHED \
+                        or rec.finished_at != finished_at:
+                    continue  # purged, requeued or finished again since
+                self._delete(rec)
                 n += 1
         return n
 

@@ -18,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from .. import serde
 from ..errors import StoreError
 from .base import (
+    CANCELLED,
     DEAD,
     DELAYED,
     DUPLICATE,
@@ -36,6 +38,7 @@ from .base import (
     STORED,
     SUCCEEDED,
     UNKNOWN,
+    WAITING,
     Lease,
     NewTask,
     Outcome,
@@ -43,10 +46,13 @@ from .base import (
     Result,
     Store,
     TaskInfo,
+    dependency_failed_error,
 )
+from .memory import _check_page, _finished_states
+from .schedules import SQLITE_DDL, SQLiteSchedules, migrate_v1  # periodic schedules
 
 DB_NAME = "conveyor.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the schedules table (store/schedules.py); 1 is migrated on open
 SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
 
 _FINISHED = frozenset(FINISHED)
@@ -86,6 +92,7 @@ CREATE INDEX tasks_owner ON tasks (lease_owner) WHERE state = '{LEASED}';
 CREATE INDEX tasks_deadline ON tasks (lease_deadline) WHERE state = '{LEASED}';
 CREATE INDEX tasks_delayed ON tasks (not_before, state) WHERE state = '{DELAYED}';
 CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+{SQLITE_DDL}
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -96,6 +103,21 @@ _INFO_COLUMNS = (
 )
 
 _RETURN_TO_READY = "state = 'ready', lease_owner = NULL, lease_deadline = NULL"
+
+# Added to any schema version by _add_dependencies (additive and idempotent, so it
+# works on a fresh file and on one made before dependencies existed). ``deps`` has
+# one row per (task, dependency), in the order ``after`` named them (rowid);
+# ``deps_on`` finds the dependents of a finished task.
+_DEPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deps (
+    task_id    TEXT NOT NULL,
+    depends_on TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS deps_task ON deps (task_id, depends_on);
+CREATE INDEX IF NOT EXISTS deps_on ON deps (depends_on, task_id)
+"""
+_DEPS_OBJECTS = {"deps", "deps_task", "deps_on"}
+_TASK_COLUMNS_ADDED = {"progress": "BLOB"}  # column -> type, added by ALTER TABLE
 
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -111,7 +133,24 @@ def _options(blob: bytes | None) -> dict[str, Any]:
     return serde.unpackb(blob) if blob else {}
 
 
-class SQLiteStore(Store):
+def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
+    """A TaskInfo from a row of ``_INFO_COLUMNS, progress`` and the task's dependencies."""
+    (tid, queue, name, state, priority, attempts, created_at, not_before, owner, deadline,
+     started_at, finished_at, options, errors, ok, payload, codec, progress) = row
+    result = None
+    if state in _FINISHED:
+        result = Result(tid, bool(ok), payload or b"", codec or "msgpack", state, finished_at)
+    return TaskInfo(
+        id=tid, queue=queue, name=name, state=state, priority=priority, attempts=attempts,
+        created_at=created_at, not_before=not_before, lease_owner=owner,
+        lease_deadline=deadline, started_at=started_at, finished_at=finished_at,
+        options=_options(options), errors=serde.unpackb(errors) if errors else [],
+        result=result, after=after,
+        progress=serde.unpackb(progress) if progress is not None else None,
+    )
+
+
+class SQLiteStore(SQLiteSchedules, Store):
     """The durable :class:`Store`: one SQLite database ``conveyor.db`` in ``path``."""
 
     def __init__(self, path: str | os.PathLike[str], *, sync: str = "normal") -> None:
@@ -175,6 +214,8 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        if version == 1 and "tasks" in tables:  # schema 1 had no schedules table
+            version = migrate_v1(conn, SCHEMA_VERSION)
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"cannot open store at {self.path}: it has schema version {version}, "
@@ -185,8 +226,40 @@ class SQLiteStore(Store):
                 f"cannot open store at {self.path}: the file is an SQLite database "
                 "but not a conveyor store"
             )
+        self._add_dependencies(conn)
         # A cheap read through the tasks table catches a damaged schema or index root.
         conn.execute("SELECT seq FROM tasks ORDER BY seq DESC LIMIT 1").fetchall()
+
+    def _add_dependencies(self, conn: sqlite3.Connection) -> None:
+        """Add the deps table and tasks.progress where missing (any schema version)."""
+
+        def missing() -> tuple[list[str], bool]:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+            names = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+            return ([c for c in _TASK_COLUMNS_ADDED if c not in columns],
+                    not _DEPS_OBJECTS <= names)
+
+        columns, deps = missing()
+        if columns or deps:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                columns, deps = missing()  # another process may have added them meanwhile
+                for column in columns:
+                    conn.execute(
+                        f"ALTER TABLE tasks ADD COLUMN {column} {_TASK_COLUMNS_ADDED[column]}")
+                if deps:
+                    for statement in _DEPS_SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        # Whether any task has dependencies: complete/nack/cancel skip the deps lookups
+        # while none has. Once true it stays true (a rolled-back insert only costs needless
+        # lookups); only this store writes deps rows (the master is the store's one writer).
+        self._has_deps = conn.execute("SELECT EXISTS (SELECT 1 FROM deps)").fetchone()[0] == 1
 
     # -- transactions ------------------------------------------------------
 
@@ -274,6 +347,8 @@ class SQLiteStore(Store):
             for part in _chunks(ids):
                 existing.update(row[0] for row in conn.execute(
                     f"SELECT id FROM tasks WHERE id IN ({_marks(len(part))})", part))
+            if any(t.after for t in tasks):
+                return self._enqueue_linked(conn, tasks, existing, now)
             out: list[bool] = []
             rows = []
             for t in tasks:
@@ -292,6 +367,96 @@ class SQLiteStore(Store):
                 "payload, codec, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return out
 
+    def _enqueue_linked(self, conn: sqlite3.Connection, tasks: Sequence[NewTask],
+                        existing: set[str], now: float) -> list[bool]:
+        """enqueue for a batch where some task has dependencies (inside its transaction)."""
+        # The state of every dependency, from the store or from earlier in the batch.
+        states: dict[str, str] = {}
+        wanted = list({d: None for t in tasks for d in t.after})
+        for part in _chunks(wanted):
+            states.update(conn.execute(
+                f"SELECT id, state FROM tasks WHERE id IN ({_marks(len(part))})", part).fetchall())
+        seen: set[str] = set()
+        for t in tasks:  # validate everything before inserting anything
+            if t.id in existing or t.id in seen:
+                continue
+            for dep in t.after:
+                if dep not in states and dep not in seen:
+                    raise ValueError(f"unknown dependency {dep}")
+            seen.add(t.id)
+        out: list[bool] = []
+        rows = []
+        links: list[tuple[str, str]] = []
+        failed: list[tuple[bytes, float, str]] = []
+        for t in tasks:
+            if t.id in existing:
+                out.append(False)
+                continue
+            existing.add(t.id)
+            out.append(True)
+            state = DELAYED if t.not_before > now else READY
+            if t.after:
+                after = list(dict.fromkeys(t.after))
+                links.extend((t.id, dep) for dep in after)
+                bad = next((d for d in after if states[d] in _FINISHED and states[d] != SUCCEEDED),
+                           None)
+                if bad is not None:
+                    state = FAILED
+                    failed.append((dependency_failed_error(bad, states[bad]), now, t.id))
+                elif any(states[d] != SUCCEEDED for d in after):
+                    state = WAITING
+            states[t.id] = state
+            rows.append((
+                t.id, t.queue, t.name, state, int(t.priority), now, float(t.not_before),
+                bytes(t.payload), t.codec, serde.packb(t.options) if t.options else None,
+            ))
+        conn.executemany(
+            "INSERT INTO tasks (id, queue, name, state, priority, created_at, not_before, "
+            "payload, codec, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany("INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)", links)
+        conn.executemany(
+            "UPDATE tasks SET result_ok = 0, result_payload = ?, result_codec = 'msgpack', "
+            "finished_at = ? WHERE id = ?", failed)
+        if links:
+            self._has_deps = True
+        return out
+
+    def _settle(self, conn: sqlite3.Connection, ended: Sequence[tuple[str, str]],
+                now: float) -> None:
+        """Tasks just finished (id, state): free or fail the tasks waiting for them.
+
+        A success makes each waiting dependent whose dependencies have all
+        succeeded ready (or delayed); any other end fails every waiting
+        dependent, and theirs in turn (breadth first, in enqueue order).
+        """
+        if not self._has_deps or not ended:
+            return
+        having: set[str] = set()
+        for part in _chunks([task_id for task_id, _ in ended]):
+            having.update(row[0] for row in conn.execute(
+                f"SELECT DISTINCT depends_on FROM deps WHERE depends_on IN ({_marks(len(part))})",
+                part))
+        work = deque(e for e in ended if e[0] in having)
+        while work:
+            dep_id, dep_state = work.popleft()
+            rows = conn.execute(
+                "SELECT t.seq, t.id, t.not_before FROM deps d JOIN tasks t ON t.id = d.task_id "
+                "WHERE d.depends_on = ? AND t.state = 'waiting' ORDER BY t.seq",
+                (dep_id,)).fetchall()
+            for seq, task_id, not_before in rows:
+                if dep_state != SUCCEEDED:
+                    conn.execute(
+                        "UPDATE tasks SET state = 'failed', result_ok = 0, result_payload = ?, "
+                        "result_codec = 'msgpack', finished_at = ? WHERE seq = ?",
+                        (dependency_failed_error(dep_id, dep_state), now, seq))
+                    work.append((task_id, FAILED))
+                elif conn.execute(
+                        "SELECT 1 FROM deps d JOIN tasks t ON t.id = d.depends_on "
+                        "WHERE d.task_id = ? AND t.state != 'succeeded' LIMIT 1",
+                        (task_id,)).fetchone() is None:
+                    conn.execute("UPDATE tasks SET state = ? WHERE seq = ?",
+                                 (DELAYED if not_before > now else READY, seq))
+
     def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
         """Lease up to ``limit`` ready tasks, highest priority first, FIFO within one."""
         if limit <= 0:
@@ -302,11 +467,12 @@ class SQLiteStore(Store):
                 "lease_deadline = ?, started_at = ? WHERE seq IN ("
                 " SELECT seq FROM tasks WHERE state = 'ready' AND queue = ?"
                 " ORDER BY priority DESC, seq LIMIT ?) "
-                "RETURNING priority, seq, id, queue, name, payload, codec, attempts, options",
+                "RETURNING priority, seq, id, queue, name, payload, codec, attempts, options, errors",
                 (owner, now + lease_for, now, queue, int(limit)),
             ).fetchall()
         rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING order is unspecified
-        return [Lease(r[2], r[3], r[4], r[5], r[6], r[7], _options(r[8])) for r in rows]
+        return [Lease(r[2], r[3], r[4], r[5], r[6], r[7], _options(r[8]),
+                      len(serde.unpackb(r[9])) if r[9] else 0) for r in rows]
 
     def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
         """Store results; STORED, DUPLICATE, STALE or UNKNOWN for each outcome."""
@@ -323,6 +489,8 @@ class SQLiteStore(Store):
                     current[task_id] = [seq, state, attempts]
             out: list[str] = []
             updates = []
+            linked = self._has_deps  # dependents to settle afterwards, if any task has some
+            ended: list[tuple[str, str]] = []
             for o in outcomes:
                 cur = current.get(o.id)
                 if cur is None:
@@ -341,10 +509,14 @@ class SQLiteStore(Store):
                     continue
                 out.append(STORED)
                 updates.append((cur[1], 1 if o.ok else 0, bytes(o.payload), o.codec, now, seq))
+                if linked:
+                    ended.append((o.id, cur[1]))
             conn.executemany(
                 "UPDATE tasks SET state = ?, result_ok = ?, result_payload = ?, result_codec = ?, "
                 "finished_at = ?, lease_owner = NULL, lease_deadline = NULL WHERE seq = ?",
                 updates)
+            if ended:
+                self._settle(conn, ended, now)
         return out
 
     def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
@@ -368,6 +540,7 @@ class SQLiteStore(Store):
                     " result_codec = 'msgpack', finished_at = ?, lease_owner = NULL,"
                     " lease_deadline = NULL WHERE seq = ?",
                     (blob, errors[-1] if errors else b"", now, seq))
+                self._settle(conn, [(task_id, DEAD)], now)
             elif delay > 0:
                 conn.execute(
                     "UPDATE tasks SET state = 'delayed', errors = ?, not_before = ?,"
@@ -456,28 +629,135 @@ class SQLiteStore(Store):
     def get(self, task_id: str) -> TaskInfo | None:
         """Everything stored about one task, or None."""
         with self._reading() as conn:
-            row = conn.execute(f"SELECT {_INFO_COLUMNS} FROM tasks WHERE id = ?",
+            row = conn.execute(f"SELECT {_INFO_COLUMNS}, progress FROM tasks WHERE id = ?",
                                (task_id,)).fetchone()
-        if row is None:
-            return None
-        (tid, queue, name, state, priority, attempts, created_at, not_before, owner, deadline,
-         started_at, finished_at, options, errors, ok, payload, codec) = row
-        result = None
-        if state in _FINISHED:
-            result = Result(tid, bool(ok), payload or b"", codec or "msgpack", state, finished_at)
-        return TaskInfo(
-            id=tid, queue=queue, name=name, state=state, priority=priority, attempts=attempts,
-            created_at=created_at, not_before=not_before, lease_owner=owner,
-            lease_deadline=deadline, started_at=started_at, finished_at=finished_at,
-            options=_options(options), errors=serde.unpackb(errors) if errors else [],
-            result=result,
-        )
+            if row is None:
+                return None
+            after = [r[0] for r in conn.execute(
+                "SELECT depends_on FROM deps WHERE task_id = ? ORDER BY rowid", (task_id,))]
+        return _info(row, after)
+
+    def cancel(self, task_id: str, now: float, error: bytes) -> tuple[str, str | None] | None:
+        """Cancel an unfinished task; (its state before, its lease owner) or None if unknown."""
+        with self.transaction():
+            conn = self.conn
+            row = conn.execute("SELECT seq, state, lease_owner FROM tasks WHERE id = ?",
+                               (task_id,)).fetchone()
+            if row is None:
+                return None
+            seq, state, owner = row
+            if state in _FINISHED:
+                return state, None
+            conn.execute(
+                "UPDATE tasks SET state = 'cancelled', result_ok = 0, result_payload = ?, "
+                "result_codec = 'msgpack', finished_at = ?, lease_owner = NULL, "
+                "lease_deadline = NULL WHERE seq = ?", (bytes(error), now, seq))
+            self._settle(conn, [(task_id, CANCELLED)], now)
+            return state, owner if state == LEASED else None
+
+    def requeue(self, now: float, *, ids: Sequence[str] = (), queue: str | None = None,
+                states: Sequence[str] = (DEAD,)) -> list[str]:
+        """Send finished tasks in ``states`` back to ready; their ids in enqueue order."""
+        wanted = _finished_states(states, "requeue")
+        if not wanted or (not ids and queue is None):
+            return []
+        columns = "seq, id, queue, state, not_before, options, errors"
+        with self.transaction():
+            conn = self.conn
+            rows: list[Any] = []
+            if ids:
+                for part in _chunks(list(dict.fromkeys(ids))):
+                    rows.extend(conn.execute(
+                        f"SELECT {columns} FROM tasks WHERE id IN ({_marks(len(part))})", part))
+                rows.sort()
+            else:
+                rows = conn.execute(
+                    f"SELECT {columns} FROM tasks WHERE queue = ? "
+                    f"AND state IN ({_marks(len(wanted))}) ORDER BY seq",
+                    (queue, *wanted)).fetchall()
+            out: list[str] = []
+            for seq, task_id, task_queue, state, not_before, options, errors in rows:
+                if state not in wanted or (queue is not None and task_queue != queue):
+                    continue
+                target = DELAYED if not_before > now else READY
+                if self._has_deps:
+                    dep_states = {r[0] for r in conn.execute(
+                        "SELECT t.state FROM deps d JOIN tasks t ON t.id = d.depends_on "
+                        "WHERE d.task_id = ?", (task_id,))}
+                    dep_states.discard(SUCCEEDED)
+                    if dep_states & _FINISHED:
+                        continue  # it would fail again at once: retry the dependency too
+                    if dep_states:
+                        target = WAITING
+                opts = _options(options)
+                opts["retry_base"] = len(serde.unpackb(errors)) if errors else 0
+                conn.execute(
+                    "UPDATE tasks SET state = ?, options = ?, result_ok = NULL, "
+                    "result_payload = NULL, result_codec = NULL, finished_at = NULL, "
+                    "progress = NULL WHERE seq = ?", (target, serde.packb(opts), seq))
+                out.append(task_id)
+            return out
+
+    def _delete_where(self, where: str, params: Sequence[Any]) -> int:
+        """Delete the tasks ``WHERE where`` and every dependency row naming them; how many."""
+        conn = self.conn
+        if self._has_deps:
+            conn.execute(f"DELETE FROM deps WHERE task_id IN (SELECT id FROM tasks WHERE {where})",
+                         params)
+            conn.execute(
+                f"DELETE FROM deps WHERE depends_on IN (SELECT id FROM tasks WHERE {where})",
+                params)
+        return conn.execute(f"DELETE FROM tasks WHERE {where}", params).rowcount
+
+    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
+        """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
+        wanted = _finished_states(states, "purge")
+        if not wanted:
+            return 0
+        where = f"state IN ({_marks(len(wanted))})"
+        params: list[Any] = sorted(wanted)
+        if queue is not None:
+            where += " AND queue = ?"
+            params.append(queue)
+        with self.transaction():
+            return self._delete_where(where, params)
+
+    def list_tasks(self, *, queue: str | None = None, state: str | None = None,
+                   limit: int = 50, offset: int = 0) -> list[TaskInfo]:
+        """Tasks filtered by queue and/or state, in enqueue order, paged."""
+        _check_page(state, limit, offset)
+        where, params = [], []
+        if queue is not None:
+            where.append("queue = ?")
+            params.append(queue)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        sql = f"SELECT {_INFO_COLUMNS}, progress FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._reading() as conn:
+            rows = conn.execute(sql + " ORDER BY seq LIMIT ? OFFSET ?",
+                                (*params, int(limit), int(offset))).fetchall()
+            after: dict[str, list[str]] = {}
+            for part in _chunks([r[0] for r in rows]):
+                for task_id, dep in conn.execute(
+                        f"SELECT task_id, depends_on FROM deps WHERE task_id IN "
+                        f"({_marks(len(part))}) ORDER BY rowid", part):
+                    after.setdefault(task_id, []).append(dep)
+        return [_info(row, after.get(row[0], [])) for row in rows]
+
+    def set_progress(self, task_id: str, token: int, progress: dict[str, Any]) -> bool:
+        """Record the progress report of the attempt holding the lease; False if stale."""
+        with self.transaction():
+            return self.conn.execute(
+                "UPDATE tasks SET progress = ? WHERE id = ? AND state = 'leased' AND attempts = ?",
+                (serde.packb(progress), task_id, int(token))).rowcount == 1
 
     def purge_finished(self, before: float) -> int:
         """Delete finished tasks that finished before ``before``; how many."""
         with self.transaction():
-            return self.conn.execute(
-                "DELETE FROM tasks WHERE finished_at < ?", (before,)).rowcount
+            return self._delete_where("finished_at < ?", (before,))
 
     def pending_counts(self, queue: str) -> tuple[int, int, int]:
         """(ready, delayed, leased) counts of one queue, each from its partial index."""

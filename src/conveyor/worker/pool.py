@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import serde
-from ..errors import SerializationError, TaskTimeout, WorkerCrashed
+from ..context import CurrentTask, set_current
+from ..errors import SerializationError, SoftTimeLimitExceeded, TaskTimeout, WorkerCrashed
 from ..tasks import Registry
 
 __all__ = ["Job", "JobResult", "ProcessPool", "ThreadPool", "make_pool", "POOL_KINDS"]
@@ -66,6 +67,8 @@ EXIT_TIMEOUT = 5.0
 _TICK = 0.5
 
 OnResults = Callable[[list["JobResult"]], None]
+OnProgress = Callable[[dict[str, Any]], None]
+CANCELLED_MESSAGE = "task was cancelled"
 
 
 @dataclass(slots=True)
@@ -109,22 +112,39 @@ def _encode_error(exc: BaseException) -> bytes:
 
 
 def _execute(registry: Registry, name: str, payload: bytes, codec: str,
-             allow_pickle: bool) -> tuple[bool, bytes, str, float]:
-    """Run one task: ``(ok, payload, codec, duration)``. Never raises."""
+             allow_pickle: bool, current: CurrentTask | None = None,
+             soft_timeout: float | None = None) -> tuple[bool, bytes, str, float]:
+    """Run one task: ``(ok, payload, codec, duration)``. Never raises.
+
+    ``current`` is what ``conveyor.current_task()`` returns meanwhile. A
+    ``soft_timeout`` (process pools only: it needs the main thread's signals)
+    raises SoftTimeLimitExceeded inside the task when it passes.
+    """
     duration = 0.0
+    set_current(current)
     try:
         if codec not in serde.CODECS:
             raise SerializationError(f"unknown codec {codec!r}: this worker knows {', '.join(serde.CODECS)}")
         fn = registry.resolve(name)
         args, kwargs = serde.decode_call(payload, codec, allow_pickle=allow_pickle)
         start = time.perf_counter()
+        if soft_timeout:
+            signal.setitimer(signal.ITIMER_REAL, soft_timeout)
         try:
             value = fn(*args, **kwargs)
         finally:
+            if soft_timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
             duration = time.perf_counter() - start
         return True, serde.encode(value, codec), codec, duration
     except BaseException as exc:  # SystemExit from a task is its failure, not ours
         return False, _encode_error(exc), serde.MSGPACK, duration
+    finally:
+        set_current(None)
+
+
+def _soft_limit(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded("the task's soft time limit passed")
 
 
 def _failed(job: Job, exc: BaseException, duration: float = 0.0) -> JobResult:
@@ -143,6 +163,20 @@ def _timeout_of(options: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return seconds if seconds > 0 else None
+
+
+def _soft_timeout_of(options: Any) -> float | None:
+    """The ``soft_timeout`` option in seconds, or None."""
+    if not isinstance(options, dict):
+        return None
+    value = options.get("soft_timeout")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    return float(value)
+
+
+class CancelledTask(Exception):
+    """Reported for a job the master cancelled (the master already has its final state)."""
 
 
 def _timeout_error(name: str, seconds: float) -> TaskTimeout:
@@ -178,6 +212,7 @@ class _Core:
                  allow_pickle: bool) -> None:
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
+        self.on_progress: OnProgress | None = None
         self.concurrency = concurrency
         self.modules = list(modules)
         self.on_results = on_results
@@ -194,7 +229,8 @@ class _Core:
 
     # called by the pool's user
     def submit(self, jobs: list[Job]) -> None:
-        entries = [_Entry(job, _timeout_of(job.options)) for job in jobs]
+        entries = [_Entry(job, _timeout_of(job.options), _soft_timeout_of(job.options) is not None)
+                   for job in jobs]
         with self.cond:
             if self.closing:
                 raise RuntimeError("the pool is shut down")
@@ -206,6 +242,33 @@ class _Core:
             jobs = [entry.job for entry in self.pending_jobs]
             self.pending_jobs.clear()
         return jobs
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a job: pending ones are reported cancelled at once, running ones stopped
+        where the pool can stop them. False if the pool does not hold it or cannot stop it."""
+        with self.cond:
+            for entry in self.pending_jobs:
+                if entry.job.id == task_id:
+                    self.pending_jobs.remove(entry)
+                    self.in_flight += 1
+                    break
+            else:
+                entry = None
+        if entry is not None:
+            self.report([entry], [_failed(entry.job, CancelledTask(CANCELLED_MESSAGE))])
+            return True
+        return self.cancel_running(task_id)
+
+    def cancel_running(self, task_id: str) -> bool:
+        return False  # threads cannot be stopped
+
+    def progress(self, report: dict) -> None:
+        """A running task reported progress."""
+        if self.on_progress is not None and not self.killed:
+            try:
+                self.on_progress(report)
+            except Exception:
+                log.exception("the pool's on_progress callback failed")
 
     def pending(self) -> int:
         return len(self.pending_jobs)
@@ -291,6 +354,15 @@ class _PoolBase:
         """Jobs started (handed to a slot) and not yet reported."""
         return self._core.running()
 
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a job: a pending one is reported failed (cancelled) at once; a running one
+        is stopped by killing its process (process pools only). False if not held or unstoppable."""
+        return self._core.cancel(task_id)
+
+    def set_progress_callback(self, fn: OnProgress | None) -> None:
+        """Call ``fn(report)`` (from pool threads) when a task reports progress."""
+        self._core.on_progress = fn
+
     @property
     def avg_duration(self) -> float:
         """Exponentially weighted mean run time of a task in seconds (0 before the first)."""
@@ -301,12 +373,20 @@ class _PoolBase:
 
 _MSG_READY = "ready"
 _MSG_ERROR = "error"
+_MSG_PROGRESS = "p"
+_MSG_RESULTS = "r"
 
 
 def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
                 allow_pickle: bool) -> None:
     """A pool child: import the modules once, then run batches until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop,
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # even when a service manager signals the group
+    signal.signal(signal.SIGALRM, _soft_limit)
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # an orphan stops at once, even in the middle of a task
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
+                         name="conveyor-parent-watch").start()
     try:
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, "")
@@ -325,12 +405,25 @@ def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
         if not data:
             return  # asked to stop
         batch = serde.unpackb(data)
-        results = [list(_execute(registry, name, payload, codec, allow_pickle))
-                   for name, payload, codec in batch]
+
+        def send_progress(report: dict) -> None:
+            try:
+                conn.send_bytes(serde.packb([_MSG_PROGRESS, report]))
+            except OSError:
+                pass
+
+        results = [list(_execute(registry, name, payload, codec, allow_pickle,
+                                 CurrentTask(tid, name, token, send_progress), soft))
+                   for tid, token, name, payload, codec, soft in batch]
         try:
-            conn.send_bytes(serde.packb(results))
+            conn.send_bytes(serde.packb([_MSG_RESULTS, results]))
         except OSError:
             return
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _exit_description(code: int | None) -> str:
@@ -352,10 +445,12 @@ class _StartFailed(Exception):
 class _Slot:
     """One child process and the parent thread that manages it."""
 
-    __slots__ = ("index", "proc", "conn", "first_start", "start_error")
+    __slots__ = ("index", "proc", "conn", "first_start", "start_error", "running", "cancelled")
 
     def __init__(self, index: int) -> None:
         self.index = index
+        self.running: set[str] = set()  # ids of the batch it runs now
+        self.cancelled: set[str] = set()  # ids of that batch the master cancelled
         self.proc: Any = None
         self.conn: multiprocessing.connection.Connection | None = None
         self.first_start = threading.Event()
@@ -419,9 +514,22 @@ class _ProcessCore(_Core):
         for proc in procs:
             _kill(proc)
         for proc in procs:
-            proc.join(EXIT_TIMEOUT)
+            _reap(proc, EXIT_TIMEOUT)
         with _LIVE_LOCK:
             _LIVE_CORES.discard(self)
+
+    def cancel_running(self, task_id: str) -> bool:
+        """Stop the child running ``task_id`` (its slot reports it cancelled)."""
+        with self.cond:
+            for slot in self.slots:
+                if task_id in slot.running and slot.proc is not None:
+                    slot.cancelled.add(task_id)
+                    proc = slot.proc
+                    break
+            else:
+                return False
+        _kill(proc)
+        return True
 
     def processes(self) -> list[Any]:
         with self.cond:
@@ -481,7 +589,7 @@ class _ProcessCore(_Core):
                 slot.proc, slot.conn = proc, parent_conn
         if killed:
             _kill(proc)
-            proc.join(EXIT_TIMEOUT)
+            _reap(proc, EXIT_TIMEOUT)
             parent_conn.close()
             return False
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -492,15 +600,20 @@ class _ProcessCore(_Core):
             if parent_conn in ready:
                 try:
                     kind, detail = serde.unpackb(parent_conn.recv_bytes())
-                except (EOFError, OSError, ValueError):
+                except (EOFError, OSError, ValueError, TypeError):
                     kind, detail = _MSG_ERROR, None
                 if kind == _MSG_READY:
                     return True
-                self._retire(slot, graceful=False)
-                raise _StartFailed(detail or _exit_description(proc.exitcode))
+                if detail:
+                    self._retire(slot, graceful=False)
+                    raise _StartFailed(detail)
+                ready = [proc.sentinel]  # the pipe closed: the child is exiting
             if proc.sentinel in ready:
+                code = _reap(proc, 1.0)
                 self._retire(slot, graceful=False)
-                raise _StartFailed(_exit_description(proc.exitcode) + " while starting")
+                raise _StartFailed(
+                    f"{_exit_description(code)} while starting (see its output; a script that "
+                    "starts a process pool must do so under `if __name__ == '__main__':`)")
             if time.monotonic() > deadline:
                 self._retire(slot, graceful=False)
                 raise _StartFailed(f"did not start within {STARTUP_TIMEOUT:g}s")
@@ -512,15 +625,16 @@ class _ProcessCore(_Core):
             slot.proc = slot.conn = None
         if proc is None:
             return
-        if graceful and proc.is_alive() and conn is not None:
+        if graceful and conn is not None and _reap(proc, 0) is None:
             try:
                 conn.send_bytes(b"")
             except OSError:
                 pass
-            proc.join(EXIT_TIMEOUT)
-        if proc.exitcode is None:
+            _reap(proc, EXIT_TIMEOUT)
+        if _reap(proc, 0) is None:
             _kill(proc)
-        proc.join(EXIT_TIMEOUT)
+            if _reap(proc, EXIT_TIMEOUT) is None:
+                log.error("pool process %d did not exit after SIGKILL", proc.pid)
         if conn is not None:
             conn.close()
 
@@ -532,24 +646,36 @@ class _ProcessCore(_Core):
         started = time.monotonic()
         deadline = started + timeout if timeout is not None else None
         data: bytes | None = None
+        with self.cond:
+            slot.running = {job.id for job in jobs}
+            slot.cancelled = set()
         try:
-            conn.send_bytes(serde.packb([[job.name, job.payload, job.codec] for job in jobs]))
+            conn.send_bytes(serde.packb([[job.id, job.token, job.name, job.payload, job.codec,
+                                          _soft_timeout_of(job.options)] for job in jobs]))
             while True:
                 wait = _TICK if deadline is None else max(0.0, min(_TICK, deadline - time.monotonic()))
                 ready = multiprocessing.connection.wait([conn, proc.sentinel], wait)
                 if conn in ready or conn.poll(0):
-                    data = conn.recv_bytes()
+                    kind, body = serde.unpackb(conn.recv_bytes())
+                    if kind == _MSG_PROGRESS:
+                        self.progress(body)
+                        continue
+                    data = body
                     break
                 if proc.sentinel in ready or self.killed:
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-        except (EOFError, OSError):
+        except (EOFError, OSError, ValueError, TypeError):
             data = None
+        finally:
+            with self.cond:
+                slot.running = set()
+                cancelled, slot.cancelled = slot.cancelled, set()
         elapsed = time.monotonic() - started
         if data is not None:
             try:
-                rows = serde.unpackb(data)
+                rows = data
                 results = [JobResult(job.id, job.token, bool(ok), payload, codec, float(duration))
                            for job, (ok, payload, codec, duration) in zip(jobs, rows, strict=True)]
             except (ValueError, TypeError) as exc:
@@ -559,20 +685,25 @@ class _ProcessCore(_Core):
         if self.killed:
             self.report(batch, [])  # nothing is reported once killed
             return
-        if deadline is not None and proc.is_alive():
+        if deadline is not None and _reap(proc, 0) is None:
             # Past its time limit: kill the child and start another.
             _kill(proc)
             self._retire(slot, graceful=False)
             job = jobs[0]
             self.report(batch, [_failed(job, _timeout_error(job.name, timeout or 0.0), elapsed)])
             return
-        # The child died under the batch.
-        if proc.exitcode is None:
-            proc.join(1.0)
-        code = proc.exitcode
+        # The child died under the batch (or was stopped to cancel a task of it).
+        code = _reap(proc, 1.0)
         self._retire(slot, graceful=False)
         if self.killed:
             self.report(batch, [])
+            return
+        if cancelled:
+            stopped = [e for e in batch if e.job.id in cancelled]
+            rest = [e for e in batch if e.job.id not in cancelled]
+            if rest:
+                self.requeue_alone(rest)
+            self.report(stopped, [_failed(e.job, CancelledTask(CANCELLED_MESSAGE)) for e in stopped])
             return
         if len(batch) > 1:
             log.warning("%s while running a batch of %d tasks; running them one at a time",
@@ -590,6 +721,29 @@ def _kill(proc: Any) -> None:
         proc.kill()
     except (OSError, ValueError, AttributeError):
         pass
+
+
+# Reaping (waitpid) is done by one thread at a time: Process.join/exitcode are not
+# thread-safe, a second thread's waitpid fails with ECHILD and reads "still running".
+_REAP_LOCK = threading.Lock()
+
+
+def _reap(proc: Any, timeout: float | None) -> int | None:
+    """Wait up to ``timeout`` for ``proc`` to end and reap it: its exit code, or None if
+    it is still running. Safe to call from several threads at once."""
+    if not multiprocessing.connection.wait([proc.sentinel], timeout):
+        return None
+    # The sentinel closes just before the process becomes reapable, and another
+    # thread (or multiprocessing's own cleanup in Process.start) may be reaping it
+    # right now: retry briefly until the exit code is known.
+    deadline = time.monotonic() + 5.0
+    while True:
+        with _REAP_LOCK:
+            proc.join(0)
+            code = proc.exitcode
+        if code is not None or time.monotonic() > deadline:
+            return code
+        time.sleep(0.001)
 
 
 def _kill_live_pools() -> None:
@@ -654,8 +808,7 @@ class ProcessPool(_PoolBase):
         children now; results of running jobs are never reported.
         """
         self._core.shutdown(wait)
-        if wait or self._core.killed:
-            self._finalizer.detach()
+        self._finalizer.detach()
 
     def _processes(self) -> list[Any]:
         """The current child process objects (for tests)."""
@@ -692,8 +845,9 @@ class _ThreadCore(_Core):
             results = []
             for entry in batch:
                 job = entry.job
-                ok, payload, codec, duration = _execute(registry, job.name, job.payload, job.codec,
-                                                        self.allow_pickle)
+                ok, payload, codec, duration = _execute(
+                    registry, job.name, job.payload, job.codec, self.allow_pickle,
+                    CurrentTask(job.id, job.name, job.token, self.progress))
                 if entry.timeout is not None and duration > entry.timeout:
                     results.append(_failed(job, _timeout_error(job.name, entry.timeout), duration))
                 else:

@@ -17,10 +17,12 @@ import socket
 import ssl
 from typing import Any
 
-from .. import protocol
+from .. import protocol, serde
 from ..auth import as_key
 from ..client.core import Address, ClientCore, parse_address
 from ..errors import AuthenticationError, ConnectionLost, RemoteError
+from ..periodic import hello_entries
+from ..retries import decide
 from ..serde import MSGPACK, PICKLE
 from .pool import Job, JobResult, make_pool
 
@@ -46,6 +48,7 @@ class Worker:
         authkey: bytes | str | None,
         *,
         queues: list[str] | None = None,
+        weights: list[int] | None = None,
         concurrency: int | None = None,
         pool: str = "process",
         prefetch: int | None = None,
@@ -60,6 +63,9 @@ class Worker:
         self.address = parse_address(address)
         self.authkey = as_key(authkey)
         self.queues = list(queues or ["default"])
+        if weights is not None and (len(weights) != len(self.queues) or any(w < 1 for w in weights)):
+            raise ValueError("weights must be positive integers, one per queue")
+        self.weights = list(weights) if weights is not None else None
         self.concurrency = concurrency or os.cpu_count() or 1
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -77,6 +83,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0  # credit granted and not yet used up by a finished task
         self._acks: list[list] = []
+        self._held: dict[str, tuple[dict, int]] = {}  # task id -> (options, earlier failures)
+        self._cancelled: set[str] = set()  # cancelled by the master: report nothing for them
         self._flush_scheduled = False
         self._unconfirmed: set[asyncio.Future] = set()
         self._stopping = False
@@ -106,7 +114,8 @@ class Worker:
     def _on_connect(self) -> None:
         """A new session: the master released everything we held but did not finish."""
         if self._pool is not None:
-            self._pool.discard_pending()
+            for job in self._pool.discard_pending():
+                self._held.pop(job.id, None)
         running = self._pool.running() if self._pool is not None else 0
         self._outstanding = running
         if self._stopping:
@@ -115,15 +124,23 @@ class Worker:
         asyncio.get_running_loop().call_soon(self._top_up)
 
     def _on_message(self, msg: protocol.Message) -> None:
+        if msg.op == protocol.CANCEL:
+            self._cancel(msg.fields.get("ids") or [])
+            return
         if msg.op != protocol.TASKS:
             return
         jobs = []
         for item in msg.fields.get("tasks", ()):
             try:
-                tid, token, name, payload, codec, options = item
-                jobs.append(Job(tid, token, name or "", payload, codec, options or {}))
-            except (TypeError, ValueError):
-                log.warning("ignoring a malformed task from the master")
+                tid, token, name, payload, codec, options, extra = item
+                options, extra = options or {}, extra or {}
+                if "upstream" in extra:
+                    payload = self._with_upstream(payload, codec, extra["upstream"])
+            except (TypeError, ValueError) as exc:
+                log.warning("ignoring a malformed task from the master: %s", exc)
+                continue
+            self._held[tid] = (options, int(extra.get("failures") or 0))
+            jobs.append(Job(tid, token, name or "", payload, codec, options))
         if not jobs:
             return
         if self._stopping:
@@ -131,7 +148,27 @@ class Worker:
             return
         self._pool.submit(jobs)
 
+    def _with_upstream(self, payload: bytes, codec: str, upstream: list) -> bytes:
+        """A ``pass_results`` task gets its dependencies' results as its first argument."""
+        allow = self.allow_pickle
+        values = [serde.decode(p, c, allow_pickle=allow) for ok, p, c in upstream]
+        args, kwargs = serde.decode_call(payload, codec, allow_pickle=allow)
+        return serde.encode_call((values, *args), kwargs, codec)
+
+    def _cancel(self, ids: list[str]) -> None:
+        """The master cancelled tasks we hold: drop them, stopping any that run."""
+        wanted = {tid for tid in ids if tid in self._held}
+        for tid in wanted:
+            self._held.pop(tid, None)
+        self._cancelled.update(wanted)
+        cancel = getattr(self._pool, "cancel", None)
+        for tid in wanted:
+            if cancel is not None and cancel(tid):
+                log.info("stopped cancelled task %s", tid)
+
     def _hand_back(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._held.pop(job.id, None)
         if not jobs or self._core is None:
             return
         self._outstanding -= len(jobs)
@@ -148,9 +185,25 @@ class Worker:
             except RuntimeError:
                 pass
 
+    def _progress_from_pool(self, report: dict) -> None:
+        """Called on pool threads: pass a task's progress report to the master."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and self._core is not None:
+            try:
+                loop.call_soon_threadsafe(self._core.push, protocol.PROGRESS, report)
+            except RuntimeError:
+                pass
+
     def _on_results(self, results: list[JobResult]) -> None:
         for r in results:
-            self._acks.append([r.id, r.token, r.ok, r.payload, r.codec])
+            if r.id in self._cancelled:
+                self._cancelled.discard(r.id)  # the master already finished it as cancelled
+                continue
+            held = self._held.pop(r.id, None)
+            retry = None
+            if not r.ok and held is not None:
+                retry = decide(held[0], held[1], serde.decode_error(r.payload))
+            self._acks.append([r.id, r.token, r.ok, r.payload, r.codec, retry])
         self.completed += len(results)
         self._outstanding -= len(results)
         if not self._flush_scheduled:
@@ -213,6 +266,7 @@ class Worker:
         self._cold = False
         self._pool = make_pool(self.pool_kind, self.concurrency, self.modules, self._results_from_pool,
                                allow_pickle=self.allow_pickle)
+        self._pool.set_progress_callback(self._progress_from_pool)
         await self._loop.run_in_executor(None, self._pool.start)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -220,8 +274,10 @@ class Worker:
         self._core = ClientCore(
             self.address, self.authkey, role="worker", ssl_context=self.ssl_context,
             heartbeat=self.heartbeat, on_message=self._on_message, on_connect=self._on_connect,
-            hello={"name": self.name, "queues": self.queues, "concurrency": self.concurrency,
-                   "codecs": [MSGPACK, PICKLE] if self.allow_pickle else [MSGPACK]},
+            hello={"name": self.name, "queues": self.queues, "weights": self.weights,
+                   "concurrency": self.concurrency,
+                   "codecs": [MSGPACK, PICKLE] if self.allow_pickle else [MSGPACK],
+                   "periodic": hello_entries(self.modules)},  # @conveyor.periodic schedules
         )
         try:
             await self._connect_first()

@@ -1,0 +1,49 @@
+"""Periodic schedules from a client: ``client.schedule``, ``client.schedules``,
+``client.unschedule`` (mixed into :class:`~conveyor.client.client.Client`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import protocol
+from ..periodic import task_defaults
+from ..schedule import RUN_ONCE, make_schedule
+
+TIMEOUT = 30.0
+
+
+class ScheduleMixin:
+    """Schedule methods; the class mixing this in provides ``_request_future`` and ``codec``."""
+
+    def schedule(self, name: str, fn: Callable | str, /, *args: Any, cron: str | None = None,
+                 every: float | None = None, tz: str = "UTC", queue: str | None = None,
+                 missed: str = RUN_ONCE, kwargs: dict[str, Any] | None = None,
+                 replace: bool = False) -> dict[str, Any]:
+        """Run ``fn(*args, **kwargs)`` periodically on the cluster's workers, from the master.
+
+        Exactly one of ``cron`` (a 5-field expression, read in time zone ``tz``)
+        or ``every`` (seconds) says when. ``queue`` defaults to the task's.
+        ``missed="run_once"`` runs the latest slot missed while the master was
+        down once it is back; ``"skip"`` waits for the next slot. A schedule
+        named ``name`` that exists already is an error unless ``replace``.
+        Bad input raises ValueError naming the field. Returns the schedule as
+        the master stored it (with ``next_slot``).
+        """
+        task, default_queue, options = task_defaults(fn)
+        sched = make_schedule(name, task, args, kwargs, cron=cron, every=every, tz=tz,
+                              queue=default_queue if queue is None else queue, missed=missed,
+                              codec=self.codec, options=options)  # type: ignore[attr-defined]
+        fields = {"schedule": sched.to_wire(), "replace": bool(replace)}
+        reply = self._request_future(protocol.SCHED_ADD, fields).result(TIMEOUT)  # type: ignore[attr-defined]
+        return reply["schedule"]
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule on the master: name, task, queue, cron/every, tz, missed,
+        source ("code" or "cli"), args, last_slot and next_slot (Unix times)."""
+        return self._request_future(protocol.SCHED_LIST, {}).result(TIMEOUT)["schedules"]  # type: ignore[attr-defined]
+
+    def unschedule(self, name: str) -> None:
+        """Remove schedule ``name`` (tasks it already enqueued still run); NotFound if unknown.
+        A schedule declared in code comes back when a worker with its module connects."""
+        self._request_future(protocol.SCHED_DEL, {"name": name}).result(TIMEOUT)  # type: ignore[attr-defined]

@@ -1,0 +1,54 @@
+"""``conveyor.current_task()``: what a running task knows about itself."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_local = threading.local()
+_MIN_INTERVAL = 0.05  # progress reports faster than this are coalesced
+
+
+@dataclass
+class CurrentTask:
+    """The task running in this thread: its id, name, attempt, and a progress reporter."""
+
+    id: str
+    name: str
+    token: int
+    _send: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+    _last: float = field(default=0.0, repr=False)
+
+    def progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        """Report progress; the client sees it on ``future.progress`` and ``conveyor inspect``.
+
+        Reports closer together than 50 ms are dropped, except the final one
+        (``done == total``), so a tight loop can report freely.
+        """
+        if isinstance(done, bool) or not isinstance(done, (int, float)):
+            raise TypeError("done must be a number")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, (int, float))):
+            raise TypeError("total must be a number or None")
+        now = time.monotonic()
+        if now - self._last < _MIN_INTERVAL and done != total:
+            return
+        self._last = now
+        if self._send is not None:
+            self._send({"id": self.id, "token": self.token, "done": done, "total": total,
+                        "message": str(message)[:500]})
+
+
+def current_task() -> CurrentTask:
+    """The task running in this thread; RuntimeError outside a task."""
+    task = getattr(_local, "task", None)
+    if task is None:
+        raise RuntimeError("current_task() is only available inside a running conveyor task")
+    return task
+
+
+def set_current(task: CurrentTask | None) -> None:
+    """Set (or clear) the running task; the worker pools call this around each task."""
+    _local.task = task
