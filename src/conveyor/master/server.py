@@ -521,16 +521,18 @@ class Master:
         """Close silent workers, extend live leases, expire lost ones, purge old results."""
         last_extend = last_expire = last_purge = time.monotonic()
         while True:
-            await asyncio.sleep(min(1.0, self.heartbeat_timeout / 4))
+            await asyncio.sleep(min(1.0, self.heartbeat_timeout / 4, self.lease_for / 4))
             mono = time.monotonic()
             for w in list(self.sessions.values()):
-                if w.role == "worker" and mono - w.last_seen > self.heartbeat_timeout:
-                    log.warning("worker %s (%s) missed its heartbeat for %.1fs: closing it",
-                                w.name, w.peer, mono - w.last_seen)
+                # A session holding leases (a worker, or a client holding queue items) that
+                # goes silent past its heartbeat is presumed dead: its leases go back.
+                if (w.role == "worker" or w.holds_items) and mono - w.last_seen > self.heartbeat_timeout:
+                    log.warning("%s %s (%s) missed its heartbeat for %.1fs: closing it",
+                                w.role, w.name, w.peer, mono - w.last_seen)
                     self._drop(w)
             if mono - last_extend >= self.lease_for / 4:
                 last_extend = mono
-                owners = [w.id for w in self.sessions.values() if w.role == "worker" and w.inflight]
+                owners = [w.id for w in self.sessions.values() if w.inflight]
                 if owners:
                     now = self.clock()
                     await self._runner.call(self._extend, owners, now)
