@@ -173,3 +173,52 @@ def test_unwritable_data_directory_makes_master_exit_with_one_line(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "cannot" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_second_signal_stops_a_worker_cold_and_its_task_runs_elsewhere(make_cluster):
+    cluster = make_cluster(workers=1, concurrency=1).start()
+    cluster.wait_for_workers(1)
+    with cluster.client() as client:
+        fut = client.submit(f"{TASKS}:sleep", 2.0)
+        assert wait_until(lambda: client.status()["workers"][0]["inflight"] == 1)
+        worker = cluster.workers[0]
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(10)  # cold: it does not wait out the 2 s task
+        assert wait_until(lambda: client.status()["queues"]["default"]["ready"] == 1, timeout=20)
+        cluster.start_worker()
+        assert fut.result(60) == 2.0
+
+
+def test_result_finished_while_master_is_down_is_delivered_after_restart(make_cluster, tmp_path):
+    cluster = make_cluster(workers=1, concurrency=1).start()
+    cluster.wait_for_workers(1)
+    log = tmp_path / "runs"
+    with cluster.client() as client:
+        fut = client.submit(f"{TASKS}:record", str(log), 7, 1.0)
+        assert wait_until(lambda: client.status()["workers"][0]["inflight"] == 1)
+        cluster.kill_master(signal.SIGKILL)
+        assert wait_until(lambda: executions(log) == [7])  # it finished with no master to tell
+        time.sleep(0.5)
+        cluster.start_master()
+        assert fut.result(60) == 7
+        assert client.status()["queues"]["default"]["succeeded"] == 1
+
+
+def test_results_expire_after_their_ttl(make_cluster):
+    cluster = make_cluster(workers=1, master_args=["--result-ttl", "1"]).start()
+    cluster.wait_for_workers(1)
+    with cluster.client() as client:
+        fut = client.submit(f"{TASKS}:square", 3)
+        assert fut.result(30) == 9
+        assert client.result(fut.task_id, timeout=5) == 9
+
+        def gone():
+            try:
+                client.result(fut.task_id, timeout=5)
+            except conveyor.NotFound:
+                return True
+            return False
+
+        assert wait_until(gone, timeout=20)

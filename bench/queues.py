@@ -1,0 +1,189 @@
+"""Network queues: conveyor's durable queue against a multiprocessing.managers queue.
+
+Both in the same run, on this machine:
+
+- batched throughput: 2 producer and 2 consumer processes move N items;
+  conveyor uses put_many / get_many, the managers queue has no batch call
+  (its producers and consumers go item by item, which is how it is used);
+- item-by-item throughput: the same with put() / get() (+ task_done()) only;
+- latency: one item at a time, put then get, p50 and p99.
+
+The managers queue keeps nothing; conveyor's is in its SQLite store.
+
+    python bench/queues.py [--items 20000] [--samples 500] [--sync normal|full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import queue
+import statistics
+import sys
+import tempfile
+import time
+from multiprocessing.managers import BaseManager
+
+from conveyor.cluster import LocalCluster
+
+AUTHKEY = b"bench"
+_q: queue.Queue = queue.Queue()
+
+
+def _get_q() -> queue.Queue:
+    return _q
+
+
+class _Manager(BaseManager):
+    pass
+
+
+_Manager.register("get_q", callable=_get_q)
+
+
+# -- process bodies (spawned) ----------------------------------------------------------
+def _mgr_producer(address, start, n):
+    m = _Manager(address=address, authkey=AUTHKEY)
+    m.connect()
+    q = m.get_q()
+    for i in range(start, start + n):
+        q.put(i)
+
+
+def _mgr_consumer(address, n, out):
+    m = _Manager(address=address, authkey=AUTHKEY)
+    m.connect()
+    q = m.get_q()
+    total = 0
+    for _ in range(n):
+        total += q.get()
+    out.put(total)
+
+
+def _cv_producer(address, authkey, name, start, n, batched):
+    import conveyor
+
+    with conveyor.connect(address, authkey) as c:
+        q = c.queue(name)
+        items = range(start, start + n)
+        if batched:
+            for i in range(0, n, 1000):
+                q.put_many(items[i:i + 1000])
+        else:
+            for i in items:
+                q.put(i)
+
+
+def _cv_consumer(address, authkey, name, n, batched, out):
+    import conveyor
+
+    with conveyor.connect(address, authkey) as c:
+        q = c.queue(name, ack="get" if not batched else "task_done")
+        total = got = 0
+        while got < n:
+            if batched:
+                items = q.get_many(min(1000, n - got), timeout=60)
+                for _ in items:
+                    q.task_done()
+            else:
+                items = [q.get(timeout=60)]
+            got += len(items)
+            total += sum(items)
+        q.flush()
+        out.put(total)
+
+
+def _run(procs, out, n_consumers) -> tuple[float, int]:
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    totals = [out.get(timeout=300) for _ in range(n_consumers)]
+    elapsed = time.perf_counter() - start
+    for p in procs:
+        p.join(60)
+    return elapsed, sum(totals)
+
+
+def _split(n: int, k: int) -> list[int]:
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
+# -- peers --------------------------------------------------------------------------------
+def bench_managers(items: int, samples: int) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    m = _Manager(address=("127.0.0.1", 0), authkey=AUTHKEY, ctx=ctx)
+    m.start()
+    try:
+        out = ctx.Queue()
+        shares = _split(items, 2)
+        procs = [ctx.Process(target=_mgr_producer, args=(m.address, sum(shares[:i]), s)) for i, s in enumerate(shares)]
+        procs += [ctx.Process(target=_mgr_consumer, args=(m.address, s, out)) for s in shares]
+        elapsed, total = _run(procs, out, 2)
+        assert total == sum(range(items))
+        q = m.get_q()
+        lat = []
+        for i in range(samples):
+            t0 = time.perf_counter()
+            q.put(i)
+            q.get()
+            lat.append(time.perf_counter() - t0)
+    finally:
+        m.shutdown()
+    r = _latency(lat)
+    r["batched"] = r["itemwise"] = items / elapsed
+    return r
+
+
+def bench_conveyor(items: int, samples: int, sync: str) -> dict[str, float]:
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp, LocalCluster(workers=0, data=f"{tmp}/data", sync=sync) as cl:
+        r: dict[str, float] = {}
+        for mode, batched in (("batched", True), ("itemwise", False)):
+            out = ctx.Queue()
+            name = f"bench-{mode}"
+            shares = _split(items, 2)
+            procs = [ctx.Process(target=_cv_producer, args=(cl.address, cl.authkey, name, sum(shares[:i]), s, batched))
+                     for i, s in enumerate(shares)]
+            procs += [ctx.Process(target=_cv_consumer, args=(cl.address, cl.authkey, name, s, batched, out))
+                      for s in shares]
+            elapsed, total = _run(procs, out, 2)
+            assert total == sum(range(items)), (total, sum(range(items)))
+            r[mode] = items / elapsed
+        with cl.client() as c:
+            q = c.queue("bench-latency", ack="get")
+            lat = []
+            for i in range(samples):
+                t0 = time.perf_counter()
+                q.put(i)
+                q.get()
+                lat.append(time.perf_counter() - t0)
+        r.update(_latency(lat))
+        return r
+
+
+def _latency(lat: list[float]) -> dict[str, float]:
+    lat.sort()
+    return {"p50_ms": statistics.median(lat) * 1000, "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--sync", choices=["normal", "full"], default="normal")
+    args = parser.parse_args(argv)
+    print(f"{args.items} items, 2 producers + 2 consumers; {args.samples} latency samples; "
+          f"python {sys.version.split()[0]}", flush=True)
+    peer = bench_managers(args.items, args.samples)
+    ours = bench_conveyor(args.items, args.samples, args.sync)
+    print(f"\n{'':34}{'batched/s':>11}{'item/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, r in (("multiprocessing.managers queue", peer), (f"conveyor queue (sync {args.sync})", ours)):
+        print(f"{name:34}{r['batched']:>11,.0f}{r['itemwise']:>10,.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}")
+    print(f"\nratios: batched throughput {ours['batched'] / peer['batched']:.2f}x (target >= 3), "
+          f"item-by-item throughput {ours['itemwise'] / peer['itemwise']:.2f}x (target >= 1), "
+          f"p50 latency {ours['p50_ms'] / peer['p50_ms']:.2f}x (target <= 2)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
