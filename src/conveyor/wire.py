@@ -106,3 +106,13 @@ def id_list(value: Any, what: str = "ids") -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= MAX_ID for v in value):
         raise ProtocolError(f"{what} must be a list of task ids")
     return value
+
+
+def lease_pairs(value: Any, what: str) -> list[list]:
+    """Validate a list of [task id, lease token] pairs (acks and hand-backs)."""
+    if not isinstance(value, list) or not all(
+        isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) and isinstance(i[1], int)
+        and not isinstance(i[1], bool) for i in value
+    ):
+        raise ProtocolError(f"{what} must be a list of [id, token]")
+    return value

@@ -131,12 +131,6 @@ class ClientCore:
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise ConnectionLost(f"cannot connect to master at {addr}: {reason}") from None
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         conn = protocol.Connection("client", self.authkey, max_frame_size=self.max_frame_size)
         try:
             writer.write(conn.initiate())

@@ -246,11 +246,7 @@ class QueueService:
 
     # -- ack, join, size ---------------------------------------------------
     async def on_qack(self, s: Session, rid: int, f: dict) -> None:
-        items = f.get("items")
-        if not isinstance(items, list) or not all(
-            isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) and isinstance(i[1], int) for i in items
-        ):
-            raise ProtocolError("qack: items must be a list of [id, token]")
+        items = wire.lease_pairs(f.get("items"), "qack: items")
         for tid, _ in items:
             s.inflight.pop(tid, None)
         m = self.master

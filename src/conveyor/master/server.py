@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import ssl
 import time
 import uuid
@@ -140,13 +139,7 @@ class Master:
 
     # -- connections -------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer(writer)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        peer = _peer(writer)  # asyncio sets TCP_NODELAY on TCP streams itself
         conn = protocol.Connection("server", self.authkey, max_frame_size=self.max_frame_size)
         session: Session | None = None
         try:
@@ -389,11 +382,7 @@ class Master:
         self._wake.set()
 
     async def _on_return(self, s: Session, rid: int, f: dict) -> None:
-        items = f.get("leases")
-        if not isinstance(items, list) or not all(
-            isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) and isinstance(i[1], int) for i in items
-        ):
-            raise ProtocolError("return: leases must be a list of [id, token]")
+        items = wire.lease_pairs(f.get("leases"), "return: leases")
         for tid, _ in items:
             s.inflight.pop(tid, None)
         n = await self._runner.call(self.store.release, [tuple(i) for i in items], self.clock())
