@@ -97,6 +97,8 @@ def add_job_commands(sub: Any, add_connect: Callable, add_common: Callable, conn
         return 0
 
     def cmd_tasks(args: argparse.Namespace) -> int:
+        if not 1 <= args.limit <= 1000 or args.offset < 0:
+            raise error("--limit must be 1 to 1000 and --offset at least 0")
         with connect(args) as client:
             rows = client.tasks(queue=args.queue, state=args.state, limit=args.limit, offset=args.offset)
         if args.json:

@@ -283,3 +283,28 @@ def test_rate_limit_is_enforced_across_workers(cluster, tmp_path):
     times = sorted(float(line.split()[1]) for line in lines(log))
     # 4 may run at once (a full bucket); the other 4 need a token each, one every 0.25 s.
     assert times[-1] - times[0] >= 0.75
+
+
+def test_asyncio_future_of_a_cancelled_task_raises_cancelled(make_cluster):
+    import asyncio
+
+    from conveyor import aio
+
+    cluster = make_cluster(workers=0).start()
+
+    async def main():
+        async with await aio.connect(cluster.address, cluster.authkey) as client:
+            fut = await client.submit(f"{TASKS}:square", 2, task_id="t-aio-cancel")
+            with cluster.client() as sync:
+                assert sync.cancel("t-aio-cancel")["cancelled"] == ["t-aio-cancel"]
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(fut, 30)
+
+    asyncio.run(main())
+
+
+def test_changed_rate_limit_takes_effect_at_once(cluster):
+    with cluster.client() as client:
+        assert client.submit(f"{TASKS}:square", 1, rate_limit="1/m").result(30) == 1
+        faster = [client.submit(f"{TASKS}:square", n, rate_limit="100/s") for n in range(3)]
+        assert [f.result(20) for f in faster] == [0, 1, 4]

@@ -38,6 +38,9 @@ class AsyncClient:
         def resolve(result: Result) -> None:
             if fut.done():
                 return
+            if result.state == "cancelled":
+                fut.cancel()  # awaiting it raises CancelledError, as the sync client's future does
+                return
             ok, value = decode_result(result, allow_pickle=self.allow_pickle)
             if ok:
                 fut.set_result(value)

@@ -55,7 +55,7 @@ class JobService:
 
     master: Master
     dependents: set[str] = field(default_factory=set)  # waiting tasks whose fate is not yet delivered
-    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    buckets: dict[tuple[str, float, float], TokenBucket] = field(default_factory=dict)
 
     # -- retries -----------------------------------------------------------
     async def retry_or_bury(self, retrying: list[tuple[Outcome, dict]], now: float) -> None:
@@ -129,13 +129,16 @@ class JobService:
             if not rate:
                 keep.append(x)
                 continue
-            bucket = self.buckets.get(x.name or "")
+            try:
+                capacity, per = parse_rate(rate)
+            except ValueError:
+                keep.append(x)
+                continue
+            # One bucket per task name and rate: a changed rate_limit takes effect at once.
+            key = (x.name or "", capacity, per)
+            bucket = self.buckets.get(key)
             if bucket is None:
-                try:
-                    bucket = self.buckets[x.name or ""] = TokenBucket(*parse_rate(rate))
-                except ValueError:
-                    keep.append(x)
-                    continue
+                bucket = self.buckets[key] = TokenBucket(capacity, per)
             wait = bucket.take(time.monotonic())
             if wait > 0:
                 defer.append((x, wait))

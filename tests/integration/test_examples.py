@@ -1,0 +1,96 @@
+"""Every example script runs, from a foreign directory, and prints what it promises.
+
+Each example starts its own LocalCluster (a real master and workers on
+127.0.0.1) and stops it. ``examples/managers/`` and ``examples/periodic.py``
+are tested elsewhere (test_managers.py, test_periodic.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+EXAMPLES = ROOT / "examples"
+NOT_HERE = {"periodic.py", "example_tasks.py"}  # tested elsewhere / not a script
+
+# script -> lines (substrings, or compiled patterns) its stdout must contain
+EXPECTED: dict[str, list] = {
+    "quickstart.py": ["square(7) = 49", "map(square, range(10)) = [0, 1, 4, 9",
+                      "executor.map = [1, 4, 9]", "as_completed yielded results",
+                      "divide(1, 0) failed: ZeroDivisionError: division by zero"],
+    "retries.py": ["fetch: state succeeded, 3 attempts",
+                   "attempt 2 failed: ConnectionError: service unavailable (attempt 2)",
+                   "parse: ValueError after 1 attempt, state failed",
+                   "poll_report: report ready on attempt 2",
+                   "dead tasks: [('example_tasks:import_file', 2)]",
+                   "import_file after retry: imported 3 rows",
+                   "client.purge() deleted 1 dead task(s)", "inspect after purge: NotFound"],
+    "time_limits.py": [re.compile(r"hang\(60\) with timeout=1\.0: conveyor\.errors\.TaskTimeout after \d+\.\ds"),
+                       "square(6) = 36", "soft limit: saved", "ValueError: timeout must be"],
+    "priorities_and_delays.py": ["ran in this order: d c e a b f",
+                                 re.compile(r"high:3,low:1, first 20 tasks: \d+ from high, \d+ from low"),
+                                 "state right after submit is 'delayed'",
+                                 re.compile(r"countdown=1\.0: started (1\.\d\d|[2-9]\.\d\d)s after submit"),
+                                 "naive eta -> ValueError: eta must be timezone-aware"],
+    "cancellation.py": ["queued.cancel() -> True, state cancelled", "delayed.cancelled() -> True",
+                        "queued.result() raised CancelledError", "running.cancel() -> True",
+                        "running task stopped: CancelledError", "square(9) = 81",
+                        "cancel a finished task -> False"],
+    "dependencies.py": ["chain: published 32 to #stats", "gather(group) = [1, 4, 9, 16]",
+                        "chord: total(squares, extra=100) = 130",
+                        "middle: ValueError: middle step broke",
+                        "last: conveyor.errors.DependencyFailed: dependency",
+                        "ValueError: unknown dependency"],
+    "idempotency.py": ["same task id: True", "submitted again after it finished: 'charged order-42 19.99'",
+                       "ledger lines: ['order-42 19.99', 'order-43 5.0']",
+                       "key and task_id -> ValueError"],
+    "progress.py": ["progress: 1/5 image 1/5", "resize_images(5): 5 images",
+                    "future.progress = {'done': 5, 'total': 5, 'message': 'image 5/5'}",
+                    "inspect()['progress'] = {'done': 5", "map with progress=True: 40 results"],
+    "rate_limits.py": [re.compile(r"observed: 15 tasks in [\d.]+s = a burst of 5, then (?P<rate>[\d.]+) tasks/s"),
+                       re.compile(r"tasks run by each of the [12] workers"),
+                       "rate_limit='fast' -> ValueError"],
+    "queues.py": ["got again by the next consumer: 'first'", "put_many: 20 items",
+                  "join() -> True: every item acknowledged", "consumed 20 items",
+                  "get_many(10) with ack='get': [{'event': 0}", "events left: 0, join() -> True",
+                  "third put_nowait raised queue.Full"],
+    "asyncio_client.py": ["await submit(square, 7) -> 49", "gather of 8 slow squares: [0, 1, 4",
+                          "async map: [0, 1, 4, 9", "with countdown=0.5: 9",
+                          "TaskError: ZeroDivisionError", "status: 2 workers"],
+}
+
+
+def run_example(name: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    # From a foreign directory: the scripts must find their tasks by themselves.
+    return subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path, env=env)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name, tmp_path):
+    proc = run_example(name, tmp_path)
+    report = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, report
+    for want in EXPECTED[name]:
+        if isinstance(want, re.Pattern):
+            match = want.search(proc.stdout)
+            assert match, f"no line matching {want.pattern!r}\n{report}"
+            if "rate" in want.groupindex:  # the observed rate stays within the limit
+                assert float(match["rate"]) <= 5.5, report
+        else:
+            assert want in proc.stdout, f"missing {want!r}\n{report}"
+
+
+def test_every_example_is_tested_and_listed():
+    scripts = {p.name for p in EXAMPLES.glob("*.py")} - NOT_HERE
+    assert scripts == set(EXPECTED)
+    index = (EXAMPLES / "README.md").read_text()
+    for name in scripts:
+        assert f"python examples/{name}" in index, name
