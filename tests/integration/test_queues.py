@@ -455,9 +455,6 @@ def test_maxsize_enforced_across_two_producer_processes(master, procs, client):
         assert p.wait(30) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug in master/queues.py: QueueService._retry_putters iterates the "
-                   "deque it read first, QueueService.drop replaces it, so a session closing while parked "
-                   "puts are retried leaves them parked forever (and the retry loop spins)")
 def test_parked_puts_survive_a_session_dropping(master, client):
     maxsize, parked = 50, 40
     q = client.queue("drop-while-retrying", maxsize=maxsize)

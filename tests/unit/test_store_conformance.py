@@ -1475,3 +1475,32 @@ def test_sqlite_version_1_file_gains_dependencies_and_progress(tmp_path):
         assert s.get("new").after == ["old"]
     finally:
         s.close()
+
+
+def test_non_durable_transaction_commits_like_any_other(store):
+    store.enqueue([task("nd")], T0)
+    with store.transaction(durable=False):
+        assert [x.id for x in store.lease("q", 1, "w", T0, 30)] == ["nd"]
+    assert store.pending_counts("q") == (0, 0, 1)
+    with pytest.raises(RuntimeError), store.transaction(durable=False):
+        store.release_owner("w", T0)
+        raise RuntimeError("roll back")
+    assert store.pending_counts("q") == (0, 0, 1)
+    store.enqueue([task("after")], T0)  # a durable commit still works after a relaxed one
+    assert store.pending_counts("q") == (1, 0, 1)
+
+
+def test_sqlite_full_relaxes_only_the_non_durable_commit(tmp_path):
+    from conveyor.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path, sync="full")
+    try:
+        sync = lambda: store.conn.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+        assert sync() == 2  # FULL
+        with store.transaction(durable=False):
+            assert sync() == 1  # NORMAL: no fsync at this commit
+        assert sync() == 2
+        with store.transaction():
+            assert sync() == 2
+    finally:
+        store.close()

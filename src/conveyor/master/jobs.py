@@ -246,7 +246,7 @@ class JobService:
                    for v in (report["done"], report["total"])):
             raise ProtocolError("progress: done and total must be numbers")
         m = self.master
-        m._runner.call(m.store.set_progress, tid, token, report)
+        m._runner.call(m.store.set_progress, tid, token, report, durable=False)
         for sub in m._subs.get(tid, ()):
             sub.push(protocol.PROGRESS, {"id": tid, **report})
 

@@ -163,15 +163,19 @@ class QueueService:
 
     async def _retry_putters(self, queue: str) -> None:
         try:
-            waiting = self.putters.get(queue)
-            while waiting:
+            while True:
+                # Re-read every time: a session that goes away replaces the deque.
+                waiting = self.putters.get(queue)
+                if not waiting:
+                    break
                 p = waiting[0]
+                if p.done:
+                    waiting.popleft()
+                    continue
                 before = p.accepted
                 await self._try_put(p)
-                if not p.done:
-                    if p.accepted == before:
-                        break  # still full
-                    continue
+                if not p.done and p.accepted == before:
+                    break  # still full
         finally:
             self._retrying.discard(queue)
 
@@ -186,7 +190,7 @@ class QueueService:
         g = Getter(s, rid, q, n, bool(f.get("ack", False)))
         m = self.master
         mark = m.queues.mark(q)
-        got = await m._runner.call(self.lease_for, g, m.clock())
+        got = await m._runner.call(self.lease_for, g, m.clock(), durable=g.ack)
         if got or timeout == 0:
             if len(got) < n:
                 m.queues.empty(q, mark)

@@ -25,17 +25,22 @@ class StoreRunner:
         self.store = store
         self._loop = loop
         self._max_batch = max_batch
-        self._pending: list[tuple[Callable[..., Any], tuple, asyncio.Future]] = []
+        self._pending: list[tuple[Callable[..., Any], tuple, asyncio.Future, bool]] = []
         self._scheduled = False
         self._closing = False
         self.commits = 0
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
-        """Schedule ``fn(*args)``; the future resolves after the commit that includes it."""
+    def call(self, fn: Callable[..., Any], *args: Any, durable: bool = True) -> asyncio.Future:
+        """Schedule ``fn(*args)``; the future resolves after the commit that includes it.
+
+        ``durable=False`` marks a change a restart undoes anyway (a lease, a
+        lease extension, a progress report): a batch of only such calls is
+        committed without an fsync, even with ``--sync full``.
+        """
         if self._closing:
             raise RuntimeError("store runner is closed")
         fut = self._loop.create_future()
-        self._pending.append((fn, args, fut))
+        self._pending.append((fn, args, fut, durable))
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
@@ -48,15 +53,15 @@ class StoreRunner:
             del self._pending[: self._max_batch]
             outcomes: list[tuple[asyncio.Future, bool, Any]] = []
             try:
-                with self.store.transaction():
-                    for fn, args, fut in batch:
+                with self.store.transaction(durable=any(call[3] for call in batch)):
+                    for fn, args, fut, _ in batch:
                         try:
                             outcomes.append((fut, True, fn(*args)))
                         except Exception as exc:  # that call fails (and is rolled back); the others commit
                             outcomes.append((fut, False, exc))
                 self.commits += 1
             except Exception as exc:  # the commit itself failed: nothing in the batch happened
-                outcomes = [(fut, False, exc) for _, _, fut in batch]
+                outcomes = [(fut, False, exc) for _, _, fut, _ in batch]
             for fut, ok, value in outcomes:
                 if fut.cancelled():
                     continue

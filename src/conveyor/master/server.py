@@ -471,7 +471,10 @@ class Master:
                 continue
             marks = [self.queues.mark(q) for _, q, _ in plan]
             now = self.clock()
-            leases = await self._runner.call(self._lease_plan, plan, now)
+            # Leases need no fsync: every master start voids them anyway. A queue get
+            # that acknowledges on get does change durable state, though.
+            durable = any(not isinstance(w, Session) and w.ack for w, _, _ in plan)
+            leases = await self._runner.call(self._lease_plan, plan, now, durable=durable)
             progress = False
             for (w, q, n), mark, got in zip(plan, marks, leases):
                 if len(got) < n:
@@ -524,7 +527,7 @@ class Master:
                 owners = [w.id for w in self.sessions.values() if w.inflight]
                 if owners:
                     now = self.clock()
-                    await self._runner.call(self._extend, owners, now)
+                    await self._runner.call(self._extend, owners, now, durable=False)
             if self.queue_service.joiners:
                 self.queue_service.joiners_may_be_done()
             if mono - last_expire >= 5.0:

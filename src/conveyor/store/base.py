@@ -302,8 +302,14 @@ class Store(abc.ABC):
         moves forward (an older slot leaves it as it is); an unknown name is ignored."""
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group the calls inside into one commit (a no-op where commits are free)."""
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """Group the calls inside into one commit (a no-op where commits are free).
+
+        ``durable=False`` lets a store skip forcing the commit to disk (no
+        fsync even with sync "full"): for changes a restart undoes anyway,
+        such as leases, which every master start voids. A later durable
+        commit makes it durable too.
+        """
         yield
 
     def close(self) -> None:  # noqa: B027 - optional hook

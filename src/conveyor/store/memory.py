@@ -215,7 +215,7 @@ class MemoryStore(MemorySchedules, Store):
             top[rec.id] = rec.copy()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, durable: bool = True) -> Iterator[None]:
         """Hold the lock for the block; roll its changes back if it raises."""
         with self._lock:
             self._undo.append({})

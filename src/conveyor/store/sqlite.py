@@ -270,45 +270,51 @@ class SQLiteStore(SQLiteSchedules, Store):
         return self._conn
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, durable: bool = True) -> Iterator[None]:
         """One commit for every call inside; nested blocks join the outer one.
 
         An exception rolls the block back (an inner block back to where it
-        began) and is re-raised; SQLite errors surface as StoreError.
+        began) and is re-raised; SQLite errors surface as StoreError. With
+        sync "full", ``durable=False`` commits without the fsync (WAL frames
+        are ordered, so the next durable commit's fsync covers them).
         """
         with self._lock:
             conn = self.conn
             depth = self._depth
+            relax = not durable and depth == 0 and self.sync == "full"
             try:
+                if relax:
+                    conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT sp{depth}")
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
-            self._depth = depth + 1
-            try:
-                yield
-            except BaseException as exc:
-                self._depth = depth
+                self._depth = depth + 1
                 try:
-                    if depth == 0:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                    else:
-                        conn.execute(f"ROLLBACK TO sp{depth}")
-                        conn.execute(f"RELEASE sp{depth}")
-                except sqlite3.Error:
-                    pass  # the original error matters more
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error(exc) from exc
-                raise
-            else:
+                    yield
+                except BaseException:
+                    self._depth = depth
+                    try:
+                        if depth == 0:
+                            if conn.in_transaction:
+                                conn.execute("ROLLBACK")
+                        else:
+                            conn.execute(f"ROLLBACK TO sp{depth}")
+                            conn.execute(f"RELEASE sp{depth}")
+                    except sqlite3.Error:
+                        pass  # the original error matters more
+                    raise
                 self._depth = depth
                 try:
                     conn.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
-                except sqlite3.Error as exc:
+                except sqlite3.Error:
                     if depth == 0 and conn.in_transaction:
                         with contextlib.suppress(sqlite3.Error):
                             conn.execute("ROLLBACK")
-                    raise self._error(exc) from exc
+                    raise
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            finally:
+                if relax:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
