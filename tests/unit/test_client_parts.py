@@ -125,3 +125,16 @@ def test_rate_meter():
     assert meter.rate(10) == 10.0
     now[0] = 200.0
     assert meter.rate(10) == 0.0
+
+
+def test_task_ids_are_unique_and_sort_by_creation_time():
+    import time
+
+    from conveyor.ids import new_id
+
+    first = [new_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = new_id()
+    assert len(set(first)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in first)
+    assert max(first) < later

@@ -6,11 +6,11 @@ import datetime as dt
 import hashlib
 import math
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from .. import serde
+from ..ids import new_id
 from ..ratelimit import parse_rate
 from ..retries import normalise_options
 from ..store.base import NewTask
@@ -113,7 +113,7 @@ def make_task(
                              "use datetime.now(timezone.utc) + timedelta(...)")
         not_before = eta.timestamp()
     payload = serde.encode_call(tuple(args), kwargs, codec)
-    return NewTask(task_id or uuid.uuid4().hex, queue, spec.name, payload, codec, priority,
+    return NewTask(task_id or new_id(), queue, spec.name, payload, codec, priority,
                    not_before, options, deps)
 
 

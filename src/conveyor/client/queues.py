@@ -24,12 +24,12 @@ import queue as stdqueue
 import sys
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde
+from ..ids import new_id
 
 if TYPE_CHECKING:
     from .client import Client
@@ -101,7 +101,7 @@ class NetworkQueue:
             self._client._request_future(protocol.RETURN, {"leases": [[i[0], i[1]] for i in items]})
 
     def _encode(self, item: Any) -> list:
-        return [uuid.uuid4().hex, serde.encode(item, self.codec), self.codec]
+        return [new_id(), serde.encode(item, self.codec), self.codec]
 
     # -- put ---------------------------------------------------------------
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
