@@ -138,3 +138,19 @@ def test_task_ids_are_unique_and_sort_by_creation_time():
     assert len(set(first)) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in first)
     assert max(first) < later
+
+
+def test_task_ids_differ_between_forked_processes():
+    import os
+
+    from conveyor.ids import new_id
+
+    new_id()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 64).decode()
+    assert child != new_id() and child[12:] != new_id()[12:]
