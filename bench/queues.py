@@ -42,29 +42,32 @@ _Manager.register("get_q", callable=_get_q)
 
 
 # -- process bodies (spawned) ----------------------------------------------------------
-def _mgr_producer(address, start, n):
+def _mgr_producer(address, start, n, barrier):
     m = _Manager(address=address, authkey=AUTHKEY)
     m.connect()
     q = m.get_q()
+    barrier.wait()
     for i in range(start, start + n):
         q.put(i)
 
 
-def _mgr_consumer(address, n, out):
+def _mgr_consumer(address, n, out, barrier):
     m = _Manager(address=address, authkey=AUTHKEY)
     m.connect()
     q = m.get_q()
+    barrier.wait()
     total = 0
     for _ in range(n):
         total += q.get()
     out.put(total)
 
 
-def _cv_producer(address, authkey, name, start, n, batched):
+def _cv_producer(address, authkey, name, start, n, batched, barrier):
     import conveyor
 
     with conveyor.connect(address, authkey) as c:
         q = c.queue(name)
+        barrier.wait()
         items = range(start, start + n)
         if batched:
             for i in range(0, n, 1000):
@@ -74,11 +77,12 @@ def _cv_producer(address, authkey, name, start, n, batched):
                 q.put(i)
 
 
-def _cv_consumer(address, authkey, name, n, batched, out):
+def _cv_consumer(address, authkey, name, n, batched, out, barrier):
     import conveyor
 
     with conveyor.connect(address, authkey) as c:
         q = c.queue(name, ack="get" if not batched else "task_done")
+        barrier.wait()
         total = got = 0
         while got < n:
             if batched:
@@ -93,10 +97,12 @@ def _cv_consumer(address, authkey, name, n, batched, out):
         out.put(total)
 
 
-def _run(procs, out, n_consumers) -> tuple[float, int]:
-    start = time.perf_counter()
+def _run(procs, out, n_consumers, barrier) -> tuple[float, int]:
+    """Start the processes, time from when all are connected to the last item consumed."""
     for p in procs:
         p.start()
+    barrier.wait(timeout=120)
+    start = time.perf_counter()
     totals = [out.get(timeout=300) for _ in range(n_consumers)]
     elapsed = time.perf_counter() - start
     for p in procs:
@@ -114,11 +120,12 @@ def bench_managers(items: int, samples: int) -> dict[str, float]:
     m = _Manager(address=("127.0.0.1", 0), authkey=AUTHKEY, ctx=ctx)
     m.start()
     try:
-        out = ctx.Queue()
+        out, barrier = ctx.Queue(), ctx.Barrier(5)
         shares = _split(items, 2)
-        procs = [ctx.Process(target=_mgr_producer, args=(m.address, sum(shares[:i]), s)) for i, s in enumerate(shares)]
-        procs += [ctx.Process(target=_mgr_consumer, args=(m.address, s, out)) for s in shares]
-        elapsed, total = _run(procs, out, 2)
+        procs = [ctx.Process(target=_mgr_producer, args=(m.address, sum(shares[:i]), s, barrier))
+                 for i, s in enumerate(shares)]
+        procs += [ctx.Process(target=_mgr_consumer, args=(m.address, s, out, barrier)) for s in shares]
+        elapsed, total = _run(procs, out, 2, barrier)
         assert total == sum(range(items))
         q = m.get_q()
         lat = []
@@ -139,14 +146,15 @@ def bench_conveyor(items: int, samples: int, sync: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(workers=0, data=f"{tmp}/data", sync=sync) as cl:
         r: dict[str, float] = {}
         for mode, batched in (("batched", True), ("itemwise", False)):
-            out = ctx.Queue()
+            out, barrier = ctx.Queue(), ctx.Barrier(5)
             name = f"bench-{mode}"
             shares = _split(items, 2)
-            procs = [ctx.Process(target=_cv_producer, args=(cl.address, cl.authkey, name, sum(shares[:i]), s, batched))
+            procs = [ctx.Process(target=_cv_producer,
+                                 args=(cl.address, cl.authkey, name, sum(shares[:i]), s, batched, barrier))
                      for i, s in enumerate(shares)]
-            procs += [ctx.Process(target=_cv_consumer, args=(cl.address, cl.authkey, name, s, batched, out))
+            procs += [ctx.Process(target=_cv_consumer, args=(cl.address, cl.authkey, name, s, batched, out, barrier))
                       for s in shares]
-            elapsed, total = _run(procs, out, 2)
+            elapsed, total = _run(procs, out, 2, barrier)
             assert total == sum(range(items)), (total, sum(range(items)))
             r[mode] = items / elapsed
         with cl.client() as c:

@@ -17,6 +17,7 @@ depends on ``ack``:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import concurrent.futures as cf
 import math
@@ -75,7 +76,8 @@ class NetworkQueue:
         self._allow_pickle = self.codec == serde.PICKLE
         self._unacked: deque[list] = deque()  # [id, token] in the order got
         self._lock = threading.Lock()
-        self._acks: list[cf.Future] = []
+        self._acks: list[Any] = []  # asyncio futures of QACK requests in flight
+        self._to_ack: list[list] = []  # acknowledged by task_done, not yet sent
         if ack == "auto":
             _AUTO_QUEUES.add(self)
 
@@ -174,19 +176,47 @@ class NetworkQueue:
                 if self.ack == "get":
                     return  # acknowledged on get already
                 raise ValueError("task_done() called too many times")
-            item = self._unacked.popleft()
+            self._to_ack.append(self._unacked.popleft())
+            if len(self._to_ack) > 1:
+                return  # a send is scheduled already: this one joins it
+        # Acks made in one burst travel in one message; requests made after this
+        # are sent after it (the client's I/O thread runs them in order).
+        self._client._loop.call_soon_threadsafe(self._send_acks)
+
+    def _send_acks(self) -> None:
+        """On the client's I/O thread: send the acknowledgements gathered so far."""
+        with self._lock:
+            items, self._to_ack = self._to_ack, []
             self._acks = [f for f in self._acks if not f.done()]
-            self._acks.append(self._client._request_future(protocol.QACK, {"items": [item]}))
+        if items:
+            fut = self._client._core.request_nowait(protocol.QACK, {"items": items})
+            with self._lock:
+                self._acks.append(fut)
 
     def flush(self, timeout: float | None = 10.0) -> None:
         """Wait until this consumer's acknowledgements reached the master."""
-        with self._lock:
-            pending = list(self._acks)
-        cf.wait(pending, timeout)
+        sent: cf.Future = cf.Future()
+
+        def send_and_collect() -> None:
+            self._send_acks()
+            with self._lock:
+                pending = list(self._acks)
+            if not pending:
+                sent.set_result(None)
+                return
+            gathered = asyncio.gather(*pending, return_exceptions=True)
+            gathered.add_done_callback(lambda _: sent.set_result(None))
+
+        self._client._loop.call_soon_threadsafe(send_and_collect)
+        try:
+            sent.result(timeout)
+        except (TimeoutError, cf.TimeoutError):
+            pass
 
     def _ack_outstanding(self) -> None:
         with self._lock:
-            items = list(self._unacked)
+            items = self._to_ack + list(self._unacked)
+            self._to_ack = []
             self._unacked.clear()
         if items:
             try:
