@@ -83,6 +83,29 @@ def _is_loopback(host: str) -> bool:
 
 
 # -- master -----------------------------------------------------------------
+_held_locks: list = []
+
+
+def _lock_data_dir(data: str) -> None:
+    """One master per data directory: a second would void the first one's leases."""
+    import fcntl
+
+    path = os.path.join(data, "master.lock")
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise CliError(f"data directory {data} is in use by another master (pid {owner})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _held_locks.append(handle)
+
+
 def cmd_master(args: argparse.Namespace) -> int:
     from .master import Master
     from .store import open_store
@@ -106,6 +129,8 @@ def cmd_master(args: argparse.Namespace) -> int:
         store = open_store(data, sync=args.sync)
     except StoreError as exc:
         raise CliError(str(exc)) from None
+    if data is not None:
+        _lock_data_dir(data)
 
     async def run() -> None:
         master = Master(store, authkey=authkey, host=host, port=port, ssl_context=ssl_ctx,

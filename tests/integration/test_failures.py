@@ -222,3 +222,15 @@ def test_results_expire_after_their_ttl(make_cluster):
             return False
 
         assert wait_until(gone, timeout=20)
+
+
+def test_second_master_on_the_same_data_directory_is_refused(make_cluster):
+    cluster = make_cluster(workers=0).start()
+    proc = subprocess.run([sys.executable, "-m", "conveyor", "master", "--bind", "127.0.0.1:0",
+                           "--data", str(cluster.data)], capture_output=True, text=True, timeout=30,
+                          env=cluster.env())
+    assert proc.returncode == 1
+    assert f"in use by another master (pid {cluster.master.pid})" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    with cluster.client() as client:
+        assert client.status()["queues"] == {}
