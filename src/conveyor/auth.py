@@ -46,6 +46,18 @@ def verify(expected: bytes, got: bytes) -> bool:
     return hmac.compare_digest(expected, got)
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def load_authkey(authkey_file: str | os.PathLike | None = None, *, env: dict | None = None) -> bytes | None:
     """The authkey from a file (its bytes, one trailing newline stripped) or ``CONVEYOR_AUTHKEY``.
 

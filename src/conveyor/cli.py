@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__
-from .auth import ENV_AUTHKEY, client_tls_context, load_authkey, server_tls_context
+from .auth import ENV_AUTHKEY, client_tls_context, is_loopback, load_authkey, server_tls_context
 from .errors import ConveyorError, StoreError
 
 EXIT_USAGE = 2
@@ -73,15 +72,6 @@ def _parse_bind(text: str) -> tuple[str, int]:
     return host, port_n
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 # -- master -----------------------------------------------------------------
 _held_locks: list = []
 
@@ -113,7 +103,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     authkey = _authkey(args)
     host, port = _parse_bind(args.bind)
-    if not _is_loopback(host) and not authkey:
+    if not is_loopback(host) and not authkey:
         raise CliError(f"refusing to listen on {host} without an authkey: set {ENV_AUTHKEY} "
                        "or pass --authkey-file (only loopback addresses may go without one)")
     if args.tls_key and not args.tls_cert:

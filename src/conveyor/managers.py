@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import protocol, serde
-from .auth import as_key
+from .auth import as_key, is_loopback
 from .client import queues as _queues
 from .client.client import Client
 from .client.queues import NetworkQueue
@@ -197,17 +197,6 @@ def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def data_dir_for(port: int, data_dir: str | os.PathLike | None = None) -> Path:
     """The data directory a manager on ``port`` uses: ``data_dir``, else
     ``$CONVEYOR_MANAGERS_DATA``, else ``./conveyor-managers-data/<port>``."""
@@ -241,7 +230,7 @@ class Server:
         from .store import open_store
 
         host, port = address
-        if not _is_loopback(_bind_host(host)) and not authkey:
+        if not is_loopback(_bind_host(host)) and not authkey:
             raise ValueError(f"refusing to serve on {host or 'every interface'} with an empty authkey: "
                              "pass authkey=... (only loopback addresses may go without one)")
         self.queues = dict(queues)
@@ -622,7 +611,7 @@ class BaseManager:
         queues = self._declared_queues()
         self._s.declared = list(queues)
         host, port = self._address or ("127.0.0.1", 0)
-        if not _is_loopback(_bind_host(host)) and not self._authkey:
+        if not is_loopback(_bind_host(host)) and not self._authkey:
             raise ValueError(f"refusing to serve on {host or 'every interface'} with an empty authkey")
         data_dir = None
         if self._data_dir is not None or os.environ.get(ENV_DATA):

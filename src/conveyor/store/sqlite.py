@@ -568,15 +568,18 @@ class SQLiteStore(SQLiteSchedules, Store):
                 [(task_id, int(token)) for task_id, token in leases])
             return cur.rowcount
 
-    def release_owner(self, owner: str, now: float) -> list[str]:
-        """Hand back every task leased to ``owner``; their ids in enqueue order."""
+    def _return_to_ready(self, condition: str, params: tuple) -> list[str]:
+        """Hand back the leased tasks matching ``condition``; their ids in enqueue order."""
         with self.transaction():
             rows = self.conn.execute(
                 f"UPDATE tasks SET {_RETURN_TO_READY} "
-                "WHERE state = 'leased' AND lease_owner = ? RETURNING seq, id",
-                (owner,)).fetchall()
+                f"WHERE state = 'leased' AND {condition} RETURNING seq, id", params).fetchall()
         rows.sort()
         return [r[1] for r in rows]
+
+    def release_owner(self, owner: str, now: float) -> list[str]:
+        """Hand back every task leased to ``owner``; their ids in enqueue order."""
+        return self._return_to_ready("lease_owner = ?", (owner,))
 
     def release_all(self, now: float) -> int:
         """Hand back every leased task; how many."""
@@ -593,13 +596,7 @@ class SQLiteStore(SQLiteSchedules, Store):
 
     def expire_leases(self, now: float) -> list[str]:
         """Hand back every task whose lease deadline is at or before ``now``."""
-        with self.transaction():
-            rows = self.conn.execute(
-                f"UPDATE tasks SET {_RETURN_TO_READY} "
-                "WHERE state = 'leased' AND lease_deadline <= ? RETURNING seq, id",
-                (now,)).fetchall()
-        rows.sort()
-        return [r[1] for r in rows]
+        return self._return_to_ready("lease_deadline <= ?", (now,))
 
     def promote_due(self, now: float) -> list[str]:
         """Make delayed tasks with ``not_before <= now`` ready; their queues, deduplicated."""
