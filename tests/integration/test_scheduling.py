@@ -308,3 +308,38 @@ def test_changed_rate_limit_takes_effect_at_once(cluster):
         assert client.submit(f"{TASKS}:square", 1, rate_limit="1/m").result(30) == 1
         faster = [client.submit(f"{TASKS}:square", n, rate_limit="100/s") for n in range(3)]
         assert [f.result(20) for f in faster] == [0, 1, 4]
+
+
+def test_worker_serves_its_queues_in_the_stated_order(make_cluster, tmp_path):
+    cluster = make_cluster(workers=0).start()
+    log = tmp_path / "order"
+    with cluster.client() as client:
+        low = [client.submit(f"{TASKS}:record", str(log), 100 + i, queue="low") for i in range(3)]
+        high = [client.submit(f"{TASKS}:record", str(log), i, queue="high") for i in range(3)]
+        cluster.start_worker("--queues", "high,low", "--concurrency", "1", "--prefetch", "1")
+        client.gather(low + high, timeout=60)
+    assert executions(log) == [0, 1, 2, 100, 101, 102]
+
+
+def test_weighted_queues_are_both_served(make_cluster, tmp_path):
+    cluster = make_cluster(workers=0).start()
+    with cluster.client() as client:
+        futures = [client.submit(f"{TASKS}:square", i, queue=q) for i in range(20) for q in ("a", "b")]
+        cluster.start_worker("--queues", "a:3,b:1")
+        assert sorted(client.gather(futures, timeout=60)) == sorted(i * i for i in range(20) for _ in "ab")
+        worker = client.status()["workers"][0]
+    assert worker["queues"] == ["a", "b"]
+
+
+def test_retry_every_dead_task_of_a_queue(cluster):
+    cluster.start_worker("--queues", "batch")
+    with cluster.client() as client:
+        dead = [client.submit(f"{TASKS}:fail", f"x{i}", retries=1, retry_backoff=0, queue="batch")
+                for i in range(3)]
+        for f in dead:
+            with pytest.raises(conveyor.TaskError):
+                f.result(60)
+        out = cli(cluster, "retry", "--queue", "batch")
+        assert out.returncode == 0 and out.stdout.count("requeued") == 3
+        assert wait_until(lambda: all(len(client.inspect(f.task_id)["errors"]) == 4 for f in dead), timeout=60)
+        assert len(client.tasks(queue="batch", state="dead")) == 3
