@@ -107,3 +107,16 @@ def stamp(path, label):
     finally:
         os.close(fd)
     return label
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def norm2(p):
+    return Point(p.x * p.x, p.y * p.y)
+
+
+def apply(fn, value):
+    return fn(value)

@@ -106,3 +106,29 @@ def test_asyncio_client(cluster):
     value, values = asyncio.run(main())
     assert value == 42
     assert values == [n * n for n in range(100)]
+
+
+def test_pickle_codec_when_enabled_everywhere(make_cluster):
+    from .itasks import Point
+
+    cluster = make_cluster(workers=1, master_args=["--pickle"], worker_args=["--pickle"]).start()
+    cluster.wait_for_workers(1)
+    with cluster.client(codec="pickle") as client:
+        p = client.submit(f"{TASKS}:norm2", Point(3, 4)).result(30)
+        assert (p.x, p.y) == (9, 16)
+        offset = 10
+        assert client.submit(f"{TASKS}:apply", lambda v: v + offset, 5).result(30) == 15  # cloudpickle
+
+
+def test_pickle_refused_unless_enabled(make_cluster):
+    cluster = make_cluster(workers=1).start()
+    cluster.wait_for_workers(1)
+    with cluster.client(codec="pickle") as client:
+        with pytest.raises(conveyor.SerializationError, match="pickle codec is disabled"):
+            client.submit(f"{TASKS}:square", 3)
+    pickled = make_cluster(workers=1, master_args=["--pickle"]).start()  # a worker without --pickle
+    pickled.wait_for_workers(1)
+    with pickled.client(codec="pickle") as client:
+        with pytest.raises(conveyor.TaskError) as info:
+            client.submit(f"{TASKS}:square", 3).result(30)
+        assert "refusing to unpickle" in info.value.message
