@@ -98,7 +98,7 @@ class Master:
         from .runner import StoreRunner
 
         loop = asyncio.get_running_loop()
-        self._runner = StoreRunner(self.store, loop)
+        self._runner = StoreRunner(self.store, loop, inline=self.store.cheap_commits)
         released = await self._runner.call(self.store.release_all, self.clock())
         if released:
             log.info("recovered %d task(s) that were leased when the master stopped", released)

@@ -150,6 +150,9 @@ class QueueStats:
 class Store(abc.ABC):
     """The durable semantics of queues, leases and results."""
 
+    #: True when a commit costs no fsync, so batching commits gains little.
+    cheap_commits: bool = True
+
     @abc.abstractmethod
     def enqueue(self, tasks: Sequence[NewTask], now: float) -> list[bool]:
         """Insert tasks; one bool each: True if new, False if that id existed (nothing changes).

@@ -159,6 +159,7 @@ class SQLiteStore(SQLiteSchedules, Store):
         self.directory = Path(path)
         self.path = self.directory / DB_NAME
         self.sync = sync
+        self.cheap_commits = sync != "full"  # only "full" pays an fsync per commit
         self._lock = threading.RLock()
         self._depth = 0  # open transaction() levels
         self._conn: sqlite3.Connection | None = None
