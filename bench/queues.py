@@ -127,16 +127,9 @@ def bench_managers(items: int, samples: int) -> dict[str, float]:
         procs += [ctx.Process(target=_mgr_consumer, args=(m.address, s, out, barrier)) for s in shares]
         elapsed, total = _run(procs, out, 2, barrier)
         assert total == sum(range(items))
-        q = m.get_q()
-        lat = []
-        for i in range(samples):
-            t0 = time.perf_counter()
-            q.put(i)
-            q.get()
-            lat.append(time.perf_counter() - t0)
+        r = _latency(m.get_q(), samples)
     finally:
         m.shutdown()
-    r = _latency(lat)
     r["batched"] = r["itemwise"] = items / elapsed
     return r
 
@@ -158,18 +151,18 @@ def bench_conveyor(items: int, samples: int, sync: str) -> dict[str, float]:
             assert total == sum(range(items)), (total, sum(range(items)))
             r[mode] = items / elapsed
         with cl.client() as c:
-            q = c.queue("bench-latency", ack="get")
-            lat = []
-            for i in range(samples):
-                t0 = time.perf_counter()
-                q.put(i)
-                q.get()
-                lat.append(time.perf_counter() - t0)
-        r.update(_latency(lat))
+            r.update(_latency(c.queue("bench-latency", ack="get"), samples))
         return r
 
 
-def _latency(lat: list[float]) -> dict[str, float]:
+def _latency(q, samples: int) -> dict[str, float]:
+    """p50 and p99 of one put followed by one get, in milliseconds."""
+    lat = []
+    for i in range(samples):
+        t0 = time.perf_counter()
+        q.put(i)
+        q.get()
+        lat.append(time.perf_counter() - t0)
     lat.sort()
     return {"p50_ms": statistics.median(lat) * 1000, "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde, wire
-from ..errors import NotFound, ProtocolError
+from ..errors import ProtocolError
 from ..ratelimit import TokenBucket, parse_rate
 from ..store import DEAD, FAILED, FINISHED, LEASED, STATES, Lease, Outcome, TaskInfo
 
@@ -26,7 +26,6 @@ CANCELLED_ERROR = serde.packb({"type": "concurrent.futures.CancelledError", "mes
                                "traceback": ""})
 RETRYABLE_STATES = (DEAD, FAILED, "cancelled")
 
-
 def _states(value: Any, default: Sequence[str]) -> list[str]:
     if value is None:
         return list(default)
@@ -35,7 +34,6 @@ def _states(value: Any, default: Sequence[str]) -> list[str]:
     if not isinstance(value, list) or not all(v in FINISHED for v in value):
         raise ProtocolError(f"states must be finished states: {', '.join(FINISHED)}")
     return value
-
 
 def _payload_preview(payload: bytes, codec: str) -> Any:
     """A printable form of a stored value; pickled payloads are never unpickled here."""
@@ -47,7 +45,6 @@ def _payload_preview(payload: bytes, codec: str) -> Any:
         return f"<undecodable, {len(payload)} bytes>"
     text = repr(value)
     return text if len(text) <= 2000 else text[:2000] + "..."
-
 
 @dataclass
 class JobService:
@@ -275,7 +272,6 @@ class JobService:
                              else {"ok": False, "error": serde.decode_error(r.payload)})
         return out
 
-
 HANDLERS = {
     protocol.CANCEL: JobService.on_cancel,
     protocol.RETRY: JobService.on_retry,
@@ -284,4 +280,3 @@ HANDLERS = {
     protocol.TASKLIST: JobService.on_tasks,
 }
 
-__all__ = ["HANDLERS", "JobService", "NotFound"]
