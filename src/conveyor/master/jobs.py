@@ -279,4 +279,3 @@ HANDLERS = {
     protocol.INSPECT: JobService.on_inspect,
     protocol.TASKLIST: JobService.on_tasks,
 }
-
