@@ -24,6 +24,7 @@ from .. import __version__, protocol, wire
 from ..errors import ProtocolError
 from ..serde import PICKLE
 from ..store import DUPLICATE, STALE, STORED, Store
+from . import eager
 from .dispatch import QueueTracker
 from .jobs import HANDLERS as JOB_HANDLERS
 from .jobs import JobService
@@ -233,17 +234,27 @@ class Master:
             else:
                 s.error(ev.rid, "ProtocolError", f"unknown op {ev.op!r}")
                 continue
-            # Handlers start in arrival order and make their first store call before
-            # their first await, so one connection's requests reach the store in order.
-            task = asyncio.ensure_future(coro)
-            task.add_done_callback(lambda t, s=s, rid=ev.rid: self._handler_done(t, s, rid))
+            # Handlers run now, in arrival order, up to their first await, and make their
+            # first store call before it, so one connection's requests reach the store in
+            # order. Only a handler that has to wait (for a commit) becomes a Task.
+            try:
+                task = eager.start(coro)
+            except asyncio.CancelledError:
+                continue
+            except Exception as exc:
+                self._handler_failed(s, ev.rid, exc)
+                continue
+            if task is not None:
+                task.add_done_callback(lambda t, s=s, rid=ev.rid: self._handler_done(t, s, rid))
 
     def _handler_done(self, task: asyncio.Task, s: Session, rid: int) -> None:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is None:
-            return
+        if exc is not None:
+            self._handler_failed(s, rid, exc)
+
+    def _handler_failed(self, s: Session, rid: int, exc: BaseException) -> None:
         if isinstance(exc, ProtocolError):
             log.warning("bad request from %s: %s", s.peer, exc)
             s.error(rid, "ProtocolError", str(exc))
