@@ -1,12 +1,28 @@
-"""The master's request handling, in process: the eager start of handlers (``master/eager.py``)."""
+"""The master's connection handling, in process: bytes fed to a connection's
+protocol object, what it writes back, and when.
+
+Covers the eager start of handlers (``master/eager.py``), coalesced replies,
+group commit when commits are not cheap, and the handshake's guarantees
+(timeout, refusal, garbage).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
-from conveyor.master import eager
+from conveyor import protocol, wire
+from conveyor.errors import AuthenticationError
+from conveyor.ids import new_id
+from conveyor.master import Master, eager
+from conveyor.master.server import _Conn
+from conveyor.store import MemoryStore, NewTask
+
+KEY = b"test-key"
 
 
 # -- eager.start ------------------------------------------------------------------
@@ -124,3 +140,254 @@ def test_cancelling_the_task_throws_into_the_coroutine_where_it_waits():
         assert cleaned == [True, True]
 
     asyncio.run(main())
+
+
+# -- a master and fake connections ------------------------------------------------
+class FakeTransport(asyncio.Transport):
+    """Records writes; ``close`` only marks it closed (the test decides when the loss is seen)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        if not self.closed:
+            self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 4242) if name == "peername" else default
+
+
+class Peer:
+    """A client or worker talking to the master through a fake transport."""
+
+    def __init__(self, master: Master, key: bytes = KEY) -> None:
+        self.transport = FakeTransport()
+        self.conn = _Conn(master)
+        self.conn.connection_made(self.transport)
+        self.proto = protocol.Connection("client", key)
+        self._read = 0
+
+    def handshake(self) -> None:
+        self.feed(self.proto.initiate())
+        self.proto.receive_data(self.take_bytes())
+        self.feed(self.proto.data_to_send())
+        assert self.proto.receive_data(self.take_bytes()) == [protocol.HandshakeDone()]
+
+    def hello(self, rid: int = 1, **fields: Any) -> dict:
+        self.handshake()
+        self.feed(protocol.encode_frame(protocol.HELLO, rid, {"role": "client", **fields}))
+        (reply,) = self.messages()
+        assert reply.op == protocol.OK, reply
+        return reply.fields
+
+    def feed(self, *data: bytes) -> None:
+        self.conn.data_received(b"".join(data))
+
+    def take_bytes(self) -> bytes:
+        out = b"".join(self.transport.writes[self._read:])
+        self._read = len(self.transport.writes)
+        return out
+
+    def messages(self) -> list[protocol.Message]:
+        return [e for e in self.proto.receive_data(self.take_bytes()) if isinstance(e, protocol.Message)]
+
+
+def frame(op: str, rid: int, **fields: Any) -> bytes:
+    return protocol.encode_frame(op, rid, fields)
+
+
+def a_task(queue: str = "q") -> list:
+    return wire.task_to_wire(NewTask(new_id(), queue, "mod:fn", b"\x90", "msgpack"))
+
+
+def run(store: MemoryStore, body: Callable[[Master], Awaitable[None]], **kwargs: Any) -> None:
+    async def main() -> None:
+        master = Master(store, authkey=KEY, port=0, **kwargs)
+        await master.start()
+        try:
+            await body(master)
+        finally:
+            await master.close()
+
+    asyncio.run(main())
+
+
+class CostlyCommits(MemoryStore):
+    """A store whose commits are not cheap: the master batches them (group commit)."""
+
+    cheap_commits = False
+    fail_enqueue = False
+
+    def enqueue(self, tasks, now):  # type: ignore[no-untyped-def]
+        if self.fail_enqueue:
+            raise RuntimeError("disk on fire")
+        return super().enqueue(tasks, now)
+
+
+async def turns(until: Callable[[], bool], limit: int = 1000) -> None:
+    """Let the loop run until ``until()`` holds (a bounded number of turns, no clock)."""
+    for _ in range(limit):
+        if until():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+# -- replies, dispatch, errors ---------------------------------------------------
+def test_pipelined_requests_are_answered_in_order_in_one_write():
+    async def body(m: Master) -> None:
+        p = Peer(m)
+        p.hello()
+        writes = len(p.transport.writes)
+        item = [new_id(), b"x", "msgpack"]
+        p.feed(frame(protocol.PING, 2), frame(protocol.QPUT, 3, queue="q", items=[item], maxsize=0, timeout=0),
+               frame(protocol.QSIZE, 4, queue="q"), frame(protocol.PING, 5))
+        assert len(p.transport.writes) == writes + 1  # four replies, one send
+        replies = p.messages()
+        assert [(r.op, r.rid) for r in replies] == [(protocol.OK, rid) for rid in (2, 3, 4, 5)]
+        assert replies[1].fields == {"accepted": 1} and replies[2].fields["ready"] == 1
+
+    run(MemoryStore(), body)
+
+
+def test_handler_errors_are_answered_whether_raised_before_or_after_the_first_await(caplog):
+    store = CostlyCommits()
+
+    async def body(m: Master) -> None:
+        p = Peer(m)
+        p.hello()
+        await turns(lambda: True)
+        # Before the first await: a ProtocolError answer, and the connection stays.
+        p.feed(frame(protocol.SUBMIT, 2, tasks="nope"))
+        (err,) = p.messages()
+        assert (err.op, err.rid, err.fields["type"]) == (protocol.ERR, 2, "ProtocolError")
+        # After it: the commit fails in the runner's batch, and the handler's Task reports it.
+        store.fail_enqueue = True
+        with caplog.at_level(logging.ERROR, logger="conveyor.master"):
+            p.feed(frame(protocol.SUBMIT, 3, tasks=[a_task()]))
+            assert p.messages() == []  # waiting for the batch's commit
+            got: list[protocol.Message] = []
+            await turns(lambda: bool(got.extend(p.messages()) or got))
+        assert (got[0].op, got[0].rid) == (protocol.ERR, 3)
+        assert got[0].fields == {"type": "RuntimeError", "message": "disk on fire"}
+        assert "request from 127.0.0.1:4242 failed" in caplog.text
+        store.fail_enqueue = False
+        p.feed(frame(protocol.PING, 4))
+        assert [(r.op, r.rid) for r in p.messages()] == [(protocol.OK, 4)]
+
+    run(store, body)
+
+
+def test_without_cheap_commits_one_read_of_submits_is_one_commit_answered_after_it():
+    store = CostlyCommits()
+
+    async def body(m: Master) -> None:
+        p = Peer(m)
+        p.hello()
+        await turns(lambda: True)
+        commits = m._runner.commits
+        p.feed(*(frame(protocol.SUBMIT, rid, tasks=[a_task()]) for rid in (2, 3, 4)))
+        assert p.messages() == [] and store.stats() == {}  # nothing answered before the commit
+        got: list[protocol.Message] = []
+        await turns(lambda: bool(got.extend(p.messages())) or len(got) == 3)
+        assert [(r.rid, r.fields) for r in got] == [(rid, {"new": 1}) for rid in (2, 3, 4)]
+        assert m._runner.commits == commits + 1 and store.stats()["q"].ready == 3
+
+    run(store, body)
+
+
+# -- the handshake and bad peers -------------------------------------------------
+def test_garbage_closes_only_that_connection(caplog):
+    async def body(m: Master) -> None:
+        good, bad, rude = Peer(m), Peer(m), Peer(m)
+        good.hello()
+        bad.hello()
+        rude.handshake()
+        with caplog.at_level(logging.WARNING, logger="conveyor.master"):
+            bad.feed(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1")
+            rude.feed(frame(protocol.PING, 1))  # not a hello first
+        assert bad.transport.closed and rude.transport.closed
+        assert "closing 127.0.0.1:4242: undecodable frame" in caplog.text
+        assert "the first message must be hello" in caplog.text
+        bad.conn.connection_lost(None)
+        assert bad.conn.session is not None and bad.conn.session.id not in m.sessions
+        good.feed(frame(protocol.PING, 9))
+        assert [(r.op, r.rid) for r in good.messages()] == [(protocol.OK, 9)]
+        assert not good.transport.closed
+
+    run(MemoryStore(), body)
+
+
+def test_oversized_frame_closes_the_connection():
+    async def body(m: Master) -> None:
+        p = Peer(m)
+        p.hello()
+        p.feed((1024).to_bytes(4, "big"))
+        assert p.transport.closed
+
+    run(MemoryStore(), body, max_frame_size=512)
+
+
+def test_a_connection_that_never_finishes_the_handshake_is_closed_and_logged(caplog):
+    async def body(m: Master) -> None:
+        p = Peer(m)
+        p.feed(b"CNV")
+        with caplog.at_level(logging.WARNING, logger="conveyor.master"):
+            for _ in range(500):
+                if p.transport.closed:
+                    break
+                await asyncio.sleep(0.01)
+        assert p.transport.closed and "handshake not finished within" in caplog.text
+        assert m.sessions == {}
+
+    run(MemoryStore(), body, handshake_timeout=0.05)
+
+
+def test_a_failed_handshake_writes_its_verdict_then_closes(caplog):
+    async def body(m: Master) -> None:
+        p = Peer(m, key=b"not-the-key")
+        p.feed(p.proto.initiate())
+        with pytest.raises(AuthenticationError):
+            p.proto.receive_data(p.take_bytes())
+        with caplog.at_level(logging.WARNING, logger="conveyor.master"):
+            p.feed(p.proto.data_to_send() + frame(protocol.PING, 1))  # the proof, and a frame after it
+        assert p.take_bytes() == b"\x00" and p.transport.closed
+        assert "refused 127.0.0.1:4242: authentication failed" in caplog.text
+        assert m.sessions == {}
+
+    run(MemoryStore(), body)
+
+
+def test_nothing_but_the_handshake_is_decoded_before_it_succeeds():
+    async def body(m: Master) -> None:
+        p = Peer(m)
+        # A frame instead of the handshake (longer than a handshake hello).
+        p.feed(frame(protocol.HELLO, 1, role="client", name="x" * 64))
+        assert p.transport.closed and m.sessions == {}
+
+    run(MemoryStore(), body)
+
+
+def test_a_lost_connection_hands_back_its_workers_leases():
+    store = MemoryStore()
+
+    async def body(m: Master) -> None:
+        worker, client = Peer(m), Peer(m)
+        worker.hello(role="worker", queues=["q"], concurrency=1)
+        worker.feed(frame(protocol.CREDIT, 0, n=1))
+        client.hello()
+        client.feed(frame(protocol.SUBMIT, 2, tasks=[a_task()]))
+        await turns(lambda: store.stats()["q"].leased == 1)
+        worker.conn.connection_lost(None)
+        await turns(lambda: store.stats()["q"].ready == 1)
+        assert len(m.sessions) == 1
+
+    run(store, body)

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .. import __version__, protocol, wire
 from ..errors import ProtocolError
@@ -88,7 +88,9 @@ class Master:
         self._server: asyncio.base_events.Server | None = None
         self._runner: Any = None
         self._tasks: list[asyncio.Task] = []
+        self._conns: set[_Conn] = set()  # open connections, authenticated or not
         self._wake = asyncio.Event()
+        self._stopping = False
         self._timer_wake = asyncio.Event()
         self._next_due: float | None = None
         self._closed = asyncio.Event()
@@ -104,9 +106,9 @@ class Master:
         if released:
             log.info("recovered %d task(s) that were leased when the master stopped", released)
         self._next_due = await self._runner.call(self.store.next_due)
-        self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, ssl=self.ssl_context,
-            reuse_address=True, limit=1 << 20,
+        # asyncio sets TCP_NODELAY on every TCP transport itself.
+        self._server = await loop.create_server(
+            lambda: _Conn(self), self.host, self.port, ssl=self.ssl_context, reuse_address=True,
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -125,72 +127,26 @@ class Master:
 
     async def close(self) -> None:
         """Stop accepting, close every connection, let pending store calls commit."""
-        if self._closed.is_set():
+        if self._stopping:  # closed, or being closed by another caller
+            await self._closed.wait()
             return
-        if self._server is not None:
-            self._server.close()
-        for s in list(self.sessions.values()):
-            s.close()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            self._runner.close()
-        self._closed.set()
+        self._stopping = True
+        try:
+            if self._server is not None:
+                self._server.close()
+            for s in list(self.sessions.values()):
+                s.close()
+            for c in list(self._conns):
+                c.close()
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._runner is not None:
+                self._runner.close()
+        finally:
+            self._closed.set()
 
     # -- connections -------------------------------------------------------
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer(writer)  # asyncio sets TCP_NODELAY on TCP streams itself
-        conn = protocol.Connection("server", self.authkey, max_frame_size=self.max_frame_size)
-        session: Session | None = None
-        try:
-            try:
-                pending = await asyncio.wait_for(self._handshake(conn, reader, writer, peer),
-                                                 self.handshake_timeout)
-            except TimeoutError:
-                log.warning("closing %s: handshake not finished within %.0fs", peer, self.handshake_timeout)
-                return
-            if pending is None:
-                return
-            session = Session(uuid.uuid4().hex, peer, writer, conn)
-            self.sessions[session.id] = session
-            if pending:
-                self._on_events(session, pending)
-            while not session.closed:
-                data = await reader.read(1 << 18)
-                if not data:
-                    break
-                session.last_seen = time.monotonic()
-                self._on_events(session, conn.receive_data(data))
-        except ProtocolError as exc:
-            log.warning("closing %s: %s", peer, exc)
-        except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            raise
-        finally:
-            if session is not None:
-                self._drop(session)
-            writer.close()
-
-    async def _handshake(self, conn: protocol.Connection, reader, writer, peer: str) -> list | None:
-        """Run the handshake; the events that arrived with it, or None if it failed."""
-        while True:
-            data = await reader.read(4096)
-            if not data:
-                return None
-            events = conn.receive_data(data)
-            out = conn.data_to_send()
-            if out:
-                writer.write(out)
-            for i, ev in enumerate(events):
-                if isinstance(ev, protocol.HandshakeFailed):
-                    log.warning("refused %s: %s", peer, ev.reason)
-                    await _drain(writer)
-                    return None
-                if isinstance(ev, protocol.HandshakeDone):
-                    return events[i + 1:]
-
     def _drop(self, s: Session) -> None:
         """Forget a session; hand its leases back and end its subscriptions."""
         s.close()
@@ -204,6 +160,8 @@ class Master:
                     del self._subs[tid]
         s.subscriptions.clear()
         self.queue_service.drop(s)
+        if self._stopping:
+            return  # the next start voids every lease anyway
         if s.role == "worker" or s.holds_items:
             if s.role == "worker":
                 log.info("worker %s (%s) disconnected with %d task(s) in flight",
@@ -218,6 +176,14 @@ class Master:
             self._wake.set()
 
     # -- messages ----------------------------------------------------------
+    def _on_data(self, s: Session, events: list) -> None:
+        """Handle the messages of one read; their replies leave in one write."""
+        s.cork()
+        try:
+            self._on_events(s, events)
+        finally:
+            s.uncork()
+
     def _on_events(self, s: Session, events: list) -> None:
         for ev in events:
             if not isinstance(ev, protocol.Message):
@@ -597,15 +563,103 @@ _HANDLERS = {
 _HANDLERS.update(SCHEDULE_HANDLERS)  # sched_add, sched_list, sched_del
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
+class _Conn(asyncio.Protocol):
+    """One connection to the master: the handshake, then its session's messages.
+
+    Received bytes are handled in ``data_received`` itself, with no reader task
+    in between: decoding, the handlers' first steps, and (with cheap commits)
+    the store calls and the replies all happen in the loop turn the bytes came in.
+    """
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.conn = protocol.Connection("server", master.authkey, max_frame_size=master.max_frame_size)
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.peer = "?"
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = _peer(transport)
+        m = self.master
+        if m._stopping:
+            self.close()
+            return
+        m._conns.add(self)
+        self._timer = asyncio.get_running_loop().call_later(m.handshake_timeout, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self.session is None and not self._closed:
+            log.warning("closing %s: handshake not finished within %.0fs", self.peer, self.master.handshake_timeout)
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        s = self.session
+        try:
+            if s is not None:
+                if s.closed:  # closed by the master (a missed heartbeat, a failed write)
+                    return
+                s.last_seen = time.monotonic()
+                self.master._on_data(s, self.conn.receive_data(data))
+                return
+            events = self._handshake(data)
+            if events is not None and self.session is not None:
+                self.master._on_data(self.session, events)
+        except ProtocolError as exc:
+            log.warning("closing %s: %s", self.peer, exc)
+            self.close()
+        except (ConnectionError, OSError, ssl.SSLError):
+            self.close()
+
+    def _handshake(self, data: bytes) -> list | None:
+        """Feed handshake bytes; the events that came after it once it succeeded, else None."""
+        assert self.transport is not None  # set by connection_made
+        events = self.conn.receive_data(data)
+        out = self.conn.data_to_send()
+        if out:
+            self.transport.write(out)
+        for i, ev in enumerate(events):
+            if isinstance(ev, protocol.HandshakeFailed):
+                log.warning("refused %s: %s", self.peer, ev.reason)
+                self.close()  # the transport sends the verdict before it closes
+                return None
+            if isinstance(ev, protocol.HandshakeDone):
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                self.session = s = Session(uuid.uuid4().hex, self.peer, self.transport, self.conn)
+                self.master.sessions[s.id] = s
+                return events[i + 1:]
+        return None
+
+    def close(self) -> None:
+        """Close the connection (its session too, if it has one)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.session is not None:
+            self.session.close()
+        elif self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        m = self.master
+        m._conns.discard(self)
+        if self.session is not None:
+            m._drop(self.session)
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer)
-
-
-async def _drain(writer: asyncio.StreamWriter) -> None:
-    try:
-        await asyncio.wait_for(writer.drain(), 2.0)
-    except (Exception, asyncio.CancelledError):
-        pass

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .. import protocol
+
+
+class Writer(Protocol):
+    """Where a session's bytes go: the connection's transport."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -16,7 +23,7 @@ class Session:
 
     id: str  # also the lease owner for a worker's tasks
     peer: str
-    writer: asyncio.StreamWriter
+    writer: Writer
     conn: protocol.Connection
     role: str | None = None  # "client" | "worker" after hello
     name: str = ""
@@ -32,9 +39,26 @@ class Session:
     holds_items: bool = False  # has leased plain-queue items: release them when it goes
     last_seen: float = field(default_factory=time.monotonic)
     closed: bool = False
+    # While corked, frames collect here and go out in one write (one send syscall) on uncork.
+    _corked: list[bytes] | None = field(default=None, repr=False)
+
+    def cork(self) -> None:
+        """Hold what is written until :meth:`uncork` (the master handling one read's messages)."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Write what was held, in one piece."""
+        held = self._corked
+        self._corked = None
+        if held:
+            self._write(held[0] if len(held) == 1 else b"".join(held))
 
     def _write(self, data: bytes) -> None:
         if self.closed:
+            return
+        if self._corked is not None:
+            self._corked.append(data)
             return
         try:
             self.writer.write(data)
@@ -57,6 +81,7 @@ class Session:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         if not self.closed:
+            self.uncork()  # what was answered before the close still goes out
             self.closed = True
             try:
                 self.writer.close()
