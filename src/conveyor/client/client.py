@@ -1,13 +1,12 @@
 """The synchronous client: submit work, get ``concurrent.futures`` futures back.
 
-A background thread runs the async core (see core.py); the methods here
-hand work to it and wait where the promise says they wait: ``submit``
-returns only after the master committed the task.
+The connection is a ThreadedCore (threaded.py): the calling thread sends,
+a reader thread resolves futures. The methods here wait where the promise
+says they wait: ``submit`` returns only after the master committed the task.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import itertools
 import logging
@@ -24,10 +23,11 @@ from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
 from ..errors import ConnectionLost, NotFound, TaskError
 from ..store.base import NewTask, Result
-from .core import Address, ClientCore, parse_address
+from .core import Address, parse_address
 from .options import make_task, split_options
 from .queues import NetworkQueue
 from .schedules import ScheduleMixin
+from .threaded import ThreadedCore
 
 ENV_ADDRESS = "CONVEYOR_ADDRESS"
 DEFAULT_ADDRESS = "127.0.0.1:7700"
@@ -131,31 +131,16 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         self.address = resolve_address(address)
         self.codec = serde.check_codec(codec)
         self.allow_pickle = codec == serde.PICKLE
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="conveyor-client", daemon=True)
-        self._thread.start()
-        self._core = ClientCore(
+        self._core = ThreadedCore(
             self.address, resolve_authkey(authkey), ssl_context=ssl_context,
             connect_timeout=connect_timeout, hello={"name": name or f"client-{os.getpid()}"},
             on_message=self._on_push,
         )
         self._futures: weakref.WeakValueDictionary[str, TaskFuture] = weakref.WeakValueDictionary()
         self._closed = False
-        try:
-            self._run(self._core.connect())
-        except BaseException:
-            self._stop_loop()
-            raise
+        self._core.connect()
 
     # -- plumbing ----------------------------------------------------------
-    def _run(self, coro, timeout: float | None = None) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def _stop_loop(self) -> None:
-        self._closed = True
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-
     def _resolver(self, fut: TaskFuture) -> Callable[[Result], None]:
         allow = self.allow_pickle
 
@@ -181,47 +166,23 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         for f in futures:
             f.set_running_or_notify_cancel()
             self._futures[f.task_id] = f
-        committed: cf.Future = cf.Future()
+        committed = self._core.submit_nowait(tasks, [self._resolver(f) for f in futures])
 
-        def start() -> None:
-            try:
-                afut = self._core.submit_nowait(tasks, [self._resolver(f) for f in futures])
-            except Exception as exc:
-                committed.set_exception(exc)
-                return
-
-            def done(a: asyncio.Future) -> None:
-                exc = a.exception()
-                if exc is None:
-                    committed.set_result(a.result())
-                    return
-                committed.set_exception(exc)
+        def failed(c: cf.Future) -> None:
+            exc = c.exception()
+            if exc is not None:
                 for f in futures:
                     if not f.done():
                         f.set_exception(exc)
 
-            afut.add_done_callback(done)
-
-        self._loop.call_soon_threadsafe(start)
+        committed.add_done_callback(failed)
         return futures, committed
 
     def _request_future(self, op: str, fields: dict) -> cf.Future:
         """Send a request from any thread; a concurrent future of its reply fields."""
         if self._closed:
             raise ConnectionLost("client is closed")
-        cfut: cf.Future = cf.Future()
-
-        def start() -> None:
-            try:
-                afut = self._core.request_nowait(op, fields)
-            except Exception as exc:
-                cfut.set_exception(exc)
-                return
-            afut.add_done_callback(lambda a: cfut.set_exception(a.exception()) if a.exception()
-                                   else cfut.set_result(a.result()))
-
-        self._loop.call_soon_threadsafe(start)
-        return cfut
+        return self._core.request_nowait(op, fields)
 
     def _task(self, fn: Callable | str, args: tuple, kwargs: dict, options: dict) -> NewTask:
         options.setdefault("codec", self.codec)
@@ -323,7 +284,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     def future(self, task_id: str) -> TaskFuture:
         """A future for an existing task by id; NotFound if the master does not know it."""
-        fetched = self._run(self._core.request(protocol.FETCH, {"ids": [task_id]}))
+        fetched = self._core.request(protocol.FETCH, {"ids": [task_id]})
         fut = TaskFuture(task_id, self)
         fut.set_running_or_notify_cancel()
         self._futures[task_id] = fut
@@ -334,12 +295,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             return fut
         if task_id in fetched["unknown"]:
             raise NotFound(f"no task {task_id!r} on the master (never submitted, or its result expired)")
-        resolve = self._resolver(fut)
-
-        async def watch() -> None:
-            await self._core.watch(task_id, resolve)
-
-        self._run(watch())
+        self._core.watch(task_id, self._resolver(fut)).result()
         return fut
 
     def _on_push(self, msg: protocol.Message) -> None:
@@ -383,7 +339,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     def status(self) -> dict[str, Any]:
         """The master's status: queues with counts by state, workers, counters, rates."""
-        return self._run(self._core.request(protocol.STATUS, {}))
+        return self._core.request(protocol.STATUS, {})
 
     def queue(self, name: str, maxsize: int = 0, *, ack: str = "task_done",
               codec: str | None = None) -> NetworkQueue:
@@ -410,11 +366,15 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         """Close the connection; futures still pending fail with ConnectionLost."""
         if self._closed:
             return
-        try:
-            self._run(self._core.close(), timeout=5)
-        except Exception:
-            pass
-        self._stop_loop()
+        self._closed = True
+        self._core.close()
+        lost = ConnectionLost("client closed")
+        for fut in list(self._futures.values()):
+            if not fut.done():
+                try:
+                    fut.set_exception(lost)
+                except cf.InvalidStateError:
+                    pass
 
     def __enter__(self) -> Client:
         return self

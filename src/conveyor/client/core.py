@@ -9,6 +9,8 @@ result it has not seen: a client whose master restarts loses nothing.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
+import contextlib
 import itertools
 import logging
 import os
@@ -26,6 +28,7 @@ from ..store.base import NewTask, Result
 log = logging.getLogger("conveyor.client")
 
 ResultCallback = Callable[[Result], None]
+_InvalidState = (asyncio.InvalidStateError, cf.InvalidStateError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +75,15 @@ def parse_address(address: str | tuple[str, int] | Address, default_port: int = 
     return Address(host or "127.0.0.1", port, tls)
 
 
-class ClientCore:
-    """One logical connection to a master, surviving reconnects. Lives on one event loop."""
+class CoreState:
+    """What one logical connection remembers across reconnects, whatever does its I/O.
+
+    Requests waiting for replies, tasks waiting for results, and what to send
+    again after a reconnect. ``ClientCore`` (asyncio) and ``ThreadedCore``
+    (blocking sockets, client/threaded.py) supply the futures and the writes;
+    a threaded core also supplies a real lock (every method here may then be
+    called from any thread; callbacks run outside the lock).
+    """
 
     def __init__(
         self,
@@ -87,7 +97,6 @@ class ClientCore:
         heartbeat: float = 5.0,
         max_frame_size: int = protocol.DEFAULT_MAX_FRAME,
         on_message: Callable[[protocol.Message], None] | None = None,
-        on_connect: Callable[[], Any] | None = None,
     ) -> None:
         self.address = parse_address(address)
         self.authkey = authkey or b""
@@ -102,18 +111,200 @@ class ClientCore:
         self.heartbeat = heartbeat
         self.max_frame_size = max_frame_size
         self.on_message = on_message
-        self.on_connect = on_connect
         self.session: str | None = None
         self.server_info: dict[str, Any] = {}
+        self._lock: Any = contextlib.nullcontext()
+        self._closing = False
         self._rids = itertools.count(1)
-        self._requests: dict[int, tuple[str, dict, asyncio.Future]] = {}
+        self._requests: dict[int, tuple[str, dict, Any]] = {}
         # task id -> (wire task, or None when only watched; the callbacks waiting for its result)
         self._pending: dict[str, tuple[list | None, list[ResultCallback]]] = {}
+
+    # -- what an I/O flavour provides ----------------------------------------
+    def _new_future(self) -> Any:
+        raise NotImplementedError
+
+    def _target(self) -> Any:
+        """Where a frame goes now (None while disconnected); read under the lock."""
+        raise NotImplementedError
+
+    def _send_to(self, target: Any, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _send(self, op: str, rid: int, fields: dict) -> None:
+        self._send_to(self._target(), protocol.encode_frame(op, rid, fields))
+
+    # -- hello ---------------------------------------------------------------
+    def _hello(self) -> tuple[int, bytes]:
+        """The HELLO request that follows the handshake: its request id and frame."""
+        rid = next(self._rids)
+        fields = {"role": self.role, "host": socket.gethostname(), "pid": os.getpid(), **self.hello_fields}
+        return rid, protocol.encode_frame(protocol.HELLO, rid, fields)
+
+    def _accept_hello(self, reply: protocol.Message) -> None:
+        """Take the master's answer to HELLO (RemoteError if it refused us)."""
+        if reply.op == protocol.ERR:
+            raise RemoteError(str(reply.fields.get("type")), str(reply.fields.get("message")))
+        self.session = reply.fields.get("session")
+        self.server_info = reply.fields
+        master_heartbeat = reply.fields.get("heartbeat")
+        if isinstance(master_heartbeat, (int, float)) and master_heartbeat > 0:
+            # Ping often enough that the master never mistakes us for dead.
+            self.heartbeat = min(self.heartbeat, master_heartbeat / 3)
+
+    # -- after a reconnect -----------------------------------------------------
+    def _resend(self) -> None:
+        """After a (re)connect: resend unanswered requests and resubscribe pending tasks."""
+        with self._lock:
+            resent_ids: set[str] = set()
+            for rid, (op, fields, _fut) in list(self._requests.items()):
+                self._send(op, rid, fields)
+                if op == protocol.SUBMIT:
+                    resent_ids.update(t[0] for t in fields["tasks"])
+            rest: list[list] = []
+            watched: list[str] = []
+            for tid, (item, _) in self._pending.items():
+                if tid not in resent_ids:
+                    if item is None:
+                        watched.append(tid)
+                    else:
+                        rest.append(item)
+            for i in range(0, len(rest), 1000):
+                self._send(protocol.SUBMIT, 0, {"tasks": rest[i:i + 1000]})
+            if watched:
+                self._send(protocol.SUBSCRIBE, 0, {"ids": watched})
+
+    # -- incoming --------------------------------------------------------------
+    def _on_message(self, msg: protocol.Message) -> None:
+        if msg.op == protocol.OK or msg.op == protocol.ERR:
+            with self._lock:
+                entry = self._requests.pop(msg.rid, None)
+            if entry is None:
+                return
+            fut = entry[2]
+            if fut.done():
+                return
+            try:
+                if msg.op == protocol.OK:
+                    fut.set_result(msg.fields)
+                else:
+                    fut.set_exception(_remote_error(msg.fields))
+            except _InvalidState:  # cancelled by its waiter meanwhile
+                pass
+        elif msg.op == protocol.RESULTS:
+            for item in msg.fields.get("results", ()):
+                try:
+                    result = wire.result_from_wire(item)
+                except ProtocolError:
+                    log.warning("ignoring a malformed result from the master")
+                    continue
+                with self._lock:
+                    entry = self._pending.pop(result.id, None)
+                for callback in entry[1] if entry is not None else ():
+                    try:
+                        callback(result)
+                    except Exception:  # a user callback must not kill the connection
+                        log.exception("result callback failed")
+        elif self.on_message is not None:
+            self.on_message(msg)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            waiting = [fut for _, _, fut in self._requests.values()]
+            self._requests.clear()
+        for fut in waiting:
+            if not fut.done():
+                try:
+                    fut.set_exception(exc)
+                except _InvalidState:
+                    pass
+
+    # -- requests ----------------------------------------------------------------
+    def push(self, op: str, fields: dict) -> None:
+        """Send a message that expects no reply, if connected (it is not resent)."""
+        self._send(op, 0, fields)
+
+    def request_nowait(self, op: str, fields: dict) -> Any:
+        """Send a request (now, or on reconnect) and return the future of its reply fields."""
+        if self._closing:
+            raise ConnectionLost("client is closed")
+        fut = self._new_future()
+        with self._lock:
+            rid = next(self._rids)
+            self._requests[rid] = (op, fields, fut)
+            target = self._target()
+        if target is not None:
+            self._send_to(target, protocol.encode_frame(op, rid, fields))
+        return fut
+
+    def submit_nowait(self, tasks: list[NewTask], callbacks: list[ResultCallback]) -> Any:
+        """Send tasks; each callback gets its task's result. The future resolves on commit."""
+        items = [wire.task_to_wire(t) for t in tasks]
+        with self._lock:
+            for item, cb in zip(items, callbacks):
+                self._add_pending(item[0], item, cb)
+        fut = self.request_nowait(protocol.SUBMIT, {"tasks": items})
+
+        def forget_on_error(f: Any) -> None:
+            if f.cancelled() or f.exception() is not None:
+                with self._lock:
+                    for item in items:
+                        self._pending.pop(item[0], None)  # the submit failed: its futures got the error
+
+        fut.add_done_callback(forget_on_error)
+        return fut
+
+    def watch(self, task_id: str, callback: ResultCallback) -> Any:
+        """Get ``task_id``'s result through ``callback`` when it is stored (now if it is)."""
+        with self._lock:
+            self._add_pending(task_id, None, callback)
+        return self.request_nowait(protocol.SUBSCRIBE, {"ids": [task_id]})
+
+    def _add_pending(self, task_id: str, item: list | None, callback: ResultCallback) -> None:
+        """Remember who waits for a task's result (several may: one key, one task)."""
+        entry = self._pending.get(task_id)
+        if entry is None:
+            self._pending[task_id] = (item, [callback])
+            return
+        entry[1].append(callback)
+        if entry[0] is None and item is not None:
+            self._pending[task_id] = (item, entry[1])
+
+    def pending_count(self) -> int:
+        """Tasks submitted through this client whose results have not arrived."""
+        return len(self._pending)
+
+
+class ClientCore(CoreState):
+    """One logical connection to a master, surviving reconnects. Lives on one event loop."""
+
+    def __init__(
+        self,
+        address: str | tuple[str, int] | Address,
+        authkey: bytes | None,
+        *,
+        on_connect: Callable[[], Any] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(address, authkey, **options)
+        self.on_connect = on_connect
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
-        self._closing = False
         self._supervisor: asyncio.Task | None = None
         self._last_recv = time.monotonic()
+
+    def _new_future(self) -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+    def _target(self) -> asyncio.StreamWriter | None:
+        return self._writer
+
+    def _send_to(self, target: asyncio.StreamWriter | None, data: bytes) -> None:
+        if target is not None:
+            try:
+                target.write(data)
+            except (RuntimeError, OSError):
+                pass
 
     # -- connection --------------------------------------------------------
     async def connect(self) -> None:
@@ -135,9 +326,8 @@ class ClientCore:
         try:
             writer.write(conn.initiate())
             early = await asyncio.wait_for(self._handshake(conn, reader, writer), self.connect_timeout)
-            rid = next(self._rids)
-            fields = {"role": self.role, "host": socket.gethostname(), "pid": os.getpid(), **self.hello_fields}
-            writer.write(protocol.encode_frame(protocol.HELLO, rid, fields))
+            rid, frame = self._hello()
+            writer.write(frame)
             reply = None
             events = list(early)
             while reply is None:
@@ -150,8 +340,7 @@ class ClientCore:
                     if not data:
                         raise ConnectionLost(f"master at {addr} closed the connection during hello")
                     events = conn.receive_data(data)
-            if reply.op == protocol.ERR:
-                raise RemoteError(str(reply.fields.get("type")), str(reply.fields.get("message")))
+            self._accept_hello(reply)
         except TimeoutError:
             writer.close()
             raise ConnectionLost(f"master at {addr} did not answer the handshake in time") from None
@@ -164,12 +353,6 @@ class ClientCore:
         except BaseException:
             writer.close()
             raise
-        self.session = reply.fields.get("session")
-        self.server_info = reply.fields
-        master_heartbeat = reply.fields.get("heartbeat")
-        if isinstance(master_heartbeat, (int, float)) and master_heartbeat > 0:
-            # Ping often enough that the master never mistakes us for dead.
-            self.heartbeat = min(self.heartbeat, master_heartbeat / 3)
         self._conn = conn
         self._writer = writer
         self._last_recv = time.monotonic()
@@ -253,86 +436,11 @@ class ClientCore:
                 return
             self._send(protocol.PING, 0, {})
 
-    def _resend(self) -> None:
-        """After a (re)connect: resend unanswered requests and resubscribe pending tasks."""
-        resent_ids: set[str] = set()
-        for rid, (op, fields, _fut) in list(self._requests.items()):
-            self._send(op, rid, fields)
-            if op == protocol.SUBMIT:
-                resent_ids.update(t[0] for t in fields["tasks"])
-        rest: list[list] = []
-        watched: list[str] = []
-        for tid, (item, _) in self._pending.items():
-            if tid not in resent_ids:
-                if item is None:
-                    watched.append(tid)
-                else:
-                    rest.append(item)
-        for i in range(0, len(rest), 1000):
-            self._send(protocol.SUBMIT, 0, {"tasks": rest[i:i + 1000]})
-        if watched:
-            self._send(protocol.SUBSCRIBE, 0, {"ids": watched})
-
-    def _send(self, op: str, rid: int, fields: dict) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.write(protocol.encode_frame(op, rid, fields))
-            except (RuntimeError, OSError):
-                pass
-
-    def _on_message(self, msg: protocol.Message) -> None:
-        if msg.op == protocol.OK or msg.op == protocol.ERR:
-            entry = self._requests.pop(msg.rid, None)
-            if entry is None:
-                return
-            fut = entry[2]
-            if fut.done():
-                return
-            if msg.op == protocol.OK:
-                fut.set_result(msg.fields)
-            else:
-                fut.set_exception(_remote_error(msg.fields))
-        elif msg.op == protocol.RESULTS:
-            for item in msg.fields.get("results", ()):
-                try:
-                    result = wire.result_from_wire(item)
-                except ProtocolError:
-                    log.warning("ignoring a malformed result from the master")
-                    continue
-                entry = self._pending.pop(result.id, None)
-                for callback in entry[1] if entry is not None else ():
-                    try:
-                        callback(result)
-                    except Exception:  # a user callback must not kill the connection
-                        log.exception("result callback failed")
-        elif self.on_message is not None:
-            self.on_message(msg)
-
-    def _fail_all(self, exc: BaseException) -> None:
-        for _, _, fut in self._requests.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self._requests.clear()
-
     # -- requests ----------------------------------------------------------
-    def push(self, op: str, fields: dict) -> None:
-        """Send a message that expects no reply, if connected (it is not resent)."""
-        self._send(op, 0, fields)
-
     @property
     def connected(self) -> bool:
         """True while an authenticated connection is up."""
         return self._connected.is_set()
-
-    def request_nowait(self, op: str, fields: dict) -> asyncio.Future:
-        """Send a request (now, or on reconnect) and return the future of its reply fields."""
-        if self._closing:
-            raise ConnectionLost("client is closed")
-        fut = asyncio.get_running_loop().create_future()
-        rid = next(self._rids)
-        self._requests[rid] = (op, fields, fut)
-        self._send(op, rid, fields)
-        return fut
 
     async def request(self, op: str, fields: dict, timeout: float | None = None) -> dict:
         """Send a request and wait for its reply; RemoteError if the master refused it."""
@@ -340,40 +448,6 @@ class ClientCore:
         if timeout is None:
             return await fut
         return await asyncio.wait_for(fut, timeout)
-
-    def submit_nowait(self, tasks: list[NewTask], callbacks: list[ResultCallback]) -> asyncio.Future:
-        """Send tasks; each callback gets its task's result. The future resolves on commit."""
-        items = [wire.task_to_wire(t) for t in tasks]
-        for item, cb in zip(items, callbacks):
-            self._add_pending(item[0], item, cb)
-        fut = self.request_nowait(protocol.SUBMIT, {"tasks": items})
-
-        def forget_on_error(f: asyncio.Future) -> None:
-            if f.cancelled() or f.exception() is not None:
-                for item in items:
-                    self._pending.pop(item[0], None)  # the submit failed: its futures got the error
-
-        fut.add_done_callback(forget_on_error)
-        return fut
-
-    def watch(self, task_id: str, callback: ResultCallback) -> asyncio.Future:
-        """Get ``task_id``'s result through ``callback`` when it is stored (now if it is)."""
-        self._add_pending(task_id, None, callback)
-        return self.request_nowait(protocol.SUBSCRIBE, {"ids": [task_id]})
-
-    def _add_pending(self, task_id: str, item: list | None, callback: ResultCallback) -> None:
-        """Remember who waits for a task's result (several may: one key, one task)."""
-        entry = self._pending.get(task_id)
-        if entry is None:
-            self._pending[task_id] = (item, [callback])
-            return
-        entry[1].append(callback)
-        if entry[0] is None and item is not None:
-            self._pending[task_id] = (item, entry[1])
-
-    def pending_count(self) -> int:
-        """Tasks submitted through this client whose results have not arrived."""
-        return len(self._pending)
 
     async def close(self) -> None:
         """Stop reconnecting and close the connection; unanswered requests fail."""

@@ -17,7 +17,6 @@ depends on ``ack``:
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures as cf
 import math
@@ -76,7 +75,7 @@ class NetworkQueue:
         self._allow_pickle = self.codec == serde.PICKLE
         self._unacked: deque[list] = deque()  # [id, token] in the order got
         self._lock = threading.Lock()
-        self._acks: list[Any] = []  # asyncio futures of QACK requests in flight
+        self._acks: list[cf.Future] = []  # QACK requests in flight
         self._to_ack: list[list] = []  # acknowledged by task_done, not yet sent
         if ack == "auto":
             _AUTO_QUEUES.add(self)
@@ -87,6 +86,8 @@ class NetworkQueue:
     # -- plumbing ----------------------------------------------------------
     def _request(self, op: str, fields: dict, wait: float | None) -> dict:
         """A request's reply, waiting at most ``wait`` seconds (None: forever)."""
+        if self._to_ack:
+            self._send_acks()  # acknowledgements made before this request travel before it
         cfut = self._client._request_future(op, fields)
         try:
             return cfut.result(_MAX_WAIT if wait is None else wait)
@@ -177,41 +178,36 @@ class NetworkQueue:
                     return  # acknowledged on get already
                 raise ValueError("task_done() called too many times")
             self._to_ack.append(self._unacked.popleft())
-            if len(self._to_ack) > 1:
-                return  # a send is scheduled already: this one joins it
-        # Acks made in one burst travel in one message; requests made after this
-        # are sent after it (the client's I/O thread runs them in order).
-        self._client._loop.call_soon_threadsafe(self._send_acks)
+            if any(not f.done() for f in self._acks):
+                return  # an ack is on its way: this one follows when it is answered
+        self._send_acks()
 
     def _send_acks(self) -> None:
-        """On the client's I/O thread: send the acknowledgements gathered so far."""
+        """Send the acknowledgements gathered so far, in one message."""
         with self._lock:
             items, self._to_ack = self._to_ack, []
             self._acks = [f for f in self._acks if not f.done()]
-        if items:
-            fut = self._client._core.request_nowait(protocol.QACK, {"items": items})
-            with self._lock:
-                self._acks.append(fut)
+            if not items:
+                return
+        fut = self._client._request_future(protocol.QACK, {"items": items})
+        with self._lock:
+            self._acks.append(fut)
+        # Acks made while this one travels go in one message when it is answered.
+        fut.add_done_callback(lambda _: self._to_ack and self._send_acks())
 
     def flush(self, timeout: float | None = 10.0) -> None:
         """Wait until this consumer's acknowledgements reached the master."""
-        sent: cf.Future = cf.Future()
-
-        def send_and_collect() -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
             self._send_acks()
             with self._lock:
                 pending = list(self._acks)
-            if not pending:
-                sent.set_result(None)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if not pending or (remaining is not None and remaining <= 0):
                 return
-            gathered = asyncio.gather(*pending, return_exceptions=True)
-            gathered.add_done_callback(lambda _: sent.set_result(None))
-
-        self._client._loop.call_soon_threadsafe(send_and_collect)
-        try:
-            sent.result(timeout)
-        except (TimeoutError, cf.TimeoutError):
-            pass
+            cf.wait(pending, remaining)
+            if not self._to_ack and all(f.done() for f in pending):
+                return
 
     def _ack_outstanding(self) -> None:
         with self._lock:
