@@ -1504,3 +1504,46 @@ def test_sqlite_full_relaxes_only_the_non_durable_commit(tmp_path):
             assert sync() == 2
     finally:
         store.close()
+
+
+# -- take (lease and acknowledge in one step) -------------------------------------
+
+
+def test_take_hands_out_in_lease_order_and_acknowledges(store):
+    store.enqueue([task("a"), task("b", priority=5), task("c"), task("x", "other")], T0)
+    got = store.take("q", 2, "c1", T0 + 1)
+    assert [(x.id, x.token, x.payload) for x in got] == [("b", 1, b"b"), ("a", 1, b"a")]
+    for tid in ("a", "b"):
+        info = store.get(tid)
+        assert (info.state, info.attempts, info.lease_owner, info.finished_at) == (SUCCEEDED, 1, None, T0 + 1)
+        assert store.results([tid])[tid].ok
+    assert store.complete([ok("a", 1)], T0 + 2) == [DUPLICATE]
+    assert store.take("q", 0, "c1", T0) == []
+    assert ids(store.take("q", 10, "c1", T0)) == ["c"]
+    assert store.take("q", 10, "c1", T0) == []
+    assert ids(store.lease("other", 10, "w", T0, 30)) == ["x"]
+
+
+def test_take_settles_a_task_that_waits_for_the_item(store):
+    store.enqueue([task("item")], T0)
+    store.enqueue([after("dependent", "item")], T0)
+    assert store.get("dependent").state == WAITING
+    assert ids(store.take("q", 1, "c1", T0)) == ["item"]
+    assert store.get("dependent").state == READY
+
+
+def test_single_enqueue_of_an_existing_id_is_reported(store):
+    assert store.enqueue([task("a")], T0) == [True]
+    assert store.enqueue([task("a", payload=b"other")], T0) == [False]
+    assert store.lease("q", 5, "w", T0, 30)[0].payload == b"a"
+
+
+def test_transaction_without_savepoints_still_rolls_back_whole(store):
+    with pytest.raises(ValueError):
+        with store.transaction(savepoints=False):
+            store.enqueue([task("a")], T0)
+            store.enqueue([after("b", "missing")], T0)  # refused: unknown dependency
+    assert store.get("a") is None
+    with store.transaction(savepoints=False):
+        assert store.enqueue([task("c")], T0) == [True]
+    assert store.get("c").state == READY

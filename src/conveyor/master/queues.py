@@ -124,7 +124,11 @@ class QueueService:
 
     async def _try_put(self, p: Putter) -> None:
         m = self.master
-        accepted = await m._runner.call(self._bounded_enqueue, p.queue, p.tasks, p.maxsize, m.clock())
+        if p.maxsize > 0:
+            accepted = await m._runner.call(self._bounded_enqueue, p.queue, p.tasks, p.maxsize, m.clock())
+        else:  # unbounded: the store call alone (an id put twice is accepted, and stored once)
+            await m._runner.call(m.store.enqueue, p.tasks, m.clock())
+            accepted = len(p.tasks)
         if accepted:
             p.accepted += accepted
             del p.tasks[:accepted]
@@ -190,7 +194,9 @@ class QueueService:
         g = Getter(s, rid, q, n, bool(f.get("ack", False)))
         m = self.master
         mark = m.queues.mark(q)
-        got = await m._runner.call(self.lease_for, g, m.clock(), durable=g.ack)
+        store = m.store
+        got = await (m._runner.call(store.take, q, n, s.id, m.clock()) if g.ack else
+                     m._runner.call(store.lease, q, n, s.id, m.clock(), m.lease_for, durable=False))
         if got or timeout == 0:
             if len(got) < n:
                 m.queues.empty(q, mark)
@@ -208,10 +214,9 @@ class QueueService:
     def lease_for(self, g: Getter, now: float) -> list[Lease]:
         """Lease (and with ack-on-get, acknowledge) items for a getter; store thread."""
         store = self.master.store
-        got = store.lease(g.queue, g.max, g.session.id, now, self.master.lease_for)
-        if got and g.ack:
-            store.complete([Outcome(x.id, x.token, True, b"") for x in got], now)
-        return got
+        if g.ack:
+            return store.take(g.queue, g.max, g.session.id, now)
+        return store.lease(g.queue, g.max, g.session.id, now, self.master.lease_for)
 
     def deliver(self, g: Getter, got: list[Lease]) -> None:
         """Answer a getter (an empty list: its timeout passed)."""

@@ -45,8 +45,10 @@ class StoreRunner:
             raise RuntimeError("store runner is closed")
         fut = self._loop.create_future()
         if self.inline and not self._pending:
+            # A store method alone in its transaction needs no savepoint: its error rolls back all.
+            alone = getattr(fn, "__self__", None) is self.store
             try:
-                with self.store.transaction(durable=durable):
+                with self.store.transaction(durable=durable, savepoints=not alone):
                     value = fn(*args)
                 self.commits += 1
             except Exception as exc:

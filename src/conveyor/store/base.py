@@ -179,6 +179,16 @@ class Store(abc.ABC):
         lease ends at ``now + lease_for`` unless extended.
         """
 
+    def take(self, queue: str, limit: int, owner: str, now: float) -> list[Lease]:
+        """Lease up to ``limit`` ready tasks and acknowledge them at once (an empty
+        success): what a plain-queue ``get`` that acknowledges on get does. The
+        same as ``lease`` then ``complete`` of each lease; stores may do it in one step.
+        """
+        got = self.lease(queue, limit, owner, now, 0.0)
+        if got:
+            self.complete([Outcome(x.id, x.token, True, b"") for x in got], now)
+        return got
+
     @abc.abstractmethod
     def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
         """Store final results; one of STORED, DUPLICATE, STALE, UNKNOWN for each.
@@ -305,13 +315,15 @@ class Store(abc.ABC):
         moves forward (an older slot leaves it as it is); an unknown name is ignored."""
 
     @contextlib.contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[None]:
+    def transaction(self, durable: bool = True, savepoints: bool = True) -> Iterator[None]:
         """Group the calls inside into one commit (a no-op where commits are free).
 
         ``durable=False`` lets a store skip forcing the commit to disk (no
         fsync even with sync "full"): for changes a restart undoes anyway,
         such as leases, which every master start voids. A later durable
-        commit makes it durable too.
+        commit makes it durable too. ``savepoints=False`` tells a store that
+        any error inside ends the whole transaction, so the calls directly
+        inside need no savepoints of their own.
         """
         yield
 

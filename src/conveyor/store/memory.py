@@ -215,8 +215,11 @@ class MemoryStore(MemorySchedules, Store):
             top[rec.id] = rec.copy()
 
     @contextlib.contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[None]:
-        """Hold the lock for the block; roll its changes back if it raises."""
+    def transaction(self, durable: bool = True, savepoints: bool = True) -> Iterator[None]:
+        """Hold the lock for the block; roll its changes back if it raises.
+
+        Undo snapshots are cheap here, so ``savepoints`` changes nothing.
+        """
         with self._lock:
             self._undo.append({})
             try:

@@ -59,6 +59,14 @@ _FINISHED = frozenset(FINISHED)
 # The SQL below spells these states literally.
 assert (READY, LEASED, DELAYED, DEAD) == ("ready", "leased", "delayed", "dead")
 _CHUNK = 500  # ids per IN (...) list
+_INSERT_TASK = ("INSERT INTO tasks (id, queue, name, state, priority, created_at, not_before, "
+                "payload, codec, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _task_row(t: NewTask, state: str, now: float) -> tuple:
+    """The values _INSERT_TASK stores for a new task."""
+    return (t.id, t.queue, t.name, state, int(t.priority), now, float(t.not_before), bytes(t.payload),
+            t.codec, serde.packb(t.options) if t.options else None)
 
 # State names are spelled literally in the SQL below (not bound as parameters)
 # so that SQLite can match each query to its partial index. The ready and
@@ -162,6 +170,7 @@ class SQLiteStore(SQLiteSchedules, Store):
         self.cheap_commits = sync != "full"  # only "full" pays an fsync per commit
         self._lock = threading.RLock()
         self._depth = 0  # open transaction() levels
+        self._bare = False  # the open transaction was begun with savepoints=False
         self._conn: sqlite3.Connection | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"cannot open store at {self.path}: {self.directory} is not a directory")
@@ -271,22 +280,30 @@ class SQLiteStore(SQLiteSchedules, Store):
         return self._conn
 
     @contextlib.contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[None]:
+    def transaction(self, durable: bool = True, savepoints: bool = True) -> Iterator[None]:
         """One commit for every call inside; nested blocks join the outer one.
 
         An exception rolls the block back (an inner block back to where it
         began) and is re-raised; SQLite errors surface as StoreError. With
         sync "full", ``durable=False`` commits without the fsync (WAL frames
         are ordered, so the next durable commit's fsync covers them).
+        ``savepoints=False`` (outermost block only) spares the blocks directly
+        inside it their savepoints: for a block that one call fills, where
+        any error rolls the whole transaction back anyway.
         """
         with self._lock:
             conn = self.conn
             depth = self._depth
             relax = not durable and depth == 0 and self.sync == "full"
+            bare = depth == 1 and self._bare  # inside a savepoints=False block
             try:
                 if relax:
                     conn.execute("PRAGMA synchronous = NORMAL")
-                conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT sp{depth}")
+                if depth == 0:
+                    conn.execute("BEGIN IMMEDIATE")
+                    self._bare = not savepoints
+                elif not bare:
+                    conn.execute(f"SAVEPOINT sp{depth}")
                 self._depth = depth + 1
                 try:
                     yield
@@ -296,7 +313,7 @@ class SQLiteStore(SQLiteSchedules, Store):
                         if depth == 0:
                             if conn.in_transaction:
                                 conn.execute("ROLLBACK")
-                        else:
+                        elif not bare:
                             conn.execute(f"ROLLBACK TO sp{depth}")
                             conn.execute(f"RELEASE sp{depth}")
                     except sqlite3.Error:
@@ -304,7 +321,10 @@ class SQLiteStore(SQLiteSchedules, Store):
                     raise
                 self._depth = depth
                 try:
-                    conn.execute("COMMIT" if depth == 0 else f"RELEASE sp{depth}")
+                    if depth == 0:
+                        conn.execute("COMMIT")
+                    elif not bare:
+                        conn.execute(f"RELEASE sp{depth}")
                 except sqlite3.Error:
                     if depth == 0 and conn.in_transaction:
                         with contextlib.suppress(sqlite3.Error):
@@ -349,6 +369,11 @@ class SQLiteStore(SQLiteSchedules, Store):
             return []
         with self.transaction():
             conn = self.conn
+            if len(tasks) == 1 and not tasks[0].after:  # the common submit: one statement
+                t = tasks[0]
+                cur = conn.execute(_INSERT_TASK + " ON CONFLICT (id) DO NOTHING",
+                                   _task_row(t, DELAYED if t.not_before > now else READY, now))
+                return [cur.rowcount == 1]
             existing: set[str] = set()
             ids = [t.id for t in tasks]
             for part in _chunks(ids):
@@ -364,14 +389,8 @@ class SQLiteStore(SQLiteSchedules, Store):
                     continue
                 existing.add(t.id)
                 out.append(True)
-                rows.append((
-                    t.id, t.queue, t.name, DELAYED if t.not_before > now else READY,
-                    int(t.priority), now, float(t.not_before), bytes(t.payload), t.codec,
-                    serde.packb(t.options) if t.options else None,
-                ))
-            conn.executemany(
-                "INSERT INTO tasks (id, queue, name, state, priority, created_at, not_before, "
-                "payload, codec, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                rows.append(_task_row(t, DELAYED if t.not_before > now else READY, now))
+            conn.executemany(_INSERT_TASK, rows)
         return out
 
     def _enqueue_linked(self, conn: sqlite3.Connection, tasks: Sequence[NewTask],
@@ -413,13 +432,8 @@ class SQLiteStore(SQLiteSchedules, Store):
                 elif any(states[d] != SUCCEEDED for d in after):
                     state = WAITING
             states[t.id] = state
-            rows.append((
-                t.id, t.queue, t.name, state, int(t.priority), now, float(t.not_before),
-                bytes(t.payload), t.codec, serde.packb(t.options) if t.options else None,
-            ))
-        conn.executemany(
-            "INSERT INTO tasks (id, queue, name, state, priority, created_at, not_before, "
-            "payload, codec, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            rows.append(_task_row(t, state, now))
+        conn.executemany(_INSERT_TASK, rows)
         conn.executemany("INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)", links)
         conn.executemany(
             "UPDATE tasks SET result_ok = 0, result_payload = ?, result_codec = 'msgpack', "
@@ -476,6 +490,26 @@ class SQLiteStore(SQLiteSchedules, Store):
                 " ORDER BY priority DESC, seq LIMIT ?) "
                 "RETURNING priority, seq, id, queue, name, payload, codec, attempts, options, errors",
                 (owner, now + lease_for, now, queue, int(limit)),
+            ).fetchall()
+        rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING order is unspecified
+        return [Lease(r[2], r[3], r[4], r[5], r[6], r[7], _options(r[8]),
+                      len(serde.unpackb(r[9])) if r[9] else 0) for r in rows]
+
+    def take(self, queue: str, limit: int, owner: str, now: float) -> list[Lease]:
+        """Lease and acknowledge in one UPDATE (see Store.take)."""
+        if limit <= 0:
+            return []
+        if self._has_deps:  # a dependent may wait on a plain-queue item: settle through complete
+            return super().take(queue, limit, owner, now)
+        with self.transaction():
+            rows = self.conn.execute(
+                "UPDATE tasks SET state = 'succeeded', attempts = attempts + 1, started_at = ?, "
+                "finished_at = ?, result_ok = 1, result_payload = X'', result_codec = 'msgpack' "
+                "WHERE seq IN ("
+                " SELECT seq FROM tasks WHERE state = 'ready' AND queue = ?"
+                " ORDER BY priority DESC, seq LIMIT ?) "
+                "RETURNING priority, seq, id, queue, name, payload, codec, attempts, options, errors",
+                (now, now, queue, int(limit)),
             ).fetchall()
         rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING order is unspecified
         return [Lease(r[2], r[3], r[4], r[5], r[6], r[7], _options(r[8]),
