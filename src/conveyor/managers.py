@@ -375,22 +375,11 @@ class QueueProxy(NetworkQueue):
         self._client_obj = client
         self._pid = os.getpid()
 
+    def _uses(self, client: Client) -> bool:
+        return self._client_obj is client and self._pid == os.getpid()  # never opens a connection
+
     def __repr__(self) -> str:
         return f"<conveyor.managers proxy for queue {self.name!r} at {self._address[0]}:{self._address[1]}>"
-
-    def __del__(self) -> None:
-        # A proxy dropped while its process lives (``m.get_queue().get()`` in a loop) is done
-        # with what it got: acknowledge it, or the items would stay leased until the exit.
-        if _queues._crashed or sys.is_finalizing():
-            return
-        try:
-            with self._lock:
-                items = list(self._unacked)
-                self._unacked.clear()
-            if items:
-                self._client._request_future(protocol.QACK, {"items": items})
-        except Exception:  # the client is closed or its loop is gone: nothing more to do
-            pass
 
     def __reduce__(self) -> tuple:
         from multiprocessing.context import get_spawning_popen

@@ -6,6 +6,7 @@ Consumers and producers that must be separate processes run this module's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -509,3 +510,40 @@ def test_idle_consumer_stays_connected_and_keeps_its_item(make_cluster):
         time.sleep(3)  # the client pings every 0.5 s here; 2 s without an answer and it reconnects
         with pytest.raises(queue.Empty):
             b.queue("idle").get(timeout=1)
+
+
+# -- ack="auto": acknowledged at a normal exit, handed back after a crash --------------
+
+
+def _auto_child(address: str, authkey: str, name: str, crash: bool, use_with: bool) -> None:
+    c = conveyor.Client(address, authkey)
+    with c if use_with else contextlib.nullcontext():  # without: the client is open until exit
+        q = c.queue(name, ack="auto")
+        assert q.get(timeout=10) == "job"
+        if crash:
+            raise RuntimeError("the child's work failed")
+
+
+@pytest.mark.parametrize("use_with", [False, True], ids=["open-until-exit", "with-block"])
+@pytest.mark.parametrize("crash", [False, True], ids=["returns", "raises"])
+def test_auto_ack_in_a_spawned_child_follows_how_it_ended(make_cluster, crash, use_with):
+    """multiprocessing catches a child's exception itself (no excepthook), then exits through
+    atexit: the item must still go back when run() raised, and be acknowledged when it returned."""
+    import multiprocessing as mp
+
+    cluster = make_cluster(workers=0).start()
+    name = f"auto-{crash}-{use_with}"
+    with cluster.client() as c:
+        q = c.queue(name)
+        q.put("job")
+        child = mp.get_context("spawn").Process(
+            target=_auto_child, args=(cluster.address, cluster.authkey.decode(), name, crash, use_with))
+        child.start()
+        child.join(30)
+        assert child.exitcode == (1 if crash else 0)
+        if crash:
+            assert q.get(timeout=10) == "job"  # handed back when the child's connection closed
+        else:
+            with pytest.raises(queue.Empty):
+                q.get(timeout=1)
+            assert q.join(timeout=5)

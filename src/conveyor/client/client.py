@@ -25,7 +25,7 @@ from ..errors import ConnectionLost, NotFound, TaskError
 from ..store.base import NewTask, Result
 from .core import Address, parse_address
 from .options import make_task, split_options
-from .queues import NetworkQueue
+from .queues import NetworkQueue, ack_auto_items
 from .schedules import ScheduleMixin
 from .threaded import ThreadedCore
 
@@ -363,9 +363,19 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     # -- life cycle --------------------------------------------------------
     def close(self) -> None:
-        """Close the connection; futures still pending fail with ConnectionLost."""
+        """Close the connection; futures still pending fail with ConnectionLost.
+
+        Items this client got from ``ack="auto"`` queues and has not
+        acknowledged are acknowledged first (closing is a normal end), unless
+        it is closed by leaving a ``with`` block with an exception.
+        """
+        self._close(ack_auto=True)
+
+    def _close(self, ack_auto: bool) -> None:
         if self._closed:
             return
+        if ack_auto:
+            ack_auto_items(self)
         self._closed = True
         self._core.close()
         lost = ConnectionLost("client closed")
@@ -379,8 +389,8 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self._close(ack_auto=kind is None)
 
 
 class ConveyorExecutor(cf.Executor):

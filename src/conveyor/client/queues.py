@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import math
+import os
 import queue as stdqueue
 import sys
 import threading
@@ -79,9 +80,35 @@ class NetworkQueue:
         self._to_ack: list[list] = []  # acknowledged by task_done, not yet sent
         if ack == "auto":
             _AUTO_QUEUES.add(self)
+            _watch_process_exit()
 
     def __repr__(self) -> str:
         return f"<NetworkQueue {self.name!r} on {self._client.address}>"
+
+    def _uses(self, client: Client) -> bool:
+        """True if this queue talks through ``client``."""
+        return self._client is client
+
+    def _send_qack(self, items: list) -> cf.Future:
+        """Acknowledge ``items`` (without waiting); exit and close wait for it."""
+        fut = self._client._request_future(protocol.QACK, {"items": items})
+        _ACKS_IN_FLIGHT.add(fut)
+        return fut
+
+    def __del__(self) -> None:
+        # An auto queue dropped while its process lives (``m.get_queue().get()`` in a loop)
+        # is done with what it got: acknowledge it now, not at the exit.
+        if self.ack != "auto" or _crashed or sys.is_finalizing():
+            return
+        try:
+            with self._lock:
+                items = self._to_ack + list(self._unacked)
+                self._to_ack = []
+                self._unacked.clear()
+            if items:
+                self._send_qack(items)
+        except Exception:  # the client is closed: its connection's end hands them back
+            pass
 
     # -- plumbing ----------------------------------------------------------
     def _request(self, op: str, fields: dict, wait: float | None) -> dict:
@@ -156,7 +183,7 @@ class NetworkQueue:
                 previous = list(self._unacked)
                 self._unacked.clear()
             if previous:
-                self._client._request_future(protocol.QACK, {"items": previous})
+                self._send_qack(previous)
         try:
             reply = self._request(protocol.QGET, fields, None if wait is None else wait + _GRACE)
         except (TimeoutError, cf.TimeoutError):
@@ -189,7 +216,7 @@ class NetworkQueue:
             self._acks = [f for f in self._acks if not f.done()]
             if not items:
                 return
-        fut = self._client._request_future(protocol.QACK, {"items": items})
+        fut = self._send_qack(items)
         with self._lock:
             self._acks.append(fut)
         # Acks made while this one travels go in one message when it is answered.
@@ -216,7 +243,7 @@ class NetworkQueue:
             self._unacked.clear()
         if items:
             try:
-                self._client._request_future(protocol.QACK, {"items": items}).result(5)
+                self._send_qack(items).result(5)
             except Exception:
                 pass
 
@@ -258,6 +285,7 @@ class NetworkQueue:
 _AUTO_QUEUES: weakref.WeakSet[NetworkQueue] = weakref.WeakSet()
 _crashed = False
 _previous_hook = sys.excepthook
+_watched_pid: int | None = None
 
 
 def _excepthook(kind, value, tb) -> None:
@@ -269,9 +297,46 @@ def _excepthook(kind, value, tb) -> None:
 sys.excepthook = _excepthook
 
 
+def _note_run_outcome() -> None:
+    """In a multiprocessing child, in the finally clause around ``run()``: an exception
+    leaving ``run()`` is visible here, where sys.excepthook never sees it (multiprocessing
+    prints it and exits with code 1, running atexit hooks)."""
+    global _crashed
+    exc = sys.exc_info()[1]
+    if exc is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+        _crashed = True
+
+
+def _watch_process_exit() -> None:
+    """Register _note_run_outcome once per multiprocessing child that uses an auto queue."""
+    global _watched_pid
+    if _watched_pid == os.getpid():
+        return
+    import multiprocessing
+    import multiprocessing.util
+
+    if multiprocessing.parent_process() is not None:
+        _watched_pid = os.getpid()
+        multiprocessing.util.Finalize(None, _note_run_outcome, exitpriority=100)
+
+
+_ACKS_IN_FLIGHT: weakref.WeakSet[cf.Future] = weakref.WeakSet()
+
+
+def ack_auto_items(client: Client) -> None:
+    """Acknowledge what ``client``'s auto queues got and did not acknowledge (unless crashing),
+    and wait a little for acknowledgements still travelling."""
+    if not _crashed:
+        for q in list(_AUTO_QUEUES):
+            if q._uses(client):
+                q._ack_outstanding()
+    cf.wait(list(_ACKS_IN_FLIGHT), 5)
+
+
 @atexit.register
 def _ack_at_exit() -> None:
     if _crashed:
         return
     for q in list(_AUTO_QUEUES):
         q._ack_outstanding()
+    cf.wait(list(_ACKS_IN_FLIGHT), 5)
