@@ -41,3 +41,12 @@ def returns_object():
 def echo_kwargs(*args, **kwargs):
     """Return the call's arguments."""
     return {"args": list(args), "kwargs": kwargs}
+
+
+def count_up(n):
+    """Report progress 1..n (the last report always goes out), then return n."""
+    from conveyor import current_task
+
+    for i in range(1, n + 1):
+        current_task().progress(i, n)
+    return n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -19,6 +20,8 @@ from conveyor.worker.pool import (
     JobResult,
     ProcessPool,
     ThreadPool,
+    _frame,
+    _frames_from,
     make_pool,
 )
 
@@ -322,6 +325,126 @@ def test_make_pool_kinds():
         make_pool("fiber", 1, [MOD], Collector())
     with pytest.raises(ValueError):
         make_pool("process", 0, [MOD], Collector())
+
+
+# -- the process pool's pipes ----------------------------------------------------------
+
+def test_frames_match_multiprocessing_connection():
+    """The loop reads what Connection.send_bytes writes, in any chunking, and the
+    child's recv_bytes reads what the loop writes."""
+    import multiprocessing
+
+    a, b = multiprocessing.Pipe(duplex=True)
+    bodies = [b"", b"x", os.urandom(16384), os.urandom(16385), os.urandom(300_000)]
+    got: list[bytes] = []
+    sender = threading.Thread(target=lambda: [a.send_bytes(body) for body in bodies])
+    sender.start()
+    buf, size, step = bytearray(), sum(4 + len(body) for body in bodies), 1
+    while size:
+        chunk = os.read(b.fileno(), min(step, size))
+        size -= len(chunk)
+        got += _frames_from(buf, chunk)
+        step = step * 3 + 1  # 1, 4, 13, 40, ... bytes: frames split at every kind of place
+    sender.join()
+    assert got == bodies and not buf
+    for body in bodies:
+        writer = threading.Thread(target=os.write, args=(b.fileno(), _frame(body)))
+        writer.start()
+        assert a.recv_bytes() == body
+        writer.join()
+    a.close()
+    b.close()
+
+
+def test_large_jobs_and_results_cross_the_pipe(make):
+    """Jobs and results bigger than the pipe's buffer go through in parts."""
+    pool, collector = make("process", 2)
+    big = "x" * 3_000_000
+    pool.submit([job("big1", "echo_kwargs", big), job("small", "square", 4), job("big2", "echo_kwargs", b=big)])
+    assert value(collector.wait_id("big1")) == {"args": [big], "kwargs": {}}
+    assert value(collector.wait_id("big2")) == {"args": [], "kwargs": {"b": big}}
+    assert value(collector.wait_id("small")) == 16
+
+
+def test_cancel_running_job_stops_its_child(make):
+    pool, collector = make("process", 1)
+    procs = pool._processes()
+    pool.submit([job("hang", "sleep", 60)])
+    wait_until(lambda: pool.running() == 1)
+    assert pool.cancel("hang")
+    err = error(collector.wait_id("hang"))
+    assert err["message"] == "task was cancelled"
+    assert not pool.cancel("hang")  # no longer held
+    run_squares(pool, collector, 20, "after")
+    assert pool._processes() != procs and not procs[0].is_alive()
+
+
+class LoopThread:
+    """An event loop running in a thread of its own, as the worker's loop runs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Callable, *args):
+        """Run ``fn(*args)`` on the loop and return (or raise) what it did."""
+        async def run():
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(WAIT)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT)
+        self.loop.close()
+
+
+class ThreadRecorder(Collector):
+    """A Collector that also notes which thread each call came from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def __call__(self, results: list[JobResult]) -> None:
+        self.threads.add(threading.get_ident())
+        super().__call__(results)
+
+
+def test_process_pool_on_a_given_loop_reports_on_that_loop():
+    """With the caller's event loop the children's pipes are driven from it: results and
+    progress arrive on the loop's thread, whoever submitted, and crashes still fail only
+    the culprit."""
+    lt = LoopThread()
+    collector = ThreadRecorder()
+    progress: list[tuple[int, dict]] = []
+    pool = ProcessPool(2, [MOD], collector, loop=lt.loop)
+    pool.set_progress_callback(lambda report: progress.append((threading.get_ident(), report)))
+    try:
+        pool.start()
+        loop_ident = lt.call(threading.get_ident)
+        pool.submit([job(f"t{i}", "square", i) for i in range(50)])  # from this thread
+        lt.call(pool.submit, [job(f"l{i}", "square", i) for i in range(50)])  # from the loop
+        lt.call(pool.submit, [job("c", "crash"), job("n", "count_up", 3)])
+        results = collector.wait_for(102)
+        assert all(value(results[f"{p}{i}"]) == i * i for p in "tl" for i in range(50))
+        assert error(results["c"])["type"] == "conveyor.errors.WorkerCrashed"
+        assert value(results["n"]) == 3
+        assert (loop_ident, {"id": "n", "token": 7, "done": 3, "total": 3, "message": ""}) in progress
+        wait_until(lambda: pool.running() == 0 and len(pool._processes()) == 2)  # replaced
+        # Crash reports come from the helper thread that reaps the child; the rest from the loop.
+        assert loop_ident in collector.threads and threading.get_ident() not in collector.threads
+        with pytest.raises(RuntimeError, match="event loop"):
+            lt.call(pool.shutdown, True)  # it would wait for the loop it blocks
+        procs = pool._processes()
+        pool.submit([job("s", "sleep", 0.3)])
+        wait_until(lambda: pool.running() == 1)
+        pool.shutdown(wait=True)
+        assert value(collector.results["s"]) == 0.3
+        assert all(proc.exitcode == 0 for proc in procs)  # asked to exit, not killed
+    finally:
+        pool.shutdown(wait=False)
+        lt.close()
 
 
 # -- throughput (printed, not asserted) -----------------------------------------------

@@ -21,11 +21,13 @@ parent/child pipe as msgpack, never pickle; task payloads are decoded with
 pickle only when the pool was created with ``allow_pickle=True``.
 
 Results are handed to ``on_results(list_of_results)`` from the pool's own
-threads (one per slot); the callback must be thread-safe and quick.
+threads (a thread pool's slots; a process pool's event loop, see
+:class:`ProcessPool`); the callback must be thread-safe and quick.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
 import importlib
@@ -34,11 +36,12 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import struct
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,7 +205,8 @@ def _load_registry(modules: list[str]) -> Registry:
 class _Entry:
     job: Job
     timeout: float | None
-    alone: bool = False  # requeued after a crash in a batch: run it by itself
+    soft: float | None = None  # the soft_timeout option
+    alone: bool = False  # a soft time limit, or requeued after a crash in a batch: run it by itself
 
 
 class _Core:
@@ -229,13 +233,19 @@ class _Core:
 
     # called by the pool's user
     def submit(self, jobs: list[Job]) -> None:
-        entries = [_Entry(job, _timeout_of(job.options), _soft_timeout_of(job.options) is not None)
-                   for job in jobs]
+        entries = []
+        for job in jobs:
+            soft = _soft_timeout_of(job.options)
+            entries.append(_Entry(job, _timeout_of(job.options), soft, soft is not None))
         with self.cond:
             if self.closing:
                 raise RuntimeError("the pool is shut down")
             self.pending_jobs.extend(entries)
             self.cond.notify(len(entries))
+        self.kick()
+
+    def kick(self) -> None:
+        """Jobs became pending (slot threads waiting on ``cond`` were notified already)."""
 
     def discard_pending(self) -> list[Job]:
         with self.cond:
@@ -282,21 +292,25 @@ class _Core:
         with self.cond:
             while not self.pending_jobs and not self.closing:
                 self.cond.wait(_TICK)
-            if self.closing:
-                return None
-            first = self.pending_jobs.popleft()
-            batch = [first]
-            if (not first.alone and first.timeout is None and self.samples
-                    and self.avg < BATCH_BELOW):
-                # Share what is queued among the slots, up to MAX_BATCH each.
-                limit = min(MAX_BATCH, max(1, (len(self.pending_jobs) + 1) // self.concurrency))
-                while len(batch) < limit and self.pending_jobs:
-                    nxt = self.pending_jobs[0]
-                    if nxt.alone or nxt.timeout is not None:
-                        break
-                    batch.append(self.pending_jobs.popleft())
-            self.in_flight += len(batch)
-            return batch
+            return self.take_batch_locked()
+
+    def take_batch_locked(self) -> list[_Entry] | None:
+        """The next batch, or None if nothing is pending or the pool is closing (hold ``cond``)."""
+        if self.closing or not self.pending_jobs:
+            return None
+        first = self.pending_jobs.popleft()
+        batch = [first]
+        if (not first.alone and first.timeout is None and self.samples
+                and self.avg < BATCH_BELOW):
+            # Share what is queued among the slots, up to MAX_BATCH each.
+            limit = min(MAX_BATCH, max(1, (len(self.pending_jobs) + 1) // self.concurrency))
+            while len(batch) < limit and self.pending_jobs:
+                nxt = self.pending_jobs[0]
+                if nxt.alone or nxt.timeout is not None:
+                    break
+                batch.append(self.pending_jobs.popleft())
+        self.in_flight += len(batch)
+        return batch
 
     def requeue_alone(self, batch: list[_Entry]) -> None:
         """Put a batch back at the front of the queue, each job to run by itself."""
@@ -305,7 +319,8 @@ class _Core:
                 entry.alone = True
                 self.pending_jobs.appendleft(entry)
             self.in_flight -= len(batch)
-            self.cond.notify(len(batch))
+            self.cond.notify_all()
+        self.kick()
 
     def report(self, batch: list[_Entry], results: list[JobResult]) -> None:
         """Hand results to the callback (unless killed), then count the batch as done."""
@@ -324,10 +339,14 @@ class _Core:
                         else:
                             self.avg = result.duration
                         self.samples += 1
+                if self.closing:
+                    self.cond.notify_all()  # shutdown(wait=True) waits for in_flight to drain
 
     def join_threads(self, timeout: float | None) -> None:
         me = threading.current_thread()
-        for thread in self.threads:
+        with self.cond:
+            threads = list(self.threads)
+        for thread in threads:
             if thread is not me:
                 thread.join(timeout)
 
@@ -360,7 +379,7 @@ class _PoolBase:
         return self._core.cancel(task_id)
 
     def set_progress_callback(self, fn: OnProgress | None) -> None:
-        """Call ``fn(report)`` (from pool threads) when a task reports progress."""
+        """Call ``fn(report)`` (where results are reported) when a task reports progress."""
         self._core.on_progress = fn
 
     @property
@@ -375,6 +394,10 @@ _MSG_READY = "ready"
 _MSG_ERROR = "error"
 _MSG_PROGRESS = "p"
 _MSG_RESULTS = "r"
+#: How much of a child's pipe the loop reads at once.
+_READ_SIZE = 1 << 18
+_HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame header...
+_LONG_HEADER = struct.Struct("!Q")  # ...and its size after a -1 header, for frames over 2 GiB
 
 
 def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
@@ -397,24 +420,30 @@ def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
         finally:
             sys.exit(1)
     conn.send_bytes(serde.packb([_MSG_READY, os.getpid()]))
-    while True:
+
+    def send_progress(report: dict) -> None:
         try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the parent is gone
+            conn.send_bytes(serde.packb([_MSG_PROGRESS, report]))
+        except OSError:
+            pass
+
+    # One read per batch (recv_bytes makes two): the parent writes each batch in one frame.
+    fd, buf, frames = conn.fileno(), bytearray(), collections.deque[bytes]()
+    while True:
+        while not frames:
+            try:
+                chunk = os.read(fd, _READ_SIZE)
+            except OSError:
+                return  # the parent is gone
+            if not chunk:
+                return
+            frames.extend(_frames_from(buf, chunk))
+        data = frames.popleft()
         if not data:
             return  # asked to stop
-        batch = serde.unpackb(data)
-
-        def send_progress(report: dict) -> None:
-            try:
-                conn.send_bytes(serde.packb([_MSG_PROGRESS, report]))
-            except OSError:
-                pass
-
-        results = [list(_execute(registry, name, payload, codec, allow_pickle,
-                                 CurrentTask(tid, name, token, send_progress), soft))
-                   for tid, token, name, payload, codec, soft in batch]
+        results = [_execute(registry, name, payload, codec, allow_pickle,
+                            CurrentTask(tid, name, token, send_progress), soft)
+                   for tid, token, name, payload, codec, soft in serde.unpackb(data)]
         try:
             conn.send_bytes(serde.packb([_MSG_RESULTS, results]))
         except OSError:
@@ -442,17 +471,68 @@ class _StartFailed(Exception):
     pass
 
 
-class _Slot:
-    """One child process and the parent thread that manages it."""
+def _frame(body: bytes) -> bytes:
+    """``body`` framed as ``Connection.send_bytes`` frames it (the child reads with ``recv_bytes``)."""
+    n = len(body)
+    if n > 0x7FFFFFFF:
+        return _HEADER.pack(-1) + _LONG_HEADER.pack(n) + body
+    return _HEADER.pack(n) + body
 
-    __slots__ = ("index", "proc", "conn", "first_start", "start_error", "running", "cancelled")
+
+def _frames_from(buf: bytearray, chunk: bytes) -> list[bytes]:
+    """The complete frames in what ``buf`` held plus ``chunk``; the rest stays in ``buf``."""
+    if not buf and len(chunk) >= 4 and _HEADER.unpack_from(chunk)[0] == len(chunk) - 4:
+        return [chunk[4:]]  # the usual case: exactly one whole frame
+    buf += chunk
+    return _split_frames(buf)
+
+
+def _split_frames(buf: bytearray) -> list[bytes]:
+    """Take the complete ``Connection.send_bytes`` frames off the front of ``buf``."""
+    bodies = []
+    pos, end = 0, len(buf)
+    while end - pos >= 4:
+        (size,) = _HEADER.unpack_from(buf, pos)
+        start = pos + 4
+        if size == -1:
+            if end - start < 8:
+                break
+            (size,) = _LONG_HEADER.unpack_from(buf, start)
+            start += 8
+        if end - start < size:
+            break
+        bodies.append(bytes(buf[start:start + size]))
+        pos = start + size
+    del buf[:pos]
+    return bodies
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+class _Slot:
+    """One child process. Its pipe is read and written by the pool's event loop; a helper
+    thread starts the child, and reaps and replaces it when it dies."""
+
+    __slots__ = ("index", "proc", "conn", "fd", "sentinel", "attached", "rbuf", "wbuf",
+                 "batch", "running", "cancelled", "timed_out", "started", "timer",
+                 "first_start", "start_error")
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.running: set[str] = set()  # ids of the batch it runs now
-        self.cancelled: set[str] = set()  # ids of that batch the master cancelled
         self.proc: Any = None
         self.conn: multiprocessing.connection.Connection | None = None
+        self.fd = -1
+        self.sentinel = -1
+        self.attached = False  # watched by the loop (loop thread only)
+        self.rbuf = bytearray()  # a partly received message
+        self.wbuf = bytearray()  # what the child has not taken yet
+        self.batch: list[_Entry] | None = None  # the batch it runs now
+        self.running: Set[str] = _NONE  # ids of that batch (read by other threads under cond)
+        self.cancelled: set[str] = set()  # ids of that batch the master cancelled
+        self.timed_out = False  # killed because its job passed its time limit
+        self.started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self.first_start = threading.Event()
         self.start_error: str | None = None
 
@@ -462,11 +542,76 @@ _LIVE_LOCK = threading.Lock()
 
 
 class _ProcessCore(_Core):
+    """Children driven from one event loop: the worker's own (results then reach it with no
+    thread hand-off) or, without one, a private loop on a pool thread. Only starting,
+    reaping and replacing children happens on helper threads, as they block."""
+
     def __init__(self, concurrency: int, modules: list[str], on_results: OnResults,
-                 allow_pickle: bool) -> None:
+                 allow_pickle: bool, loop: asyncio.AbstractEventLoop | None) -> None:
         super().__init__(concurrency, modules, on_results, allow_pickle)
         self.ctx = multiprocessing.get_context("spawn")
         self.slots = [_Slot(i) for i in range(concurrency)]
+        self.loop = loop
+        self.loop_thread: threading.Thread | None = None  # the private loop's thread
+        self.loop_ident: int | None = None  # the thread running the loop, once seen
+        self.kicked = False  # a dispatch is scheduled on the loop
+
+    # -- threads and the loop ---------------------------------------------------------
+    def on_loop(self) -> bool:
+        """True on the thread running the pool's loop."""
+        if self.loop_ident is not None:
+            return threading.get_ident() == self.loop_ident
+        try:
+            here = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+        if here:
+            self.loop_ident = threading.get_ident()
+        return here
+
+    def _run_private_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop_ident = threading.get_ident()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn`` on the loop soon (from any thread); False if the loop is gone."""
+        loop = self.loop
+        if loop is None:
+            return False
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+            return True
+        except RuntimeError:  # closed
+            return False
+
+    def _on_loop_wait(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop and wait for it; run it here if the loop is not running."""
+        loop = self.loop
+        if loop is None or self.on_loop() or loop.is_closed() or not loop.is_running():
+            fn()
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+
+        if not self._call_soon(run):
+            fn()
+            return
+        done.wait(EXIT_TIMEOUT)
+
+    def _helper(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="conveyor-pool-helper")
+        with self.cond:
+            self.threads = [t for t in self.threads if t.is_alive()]
+            self.threads.append(thread)
+        thread.start()
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -477,11 +622,13 @@ class _ProcessCore(_Core):
         _load_registry(self.modules)  # one clear error here rather than one per child
         with _LIVE_LOCK:
             _LIVE_CORES.add(self)
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            self.loop_thread = threading.Thread(target=self._run_private_loop, args=(self.loop,),
+                                                daemon=True, name="conveyor-pool-io")
+            self.loop_thread.start()
         for slot in self.slots:
-            thread = threading.Thread(target=self._slot_main, args=(slot,), daemon=True,
-                                      name=f"conveyor-pool-{slot.index}")
-            self.threads.append(thread)
-            thread.start()
+            self._helper(self._first_start, slot)
         errors = []
         for slot in self.slots:
             slot.first_start.wait(STARTUP_TIMEOUT + 10)
@@ -493,14 +640,37 @@ class _ProcessCore(_Core):
             self.kill_all()
             raise RuntimeError(f"pool worker process could not start: {errors[0]}")
 
+    def _first_start(self, slot: _Slot) -> None:
+        try:
+            if self._spawn(slot):
+                self._call_soon(self._attach, slot)
+        except _StartFailed as exc:
+            slot.start_error = str(exc)
+        except Exception as exc:
+            log.exception("pool slot %d failed to start", slot.index)
+            slot.start_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            slot.first_start.set()
+
     def shutdown(self, wait: bool) -> None:
         if not wait:
             self.kill_all()
             return
+        if self.on_loop():
+            raise RuntimeError("shutdown(wait=True) cannot run on the pool's own event loop")
         with self.cond:
             self.closing = True
             self.cond.notify_all()
-        self.join_threads(None)  # each finishes its running batch, then stops its child
+            # Running batches finish and are reported (by the loop, or a helper after a crash),
+            # unless the loop that reads them has stopped.
+            while self.in_flight > 0 and not self.killed and self.loop is not None \
+                    and self.loop.is_running():
+                self.cond.wait(_TICK)
+        self.join_threads(None)  # replacements being started see `closing` and stop
+        self._on_loop_wait(self._detach_all)
+        for slot in self.slots:
+            self._retire(slot, graceful=not self.killed)
+        self._stop_private_loop()
         with _LIVE_LOCK:
             _LIVE_CORES.discard(self)
 
@@ -513,13 +683,31 @@ class _ProcessCore(_Core):
             procs = [slot.proc for slot in self.slots if slot.proc is not None]
         for proc in procs:
             _kill(proc)
-        for proc in procs:
-            _reap(proc, EXIT_TIMEOUT)
+        # Stop watching the pipes before they are closed (a reused fd must not stay registered).
+        if self.loop_thread is not None and not self.on_loop():
+            self._stop_private_loop()
+        else:
+            self._on_loop_wait(self._detach_all)
+        for slot in self.slots:
+            self._retire(slot, graceful=False)
+        self._stop_private_loop()
         with _LIVE_LOCK:
             _LIVE_CORES.discard(self)
 
+    def _stop_private_loop(self) -> None:
+        thread = self.loop_thread
+        if thread is None or not self._call_soon(self._stop_loop):
+            return
+        if thread is not threading.current_thread():
+            thread.join(EXIT_TIMEOUT)
+
+    def _stop_loop(self) -> None:
+        self._detach_all()
+        if self.loop is not None:
+            self.loop.stop()
+
     def cancel_running(self, task_id: str) -> bool:
-        """Stop the child running ``task_id`` (its slot reports it cancelled)."""
+        """Stop the child running ``task_id`` (its death reports it cancelled)."""
         with self.cond:
             for slot in self.slots:
                 if task_id in slot.running and slot.proc is not None:
@@ -535,42 +723,256 @@ class _ProcessCore(_Core):
         with self.cond:
             return [slot.proc for slot in self.slots if slot.proc is not None]
 
-    # -- one slot ---------------------------------------------------------------------
-    def _slot_main(self, slot: _Slot) -> None:
-        backoff = 0.1
-        try:
-            while True:
-                if slot.proc is None:
-                    if self.closing:
-                        return
-                    try:
-                        if not self._spawn(slot):
-                            return
-                        backoff = 0.1
-                    except _StartFailed as exc:
-                        if not slot.first_start.is_set():
-                            slot.start_error = str(exc)
-                            return
-                        log.error("could not start a replacement pool process: %s", exc)
-                        with self.cond:
-                            if not self.closing:
-                                self.cond.wait(backoff)
-                        backoff = min(backoff * 2, 10.0)
-                        continue
-                    finally:
-                        slot.first_start.set()
-                batch = self.take_batch()
+    # -- the loop side: dispatch, results, deaths (loop thread only) -------------------
+    def kick(self) -> None:
+        if self.on_loop():
+            self._dispatch()
+            return
+        with self.cond:
+            if self.kicked:
+                return
+            self.kicked = True
+        self._call_soon(self._kicked)
+
+    def _kicked(self) -> None:
+        with self.cond:
+            self.kicked = False
+        self._dispatch()
+
+    def _attach(self, slot: _Slot) -> None:
+        """A started child: watch its pipe and its sentinel, and give it work."""
+        with self.cond:
+            if self.closing or slot.proc is None or slot.conn is None:
+                return  # shutdown retires it
+            slot.fd, slot.sentinel = slot.conn.fileno(), slot.proc.sentinel
+        os.set_blocking(slot.fd, False)
+        slot.rbuf.clear()
+        slot.wbuf.clear()
+        loop = self.loop
+        assert loop is not None
+        loop.add_reader(slot.fd, self._readable, slot)
+        loop.add_reader(slot.sentinel, self._ended, slot)
+        slot.attached = True
+        self._dispatch()
+
+    def _detach(self, slot: _Slot) -> None:
+        if not slot.attached:
+            return
+        slot.attached = False
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(slot.fd)
+            loop.remove_reader(slot.sentinel)
+            loop.remove_writer(slot.fd)
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+
+    def _detach_all(self) -> None:
+        for slot in self.slots:
+            self._detach(slot)
+
+    def _dispatch(self) -> None:
+        """Start a batch on every idle child while jobs are pending."""
+        if not self.pending_jobs:  # only this thread takes jobs; whoever adds some kicks
+            return
+        for slot in self.slots:
+            if not slot.attached or slot.batch is not None:
+                continue
+            with self.cond:
+                batch = self.take_batch_locked()
                 if batch is None:
                     return
-                self._run_batch(slot, batch)
+                slot.batch = batch
+                slot.running = {entry.job.id for entry in batch}
+                slot.timed_out = False
+            slot.started = time.monotonic()
+            timeout = batch[0].timeout if len(batch) == 1 else None
+            if timeout is not None:
+                assert self.loop is not None
+                slot.timer = self.loop.call_later(timeout, self._expire, slot, batch)
+            self._write(slot, serde.packb([[e.job.id, e.job.token, e.job.name, e.job.payload,
+                                            e.job.codec, e.soft] for e in batch]))
+
+    def _write(self, slot: _Slot, body: bytes) -> None:
+        data = _frame(body)
+        if slot.wbuf:
+            slot.wbuf += data
+            return
+        try:
+            n = os.write(slot.fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # the child is gone; its death reports the batch
+            self._lost(slot)
+            return
+        if n < len(data):  # a large batch: the rest goes as the child reads
+            slot.wbuf += memoryview(data)[n:]
+            assert self.loop is not None
+            self.loop.add_writer(slot.fd, self._writable, slot)
+
+    def _writable(self, slot: _Slot) -> None:
+        try:
+            n = os.write(slot.fd, slot.wbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._lost(slot)
+            return
+        del slot.wbuf[:n]
+        if not slot.wbuf and self.loop is not None:
+            self.loop.remove_writer(slot.fd)
+
+    def _readable(self, slot: _Slot) -> None:
+        """A child's pipe is readable: take what it sent, and the answers other children have
+        ready too, then start their next batches and report them all in one call."""
+        entries: list[_Entry] = []
+        results: list[JobResult] = []
+        self._take(slot, entries, results)
+        if entries and self.concurrency > 1:
+            for other in self.slots:
+                if other is not slot and other.batch is not None:
+                    self._take(other, entries, results)
+        if entries:
+            self._dispatch()  # the children work on their next batches while these are reported
+            self.report(entries, results)
+
+    def _ended(self, slot: _Slot) -> None:
+        """The child's process ended: take what it sent before, then report its death."""
+        self._readable(slot)
+        if slot.attached:
+            self._lost(slot)
+
+    def _take(self, slot: _Slot, entries: list[_Entry], results: list[JobResult]) -> None:
+        """Read what the child sent: progress is passed on, an answered batch is added to
+        ``entries`` and ``results``; EOF (or a malformed message) is the child's death."""
+        if not slot.attached:
+            return
+        eof = False
+        frames: list[bytes] = []
+        try:
+            while True:
+                chunk = os.read(slot.fd, _READ_SIZE)
+                if not chunk:
+                    eof = True
+                    break
+                frames += _frames_from(slot.rbuf, chunk)
+                if len(chunk) < _READ_SIZE:
+                    break
+        except BlockingIOError:
+            pass
+        except OSError:
+            eof = True
+        for body in frames:
+            try:
+                kind, detail = serde.unpackb(body)
+            except (ValueError, TypeError):
+                log.error("pool process %d sent a malformed message; replacing it", slot.proc.pid)
+                _kill(slot.proc)
+                eof = True
+                break
+            if kind == _MSG_PROGRESS:
+                self.progress(detail)
+            elif slot.batch is not None:
+                batch = self._finish(slot)
+                try:
+                    results += [JobResult(e.job.id, e.job.token, bool(ok), payload, codec, float(duration))
+                                for e, (ok, payload, codec, duration) in zip(batch, detail, strict=True)]
+                except (ValueError, TypeError) as exc:
+                    results += [_failed(e.job, exc) for e in batch]
+                entries += batch
+        if eof and slot.attached:
+            self._lost(slot)
+
+    def _finish(self, slot: _Slot) -> list[_Entry]:
+        """The child answered its batch: it is idle again. Returns the batch."""
+        batch = slot.batch
+        assert batch is not None
+        if slot.timer is not None:
+            slot.timer.cancel()
+            slot.timer = None
+        with self.cond:
+            slot.batch = None
+            slot.running = _NONE
+            if slot.cancelled:
+                slot.cancelled = set()
+        return batch
+
+    def _expire(self, slot: _Slot, batch: list[_Entry]) -> None:
+        """A job's time limit passed: kill its child (its death reports TaskTimeout)."""
+        slot.timer = None
+        if slot.batch is batch and slot.proc is not None:
+            slot.timed_out = True
+            _kill(slot.proc)
+
+    def _lost(self, slot: _Slot) -> None:
+        """The child's pipe closed: a helper thread reaps it, reports its batch, replaces it."""
+        self._detach(slot)
+        with self.cond:
+            batch, slot.batch = slot.batch, None
+            cancelled, slot.cancelled = slot.cancelled, set()
+            slot.running = _NONE
+        elapsed = time.monotonic() - slot.started
+        self._helper(self._bury, slot, batch, cancelled, slot.timed_out, elapsed)
+
+    # -- helper threads ---------------------------------------------------------------
+    def _bury(self, slot: _Slot, batch: list[_Entry] | None, cancelled: set[str],
+              timed_out: bool, elapsed: float) -> None:
+        try:
+            proc = slot.proc
+            code = _reap(proc, 1.0) if proc is not None else None
+            self._retire(slot, graceful=False)
+            if batch:
+                self._report_lost(batch, code, cancelled, timed_out, elapsed)
+            self._replace(slot)
         except Exception:
             log.exception("pool slot %d failed", slot.index)
-        finally:
-            slot.first_start.set()
-            self._retire(slot, graceful=not self.killed)
+
+    def _report_lost(self, batch: list[_Entry], code: int | None, cancelled: set[str],
+                     timed_out: bool, elapsed: float) -> None:
+        if self.killed:
+            self.report(batch, [])  # nothing is reported once killed
+            return
+        if timed_out:
+            job = batch[0].job
+            timeout = batch[0].timeout or 0.0
+            self.report(batch, [_failed(job, _timeout_error(job.name, timeout), elapsed)])
+            return
+        if cancelled:
+            stopped = [e for e in batch if e.job.id in cancelled]
+            rest = [e for e in batch if e.job.id not in cancelled]
+            if rest:
+                self.requeue_alone(rest)
+            self.report(stopped, [_failed(e.job, CancelledTask(CANCELLED_MESSAGE)) for e in stopped])
+            return
+        if len(batch) > 1:
+            log.warning("%s while running a batch of %d tasks; running them one at a time",
+                        _exit_description(code), len(batch))
+            self.requeue_alone(batch)
+            return
+        job = batch[0].job
+        message = f"{_exit_description(code)} while running task {job.name}"
+        log.warning("%s", message)
+        self.report(batch, [_failed(job, WorkerCrashed(message), elapsed)])
+
+    def _replace(self, slot: _Slot) -> None:
+        """Start a new child in a lost one's place, retrying with backoff while it fails."""
+        backoff = 0.1
+        while not self.closing:
+            try:
+                if self._spawn(slot) and not self._call_soon(self._attach, slot):
+                    self._retire(slot, graceful=False)  # the loop is gone
+                return
+            except _StartFailed as exc:
+                log.error("could not start a replacement pool process: %s", exc)
+                with self.cond:
+                    if not self.closing:
+                        self.cond.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
 
     def _spawn(self, slot: _Slot) -> bool:
-        """Start a child and wait until it has imported the modules; False if killed meanwhile."""
+        """Start a child and wait until it has imported the modules; False if the pool
+        closed meanwhile (the child stays in the slot for shutdown to retire)."""
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=_child_main, args=(child_conn, self.modules, self.allow_pickle),
                                 name=f"conveyor-pool-{slot.index}")
@@ -595,7 +997,7 @@ class _ProcessCore(_Core):
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
             ready = multiprocessing.connection.wait([parent_conn, proc.sentinel], _TICK)
-            if self.killed:
+            if self.closing:
                 return False
             if parent_conn in ready:
                 try:
@@ -627,6 +1029,7 @@ class _ProcessCore(_Core):
             return
         if graceful and conn is not None and _reap(proc, 0) is None:
             try:
+                os.set_blocking(conn.fileno(), True)  # the loop drove it non-blocking
                 conn.send_bytes(b"")
             except OSError:
                 pass
@@ -637,83 +1040,6 @@ class _ProcessCore(_Core):
                 log.error("pool process %d did not exit after SIGKILL", proc.pid)
         if conn is not None:
             conn.close()
-
-    def _run_batch(self, slot: _Slot, batch: list[_Entry]) -> None:
-        conn, proc = slot.conn, slot.proc
-        assert conn is not None and proc is not None
-        jobs = [entry.job for entry in batch]
-        timeout = batch[0].timeout if len(batch) == 1 else None
-        started = time.monotonic()
-        deadline = started + timeout if timeout is not None else None
-        data: bytes | None = None
-        with self.cond:
-            slot.running = {job.id for job in jobs}
-            slot.cancelled = set()
-        try:
-            conn.send_bytes(serde.packb([[job.id, job.token, job.name, job.payload, job.codec,
-                                          _soft_timeout_of(job.options)] for job in jobs]))
-            while True:
-                wait = _TICK if deadline is None else max(0.0, min(_TICK, deadline - time.monotonic()))
-                ready = multiprocessing.connection.wait([conn, proc.sentinel], wait)
-                if conn in ready or conn.poll(0):
-                    kind, body = serde.unpackb(conn.recv_bytes())
-                    if kind == _MSG_PROGRESS:
-                        self.progress(body)
-                        continue
-                    data = body
-                    break
-                if proc.sentinel in ready or self.killed:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-        except (EOFError, OSError, ValueError, TypeError):
-            data = None
-        finally:
-            with self.cond:
-                slot.running = set()
-                cancelled, slot.cancelled = slot.cancelled, set()
-        elapsed = time.monotonic() - started
-        if data is not None:
-            try:
-                rows = data
-                results = [JobResult(job.id, job.token, bool(ok), payload, codec, float(duration))
-                           for job, (ok, payload, codec, duration) in zip(jobs, rows, strict=True)]
-            except (ValueError, TypeError) as exc:
-                results = [_failed(job, exc) for job in jobs]
-            self.report(batch, results)
-            return
-        if self.killed:
-            self.report(batch, [])  # nothing is reported once killed
-            return
-        if deadline is not None and _reap(proc, 0) is None:
-            # Past its time limit: kill the child and start another.
-            _kill(proc)
-            self._retire(slot, graceful=False)
-            job = jobs[0]
-            self.report(batch, [_failed(job, _timeout_error(job.name, timeout or 0.0), elapsed)])
-            return
-        # The child died under the batch (or was stopped to cancel a task of it).
-        code = _reap(proc, 1.0)
-        self._retire(slot, graceful=False)
-        if self.killed:
-            self.report(batch, [])
-            return
-        if cancelled:
-            stopped = [e for e in batch if e.job.id in cancelled]
-            rest = [e for e in batch if e.job.id not in cancelled]
-            if rest:
-                self.requeue_alone(rest)
-            self.report(stopped, [_failed(e.job, CancelledTask(CANCELLED_MESSAGE)) for e in stopped])
-            return
-        if len(batch) > 1:
-            log.warning("%s while running a batch of %d tasks; running them one at a time",
-                        _exit_description(code), len(batch))
-            self.requeue_alone(batch)
-            return
-        job = jobs[0]
-        message = f"{_exit_description(code)} while running task {job.name}"
-        log.warning("%s", message)
-        self.report(batch, [_failed(job, WorkerCrashed(message), elapsed)])
 
 
 def _kill(proc: Any) -> None:
@@ -780,8 +1106,16 @@ class ProcessPool(_PoolBase):
     under a single job fails it with WorkerCrashed; under a batch, the
     batch is requeued to run job by job so only the culprit fails. A job
     past its ``timeout`` (seconds) gets its child SIGKILLed and fails with
-    TaskTimeout. Lost children are replaced by their own slot's thread.
-    ``on_results`` is called from those threads.
+    TaskTimeout. Lost children are replaced.
+
+    The children's pipes are driven from an asyncio event loop: ``loop`` if
+    given (it must be running in another thread whenever the pool is used
+    from outside it), else one the pool runs on a thread of its own.
+    ``on_results`` and the progress callback are called on that loop's thread,
+    except the reports for lost children and cancelled pending jobs, which
+    come from a helper thread or the thread that called :meth:`cancel`. With
+    the worker's own loop a result is written out in the same loop turn it
+    is read, with no thread hand-off.
 
     Children are non-daemonic (tasks may start processes of their own); they
     are killed and reaped by ``shutdown``, when the pool object is collected,
@@ -789,8 +1123,8 @@ class ProcessPool(_PoolBase):
     """
 
     def __init__(self, concurrency: int, modules: list[str], on_results: OnResults, *,
-                 allow_pickle: bool = False) -> None:
-        self._core = _ProcessCore(concurrency, modules, on_results, allow_pickle)
+                 allow_pickle: bool = False, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._core = _ProcessCore(concurrency, modules, on_results, allow_pickle, loop)
         self._finalizer = weakref.finalize(self, _finalize, self._core)
 
     def start(self) -> None:
@@ -806,6 +1140,7 @@ class ProcessPool(_PoolBase):
         :meth:`discard_pending` first); then the children are asked to exit and
         reaped (killed if they take over 5 s). ``wait=False``: SIGKILL the
         children now; results of running jobs are never reported.
+        ``wait=True`` must not be called on the pool's loop (it waits for it).
         """
         self._core.shutdown(wait)
         self._finalizer.detach()
@@ -896,10 +1231,15 @@ class ThreadPool(_PoolBase):
 
 
 def make_pool(kind: str, concurrency: int, modules: list[str], on_results: OnResults, *,
-              allow_pickle: bool = False) -> ProcessPool | ThreadPool:
-    """A pool of ``kind`` "process" or "thread"; ValueError for anything else."""
+              allow_pickle: bool = False,
+              loop: asyncio.AbstractEventLoop | None = None) -> ProcessPool | ThreadPool:
+    """A pool of ``kind`` "process" or "thread"; ValueError for anything else.
+
+    ``loop`` is the event loop a process pool drives its children from (see
+    :class:`ProcessPool`); a thread pool ignores it.
+    """
     if kind == "process":
-        return ProcessPool(concurrency, modules, on_results, allow_pickle=allow_pickle)
+        return ProcessPool(concurrency, modules, on_results, allow_pickle=allow_pickle, loop=loop)
     if kind == "thread":
         return ThreadPool(concurrency, modules, on_results, allow_pickle=allow_pickle)
     raise ValueError(f"unknown pool kind {kind!r}: choose one of {', '.join(POOL_KINDS)}")
