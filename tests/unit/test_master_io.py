@@ -2,8 +2,8 @@
 protocol object, what it writes back, and when.
 
 Covers the eager start of handlers (``master/eager.py``), coalesced replies,
-group commit when commits are not cheap, and the handshake's guarantees
-(timeout, refusal, garbage).
+dispatch in the loop turn that made work ready, group commit when commits
+are not cheap, and the handshake's guarantees (timeout, refusal, garbage).
 """
 
 from __future__ import annotations
@@ -258,6 +258,56 @@ def test_pipelined_requests_are_answered_in_order_in_one_write():
     run(MemoryStore(), body)
 
 
+def test_a_submit_reaches_a_worker_with_credit_in_the_same_loop_turn():
+    async def body(m: Master) -> None:
+        worker = Peer(m)
+        worker.hello(role="worker", queues=["q"], concurrency=1)
+        worker.feed(frame(protocol.CREDIT, 0, n=2))
+        client = Peer(m)
+        client.hello()
+        task = a_task()
+        client.feed(frame(protocol.SUBMIT, 2, tasks=[task]))
+        # No await since the submit: leased and pushed while handling the client's bytes.
+        (push,) = worker.messages()
+        assert push.op == protocol.TASKS and [t[0] for t in push.fields["tasks"]] == [task[0]]
+        (reply,) = client.messages()
+        assert (reply.op, reply.rid, reply.fields) == (protocol.OK, 2, {"new": 1})
+        task2 = a_task()
+        client.feed(frame(protocol.SUBMIT, 3, tasks=[task2]))
+        assert [t[0] for t in worker.messages()[0].fields["tasks"]] == [task2[0]]
+        before = len(worker.transport.writes)
+        task3 = a_task()
+        client.feed(frame(protocol.SUBMIT, 4, tasks=[task3]))
+        assert len(worker.transport.writes) == before  # no credit left
+        # The ack's credit lets task3 go: the ack's reply and the push leave in one write.
+        token = push.fields["tasks"][0][1]
+        worker.feed(frame(protocol.ACK, 7, results=[[task[0], token, True, b"\x01", "msgpack", None]], credit=1))
+        assert len(worker.transport.writes) == before + 1
+        ack_reply, push3 = worker.messages()
+        assert (ack_reply.op, ack_reply.rid) == (protocol.OK, 7)
+        assert push3.op == protocol.TASKS and push3.fields["tasks"][0][0] == task3[0]
+        *replies, result = client.messages()  # the result went to the submitter at once too
+        assert [r.rid for r in replies] == [3, 4] and result.op == protocol.RESULTS and result.fields["results"][0][0] == task[0]
+
+    run(MemoryStore(), body)
+
+
+def test_a_parked_get_is_answered_in_the_loop_turn_of_the_put():
+    async def body(m: Master) -> None:
+        getter, putter = Peer(m), Peer(m)
+        getter.hello()
+        putter.hello()
+        getter.feed(frame(protocol.QGET, 2, queue="q", max=5, timeout=None, ack=True))
+        assert getter.messages() == []
+        item = [new_id(), b"x", "msgpack"]
+        putter.feed(frame(protocol.QPUT, 2, queue="q", items=[item], maxsize=0, timeout=None))
+        (got,) = getter.messages()
+        assert got.rid == 2 and [i[0] for i in got.fields["items"]] == [item[0]]
+        assert putter.messages()[0].fields == {"accepted": 1}
+
+    run(MemoryStore(), body)
+
+
 def test_handler_errors_are_answered_whether_raised_before_or_after_the_first_await(caplog):
     store = CostlyCommits()
 
@@ -385,7 +435,7 @@ def test_a_lost_connection_hands_back_its_workers_leases():
         worker.feed(frame(protocol.CREDIT, 0, n=1))
         client.hello()
         client.feed(frame(protocol.SUBMIT, 2, tasks=[a_task()]))
-        await turns(lambda: store.stats()["q"].leased == 1)
+        assert store.stats()["q"].leased == 1
         worker.conn.connection_lost(None)
         await turns(lambda: store.stats()["q"].ready == 1)
         assert len(m.sessions) == 1

@@ -89,7 +89,10 @@ class Master:
         self._runner: Any = None
         self._tasks: list[asyncio.Task] = []
         self._conns: set[_Conn] = set()  # open connections, authenticated or not
-        self._wake = asyncio.Event()
+        self._wake = _Wake(self)  # a dispatch pass is due
+        self._dispatching = False  # a dispatch pass is running (maybe waiting on the store)
+        self._dispatch_task: asyncio.Task | None = None
+        self._rotate = 0
         self._stopping = False
         self._timer_wake = asyncio.Event()
         self._next_due: float | None = None
@@ -112,7 +115,7 @@ class Master:
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        for coro in (self._dispatcher(), self._reaper(), self._timer(), self.scheduler.run()):
+        for coro in (self._reaper(), self._timer(), self.scheduler.run()):
             self._tasks.append(asyncio.create_task(coro))
         log.info("master listening on %s:%d (store: %s)", self.host, self.port, type(self.store).__name__)
 
@@ -138,6 +141,8 @@ class Master:
                 s.close()
             for c in list(self._conns):
                 c.close()
+            if self._dispatch_task is not None:
+                self._tasks.append(self._dispatch_task)
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -177,11 +182,17 @@ class Master:
 
     # -- messages ----------------------------------------------------------
     def _on_data(self, s: Session, events: list) -> None:
-        """Handle the messages of one read; their replies leave in one write."""
+        """Handle the messages of one read, replies coalesced; then dispatch what they made ready."""
         s.cork()
+        self._wake.held = True
         try:
             self._on_events(s, events)
         finally:
+            self._wake.held = False
+            if self._wake.due:
+                # Lease and push now, in this loop turn: a worker waiting with credit or a
+                # parked get learns of the new work without waiting for another turn.
+                self._dispatch_now()
             s.uncork()
 
     def _on_events(self, s: Session, events: list) -> None:
@@ -428,55 +439,80 @@ class Master:
             sub.push(protocol.RESULTS, {"results": items})
 
     # -- background loops --------------------------------------------------
-    async def _dispatcher(self) -> None:
-        """Lease ready tasks to workers with credit, until credit or work runs out."""
-        rotate = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            workers = [w for w in self.sessions.values() if w.role == "worker" and not w.closed and w.credit > 0]
-            plan: list = self.queue_service.plan()
-            if workers:
-                rotate = (rotate + 1) % len(workers)
-                workers = workers[rotate:] + workers[:rotate]
-            for w in workers:
-                q = (self.queues.pick_weighted(w.queues, w.weights) if w.weights
-                     else self.queues.first_nonempty(w.queues))
-                if q is not None:
-                    plan.append((w, q, w.credit))
-            if not plan:
+    def _dispatch_now(self) -> None:
+        """Start dispatch passes now if one is due and none is running."""
+        if self._dispatching or not self._wake.due or self._stopping:
+            return
+        try:
+            task = eager.start(self._dispatch())
+        except Exception:
+            log.exception("dispatch failed")
+            return
+        if task is not None:
+            self._dispatch_task = task
+            task.add_done_callback(self._dispatch_done)
+
+    def _dispatch_done(self, task: asyncio.Task) -> None:
+        self._dispatch_task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dispatch failed", exc_info=task.exception())
+
+    async def _dispatch(self) -> None:
+        """Dispatch passes while one is due: one runs at a time, a wake meanwhile makes another."""
+        self._dispatching = True
+        try:
+            while self._wake.due:
+                self._wake.due = False
+                await self._dispatch_pass()
+        finally:
+            self._dispatching = False
+
+    async def _dispatch_pass(self) -> None:
+        """Lease ready tasks to workers with credit and items to parked gets, at most their credit."""
+        workers = [w for w in self.sessions.values() if w.role == "worker" and not w.closed and w.credit > 0]
+        plan: list = self.queue_service.plan()
+        if workers:
+            # Rotate who is served first, so no worker always gets the head of the queue.
+            self._rotate = rotate = (self._rotate + 1) % len(workers)
+            workers = workers[rotate:] + workers[:rotate]
+        for w in workers:
+            q = (self.queues.pick_weighted(w.queues, w.weights) if w.weights
+                 else self.queues.first_nonempty(w.queues))
+            if q is not None:
+                plan.append((w, q, w.credit))
+        if not plan:
+            return
+        marks = [self.queues.mark(q) for _, q, _ in plan]
+        now = self.clock()
+        # Leases need no fsync: every master start voids them anyway. A queue get
+        # that acknowledges on get does change durable state, though.
+        durable = any(not isinstance(w, Session) and w.ack for w, _, _ in plan)
+        leases = await self._runner.call(self._lease_plan, plan, now, durable=durable)
+        progress = False
+        for (w, q, n), mark, got in zip(plan, marks, leases):
+            if len(got) < n:
+                self.queues.empty(q, mark)
+            if not got:
                 continue
-            marks = [self.queues.mark(q) for _, q, _ in plan]
-            now = self.clock()
-            # Leases need no fsync: every master start voids them anyway. A queue get
-            # that acknowledges on get does change durable state, though.
-            durable = any(not isinstance(w, Session) and w.ack for w, _, _ in plan)
-            leases = await self._runner.call(self._lease_plan, plan, now, durable=durable)
-            progress = False
-            for (w, q, n), mark, got in zip(plan, marks, leases):
-                if len(got) < n:
-                    self.queues.empty(q, mark)
-                if not got:
-                    continue
-                progress = True
-                self.queue_service.space_freed(q)
-                if not isinstance(w, Session):  # a parked queue get
-                    self.queue_service.deliver(w, got)
-                    continue
-                if w.closed or self.sessions.get(w.id) is not w:
-                    fut = self._runner.call(self.store.release, [(g.id, g.token) for g in got], now)
-                    fut.add_done_callback(self._after_release)
-                    continue
-                got = self.jobs.rate_limit(got, now)
-                if not got:
-                    continue
-                w.credit -= len(got)
-                for g in got:
-                    w.inflight[g.id] = g.token
-                upstream = await self.jobs.upstream(got)
-                w.push(protocol.TASKS, {"tasks": [wire.lease_to_wire(g, upstream.get(g.id)) for g in got]})
-            if progress or any(len(got) < n for (_, _, n), got in zip(plan, leases)):
-                self._wake.set()
+            progress = True
+            self.queue_service.space_freed(q)
+            if not isinstance(w, Session):  # a parked queue get
+                self.queue_service.deliver(w, got)
+                continue
+            if w.closed or self.sessions.get(w.id) is not w:
+                fut = self._runner.call(self.store.release, [(g.id, g.token) for g in got], now)
+                fut.add_done_callback(self._after_release)
+                continue
+            got = self.jobs.rate_limit(got, now)
+            if not got:
+                continue
+            w.credit -= len(got)
+            for g in got:
+                w.inflight[g.id] = g.token
+            upstream = await self.jobs.upstream(got)
+            w.push(protocol.TASKS, {"tasks": [wire.lease_to_wire(g, upstream.get(g.id)) for g in got]})
+        if progress or any(len(got) < n for (_, _, n), got in zip(plan, leases)):
+            self._wake.set()
 
     def _extend(self, owners: list[str], now: float) -> None:
         for owner in owners:
@@ -561,6 +597,35 @@ _HANDLERS = {
     protocol.STATUS: Master._on_status,
 }
 _HANDLERS.update(SCHEDULE_HANDLERS)  # sched_add, sched_list, sched_del
+
+
+class _Wake:
+    """Says a dispatch pass is due; ``set()`` is what the code that adds work calls.
+
+    While the master handles the messages of one read (``held``), the pass waits for
+    the end of them, so a burst of submits makes one pass, in the same loop turn.
+    Elsewhere it runs in a callback soon after, unless a pass is running: that one
+    goes round again.
+    """
+
+    __slots__ = ("_master", "due", "held", "_scheduled")
+
+    def __init__(self, master: Master) -> None:
+        self._master = master
+        self.due = False
+        self.held = False
+        self._scheduled = False
+
+    def set(self) -> None:
+        """A dispatch pass is due."""
+        self.due = True
+        if not (self.held or self._scheduled or self._master._dispatching):
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._fire)
+
+    def _fire(self) -> None:
+        self._scheduled = False
+        self._master._dispatch_now()
 
 
 class _Conn(asyncio.Protocol):
