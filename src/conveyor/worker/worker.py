@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 from typing import Any
 
 from .. import protocol, serde
@@ -85,7 +86,9 @@ class Worker:
         self._acks: list[list] = []
         self._held: dict[str, tuple[dict, int]] = {}  # task id -> (options, earlier failures)
         self._cancelled: set[str] = set()  # cancelled by the master: report nothing for them
-        self._flush_scheduled = False
+        self._loop_thread: int | None = None  # ident of the thread running the loop
+        self._inbox: list[JobResult] = []  # results from pool threads, for the loop
+        self._inbox_lock = threading.Lock()
         self._unconfirmed: set[asyncio.Future] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -177,16 +180,34 @@ class Worker:
 
     # -- results -----------------------------------------------------------
     def _results_from_pool(self, results: list[JobResult]) -> None:
-        """Called on pool threads."""
+        """Called on the loop (a process pool driven from it) or on pool threads."""
+        if threading.get_ident() == self._loop_thread:
+            self._on_results(results)
+            return
+        # From threads: one wake-up of the loop takes everything that arrived meanwhile.
+        with self._inbox_lock:
+            self._inbox.extend(results)
+            if len(self._inbox) > len(results):
+                return  # a wake-up is already scheduled
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(self._on_results, results)
+                loop.call_soon_threadsafe(self._take_inbox)
             except RuntimeError:
                 pass
 
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            results, self._inbox = self._inbox, []
+        if results:
+            self._on_results(results)
+
     def _progress_from_pool(self, report: dict) -> None:
-        """Called on pool threads: pass a task's progress report to the master."""
+        """Called on the loop or on pool threads: pass a task's progress report to the master."""
+        if threading.get_ident() == self._loop_thread:
+            if self._core is not None:
+                self._core.push(protocol.PROGRESS, report)
+            return
         loop = self._loop
         if loop is not None and not loop.is_closed() and self._core is not None:
             try:
@@ -206,12 +227,10 @@ class Worker:
             self._acks.append([r.id, r.token, r.ok, r.payload, r.codec, retry])
         self.completed += len(results)
         self._outstanding -= len(results)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        # Written in this same loop turn: results that arrived together came in one call.
+        self._flush()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
         if self._acks and self._core is not None:
             batch, self._acks = self._acks, []
             # An ack unanswered when the connection drops is resent after the
@@ -263,9 +282,11 @@ class Worker:
     async def main(self, *, install_signals: bool = True) -> None:
         """Connect, serve until stopped, shut down."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._cold = False
+        # A process pool drives its children from this loop: no thread hand-offs per task.
         self._pool = make_pool(self.pool_kind, self.concurrency, self.modules, self._results_from_pool,
-                               allow_pickle=self.allow_pickle)
+                               allow_pickle=self.allow_pickle, loop=self._loop)
         self._pool.set_progress_callback(self._progress_from_pool)
         await self._loop.run_in_executor(None, self._pool.start)
         if install_signals:
