@@ -366,6 +366,15 @@ def test_large_jobs_and_results_cross_the_pipe(make):
     assert value(collector.wait_id("small")) == 16
 
 
+def test_idle_child_that_dies_is_replaced_before_it_gets_work(make):
+    pool, collector = make("process", 2)
+    procs = pool._processes()
+    os.kill(procs[0].pid, signal.SIGKILL)
+    wait_until(lambda: procs[0] not in pool._processes() and len(pool._processes()) == 2)
+    run_squares(pool, collector, 50, "after")
+    assert all(r.ok for r in collector.results.values())  # no job was blamed for that death
+
+
 def test_cancel_running_job_stops_its_child(make):
     pool, collector = make("process", 1)
     procs = pool._processes()

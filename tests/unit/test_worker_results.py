@@ -41,6 +41,9 @@ class FakePool:
     def pending(self) -> int:
         return 0
 
+    def discard_pending(self) -> list:
+        return []
+
 
 def result(task_id: str) -> JobResult:
     return JobResult(task_id, 1, True, b"\x01", "msgpack", 0.001)
@@ -92,5 +95,41 @@ def test_results_from_threads_meanwhile_go_in_one_ack():
         for _ in range(3):
             await asyncio.sleep(0)
         assert core.acked() == [["a", "b", "c"], ["d"]]
+
+    asyncio.run(main())
+
+
+class CountingPool(FakePool):
+    """Counts a batch as running until its on_results call returns, as the pools do."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.in_flight = 0
+
+    def running(self) -> int:
+        return self.in_flight
+
+    def report(self, results: list[JobResult]) -> None:
+        try:
+            self.worker._results_from_pool(results)
+        finally:
+            self.in_flight -= len(results)
+
+
+def test_warm_stop_ends_when_the_last_result_needs_no_ack():
+    """A task the master cancelled finishes anyway during a warm stop: nothing is acked,
+    and the worker still notices it has nothing left once the pool counts it done."""
+    async def main() -> None:
+        worker, core = worker_on_this_loop()
+        pool = CountingPool(worker)
+        worker._pool = pool  # type: ignore[assignment]
+        worker._held["x"] = ({}, 0)
+        pool.in_flight = 1
+        worker._cancel(["x"])  # the pool cannot stop it (FakePool has no cancel)
+        worker.request_stop()
+        assert not worker._stopped.is_set()
+        pool.report([result("x")])
+        await asyncio.wait_for(worker._stopped.wait(), 5)
+        assert core.acked() == []
 
     asyncio.run(main())

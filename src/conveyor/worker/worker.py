@@ -229,6 +229,9 @@ class Worker:
         self._outstanding -= len(results)
         # Written in this same loop turn: results that arrived together came in one call.
         self._flush()
+        if self._stopping:
+            # The pool counts these results as done only once this callback returns.
+            asyncio.get_running_loop().call_soon(self._maybe_finished)
 
     def _flush(self) -> None:
         if self._acks and self._core is not None:
