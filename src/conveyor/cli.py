@@ -11,7 +11,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, loops
 from .auth import ENV_AUTHKEY, client_tls_context, is_loopback, load_authkey, server_tls_context
 from .errors import ConveyorError, StoreError
 
@@ -142,7 +142,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         logging.getLogger("conveyor.master").info("master stopped")
 
     try:
-        asyncio.run(run())
+        loops.run(run())
     finally:
         store.close()
     return 0

@@ -83,7 +83,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import protocol, serde
+from . import loops, protocol, serde
 from .auth import as_key, is_loopback
 from .client import queues as _queues
 from .client.client import Client
@@ -234,7 +234,7 @@ class Server:
             raise ValueError(f"refusing to serve on {host or 'every interface'} with an empty authkey: "
                              "pass authkey=... (only loopback addresses may go without one)")
         self.queues = dict(queues)
-        self._loop = asyncio.new_event_loop()
+        self._loop = loops.new_event_loop()
         # Port 0: choose a free port first, so the default data directory can be named after it
         # (and so a name like "localhost" binds one port on every address it has).
         attempts = 1 if port else 20

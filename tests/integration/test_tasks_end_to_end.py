@@ -132,3 +132,18 @@ def test_pickle_refused_unless_enabled(make_cluster):
         with pytest.raises(conveyor.TaskError) as info:
             client.submit(f"{TASKS}:square", 3).result(30)
         assert "refusing to unpickle" in info.value.message
+
+
+@pytest.mark.parametrize("choice", ["", "asyncio"])
+def test_master_and_workers_run_on_either_event_loop(make_cluster, monkeypatch, choice):
+    """uvloop by default; the stdlib loop (CONVEYOR_LOOP=asyncio, or where uvloop is absent) too."""
+    monkeypatch.setenv("CONVEYOR_LOOP", choice)
+    cluster = make_cluster(workers=1).start()
+    cluster.wait_for_workers(1)
+    with cluster.client() as client:
+        assert list(client.map(f"{TASKS}:square", range(500), timeout=60)) == [n * n for n in range(500)]
+        q = client.queue("loop-check")
+        q.put_many(range(10))
+        assert sorted(q.get_many(10, timeout=10)) == list(range(10))
+        status = client.status()
+    assert status["loop"] == ("asyncio" if choice else "uvloop")

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, cast
 
-from .. import __version__, protocol, wire
+from .. import __version__, loops, protocol, wire
 from ..errors import ProtocolError
 from ..serde import PICKLE
 from ..store import DUPLICATE, STALE, STORED, Store
@@ -403,6 +403,7 @@ class Master:
             "pid": os.getpid(),
             "uptime": round(self.clock() - self.started_at, 1),
             "store": type(self.store).__name__,
+            "loop": loops.name(),
             "queues": {q: st.as_dict() for q, st in sorted(stats.items())},
             "workers": workers,
             "clients": sum(1 for c in self.sessions.values() if c.role == "client"),

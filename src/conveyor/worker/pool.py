@@ -45,7 +45,7 @@ from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import serde
+from .. import loops, serde
 from ..context import CurrentTask, set_current
 from ..errors import SerializationError, SoftTimeLimitExceeded, TaskTimeout, WorkerCrashed
 from ..tasks import Registry
@@ -623,7 +623,7 @@ class _ProcessCore(_Core):
         with _LIVE_LOCK:
             _LIVE_CORES.add(self)
         if self.loop is None:
-            self.loop = asyncio.new_event_loop()
+            self.loop = loops.new_event_loop()
             self.loop_thread = threading.Thread(target=self._run_private_loop, args=(self.loop,),
                                                 daemon=True, name="conveyor-pool-io")
             self.loop_thread.start()

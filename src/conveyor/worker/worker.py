@@ -18,7 +18,7 @@ import ssl
 import threading
 from typing import Any
 
-from .. import protocol, serde
+from .. import loops, protocol, serde
 from ..auth import as_key
 from ..client.core import Address, ClientCore, parse_address
 from ..errors import AuthenticationError, ConnectionLost, RemoteError
@@ -337,4 +337,4 @@ class Worker:
 
     def run(self) -> None:
         """Run the worker in this thread until a signal stops it."""
-        asyncio.run(self.main())
+        loops.run(self.main())
