@@ -76,12 +76,19 @@ def _parse_bind(text: str) -> tuple[str, int]:
 _held_locks: list = []
 
 
-def _lock_data_dir(data: str) -> None:
-    """One master per data directory: a second would void the first one's leases."""
+def _lock_data_dir(data: str) -> bool:
+    """One master per data directory: a second would void the first one's leases.
+
+    False if the lock file cannot be made yet (no directory, or not writable):
+    opening the store then says why, or makes the directory for a second try.
+    """
     import fcntl
 
     path = os.path.join(data, "master.lock")
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    except OSError:
+        return False
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -94,6 +101,7 @@ def _lock_data_dir(data: str) -> None:
     handle.write(str(os.getpid()))
     handle.flush()
     _held_locks.append(handle)
+    return True
 
 
 def cmd_master(args: argparse.Namespace) -> int:
@@ -115,12 +123,15 @@ def cmd_master(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise CliError(f"cannot load TLS certificate: {exc}") from None
     data = None if args.data == ":memory:" else args.data
+    # The lock before the store: the store keeps its file locked, and a second master
+    # must hear who holds the directory, not wait on SQLite's lock.
+    locked = data is not None and _lock_data_dir(data)
     try:
         store = open_store(data, sync=args.sync)
     except StoreError as exc:
         raise CliError(str(exc)) from None
-    if data is not None:
-        _lock_data_dir(data)
+    if data is not None and not locked and not _lock_data_dir(data):
+        raise CliError(f"cannot lock data directory {data}")
 
     async def run() -> None:
         master = Master(store, authkey=authkey, host=host, port=port, ssl_context=ssl_ctx,

@@ -637,7 +637,7 @@ def test_sqlite_rolled_back_writes_never_reach_the_file(tmp_path):
 
 
 def test_sqlite_calls_outside_a_transaction_commit_by_themselves(tmp_path):
-    s = SQLiteStore(tmp_path)
+    s = SQLiteStore(tmp_path, exclusive=False)
     other = sqlite3.connect(tmp_path / "conveyor.db")
     try:
         s.enqueue([task("a")], T0)
@@ -649,6 +649,27 @@ def test_sqlite_calls_outside_a_transaction_commit_by_themselves(tmp_path):
     finally:
         other.close()
         s.close()
+
+
+def test_sqlite_store_keeps_its_file_to_itself_unless_asked_not_to(tmp_path):
+    s = SQLiteStore(tmp_path / "x")
+    s.enqueue([task("a")], T0)
+    other = sqlite3.connect(tmp_path / "x" / "conveyor.db", timeout=0.05)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("SELECT count(*) FROM tasks").fetchone()
+        s.close()  # closing lets go of the file, with every commit in it
+        assert other.execute("SELECT count(*) FROM tasks").fetchone()[0] == 1
+    finally:
+        other.close()
+    shared = SQLiteStore(tmp_path / "y", exclusive=False)
+    shared.enqueue([task("a")], T0)
+    other = sqlite3.connect(tmp_path / "y" / "conveyor.db", timeout=0.05)
+    try:
+        assert other.execute("SELECT count(*) FROM tasks").fetchone()[0] == 1
+    finally:
+        other.close()
+        shared.close()
 
 
 def test_sqlite_corrupt_file_raises_store_error(tmp_path):
@@ -685,7 +706,7 @@ def test_sqlite_unwritable_location_raises_store_error(tmp_path):
 
 
 def test_sqlite_errors_during_operation_are_store_errors(tmp_path):
-    s = SQLiteStore(tmp_path)
+    s = SQLiteStore(tmp_path, exclusive=False)
     other = sqlite3.connect(tmp_path / "conveyor.db", isolation_level=None)
     try:
         s.conn.execute("PRAGMA busy_timeout = 50")
