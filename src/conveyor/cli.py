@@ -221,6 +221,7 @@ def _connect(args: argparse.Namespace, **kw: Any):
 def format_status(st: dict[str, Any]) -> str:
     """The status document as the table ``conveyor status`` prints."""
     lines = [f"master {st['version']} pid {st['pid']} up {st['uptime']:.0f}s, store {st['store']}, "
+             f"loop {st.get('loop', '?')}, "
              f"{st['clients']} client(s), {len(st['workers'])} worker(s)"]
     cols = ["ready", "delayed", "leased", "succeeded", "failed", "dead", "cancelled"]
     lines.append("")

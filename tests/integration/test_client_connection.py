@@ -69,3 +69,49 @@ def test_client_survives_a_master_frozen_past_its_heartbeat(make_cluster):
         t.join(30)
         assert fut_holder and fut_holder[0].result(30) == 25
         assert client.submit(f"{TASKS}:square", 6).result(30) == 36
+
+
+def _garbage_server(port: int, stop: threading.Event, answered: list) -> None:
+    """Something else on the master's port while it is down: answers every connection with junk."""
+    import socket
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen()
+    srv.settimeout(0.1)
+    try:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
+                answered.append(1)
+    finally:
+        srv.close()
+
+
+def test_client_and_worker_keep_reconnecting_past_a_peer_that_is_not_a_master(make_cluster):
+    """A garbled handshake while the master is away is one failed attempt, not the end of
+    reconnecting: once the master is back, the worker delivers and the client gets its result."""
+    cluster = make_cluster(workers=1, concurrency=1).start()
+    cluster.wait_for_workers(1)
+    with cluster.client() as client:
+        assert client.submit(f"{TASKS}:square", 2).result(10) == 4
+        cluster.kill_master(signal.SIGKILL)
+        stop, answered = threading.Event(), []
+        junk = threading.Thread(target=_garbage_server, args=(cluster.port, stop, answered))
+        junk.start()
+        try:
+            deadline = time.monotonic() + 20
+            while len(answered) < 4 and time.monotonic() < deadline:  # both tried it, twice
+                time.sleep(0.05)
+            assert len(answered) >= 4
+        finally:
+            stop.set()
+            junk.join(10)
+        cluster.start_master()
+        assert client.submit(f"{TASKS}:square", 7).result(30) == 49  # needs the worker back too
+        assert len(client.status()["workers"]) == 1

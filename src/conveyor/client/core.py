@@ -311,6 +311,12 @@ class ClientCore(CoreState):
         """Connect and authenticate once (raising on failure), then keep the connection up."""
         reader, writer = await self._open()
         self._supervisor = asyncio.create_task(self._supervise(reader, writer))
+        self._supervisor.add_done_callback(self._supervisor_done)
+
+    def _supervisor_done(self, task: asyncio.Task) -> None:
+        # A supervisor that ends by surprise leaves this connection down for good: say so.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("connection to %s stopped reconnecting", self.address, exc_info=task.exception())
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         addr = self.address
@@ -411,6 +417,10 @@ class ClientCore(CoreState):
                     self._fail_all(AuthenticationError("authentication failed"))
                     return
                 except (ConnectionLost, OSError, RemoteError):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                except Exception as exc:  # anything else (a garbled handshake): try again, loudly
+                    log.warning("reconnecting to %s failed: %s: %s", self.address, type(exc).__name__, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
 

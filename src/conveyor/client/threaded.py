@@ -241,6 +241,11 @@ class ThreadedCore(CoreState):
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
+                except Exception as exc:  # anything else (a garbled handshake): try again, loudly
+                    log.warning("reconnecting to %s failed: %s: %s", self.address, type(exc).__name__, exc)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
                 # Resend before anyone else writes on the new connection: hold the write lock.
                 with self._wlock:
                     with self._lock:
