@@ -115,3 +115,46 @@ def test_client_and_worker_keep_reconnecting_past_a_peer_that_is_not_a_master(ma
         cluster.start_master()
         assert client.submit(f"{TASKS}:square", 7).result(30) == 49  # needs the worker back too
         assert len(client.status()["workers"]) == 1
+
+
+def test_an_error_handling_a_message_reconnects_instead_of_going_dead(make_cluster, caplog):
+    """A bug in handling one message costs a reconnect (logged), and the request is resent."""
+    import asyncio
+
+    from conveyor import protocol
+    from conveyor.client.core import ClientCore
+
+    cluster = make_cluster(workers=0).start()
+    with cluster.client() as client:
+        core = client._core
+        real, failed = core._on_message, []
+
+        def once(msg):
+            if not failed:
+                failed.append(msg)
+                raise RuntimeError("bug in a handler")
+            real(msg)
+
+        core._on_message = once
+        assert core.request(protocol.PING, {}, timeout=30) == {}  # answered on the new connection
+        assert failed and "unexpected error; reconnecting" in caplog.text
+
+    async def async_core() -> None:
+        core = ClientCore(cluster.address, cluster.authkey)
+        await core.connect()
+        try:
+            real, failed = core._on_message, []
+
+            def once(msg):
+                if not failed:
+                    failed.append(msg)
+                    raise RuntimeError("bug in a handler")
+                real(msg)
+
+            core._on_message = once
+            assert await core.request(protocol.PING, {}, timeout=30) == {}
+            assert failed
+        finally:
+            await core.close()
+
+    asyncio.run(async_core())

@@ -401,6 +401,8 @@ class ClientCore(CoreState):
             except (ConnectionError, OSError, ssl.SSLError, ProtocolError) as exc:
                 if not self._closing:
                     log.warning("connection to %s lost: %s", self.address, exc)
+            except Exception:  # a bug handling a message: a fresh connection, not a dead one
+                log.exception("connection to %s: unexpected error; reconnecting", self.address)
             finally:
                 keepalive.cancel()
                 self._connected.clear()

@@ -227,6 +227,8 @@ class ThreadedCore(CoreState):
             except (ConnectionError, OSError, ssl.SSLError, ProtocolError) as exc:
                 if not self._closing:
                     log.warning("connection to %s lost: %s", self.address, exc)
+            except Exception:  # a bug handling a message: a fresh connection, not a dead one
+                log.exception("connection to %s: unexpected error; reconnecting", self.address)
             with self._wlock, self._lock:
                 self._transport = None
             transport.close()
