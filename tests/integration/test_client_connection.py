@@ -117,6 +117,20 @@ def test_client_and_worker_keep_reconnecting_past_a_peer_that_is_not_a_master(ma
         assert len(client.status()["workers"]) == 1
 
 
+def _fail_once(core) -> list:
+    """Make the core's next incoming message raise, as a bug in its handling would."""
+    real, failed = core._on_message, []
+
+    def once(msg):
+        if not failed:
+            failed.append(msg)
+            raise RuntimeError("bug in a handler")
+        real(msg)
+
+    core._on_message = once
+    return failed
+
+
 def test_an_error_handling_a_message_reconnects_instead_of_going_dead(make_cluster, caplog):
     """A bug in handling one message costs a reconnect (logged), and the request is resent."""
     import asyncio
@@ -126,32 +140,15 @@ def test_an_error_handling_a_message_reconnects_instead_of_going_dead(make_clust
 
     cluster = make_cluster(workers=0).start()
     with cluster.client() as client:
-        core = client._core
-        real, failed = core._on_message, []
-
-        def once(msg):
-            if not failed:
-                failed.append(msg)
-                raise RuntimeError("bug in a handler")
-            real(msg)
-
-        core._on_message = once
-        assert core.request(protocol.PING, {}, timeout=30) == {}  # answered on the new connection
+        failed = _fail_once(client._core)
+        assert client._core.request(protocol.PING, {}, timeout=30) == {}  # answered on the new connection
         assert failed and "unexpected error; reconnecting" in caplog.text
 
     async def async_core() -> None:
         core = ClientCore(cluster.address, cluster.authkey)
         await core.connect()
         try:
-            real, failed = core._on_message, []
-
-            def once(msg):
-                if not failed:
-                    failed.append(msg)
-                    raise RuntimeError("bug in a handler")
-                real(msg)
-
-            core._on_message = once
+            failed = _fail_once(core)
             assert await core.request(protocol.PING, {}, timeout=30) == {}
             assert failed
         finally:
