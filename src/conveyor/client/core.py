@@ -418,11 +418,8 @@ class ClientCore(CoreState):
                     log.error("reconnecting to %s: authentication failed", self.address)
                     self._fail_all(AuthenticationError("authentication failed"))
                     return
-                except (ConnectionLost, OSError, RemoteError):
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                except Exception as exc:  # anything else (a garbled handshake): try again, loudly
-                    log.warning("reconnecting to %s failed: %s: %s", self.address, type(exc).__name__, exc)
+                except Exception as exc:
+                    _log_unexpected_reconnect_failure(self.address, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
 
@@ -473,6 +470,13 @@ class ClientCore(CoreState):
             except (asyncio.CancelledError, Exception):
                 pass
         self._fail_all(ConnectionLost("client closed"))
+
+
+def _log_unexpected_reconnect_failure(address: Address, exc: Exception) -> None:
+    """A master that is away (refused, timed out) is retried quietly; anything else, such as
+    a garbled handshake from something else on its port, is retried too, but said."""
+    if not isinstance(exc, (ConnectionLost, OSError, RemoteError)):
+        log.warning("reconnecting to %s failed: %s: %s", address, type(exc).__name__, exc)
 
 
 def _remote_error(fields: dict) -> Exception:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import AuthenticationError, ConnectionLost, ProtocolError, RemoteError
-from .core import Address, CoreState
+from .core import Address, CoreState, _log_unexpected_reconnect_failure
 
 log = logging.getLogger("conveyor.client")
 
@@ -239,12 +239,8 @@ class ThreadedCore(CoreState):
                     log.error("reconnecting to %s: authentication failed", self.address)
                     self._fail_all(AuthenticationError("authentication failed"))
                     return
-                except (ConnectionLost, OSError, RemoteError):
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                except Exception as exc:  # anything else (a garbled handshake): try again, loudly
-                    log.warning("reconnecting to %s failed: %s: %s", self.address, type(exc).__name__, exc)
+                except Exception as exc:
+                    _log_unexpected_reconnect_failure(self.address, exc)
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue

@@ -164,8 +164,8 @@ class SQLiteStore(SQLiteSchedules, Store):
     ``exclusive`` (the default) keeps the file locked by this connection from
     its first use to :meth:`close` (SQLite's exclusive locking mode): the
     master is the file's only user, and a commit then takes no file locks
-    and keeps the WAL index in memory (about a third of a small commit's
-    cost). ``exclusive=False`` lets other processes read the file while it
+    and keeps the WAL index in memory (a one-task enqueue and its commit:
+    26 -> 21 us here). ``exclusive=False`` lets other processes read the file while it
     is open, for tests and inspection.
     """
 
