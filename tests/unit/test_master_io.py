@@ -9,6 +9,7 @@ are not cheap, and the handshake's guarantees (timeout, refusal, garbage).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -290,6 +291,76 @@ def test_a_submit_reaches_a_worker_with_credit_in_the_same_loop_turn():
         assert [r.rid for r in replies] == [3, 4] and result.op == protocol.RESULTS and result.fields["results"][0][0] == task[0]
 
     run(MemoryStore(), body)
+
+
+class CommitSpy(MemoryStore):
+    """Calls ``on_commit`` as an outermost transaction commits; if it raises, nothing commits."""
+
+    on_commit: Callable[[], None] | None = None
+
+    @contextlib.contextmanager
+    def transaction(self, durable: bool = True, savepoints: bool = True):  # type: ignore[override]
+        with super().transaction(durable, savepoints):
+            yield
+            if len(self._undo) == 1 and self.on_commit is not None:
+                self.on_commit()
+
+
+def _worker_and_client(m: Master) -> tuple[Peer, Peer]:
+    worker = Peer(m)
+    worker.hello(role="worker", queues=["q"], concurrency=1)
+    worker.feed(frame(protocol.CREDIT, 0, n=2))
+    client = Peer(m)
+    client.hello()
+    return worker, client
+
+
+def test_a_submit_and_the_lease_that_pushes_it_share_one_commit_and_wait_for_it():
+    store = CommitSpy()
+
+    async def body(m: Master) -> None:
+        worker, client = _worker_and_client(m)
+        at_commit: list[tuple[int, int]] = []
+        store.on_commit = lambda: at_commit.append((len(worker.transport.writes), len(client.transport.writes)))
+        before = (len(worker.transport.writes), len(client.transport.writes))
+        commits = m._runner.commits
+        task = a_task()
+        client.feed(frame(protocol.SUBMIT, 2, tasks=[task]))
+        assert m._runner.commits == commits + 1  # the enqueue and the lease: one commit
+        assert at_commit == [before]  # neither the push nor the reply had left before it
+        (push,) = worker.messages()
+        assert push.op == protocol.TASKS and push.fields["tasks"][0][0] == task[0]
+        (reply,) = client.messages()
+        assert (reply.op, reply.rid, reply.fields) == (protocol.OK, 2, {"new": 1})
+        assert store.get(task[0]).state == "leased"
+
+    run(store, body)
+
+
+def test_a_failed_commit_sends_nothing_it_would_have_made_true(caplog):
+    store = CommitSpy()
+
+    async def body(m: Master) -> None:
+        worker, client = _worker_and_client(m)
+        failures: list[int] = []
+
+        def fail_once() -> None:
+            if not failures:
+                failures.append(1)
+                raise RuntimeError("disk full")
+
+        store.on_commit = fail_once
+        task = a_task()
+        with caplog.at_level(logging.ERROR, logger="conveyor.master"):
+            client.feed(frame(protocol.SUBMIT, 2, tasks=[task]))
+        # No OK for a submit that is not stored, no push of a lease that is not held:
+        # both connections are closed instead (a client resends what went unanswered).
+        assert worker.messages() == [] and client.messages() == []
+        assert worker.transport.closed and client.transport.closed
+        assert store.get(task[0]) is None
+        assert "a commit failed" in caplog.text
+
+    run(store, body)
 
 
 def test_a_parked_get_is_answered_in_the_loop_turn_of_the_put():

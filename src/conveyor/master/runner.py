@@ -32,7 +32,31 @@ class StoreRunner:
         self._pending: list[tuple[Callable[..., Any], tuple, asyncio.Future, bool]] = []
         self._scheduled = False
         self._closing = False
+        self._batching = False  # between begin() and end(): inline calls share one transaction
+        self._batch: Any = None  # that transaction, once a call opened it
         self.commits = 0
+
+    def begin(self) -> None:
+        """Inline calls from now to :meth:`end` run in one transaction, committed by ``end``.
+
+        Their futures resolve as each call returns, before that commit: the caller
+        (the master, handling one read) holds every reply and push until ``end``
+        says the commit succeeded.
+        """
+        self._batching = True
+
+    def end(self) -> bool:
+        """Commit what ran since :meth:`begin`; False if that commit failed (nothing of it stays)."""
+        self._batching = False
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return True
+        try:
+            batch.__exit__(None, None, None)
+        except Exception:
+            return False
+        self.commits += 1
+        return True
 
     def call(self, fn: Callable[..., Any], *args: Any, durable: bool = True) -> asyncio.Future:
         """Schedule ``fn(*args)``; the future resolves after the commit that includes it.
@@ -44,6 +68,18 @@ class StoreRunner:
         if self._closing:
             raise RuntimeError("store runner is closed")
         fut = self._loop.create_future()
+        if self._batching and self.inline and not self._pending:
+            if self._batch is None:
+                self._batch = self.store.transaction()
+                self._batch.__enter__()
+            # Each store method is a savepoint inside it: its error undoes it alone.
+            try:
+                value = fn(*args)
+            except Exception as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+            return fut
         if self.inline and not self._pending:
             # A store method alone in its transaction needs no savepoint: its error rolls back all.
             alone = getattr(fn, "__self__", None) is self.store

@@ -33,7 +33,7 @@ from .queues import QueueService
 from .rates import RateMeter
 from .scheduler import HANDLERS as SCHEDULE_HANDLERS  # periodic schedules
 from .scheduler import Scheduler
-from .session import Session
+from .session import Session, WriteHold
 
 log = logging.getLogger("conveyor.master")
 
@@ -89,6 +89,7 @@ class Master:
         self._runner: Any = None
         self._tasks: list[asyncio.Task] = []
         self._conns: set[_Conn] = set()  # open connections, authenticated or not
+        self._hold = WriteHold()  # replies and pushes wait for the commit of the read they answer
         self._wake = _Wake(self)  # a dispatch pass is due
         self._dispatching = False  # a dispatch pass is running (maybe waiting on the store)
         self._dispatch_task: asyncio.Task | None = None
@@ -182,8 +183,19 @@ class Master:
 
     # -- messages ----------------------------------------------------------
     def _on_data(self, s: Session, events: list) -> None:
-        """Handle the messages of one read, replies coalesced; then dispatch what they made ready."""
-        s.cork()
+        """Handle the messages of one read, replies coalesced; then dispatch what they made ready.
+
+        With cheap commits the store calls of the whole read (the submits and the
+        leases that push them on, say) share one commit, and every reply and push
+        waits for it; otherwise each call commits on its own and the replies to
+        this session leave together at the end.
+        """
+        one_commit = self._runner.inline
+        if one_commit:
+            self._hold.begin()
+            self._runner.begin()
+        else:
+            s.cork()
         self._wake.held = True
         try:
             self._on_events(s, events)
@@ -193,7 +205,19 @@ class Master:
                 # Lease and push now, in this loop turn: a worker waiting with credit or a
                 # parked get learns of the new work without waiting for another turn.
                 self._dispatch_now()
-            s.uncork()
+            if not one_commit:
+                s.uncork()
+            elif self._runner.end():
+                self._hold.release(last=s)
+            else:
+                self._commit_failed()
+
+    def _commit_failed(self) -> None:
+        """The commit of a read's store calls failed: none of it happened. Its replies and
+        pushes are dropped and their sessions closed; clients resend on reconnect."""
+        log.error("a commit failed: closing the connections it would have answered")
+        for held in self._hold.drop():
+            self._drop(held)
 
     def _on_events(self, s: Session, events: list) -> None:
         for ev in events:
@@ -698,7 +722,8 @@ class _Conn(asyncio.Protocol):
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
-                self.session = s = Session(uuid.uuid4().hex, self.peer, self.transport, self.conn)
+                self.session = s = Session(uuid.uuid4().hex, self.peer, self.transport, self.conn,
+                                           hold=self.master._hold)
                 self.master.sessions[s.id] = s
                 return events[i + 1:]
         return None

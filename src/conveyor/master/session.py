@@ -17,6 +17,44 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
+class WriteHold:
+    """While active, what any session writes waits for :meth:`release`.
+
+    The master holds writes while it handles one read with cheap commits: the
+    store calls of the whole read share one commit, and no reply or push
+    leaves before the commit that made it true.
+    """
+
+    __slots__ = ("active", "held")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.held: list[Session] = []
+
+    def begin(self) -> None:
+        """Hold every session's writes from now on."""
+        self.active = True
+
+    def release(self, last: Session | None = None) -> None:
+        """Send what was held; ``last``'s after everyone else's (those are the peers its
+        request made work for, such as a worker waiting for the task it submitted)."""
+        self.active = False
+        held, self.held = self.held, []
+        for s in held:
+            if s is not last:
+                s.uncork()
+        if last is not None and last in held:
+            last.uncork()
+
+    def drop(self) -> list[Session]:
+        """Send nothing that was held (its commit failed); the sessions that had frames held."""
+        self.active = False
+        held, self.held = self.held, []
+        for s in held:
+            s.discard_corked()
+        return held
+
+
 @dataclass(eq=False)
 class Session:
     """A connected client or worker: who it is, what it holds, how to reach it."""
@@ -38,6 +76,7 @@ class Session:
     subscriptions: set[str] = field(default_factory=set)
     holds_items: bool = False  # has leased plain-queue items: release them when it goes
     last_seen: float = field(default_factory=time.monotonic)
+    hold: WriteHold | None = field(default=None, repr=False)  # the master's, while it holds writes
     closed: bool = False
     # While corked, frames collect here and go out in one write (one send syscall) on uncork.
     _corked: list[bytes] | None = field(default=None, repr=False)
@@ -54,9 +93,16 @@ class Session:
         if held:
             self._write(held[0] if len(held) == 1 else b"".join(held))
 
+    def discard_corked(self) -> None:
+        """Forget what is held without sending it."""
+        self._corked = None
+
     def _write(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._corked is None and self.hold is not None and self.hold.active:
+            self._corked = []
+            self.hold.held.append(self)
         if self._corked is not None:
             self._corked.append(data)
             return
