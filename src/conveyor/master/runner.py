@@ -7,6 +7,11 @@ blocks the loop, and whatever arrives meanwhile becomes the next, larger
 batch: a thousand clients' submits cost a handful of fsyncs, not a
 thousand. Running on the loop thread (not a store thread) saves two thread
 hand-offs per call, which is most of a task's latency on a fast disk.
+
+When commits are cheap (no fsync) calls run at once instead ("inline"), and
+the master brackets the handling of one read with :meth:`StoreRunner.begin`
+and :meth:`StoreRunner.end`: everything that read caused (a submit and the
+lease that hands it to a worker, say) shares one commit.
 """
 
 from __future__ import annotations
