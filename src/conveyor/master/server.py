@@ -187,8 +187,9 @@ class Master:
 
         With cheap commits the store calls of the whole read (the submits and the
         leases that push them on, say) share one commit, and every reply and push
-        waits for it; otherwise each call commits on its own and the replies to
-        this session leave together at the end.
+        waits for it. Otherwise (an fsync per commit) the runner groups the calls
+        of a loop turn into one commit, and the replies to this session leave
+        together at the end of the read.
         """
         one_commit = self._runner.inline
         if one_commit:
