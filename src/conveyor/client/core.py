@@ -392,11 +392,11 @@ class ClientCore(CoreState):
         """Read until the connection drops; then reconnect and resend, until closed."""
         delay = 0.05
         while not self._closing:
-            if self.on_connect is not None:
-                self.on_connect()
-            self._resend()
             keepalive = asyncio.create_task(self._keepalive(writer))
             try:
+                if self.on_connect is not None:
+                    self.on_connect()
+                self._resend()
                 await self._read_loop(reader)
             except (ConnectionError, OSError, ssl.SSLError, ProtocolError) as exc:
                 if not self._closing:
@@ -407,7 +407,8 @@ class ClientCore(CoreState):
                 keepalive.cancel()
                 self._connected.clear()
                 self._writer = None
-                writer.close()
+                with contextlib.suppress(Exception):  # a transport the peer reset may object
+                    writer.close()
             while not self._closing:
                 try:
                     reader, writer = await self._open()
