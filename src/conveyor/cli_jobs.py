@@ -75,8 +75,9 @@ def add_job_commands(sub: Any, add_connect: Callable, add_common: Callable, conn
             raise error(f"no task {out['unknown'][0]}")
         for tid in out["requeued"]:
             print(f"{tid} requeued")
+        reasons = out.get("reasons") or {}
         for tid in out["skipped"]:
-            print(f"{tid} not retried: it is not dead, failed or cancelled")
+            print(f"{tid} not retried: {reasons.get(tid, 'it is not dead, failed or cancelled')}")
         if not out["requeued"] and args.queue and not args.task_ids:
             print(f"no dead tasks in queue {args.queue}")
         return 1 if out["skipped"] else 0

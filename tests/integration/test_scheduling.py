@@ -222,6 +222,11 @@ def test_dependency_chain_with_failing_middle(cluster):
         assert info.value.type_name == "conveyor.errors.DependencyFailed"
         assert b.task_id in info.value.message
         assert client.inspect(c.task_id)["after"] == [b.task_id]
+        # c alone would fail again at once: the answer says so, and names what to retry.
+        proc = cli(cluster, "retry", c.task_id, a.task_id)
+        assert proc.returncode == 1
+        assert f"{c.task_id} not retried: a task it depends on did not succeed: retry that one first" in proc.stdout
+        assert f"{a.task_id} not retried: it is succeeded, not dead, failed or cancelled" in proc.stdout
 
 
 def test_chord_passes_upstream_results_and_gather(cluster):

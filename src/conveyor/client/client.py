@@ -311,7 +311,11 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     def retry(self, task_ids: Iterable[str] = (), *, queue: str | None = None,
               states: Iterable[str] | None = None) -> dict[str, list[str]]:
-        """Send dead (or failed, cancelled) tasks back to their queue: by id, or every dead task of ``queue``."""
+        """Send dead (or failed, cancelled) tasks back to their queue: by id, or every dead task of ``queue``.
+
+        Returns ``requeued``, ``skipped`` and ``unknown`` id lists, and ``reasons``:
+        why each skipped task was not retried.
+        """
         fields: dict[str, Any] = {"ids": list(task_ids), "queue": queue}
         if states is not None:
             fields["states"] = list(states)

@@ -200,10 +200,16 @@ class JobService:
         infos = await m._runner.call(lambda: [m.store.get(tid) for tid in rest]) if rest else []
         skipped = [tid for tid, info in zip(rest, infos) if info is not None]
         unknown = [tid for tid, info in zip(rest, infos) if info is None]
+        # Why each was skipped: in a state not asked for, or (in one that was) because it
+        # waits on a dependency that did not succeed and would fail again at once.
+        wanted = " or ".join(filter(None, [", ".join(states[:-1]), states[-1]])) if states else "in a state asked for"
+        reasons = {info.id: (f"it is {info.state}, not {wanted}" if info.state not in states
+                             else "a task it depends on did not succeed: retry that one first")
+                   for info in infos if info is not None}
         if requeued:
             m.queues.changed_unknown()
             m._wake.set()
-        s.reply(rid, {"requeued": requeued, "skipped": skipped, "unknown": unknown})
+        s.reply(rid, {"requeued": requeued, "skipped": skipped, "unknown": unknown, "reasons": reasons})
 
     async def on_purge(self, s: Session, rid: int, f: dict) -> None:
         m = self.master
