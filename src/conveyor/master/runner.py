@@ -73,25 +73,21 @@ class StoreRunner:
         if self._closing:
             raise RuntimeError("store runner is closed")
         fut = self._loop.create_future()
-        if self._batching and self.inline and not self._pending:
-            if self._batch is None:
-                self._batch = self.store.transaction()
-                self._batch.__enter__()
-            # Each store method is a savepoint inside it: its error undoes it alone.
-            try:
-                value = fn(*args)
-            except Exception as exc:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(value)
-            return fut
         if self.inline and not self._pending:
-            # A store method alone in its transaction needs no savepoint: its error rolls back all.
-            alone = getattr(fn, "__self__", None) is self.store
             try:
-                with self.store.transaction(durable=durable, savepoints=not alone):
+                if self._batching:
+                    if self._batch is None:
+                        batch = self.store.transaction()
+                        batch.__enter__()
+                        self._batch = batch  # only once begun: end() commits what is open
+                    # Each store method is a savepoint inside it: its error undoes it alone.
                     value = fn(*args)
-                self.commits += 1
+                else:
+                    # A store method alone in its transaction needs no savepoint: its error rolls back all.
+                    alone = getattr(fn, "__self__", None) is self.store
+                    with self.store.transaction(durable=durable, savepoints=not alone):
+                        value = fn(*args)
+                    self.commits += 1
             except Exception as exc:
                 fut.set_exception(exc)
             else:
