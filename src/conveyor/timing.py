@@ -1,0 +1,100 @@
+"""The cadences of liveness: heartbeats, lease extension, sweeps and backoff.
+
+Every rule here is a pure function of ``now`` (or of a previous delay); only
+the loops that call them read a clock. The master's rules and the client's
+rules that mirror them live side by side so that they cannot drift apart.
+Heartbeat silence is judged on the monotonic clock; stored deadlines are
+wall-clock times (they outlive a restart) and are not decided here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- Peers (clients and workers) -------------------------------------------
+
+#: How often a client or worker pings an otherwise quiet master (seconds).
+HEARTBEAT = 5.0
+#: A peer that heard nothing from its master for this many heartbeats presumes it gone.
+MISSED_HEARTBEATS = 4
+#: Peers ping at least this many times within the master's heartbeat timeout.
+PINGS_PER_MASTER_TIMEOUT = 3
+
+# --- Master -----------------------------------------------------------------
+
+#: Default seconds of silence after which the master drops a worker (and its leases).
+HEARTBEAT_TIMEOUT = 15.0
+#: Default seconds a lease lasts before it must be extended.
+LEASE_FOR = 30.0
+#: Live leases are extended this many times per lease period.
+EXTENSIONS_PER_LEASE = 4
+#: Seconds between sweeps that hand back leases whose deadline passed.
+EXPIRE_EVERY = 5.0
+#: Bounds of the period between purges of results past their TTL (seconds).
+PURGE_EVERY_MIN = 1.0
+PURGE_EVERY_MAX = 60.0
+#: The reaper never sleeps longer than this (seconds).
+REAPER_TICK_MAX = 1.0
+#: The delay timer re-reads the clock at least this often (seconds).
+TIMER_TICK_MAX = 1.0
+
+# --- Reconnecting -----------------------------------------------------------
+
+#: First and largest pause between reconnect attempts (seconds).
+RECONNECT_FIRST = 0.05
+RECONNECT_MAX = 2.0
+
+
+def ping_interval(heartbeat: float, master_heartbeat_timeout: float | None) -> float:
+    """How often a peer pings: its own heartbeat, or faster if the master's timeout asks."""
+    if master_heartbeat_timeout and master_heartbeat_timeout > 0:
+        return min(heartbeat, master_heartbeat_timeout / PINGS_PER_MASTER_TIMEOUT)
+    return heartbeat
+
+
+def master_silent(now: float, last_recv: float, heartbeat: float) -> bool:
+    """True when a peer has heard nothing from its master for too long (monotonic seconds)."""
+    return now - last_recv > MISSED_HEARTBEATS * heartbeat
+
+
+def session_silent(now: float, last_seen: float, heartbeat_timeout: float) -> bool:
+    """True when the master has heard nothing from a session for too long (monotonic seconds)."""
+    return now - last_seen > heartbeat_timeout
+
+
+def reaper_tick(heartbeat_timeout: float, lease_for: float) -> float:
+    """How long the master's reaper sleeps between looks at its sessions."""
+    return min(REAPER_TICK_MAX, heartbeat_timeout / 4, lease_for / EXTENSIONS_PER_LEASE)
+
+
+def extend_every(lease_for: float) -> float:
+    """Seconds between extensions of the leases held by live sessions."""
+    return lease_for / EXTENSIONS_PER_LEASE
+
+
+def purge_every(result_ttl: float) -> float:
+    """Seconds between purges of finished tasks older than the result TTL."""
+    return min(PURGE_EVERY_MAX, max(PURGE_EVERY_MIN, result_ttl / 4))
+
+
+def next_backoff(delay: float, *, maximum: float = RECONNECT_MAX) -> float:
+    """The pause after a failed reconnect attempt that followed a pause of ``delay``."""
+    return min(delay * 2, maximum)
+
+
+@dataclass
+class Cadence:
+    """Says when something done every ``every`` seconds is due again.
+
+    ``due(now)`` is true at most once per period and then starts the next
+    one; ``last`` is when it last fired (the clock is the caller's).
+    """
+
+    every: float
+    last: float
+
+    def due(self, now: float) -> bool:
+        if now - self.last >= self.every:
+            self.last = now
+            return True
+        return False
