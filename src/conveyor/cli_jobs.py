@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import NotFound
-from .store import FINISHED, STATES
+from .records import FINISHED, STATES
 
 
 def _when(ts: float | None) -> str:

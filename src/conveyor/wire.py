@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ProtocolError
+from .records import FINISHED, Lease, NewTask, Outcome, Result
 from .serde import CODECS
-from .store.base import FINISHED, Lease, NewTask, Outcome, Result
 
 MAX_ID = 128
 MAX_NAME = 512

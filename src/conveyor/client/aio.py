@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import protocol, serde, wire
 from ..errors import NotFound
-from ..store.base import NewTask, Result
+from ..records import NewTask, Result
 from .client import decode_result, resolve_address, resolve_authkey
 from .core import Address, ClientCore
 from .options import make_task, split_options

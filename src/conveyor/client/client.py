@@ -22,7 +22,7 @@ from typing import Any
 from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
 from ..errors import ConnectionLost, NotFound, TaskError
-from ..store.base import NewTask, Result
+from ..records import NewTask, Result
 from .core import Address, parse_address
 from .options import make_task, split_options
 from .queues import NetworkQueue, ack_auto_items

@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import protocol, wire
 from ..errors import AuthenticationError, ConnectionLost, ProtocolError, RemoteError
-from ..store.base import NewTask, Result
+from ..records import NewTask, Result
 
 log = logging.getLogger("conveyor.client")
 

@@ -12,8 +12,8 @@ from typing import Any
 from .. import serde
 from ..ids import new_id
 from ..ratelimit import parse_rate
+from ..records import NewTask
 from ..retries import normalise_options
-from ..store.base import NewTask
 from ..tasks import task_options
 
 # Keyword arguments of Client.submit that are options, not arguments of the task.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import protocol, serde, wire
 from ..errors import ProtocolError
 from ..ratelimit import TokenBucket, parse_rate
-from ..store import DEAD, FAILED, FINISHED, LEASED, STATES, Lease, Outcome, TaskInfo
+from ..records import DEAD, FAILED, FINISHED, LEASED, STATES, Lease, Outcome, TaskInfo
 
 if TYPE_CHECKING:
     from .server import Master

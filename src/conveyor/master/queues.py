@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol, wire
 from ..errors import ProtocolError
+from ..records import STORED, Lease, NewTask, Outcome
 from ..serde import CODECS, PICKLE
-from ..store import STORED, Lease, NewTask, Outcome
 
 if TYPE_CHECKING:
     from .server import Master

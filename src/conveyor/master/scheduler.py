@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde
 from ..errors import NotFound, SerializationError
+from ..records import NewTask
 from ..schedule import Schedule, due_slots, next_slot, slot_task_id
-from ..store import NewTask
 
 if TYPE_CHECKING:
     from .server import Master

@@ -29,122 +29,30 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-# Task states, as stored.
-DELAYED = "delayed"
-READY = "ready"
-LEASED = "leased"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-DEAD = "dead"
-CANCELLED = "cancelled"
-WAITING = "waiting"  # waits for the tasks it depends on (NewTask.after) to succeed
-STATES = (WAITING, DELAYED, READY, LEASED, SUCCEEDED, FAILED, DEAD, CANCELLED)
-FINISHED = (SUCCEEDED, FAILED, DEAD, CANCELLED)
-
-# Outcomes of Store.complete, one per Outcome given.
-STORED = "stored"  # the result was stored; the task is finished
-DUPLICATE = "duplicate"  # a result was stored already: this one is dropped (and counted)
-STALE = "stale"  # a failure from an attempt that no longer holds the lease: ignored
-UNKNOWN = "unknown"  # no task with that id
-
-
-@dataclass(slots=True)
-class NewTask:
-    """A task (or plain queue item, when ``name`` is None) to enqueue.
-
-    ``payload`` and ``options`` are opaque to the store; ``codec`` names how
-    the payload is encoded. ``not_before`` > now makes the task delayed.
-    """
-
-    id: str
-    queue: str
-    name: str | None
-    payload: bytes
-    codec: str = "msgpack"
-    priority: int = 0
-    not_before: float = 0.0
-    options: dict[str, Any] = field(default_factory=dict)
-    after: list[str] = field(default_factory=list)  # ids that must succeed first
-
-
-@dataclass(slots=True)
-class Lease:
-    """A task handed to a consumer; ``token`` is its attempt number (fencing token)."""
-
-    id: str
-    queue: str
-    name: str | None
-    payload: bytes
-    codec: str
-    token: int
-    options: dict[str, Any]
-    failures: int = 0  # errors recorded for this task so far (failed attempts)
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What a consumer reports for one leased task: a value (ok) or an error."""
-
-    id: str
-    token: int
-    ok: bool
-    payload: bytes
-    codec: str = "msgpack"
-
-
-@dataclass(slots=True)
-class Result:
-    """A stored result: ``payload`` is the encoded value when ``ok``, else an encoded error."""
-
-    id: str
-    ok: bool
-    payload: bytes
-    codec: str
-    state: str
-    finished_at: float
-
-
-@dataclass(slots=True)
-class TaskInfo:
-    """Everything stored about one task, for inspection."""
-
-    id: str
-    queue: str
-    name: str | None
-    state: str
-    priority: int
-    attempts: int
-    created_at: float
-    not_before: float
-    lease_owner: str | None
-    lease_deadline: float | None
-    started_at: float | None
-    finished_at: float | None
-    options: dict[str, Any]
-    errors: list[bytes]
-    result: Result | None
-    after: list[str] = field(default_factory=list)
-    progress: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class QueueStats:
-    """Counts of tasks by state in one queue."""
-
-    waiting: int = 0
-    ready: int = 0
-    delayed: int = 0
-    leased: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    dead: int = 0
-    cancelled: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {s: getattr(self, s) for s in STATES}
+from ..records import (  # noqa: F401 - the store interface speaks in these records
+    CANCELLED,
+    DEAD,
+    DELAYED,
+    DUPLICATE,
+    FAILED,
+    FINISHED,
+    LEASED,
+    READY,
+    STALE,
+    STATES,
+    STORED,
+    SUCCEEDED,
+    UNKNOWN,
+    WAITING,
+    Lease,
+    NewTask,
+    Outcome,
+    QueueStats,
+    Result,
+    TaskInfo,
+)
 
 
 class Store(abc.ABC):
