@@ -48,9 +48,10 @@ class LocalCluster:
         log_dir: str | os.PathLike | None = None,
         start_timeout: float = 20.0,
     ) -> None:
-        self._tmp = tempfile.mkdtemp(prefix="conveyor-cluster-")
-        self.data = Path(data) if data is not None else Path(self._tmp) / "data"
-        self.log_dir = Path(log_dir) if log_dir is not None else Path(self._tmp) / "logs"
+        # A temporary folder only for what the caller did not place; removed on exit.
+        self._tmp = tempfile.mkdtemp(prefix="conveyor-cluster-") if data is None or log_dir is None else None
+        self.data = Path(data) if data is not None else Path(self._tmp or ".") / "data"
+        self.log_dir = Path(log_dir) if log_dir is not None else Path(self._tmp or ".") / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.authkey = authkey if authkey is not None else secrets.token_hex(16).encode()
         self.n_workers = workers
@@ -187,4 +188,5 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
