@@ -61,6 +61,12 @@ class Store(abc.ABC):
     #: True when a commit costs no fsync, so batching commits gains little.
     cheap_commits: bool = True
 
+    #: True when a call waits on I/O the master's event loop must not wait for (a
+    #: database across the network): the store runner then runs this store's calls
+    #: on one thread of its own, one transaction at a time. False for in-process
+    #: stores (memory, SQLite), whose calls are cheap enough to run on the loop.
+    blocking_io: bool = False
+
     @abc.abstractmethod
     def enqueue(self, tasks: Sequence[NewTask], now: float) -> list[bool]:
         """Insert tasks; one bool each: True if new, False if that id existed (nothing changes).
