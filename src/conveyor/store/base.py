@@ -31,7 +31,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..records import (  # noqa: F401 - the store interface speaks in these records
+from ..records import (  # re-exported: the store interface speaks in these records
     CANCELLED,
     DEAD,
     DELAYED,
@@ -53,6 +53,13 @@ from ..records import (  # noqa: F401 - the store interface speaks in these reco
     Result,
     TaskInfo,
 )
+
+__all__ = [
+    "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED", "READY",
+    "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
+    "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskInfo",
+    "Store", "dependency_failed_error",
+]
 
 
 class Store(abc.ABC):

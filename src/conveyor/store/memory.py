@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import serde
-from .base import (
+from ..records import (
     CANCELLED,
     DEAD,
     DELAYED,
@@ -35,10 +35,9 @@ from .base import (
     Outcome,
     QueueStats,
     Result,
-    Store,
     TaskInfo,
-    dependency_failed_error,
 )
+from .base import Store, dependency_failed_error
 from .schedules import MemorySchedules, ScheduleRecord
 from .validate import FINISHED_STATES, check_page, finished_states
 
@@ -115,8 +114,8 @@ class _Rec:
         return other
 
     def result(self) -> Result | None:
-        if self.state not in FINISHED_STATES:
-            return None
+        if self.state not in FINISHED_STATES or self.finished_at is None:
+            return None  # (a finished task always has its finish time)
         return Result(self.id, bool(self.result_ok), self.result_payload or b"",
                       self.result_codec or "msgpack", self.state, self.finished_at)
 
@@ -171,10 +170,11 @@ class MemoryStore(Store):
         for rec in self._records.values():
             self._count(rec.queue, rec.state, 1)
             self._index(rec)
-        for heap in self._ready.values():
-            heapq.heapify(heap)
-        for heap in (self._delayed, self._deadlines, self._finished):
-            heapq.heapify(heap)
+        for ready in self._ready.values():
+            heapq.heapify(ready)
+        heapq.heapify(self._delayed)
+        heapq.heapify(self._deadlines)
+        heapq.heapify(self._finished)
 
     def _index(self, rec: _Rec) -> None:
         """Add ``rec`` to the index of its (new) state; counts are kept by _move."""
@@ -184,14 +184,17 @@ class MemoryStore(Store):
         elif state == DELAYED:
             heapq.heappush(self._delayed, (rec.not_before, rec.seq, rec.id))
         elif state == LEASED:
+            assert rec.lease_owner is not None  # a leased task has its owner and deadline
             self._owners.setdefault(rec.lease_owner, set()).add(rec.id)
             self._push_deadline(rec)
             self._leased += 1
         elif state != WAITING:  # waiting tasks are found through their dependencies
+            assert rec.finished_at is not None  # a finished task has its finish time
             heapq.heappush(self._finished, (rec.finished_at, rec.seq, rec.id))
 
     def _push_deadline(self, rec: _Rec) -> None:
         heap = self._deadlines
+        assert rec.lease_deadline is not None
         heapq.heappush(heap, (rec.lease_deadline, rec.seq, rec.attempts, rec.id))
         if len(heap) > 2 * self._leased + 1024:  # drop entries left behind by extensions
             live = []
@@ -219,11 +222,12 @@ class MemoryStore(Store):
         """
         old = rec.state
         if old == LEASED:
-            owned = self._owners.get(rec.lease_owner)
-            if owned is not None:
+            owner = rec.lease_owner
+            owned = None if owner is None else self._owners.get(owner)
+            if owner is not None and owned is not None:
                 owned.discard(rec.id)
                 if not owned:
-                    del self._owners[rec.lease_owner]
+                    del self._owners[owner]
             self._leased -= 1
         if state != LEASED:
             rec.lease_owner = None
@@ -557,8 +561,9 @@ class MemoryStore(Store):
         with self._lock:
             for task_id in ids:
                 rec = self._records.get(task_id)
-                if rec is not None and rec.state in FINISHED_STATES:
-                    out[task_id] = rec.result()
+                result = None if rec is None else rec.result()
+                if result is not None:
+                    out[task_id] = result
         return out
 
     def get(self, task_id: str) -> TaskInfo | None:

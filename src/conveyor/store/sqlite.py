@@ -25,8 +25,7 @@ from typing import Any
 
 from .. import serde
 from ..errors import StoreError
-from . import schedules as sched
-from .base import (
+from ..records import (
     CANCELLED,
     DEAD,
     DELAYED,
@@ -44,10 +43,10 @@ from .base import (
     Outcome,
     QueueStats,
     Result,
-    Store,
     TaskInfo,
-    dependency_failed_error,
 )
+from . import schedules as sched
+from .base import Store, dependency_failed_error
 from .sqlite_schema import SCHEMA_VERSION, check, migrate
 from .validate import FINISHED_STATES, check_page, finished_states
 
@@ -62,7 +61,7 @@ _INSERT_TASK = ("INSERT INTO tasks (id, queue, name, state, priority, created_at
                 "payload, codec, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def _task_row(t: NewTask, state: str, now: float) -> tuple:
+def _task_row(t: NewTask, state: str, now: float) -> tuple[Any, ...]:
     """The values _INSERT_TASK stores for a new task."""
     return (t.id, t.queue, t.name, state, int(t.priority), now, float(t.not_before), bytes(t.payload),
             t.codec, serde.packb(t.options) if t.options else None)
@@ -505,7 +504,7 @@ class SQLiteStore(Store):
                 [(task_id, int(token)) for task_id, token in leases])
             return cur.rowcount
 
-    def _return_to_ready(self, condition: str, params: tuple) -> list[str]:
+    def _return_to_ready(self, condition: str, params: tuple[Any, ...]) -> list[str]:
         """Hand back the leased tasks matching ``condition``; their ids in enqueue order."""
         with self.transaction():
             rows = self.conn.execute(
@@ -702,10 +701,11 @@ class SQLiteStore(Store):
     def pending_counts(self, queue: str) -> tuple[int, int, int]:
         """(ready, delayed, leased) counts of one queue, each from its partial index."""
         with self._reading() as conn:
-            return tuple(  # type: ignore[return-value]
-                conn.execute(f"SELECT count(*) FROM tasks WHERE state = '{state}' AND queue = ?",
-                             (queue,)).fetchone()[0]
+            ready, delayed, leased = (
+                int(conn.execute(f"SELECT count(*) FROM tasks WHERE state = '{state}' AND queue = ?",
+                                 (queue,)).fetchone()[0])
                 for state in (READY, DELAYED, LEASED))
+        return ready, delayed, leased
 
     def stats(self) -> dict[str, QueueStats]:
         """Counts by state for every queue that has tasks."""
