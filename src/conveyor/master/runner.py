@@ -2,25 +2,54 @@
 
 Calls made while the event loop handles one burst of messages are queued
 and run together, in the order they were made, in one transaction at the
-end of that loop iteration. With ``--sync full`` the fsync of one batch
-blocks the loop, and whatever arrives meanwhile becomes the next, larger
-batch: a thousand clients' submits cost a handful of fsyncs, not a
-thousand. Running on the loop thread (not a store thread) saves two thread
-hand-offs per call, which is most of a task's latency on a fast disk.
+end of that loop iteration. Each call's future resolves only after the
+commit that includes it; if that commit fails, every call of the batch
+fails with its error (nothing of it happened, so nothing is answered).
 
-When commits are cheap (no fsync) calls run at once instead ("inline"), and
-the master brackets the handling of one read with :meth:`StoreRunner.begin`
-and :meth:`StoreRunner.end`: everything that read caused (a submit and the
-lease that hands it to a worker, say) shares one commit.
+Where a store runs its calls depends on what it says it is
+(:attr:`~conveyor.store.base.Store.blocking_io`):
+
+* **In-process stores** (memory, SQLite) run on the loop thread. With
+  ``--sync full`` the fsync of one batch blocks the loop, and whatever arrives
+  meanwhile becomes the next, larger batch: a thousand clients' submits cost a
+  handful of fsyncs, not a thousand. Running on the loop thread (not a store
+  thread) saves two thread hand-offs per call, which is most of a task's
+  latency on a fast disk. When commits are cheap (no fsync) calls run at once
+  instead ("inline"), and the master brackets the handling of one read with
+  :meth:`StoreRunner.begin` and :meth:`StoreRunner.end`: everything that read
+  caused (a submit and the lease that hands it to a worker, say) shares one
+  commit.
+* **Networked stores** (``blocking_io = True``) never run on the loop: each
+  batch runs on one dedicated store thread (so every transaction stays on the
+  one connection that thread uses), one batch at a time, while the loop goes on
+  serving pings, heartbeats and everything that needs no store. Calls made
+  while a batch is in flight become the next batch, the same group commit.
+  Such a runner is never inline: a call cannot return at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
-from typing import Any
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
-from ..store import Store
+from ..store.base import Store
+
+
+class _Call(NamedTuple):
+    """One queued store call and the future its caller awaits."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    durable: bool
+
+
+#: What became of one call: (its future, whether it returned, its value or exception).
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 
 class StoreRunner:
@@ -29,16 +58,24 @@ class StoreRunner:
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, *, max_batch: int = 1024,
                  inline: bool = False) -> None:
         self.store = store
+        #: True when the store's calls run on the store thread, never on the loop.
+        self.off_loop = store.blocking_io
         # inline: with nothing queued, run a call at once in its own commit. Worth it
         # when commits are cheap (no fsync): it saves the loop turns a deferred batch costs.
-        self.inline = inline
+        self.inline = inline and not self.off_loop
         self._loop = loop
         self._max_batch = max_batch
-        self._pending: list[tuple[Callable[..., Any], tuple, asyncio.Future, bool]] = []
+        self._pending: list[_Call] = []
         self._scheduled = False
         self._closing = False
         self._batching = False  # between begin() and end(): inline calls share one transaction
-        self._batch: Any = None  # that transaction, once a call opened it
+        self._batch: contextlib.AbstractContextManager[None] | None = None  # that transaction, once open
+        # Off the loop: one thread, so the store's connection is only ever used from it,
+        # and the batch running there (one at a time, in call order).
+        self._thread: ThreadPoolExecutor | None = None
+        self._in_flight: ThreadFuture[list[_Outcome]] | None = None
+        if self.off_loop:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-store")
         self.commits = 0
 
     def begin(self) -> None:
@@ -63,12 +100,14 @@ class StoreRunner:
         self.commits += 1
         return True
 
-    def call(self, fn: Callable[..., Any], *args: Any, durable: bool = True) -> asyncio.Future:
+    def call(self, fn: Callable[..., Any], *args: Any, durable: bool = True) -> asyncio.Future[Any]:
         """Schedule ``fn(*args)``; the future resolves after the commit that includes it.
 
         ``durable=False`` marks a change a restart undoes anyway (a lease, a
         lease extension, a progress report): a batch of only such calls is
-        committed without an fsync, even with ``--sync full``.
+        committed without an fsync, even with ``--sync full``. For a store off
+        the loop, ``fn`` runs on the store thread: it must touch nothing but
+        the store and its own arguments.
         """
         if self._closing:
             raise RuntimeError("store runner is closed")
@@ -93,37 +132,87 @@ class StoreRunner:
             else:
                 fut.set_result(value)
             return fut
-        self._pending.append((fn, args, fut, durable))
+        self._pending.append(_Call(fn, args, fut, durable))
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
         return fut
 
+    # -- running batches -------------------------------------------------------
+
+    def _take(self) -> list[_Call]:
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        return batch
+
+    def _run(self, batch: list[_Call]) -> list[_Outcome]:
+        """Run ``batch`` in one transaction (on whichever thread owns the store); never raises."""
+        outcomes: list[_Outcome] = []
+        try:
+            with self.store.transaction(durable=any(call.durable for call in batch)):
+                for call in batch:
+                    try:
+                        outcomes.append((call.future, True, call.fn(*call.args)))
+                    except Exception as exc:  # that call fails (and is rolled back); the others commit
+                        outcomes.append((call.future, False, exc))
+            self.commits += 1
+        except Exception as exc:  # the commit itself failed: nothing in the batch happened
+            outcomes = [(call.future, False, exc) for call in batch]
+        return outcomes
+
+    @staticmethod
+    def _deliver(outcomes: list[_Outcome]) -> None:
+        """Resolve the futures of a committed (or failed) batch; on the loop thread only."""
+        for fut, ok, value in outcomes:
+            if fut.cancelled():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
     def _flush(self) -> None:
         self._scheduled = False
+        if self.off_loop:
+            if self._in_flight is None:
+                self._send()
+            return  # else: what is queued goes when the batch in flight lands
         while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            outcomes: list[tuple[asyncio.Future, bool, Any]] = []
-            try:
-                with self.store.transaction(durable=any(call[3] for call in batch)):
-                    for fn, args, fut, _ in batch:
-                        try:
-                            outcomes.append((fut, True, fn(*args)))
-                        except Exception as exc:  # that call fails (and is rolled back); the others commit
-                            outcomes.append((fut, False, exc))
-                self.commits += 1
-            except Exception as exc:  # the commit itself failed: nothing in the batch happened
-                outcomes = [(fut, False, exc) for _, _, fut, _ in batch]
-            for fut, ok, value in outcomes:
-                if fut.cancelled():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+            self._deliver(self._run(self._take()))
+
+    def _send(self) -> None:
+        """Hand the next batch to the store thread (off-loop stores)."""
+        if not self._pending or self._thread is None:
+            return
+        in_flight = self._thread.submit(self._run, self._take())
+        self._in_flight = in_flight
+        in_flight.add_done_callback(self._landed_elsewhere)
+
+    def _landed_elsewhere(self, in_flight: ThreadFuture[list[_Outcome]]) -> None:
+        # On the store thread: the futures belong to the loop, so resolve them there.
+        with contextlib.suppress(RuntimeError):  # the loop is closed: close() delivered them
+            self._loop.call_soon_threadsafe(self._landed, in_flight)
+
+    def _landed(self, in_flight: ThreadFuture[list[_Outcome]]) -> None:
+        if in_flight is not self._in_flight:
+            return  # close() delivered it already
+        self._in_flight = None
+        self._deliver(in_flight.result())
+        self._send()  # the calls made meanwhile: the next batch
 
     def close(self) -> None:
-        """Run the calls already queued; refuse new ones."""
-        self._flush()
+        """Run the calls already queued; refuse new ones.
+
+        Off the loop this waits (blocking the loop, once, at shutdown) for the
+        batch in flight and the ones queued, and stops the store thread.
+        """
+        if self._thread is not None:
+            if self._in_flight is not None:
+                in_flight, self._in_flight = self._in_flight, None
+                self._deliver(in_flight.result())
+            while self._pending:
+                self._deliver(self._thread.submit(self._run, self._take()).result())
+            self._thread.shutdown(wait=True)
+        else:
+            self._flush()
         self._closing = True

@@ -31,7 +31,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..records import (  # noqa: F401 - the store interface speaks in these records
+from ..records import (  # re-exported: the store interface speaks in these records
     CANCELLED,
     DEAD,
     DELAYED,
@@ -54,12 +54,25 @@ from ..records import (  # noqa: F401 - the store interface speaks in these reco
     TaskInfo,
 )
 
+__all__ = [
+    "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED", "READY",
+    "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
+    "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskInfo",
+    "Store", "dependency_failed_error",
+]
+
 
 class Store(abc.ABC):
     """The durable semantics of queues, leases and results."""
 
     #: True when a commit costs no fsync, so batching commits gains little.
     cheap_commits: bool = True
+
+    #: True when a call waits on I/O the master's event loop must not wait for (a
+    #: database across the network): the store runner then runs this store's calls
+    #: on one thread of its own, one transaction at a time. False for in-process
+    #: stores (memory, SQLite), whose calls are cheap enough to run on the loop.
+    blocking_io: bool = False
 
     @abc.abstractmethod
     def enqueue(self, tasks: Sequence[NewTask], now: float) -> list[bool]:

@@ -16,13 +16,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import serde
-from .base import (
+from ..records import (
     CANCELLED,
     DEAD,
     DELAYED,
     DUPLICATE,
     FAILED,
-    FINISHED,
     LEASED,
     READY,
     STALE,
@@ -36,14 +35,11 @@ from .base import (
     Outcome,
     QueueStats,
     Result,
-    Store,
     TaskInfo,
-    dependency_failed_error,
 )
-from .schedules import MemorySchedules  # periodic schedules: save_schedule, mark_slot...
-
-_FINISHED = frozenset(FINISHED)
-_STATES = frozenset(STATES)
+from .base import Store, dependency_failed_error
+from .schedules import MemorySchedules, ScheduleRecord
+from .validate import FINISHED_STATES, check_page, finished_states
 
 
 class _Rec:
@@ -58,74 +54,104 @@ class _Rec:
         # it, in enqueue order. ``progress`` is the last progress report, msgpack.
         "after", "dependents", "progress",
     )
+    seq: int
+    id: str
+    queue: str
+    name: str | None
+    state: str
+    priority: int
+    attempts: int
+    created_at: float
+    not_before: float
+    lease_owner: str | None
+    lease_deadline: float | None
+    started_at: float | None
+    finished_at: float | None
+    payload: bytes
+    codec: str
+    options: dict[str, Any]
+    errors: list[bytes]
+    result_ok: bool | None
+    result_payload: bytes | None
+    result_codec: str | None
+    after: tuple[str, ...]
+    dependents: list[str] | None
+    progress: bytes | None
 
     def copy(self) -> _Rec:
-        """A snapshot for the undo log (replaced below by an unrolled equivalent)."""
+        """A snapshot for the undo log: the lists changed in place are copied too.
+
+        Every lease and result snapshots the record it changes, so this is on
+        the hot path: one assignment per slot is about four times faster than a
+        getattr/setattr loop over ``__slots__``. ``options`` and ``after`` are
+        replaced, never changed in place, so they are shared. (A unit test checks
+        that every slot is copied.)
+        """
         other = _Rec.__new__(_Rec)
-        for name in _Rec.__slots__:
-            setattr(other, name, getattr(self, name))
+        other.seq = self.seq
+        other.id = self.id
+        other.queue = self.queue
+        other.name = self.name
+        other.state = self.state
+        other.priority = self.priority
+        other.attempts = self.attempts
+        other.created_at = self.created_at
+        other.not_before = self.not_before
+        other.lease_owner = self.lease_owner
+        other.lease_deadline = self.lease_deadline
+        other.started_at = self.started_at
+        other.finished_at = self.finished_at
+        other.payload = self.payload
+        other.codec = self.codec
+        other.options = self.options
+        other.result_ok = self.result_ok
+        other.result_payload = self.result_payload
+        other.result_codec = self.result_codec
+        other.after = self.after
+        other.progress = self.progress
         other.errors = list(self.errors)
-        if self.dependents:
-            other.dependents = list(self.dependents)
+        other.dependents = list(self.dependents) if self.dependents else self.dependents
         return other
 
     def result(self) -> Result | None:
-        if self.state not in _FINISHED:
-            return None
+        if self.state not in FINISHED_STATES or self.finished_at is None:
+            return None  # (a finished task always has its finish time)
         return Result(self.id, bool(self.result_ok), self.result_payload or b"",
                       self.result_codec or "msgpack", self.state, self.finished_at)
 
 
-def _unrolled_copy() -> Any:
-    """_Rec.copy with one assignment per slot instead of a getattr/setattr loop.
+class _Undo:
+    """What one open transaction level changed, as it was before the change.
 
-    Every lease and result snapshots the record it changes, so this is on
-    the hot path; unrolled it is about four times faster.
+    ``tasks``: task id -> the record's snapshot (None: it did not exist);
+    ``schedules``: schedule name -> its record (None: it did not exist).
+    Restored if the level raises; merged into the enclosing level if it commits.
     """
-    lines = ["def copy(self):", "    other = new(_Rec)"]
-    lines += [f"    other.{name} = self.{name}" for name in _Rec.__slots__]
-    lines += ["    other.errors = list(self.errors)",
-              "    if self.dependents:",
-              "        other.dependents = list(self.dependents)",
-              "    return other"]
-    namespace: dict[str, Any] = {"_Rec": _Rec, "new": _Rec.__new__}
-    exec("\n".join(lines), namespace)  # a fixed source, built from __slots__
-    copy = namespace["copy"]
-    copy.__doc__ = _Rec.copy.__doc__
-    return copy
+
+    __slots__ = ("tasks", "schedules")
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, _Rec | None] = {}
+        self.schedules: dict[str, ScheduleRecord | None] = {}
+
+    def merge_into(self, parent: _Undo) -> None:
+        """Keep the older snapshot of each: the enclosing level undoes back to its own start."""
+        for task_id, snap in self.tasks.items():
+            parent.tasks.setdefault(task_id, snap)
+        for name, record in self.schedules.items():
+            parent.schedules.setdefault(name, record)
 
 
-_Rec.copy = _unrolled_copy()  # type: ignore[method-assign]
-
-
-def _finished_states(states: Sequence[str], what: str) -> frozenset[str]:
-    """``states`` as a set; ValueError unless every one is a finished state."""
-    wanted = frozenset(states)
-    bad = sorted(wanted - _FINISHED)
-    if bad:
-        raise ValueError(f"cannot {what} {bad[0]} tasks: only finished states "
-                         f"({', '.join(FINISHED)})")
-    return wanted
-
-
-def _check_page(state: str | None, limit: int, offset: int) -> None:
-    if state is not None and state not in _STATES:
-        raise ValueError(f"unknown state {state!r}: choose one of {', '.join(STATES)}")
-    if not 1 <= limit <= 1000:
-        raise ValueError(f"limit must be 1..1000, not {limit}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, not {offset}")
-
-
-class MemoryStore(MemorySchedules, Store):
+class MemoryStore(Store):
     """Thread-safe in-memory :class:`Store` with heap-ordered per-queue ready sets."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._records: dict[str, _Rec] = {}
         self._seq = 0
-        # One undo map per open transaction level: id -> snapshot (None: did not exist).
-        self._undo: list[dict[str, _Rec | None]] = []
+        self._schedules = MemorySchedules()
+        # One undo log per open transaction level, innermost last.
+        self._undo: list[_Undo] = []
         self._reset_indexes()
 
     # -- indexes -----------------------------------------------------------
@@ -144,10 +170,11 @@ class MemoryStore(MemorySchedules, Store):
         for rec in self._records.values():
             self._count(rec.queue, rec.state, 1)
             self._index(rec)
-        for heap in self._ready.values():
-            heapq.heapify(heap)
-        for heap in (self._delayed, self._deadlines, self._finished):
-            heapq.heapify(heap)
+        for ready in self._ready.values():
+            heapq.heapify(ready)
+        heapq.heapify(self._delayed)
+        heapq.heapify(self._deadlines)
+        heapq.heapify(self._finished)
 
     def _index(self, rec: _Rec) -> None:
         """Add ``rec`` to the index of its (new) state; counts are kept by _move."""
@@ -157,14 +184,17 @@ class MemoryStore(MemorySchedules, Store):
         elif state == DELAYED:
             heapq.heappush(self._delayed, (rec.not_before, rec.seq, rec.id))
         elif state == LEASED:
+            assert rec.lease_owner is not None  # a leased task has its owner and deadline
             self._owners.setdefault(rec.lease_owner, set()).add(rec.id)
             self._push_deadline(rec)
             self._leased += 1
         elif state != WAITING:  # waiting tasks are found through their dependencies
+            assert rec.finished_at is not None  # a finished task has its finish time
             heapq.heappush(self._finished, (rec.finished_at, rec.seq, rec.id))
 
     def _push_deadline(self, rec: _Rec) -> None:
         heap = self._deadlines
+        assert rec.lease_deadline is not None
         heapq.heappush(heap, (rec.lease_deadline, rec.seq, rec.attempts, rec.id))
         if len(heap) > 2 * self._leased + 1024:  # drop entries left behind by extensions
             live = []
@@ -192,11 +222,12 @@ class MemoryStore(MemorySchedules, Store):
         """
         old = rec.state
         if old == LEASED:
-            owned = self._owners.get(rec.lease_owner)
-            if owned is not None:
+            owner = rec.lease_owner
+            owned = None if owner is None else self._owners.get(owner)
+            if owner is not None and owned is not None:
                 owned.discard(rec.id)
                 if not owned:
-                    del self._owners[rec.lease_owner]
+                    del self._owners[owner]
             self._leased -= 1
         if state != LEASED:
             rec.lease_owner = None
@@ -210,7 +241,7 @@ class MemoryStore(MemorySchedules, Store):
 
     def _touch(self, rec: _Rec) -> None:
         """Remember ``rec`` as it was before this transaction level changed it."""
-        top = self._undo[-1]
+        top = self._undo[-1].tasks
         if rec.id not in top:
             top[rec.id] = rec.copy()
 
@@ -221,27 +252,25 @@ class MemoryStore(MemorySchedules, Store):
         Undo snapshots are cheap here, so ``savepoints`` changes nothing.
         """
         with self._lock:
-            self._undo.append({})
+            self._undo.append(_Undo())
             try:
                 yield
             except BaseException:
                 undo = self._undo.pop()
-                if undo:
-                    for task_id, snap in undo.items():
-                        if type(task_id) is tuple:  # a schedule's snapshot (store/schedules.py)
-                            self._restore_schedule(task_id, snap)
-                        elif snap is None:
+                if undo.tasks:
+                    for task_id, snap in undo.tasks.items():
+                        if snap is None:
                             self._records.pop(task_id, None)
                         else:
                             self._records[task_id] = snap
                     self._rebuild_indexes()
+                if undo.schedules:
+                    self._schedules.restore(undo.schedules)
                 raise
             else:
                 undo = self._undo.pop()
                 if self._undo:
-                    parent = self._undo[-1]
-                    for task_id, snap in undo.items():
-                        parent.setdefault(task_id, snap)
+                    undo.merge_into(self._undo[-1])
 
     # -- the Store interface -------------------------------------------------
 
@@ -251,7 +280,7 @@ class MemoryStore(MemorySchedules, Store):
         with self.transaction():
             if any(t.after for t in tasks):
                 self._check_after(tasks)
-            undo = self._undo[-1]
+            undo = self._undo[-1].tasks
             for t in tasks:
                 if t.id in self._records:
                     out.append(False)
@@ -314,7 +343,7 @@ class MemoryStore(MemorySchedules, Store):
             dep.dependents.append(rec.id)
             if dep.state == SUCCEEDED:
                 continue
-            if dep.state in _FINISHED:
+            if dep.state in FINISHED_STATES:
                 failed = failed or dep
             else:
                 waiting = True
@@ -393,7 +422,7 @@ class MemoryStore(MemorySchedules, Store):
                 rec = self._records.get(o.id)
                 if rec is None:
                     out.append(UNKNOWN)
-                elif rec.state in _FINISHED:
+                elif rec.state in FINISHED_STATES:
                     out.append(DUPLICATE)
                 elif o.ok and 1 <= o.token <= rec.attempts:
                     self._finish(rec, SUCCEEDED, True, o.payload, o.codec, now)
@@ -532,8 +561,9 @@ class MemoryStore(MemorySchedules, Store):
         with self._lock:
             for task_id in ids:
                 rec = self._records.get(task_id)
-                if rec is not None and rec.state in _FINISHED:
-                    out[task_id] = rec.result()
+                result = None if rec is None else rec.result()
+                if result is not None:
+                    out[task_id] = result
         return out
 
     def get(self, task_id: str) -> TaskInfo | None:
@@ -561,7 +591,7 @@ class MemoryStore(MemorySchedules, Store):
             if rec is None:
                 return None
             before = rec.state
-            if before in _FINISHED:
+            if before in FINISHED_STATES:
                 return before, None
             owner = rec.lease_owner if before == LEASED else None
             self._finish(rec, CANCELLED, False, error, "msgpack", now)
@@ -572,7 +602,7 @@ class MemoryStore(MemorySchedules, Store):
     def requeue(self, now: float, *, ids: Sequence[str] = (), queue: str | None = None,
                 states: Sequence[str] = (DEAD,)) -> list[str]:
         """Send finished tasks in ``states`` back to ready; their ids in enqueue order."""
-        wanted = _finished_states(states, "requeue")
+        wanted = finished_states(states, "requeue")
         with self.transaction():
             if ids:
                 found = {i for i in ids if i in self._records}
@@ -594,7 +624,7 @@ class MemoryStore(MemorySchedules, Store):
                     dep = self._records.get(dep_id)
                     if dep is None or dep.state == SUCCEEDED:
                         continue
-                    if dep.state in _FINISHED:
+                    if dep.state in FINISHED_STATES:
                         blocked = True  # it would fail again at once: retry the dependency too
                         break
                     waiting = True
@@ -627,7 +657,7 @@ class MemoryStore(MemorySchedules, Store):
                 child.after = tuple(i for i in child.after if i != rec.id)
 
     def _delete(self, rec: _Rec) -> None:
-        self._undo[-1].setdefault(rec.id, rec)  # the record itself is the snapshot
+        self._undo[-1].tasks.setdefault(rec.id, rec)  # the record itself is the snapshot
         del self._records[rec.id]
         self._count(rec.queue, rec.state, -1)
         if rec.after or rec.dependents:
@@ -635,7 +665,7 @@ class MemoryStore(MemorySchedules, Store):
 
     def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
         """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
-        wanted = _finished_states(states, "purge")
+        wanted = finished_states(states, "purge")
         with self.transaction():
             doomed = [rec for rec in self._records.values()
                       if rec.state in wanted and (queue is None or rec.queue == queue)]
@@ -646,7 +676,7 @@ class MemoryStore(MemorySchedules, Store):
     def list_tasks(self, *, queue: str | None = None, state: str | None = None,
                    limit: int = 50, offset: int = 0) -> list[TaskInfo]:
         """Tasks filtered by queue and/or state, in enqueue order, paged."""
-        _check_page(state, limit, offset)
+        check_page(state, limit, offset)
         with self._lock:
             recs = [rec for rec in self._records.values()
                     if (queue is None or rec.queue == queue) and (state is None or rec.state == state)]
@@ -672,7 +702,7 @@ class MemoryStore(MemorySchedules, Store):
             while heap and heap[0][0] < before:
                 finished_at, seq, task_id = heapq.heappop(heap)
                 rec = self._records.get(task_id)
-                if rec is None or rec.seq != seq or rec.state not in _FINISHED \
+                if rec is None or rec.seq != seq or rec.state not in FINISHED_STATES \
                         or rec.finished_at != finished_at:
                     continue  # purged, requeued or finished again since
                 self._delete(rec)
@@ -691,6 +721,28 @@ class MemoryStore(MemorySchedules, Store):
         """Counts by state for every queue that has tasks."""
         with self._lock:
             return {q: QueueStats(**counts) for q, counts in sorted(self._counts.items())}
+
+    # -- periodic schedules (store/schedules.py keeps the records) ------------
+
+    def save_schedule(self, record: dict[str, Any]) -> None:
+        """Insert or replace the schedule ``record["name"]``."""
+        with self.transaction():
+            self._schedules.save(record, self._undo[-1].schedules)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule record, by name."""
+        with self._lock:
+            return self._schedules.all()
+
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; False if there was none by that name."""
+        with self.transaction():
+            return self._schedules.remove(name, self._undo[-1].schedules)
+
+    def mark_slot(self, name: str, slot: float) -> None:
+        """Record that ``slot`` of ``name`` was enqueued (``last_slot`` only moves forward)."""
+        with self.transaction():
+            self._schedules.mark_slot(name, slot, self._undo[-1].schedules)
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self._records)} tasks)"

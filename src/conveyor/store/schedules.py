@@ -1,10 +1,13 @@
-"""Periodic schedules in the stores: the ``save_schedule``, ``schedules``,
-``remove_schedule`` and ``mark_slot`` methods of :class:`~conveyor.store.base.Store`.
+"""Periodic schedules in the stores: the records behind ``save_schedule``,
+``schedules``, ``remove_schedule`` and ``mark_slot`` of
+:class:`~conveyor.store.base.Store`.
 
-Kept apart from memory.py and sqlite.py (each store class inherits its mixin
-here) so the schedule records and the task records stay independent. A
-record is a plain dict (see base.py); ``last_slot`` only moves forward, so a
-master that looked late can never make an enqueued slot due again.
+Kept apart from memory.py and sqlite.py so the schedule records and the task
+records stay independent: :class:`MemorySchedules` is an object the memory
+store owns, and the ``sql_*`` functions run on the SQLite store's connection
+inside its transactions. A record is a plain dict (see base.py);
+``last_slot`` only moves forward, so a master that looked late can never make
+an enqueued slot due again.
 """
 
 from __future__ import annotations
@@ -14,30 +17,15 @@ from typing import Any
 
 from .. import serde
 
+#: A schedule record: name, task, queue, payload, codec, cron, every, tz, missed,
+#: options, source, created_at, last_slot.
+ScheduleRecord = dict[str, Any]
+
 COLUMNS = ("name", "task", "queue", "payload", "codec", "cron", "every", "tz", "missed",
            "options", "source", "created_at", "last_slot")
 
-# Schema version 2 added this table; a version-1 file gets it from migrate_v1.
-SQLITE_DDL = """
-CREATE TABLE IF NOT EXISTS schedules (
-    name       TEXT PRIMARY KEY,
-    task       TEXT NOT NULL,
-    queue      TEXT NOT NULL,
-    payload    BLOB NOT NULL,
-    codec      TEXT NOT NULL,
-    cron       TEXT,
-    every      REAL,
-    tz         TEXT NOT NULL,
-    missed     TEXT NOT NULL,
-    options    BLOB,
-    source     TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_slot  REAL
-);
-"""
 
-
-def normalise(record: dict[str, Any]) -> dict[str, Any]:
+def normalise(record: ScheduleRecord) -> ScheduleRecord:
     """A copy of ``record`` with every column, in the types the stores keep."""
     missing = [c for c in ("name", "task", "queue", "payload", "created_at") if record.get(c) is None]
     if missing:
@@ -54,112 +42,92 @@ def normalise(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _copy(rec: dict[str, Any]) -> dict[str, Any]:
+def _copy(rec: ScheduleRecord) -> ScheduleRecord:
     out = dict(rec)
     out["options"] = dict(rec["options"])
     return out
 
 
 class MemorySchedules:
-    """Schedules for :class:`~conveyor.store.memory.MemoryStore`: a dict by name, under
-    the store's lock, rolled back with its transactions (the undo map keeps a
-    snapshot under the key ``("schedule", name)``)."""
+    """The schedules of a :class:`~conveyor.store.memory.MemoryStore`: a dict by name.
 
-    def _schedule_map(self) -> dict[str, dict[str, Any]]:
-        try:
-            return self._schedule_records  # type: ignore[has-type]
-        except AttributeError:
-            self._schedule_records: dict[str, dict[str, Any]] = {}
-            return self._schedule_records
+    The store calls these under its lock, inside a transaction; each change
+    first records the schedule as it was in ``undo`` (the open transaction
+    level's schedule snapshots: name -> record, None for "did not exist"), and
+    :meth:`restore` puts those snapshots back when the level is rolled back.
+    """
 
-    def _touch_schedule(self, name: str) -> None:
-        """Remember schedule ``name`` as it was before this transaction level changed it."""
-        key = ("schedule", name)
-        top = self._undo[-1]  # type: ignore[attr-defined]
-        if key not in top:
-            old = self._schedule_map().get(name)
-            top[key] = None if old is None else _copy(old)
+    def __init__(self) -> None:
+        self._records: dict[str, ScheduleRecord] = {}
 
-    def _restore_schedule(self, key: tuple[str, str], snap: dict[str, Any] | None) -> None:
-        """Undo a rolled-back change (called by MemoryStore.transaction)."""
-        records = self._schedule_map()
-        if snap is None:
-            records.pop(key[1], None)
-        else:
-            records[key[1]] = snap
+    def _remember(self, name: str, undo: dict[str, ScheduleRecord | None]) -> None:
+        if name not in undo:
+            old = self._records.get(name)
+            undo[name] = None if old is None else _copy(old)
 
-    def save_schedule(self, record: dict[str, Any]) -> None:
+    def save(self, record: ScheduleRecord, undo: dict[str, ScheduleRecord | None]) -> None:
+        """Insert or replace the schedule ``record["name"]``."""
         rec = normalise(record)
-        with self.transaction():  # type: ignore[attr-defined]
-            self._touch_schedule(rec["name"])
-            self._schedule_map()[rec["name"]] = rec
+        self._remember(rec["name"], undo)
+        self._records[rec["name"]] = rec
 
-    def schedules(self) -> list[dict[str, Any]]:
-        with self._lock:  # type: ignore[attr-defined]
-            records = self._schedule_map()
-            return [_copy(records[name]) for name in sorted(records)]
+    def all(self) -> list[ScheduleRecord]:
+        """Copies of every record, by name."""
+        return [_copy(self._records[name]) for name in sorted(self._records)]
 
-    def remove_schedule(self, name: str) -> bool:
-        with self.transaction():  # type: ignore[attr-defined]
-            if name not in self._schedule_map():
-                return False
-            self._touch_schedule(name)
-            del self._schedule_map()[name]
-            return True
+    def remove(self, name: str, undo: dict[str, ScheduleRecord | None]) -> bool:
+        """Delete schedule ``name``; False if there was none."""
+        if name not in self._records:
+            return False
+        self._remember(name, undo)
+        del self._records[name]
+        return True
 
-    def mark_slot(self, name: str, slot: float) -> None:
-        with self.transaction():  # type: ignore[attr-defined]
-            rec = self._schedule_map().get(name)
-            if rec is None or (rec["last_slot"] is not None and rec["last_slot"] >= slot):
-                return
-            self._touch_schedule(name)
-            rec["last_slot"] = float(slot)
+    def mark_slot(self, name: str, slot: float, undo: dict[str, ScheduleRecord | None]) -> None:
+        """Move ``last_slot`` of ``name`` forward to ``slot`` (never back)."""
+        rec = self._records.get(name)
+        if rec is None or (rec["last_slot"] is not None and rec["last_slot"] >= slot):
+            return
+        self._remember(name, undo)
+        rec["last_slot"] = float(slot)
 
-
-def migrate_v1(conn: sqlite3.Connection, to_version: int) -> int:
-    """Bring a schema-1 SQLite store to ``to_version`` by adding the schedules table."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 1:  # another process may have migrated it since we looked
-            conn.execute(SQLITE_DDL)
-            conn.execute(f"PRAGMA user_version = {int(to_version)}")
-            version = to_version
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return version
+    def restore(self, undo: dict[str, ScheduleRecord | None]) -> None:
+        """Put back the snapshots of a rolled-back transaction level."""
+        for name, snap in undo.items():
+            if snap is None:
+                self._records.pop(name, None)
+            else:
+                self._records[name] = snap
 
 
-class SQLiteSchedules:
-    """Schedules for :class:`~conveyor.store.sqlite.SQLiteStore`: the ``schedules`` table."""
+# -- the SQLite store's ``schedules`` table (created by store/sqlite_schema.py) --
 
-    def save_schedule(self, record: dict[str, Any]) -> None:
-        rec = normalise(record)
-        rec["options"] = serde.packb(rec["options"]) if rec["options"] else None
-        with self.transaction():  # type: ignore[attr-defined]
-            self.conn.execute(  # type: ignore[attr-defined]
-                f"INSERT OR REPLACE INTO schedules ({', '.join(COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(COLUMNS))})", [rec[c] for c in COLUMNS])
 
-    def schedules(self) -> list[dict[str, Any]]:
-        with self._reading() as conn:  # type: ignore[attr-defined]
-            rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM schedules ORDER BY name").fetchall()
-        out = []
-        for row in rows:
-            rec = dict(zip(COLUMNS, row))
-            rec["options"] = serde.unpackb(rec["options"]) if rec["options"] else {}
-            out.append(rec)
-        return out
+def sql_save(conn: sqlite3.Connection, record: ScheduleRecord) -> None:
+    """Insert or replace the schedule ``record["name"]``."""
+    rec = normalise(record)
+    rec["options"] = serde.packb(rec["options"]) if rec["options"] else None
+    conn.execute(f"INSERT OR REPLACE INTO schedules ({', '.join(COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(COLUMNS))})", [rec[c] for c in COLUMNS])
 
-    def remove_schedule(self, name: str) -> bool:
-        with self.transaction():  # type: ignore[attr-defined]
-            return self.conn.execute(  # type: ignore[attr-defined]
-                "DELETE FROM schedules WHERE name = ?", (name,)).rowcount > 0
 
-    def mark_slot(self, name: str, slot: float) -> None:
-        with self.transaction():  # type: ignore[attr-defined]
-            self.conn.execute(  # type: ignore[attr-defined]
-                "UPDATE schedules SET last_slot = ? WHERE name = ? "
-                "AND (last_slot IS NULL OR last_slot < ?)", (float(slot), name, float(slot)))
+def sql_all(conn: sqlite3.Connection) -> list[ScheduleRecord]:
+    """Every record, by name."""
+    rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM schedules ORDER BY name").fetchall()
+    out = []
+    for row in rows:
+        rec = dict(zip(COLUMNS, row))
+        rec["options"] = serde.unpackb(rec["options"]) if rec["options"] else {}
+        out.append(rec)
+    return out
+
+
+def sql_remove(conn: sqlite3.Connection, name: str) -> bool:
+    """Delete schedule ``name``; False if there was none."""
+    return conn.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount > 0
+
+
+def sql_mark_slot(conn: sqlite3.Connection, name: str, slot: float) -> None:
+    """Move ``last_slot`` of ``name`` forward to ``slot`` (never back)."""
+    conn.execute("UPDATE schedules SET last_slot = ? WHERE name = ? "
+                 "AND (last_slot IS NULL OR last_slot < ?)", (float(slot), name, float(slot)))

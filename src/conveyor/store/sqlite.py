@@ -25,13 +25,12 @@ from typing import Any
 
 from .. import serde
 from ..errors import StoreError
-from .base import (
+from ..records import (
     CANCELLED,
     DEAD,
     DELAYED,
     DUPLICATE,
     FAILED,
-    FINISHED,
     LEASED,
     READY,
     STALE,
@@ -44,18 +43,17 @@ from .base import (
     Outcome,
     QueueStats,
     Result,
-    Store,
     TaskInfo,
-    dependency_failed_error,
 )
-from .memory import _check_page, _finished_states
-from .schedules import SQLITE_DDL, SQLiteSchedules, migrate_v1  # periodic schedules
+from . import schedules as sched
+from .base import Store, dependency_failed_error
+from .sqlite_schema import SCHEMA_VERSION, check, migrate
+from .validate import FINISHED_STATES, check_page, finished_states
 
 DB_NAME = "conveyor.db"
-SCHEMA_VERSION = 2  # 2: the schedules table (store/schedules.py); 1 is migrated on open
 SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "SYNC_MODES", "SQLiteStore"]
 
-_FINISHED = frozenset(FINISHED)
 # The SQL below spells these states literally.
 assert (READY, LEASED, DELAYED, DEAD) == ("ready", "leased", "delayed", "dead")
 _CHUNK = 500  # ids per IN (...) list
@@ -63,46 +61,10 @@ _INSERT_TASK = ("INSERT INTO tasks (id, queue, name, state, priority, created_at
                 "payload, codec, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def _task_row(t: NewTask, state: str, now: float) -> tuple:
+def _task_row(t: NewTask, state: str, now: float) -> tuple[Any, ...]:
     """The values _INSERT_TASK stores for a new task."""
     return (t.id, t.queue, t.name, state, int(t.priority), now, float(t.not_before), bytes(t.payload),
             t.codec, serde.packb(t.options) if t.options else None)
-
-# State names are spelled literally in the SQL below (not bound as parameters)
-# so that SQLite can match each query to its partial index. The ready and
-# delayed indexes also carry ``state`` so the lease subquery and next_due are
-# answered from the index alone (SQLite 3.40 does not infer it from the WHERE).
-_SCHEMA = f"""
-CREATE TABLE tasks (
-    seq            INTEGER PRIMARY KEY,
-    id             TEXT    NOT NULL UNIQUE,
-    queue          TEXT    NOT NULL,
-    name           TEXT,
-    state          TEXT    NOT NULL,
-    priority       INTEGER NOT NULL DEFAULT 0,
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    created_at     REAL    NOT NULL,
-    not_before     REAL    NOT NULL DEFAULT 0,
-    lease_owner    TEXT,
-    lease_deadline REAL,
-    started_at     REAL,
-    finished_at    REAL,
-    payload        BLOB    NOT NULL,
-    codec          TEXT    NOT NULL,
-    options        BLOB,
-    errors         BLOB,
-    result_ok      INTEGER,
-    result_payload BLOB,
-    result_codec   TEXT
-);
-CREATE INDEX tasks_ready ON tasks (queue, priority DESC, seq, state) WHERE state = '{READY}';
-CREATE INDEX tasks_owner ON tasks (lease_owner) WHERE state = '{LEASED}';
-CREATE INDEX tasks_deadline ON tasks (lease_deadline) WHERE state = '{LEASED}';
-CREATE INDEX tasks_delayed ON tasks (not_before, state) WHERE state = '{DELAYED}';
-CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
-{SQLITE_DDL}
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
 
 _INFO_COLUMNS = (
     "id, queue, name, state, priority, attempts, created_at, not_before, lease_owner, "
@@ -111,22 +73,6 @@ _INFO_COLUMNS = (
 )
 
 _RETURN_TO_READY = "state = 'ready', lease_owner = NULL, lease_deadline = NULL"
-
-# Added to any schema version by _add_dependencies (additive and idempotent, so it
-# works on a fresh file and on one made before dependencies existed). ``deps`` has
-# one row per (task, dependency), in the order ``after`` named them (rowid);
-# ``deps_on`` finds the dependents of a finished task.
-_DEPS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS deps (
-    task_id    TEXT NOT NULL,
-    depends_on TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS deps_task ON deps (task_id, depends_on);
-CREATE INDEX IF NOT EXISTS deps_on ON deps (depends_on, task_id)
-"""
-_DEPS_OBJECTS = {"deps", "deps_task", "deps_on"}
-_TASK_COLUMNS_ADDED = {"progress": "BLOB"}  # column -> type, added by ALTER TABLE
-
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), size):
@@ -146,7 +92,7 @@ def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
     (tid, queue, name, state, priority, attempts, created_at, not_before, owner, deadline,
      started_at, finished_at, options, errors, ok, payload, codec, progress) = row
     result = None
-    if state in _FINISHED:
+    if state in FINISHED_STATES:
         result = Result(tid, bool(ok), payload or b"", codec or "msgpack", state, finished_at)
     return TaskInfo(
         id=tid, queue=queue, name=name, state=state, priority=priority, attempts=attempts,
@@ -158,7 +104,7 @@ def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
     )
 
 
-class SQLiteStore(SQLiteSchedules, Store):
+class SQLiteStore(Store):
     """The durable :class:`Store`: one SQLite database ``conveyor.db`` in ``path``.
 
     ``exclusive`` (the default) keeps the file locked by this connection from
@@ -207,10 +153,8 @@ class SQLiteStore(SQLiteSchedules, Store):
         self._conn = conn
 
     def _setup(self, conn: sqlite3.Connection) -> None:
-        # Reading the schema first detects a file that is not a database at all.
-        tables = {row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        where = str(self.path)
+        check(conn, where)  # before anything else: a foreign or newer file is left as it is
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"cannot open store at {self.path}: WAL journal mode unavailable ({mode})")
@@ -220,64 +164,9 @@ class SQLiteStore(SQLiteSchedules, Store):
         conn.execute("PRAGMA cache_size = -16000")  # 16 MiB page cache
         if self.exclusive:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-        if version == 0 and not tables:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have created it since we looked: look again, locked.
-                tables = {row[0] for row in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version == 0 and not tables:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    tables, version = {"tasks"}, SCHEMA_VERSION
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        if version == 1 and "tasks" in tables:  # schema 1 had no schedules table
-            version = migrate_v1(conn, SCHEMA_VERSION)
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"cannot open store at {self.path}: it has schema version {version}, "
-                f"newer than this conveyor's {SCHEMA_VERSION}; upgrade conveyor"
-            )
-        elif version != SCHEMA_VERSION or "tasks" not in tables:
-            raise StoreError(
-                f"cannot open store at {self.path}: the file is an SQLite database "
-                "but not a conveyor store"
-            )
-        self._add_dependencies(conn)
+        migrate(conn, where)
         # A cheap read through the tasks table catches a damaged schema or index root.
         conn.execute("SELECT seq FROM tasks ORDER BY seq DESC LIMIT 1").fetchall()
-
-    def _add_dependencies(self, conn: sqlite3.Connection) -> None:
-        """Add the deps table and tasks.progress where missing (any schema version)."""
-
-        def missing() -> tuple[list[str], bool]:
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-            names = {row[0] for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-            return ([c for c in _TASK_COLUMNS_ADDED if c not in columns],
-                    not _DEPS_OBJECTS <= names)
-
-        columns, deps = missing()
-        if columns or deps:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                columns, deps = missing()  # another process may have added them meanwhile
-                for column in columns:
-                    conn.execute(
-                        f"ALTER TABLE tasks ADD COLUMN {column} {_TASK_COLUMNS_ADDED[column]}")
-                if deps:
-                    for statement in _DEPS_SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         # Whether any task has dependencies: complete/nack/cancel skip the deps lookups
         # while none has. Once true it stays true (a rolled-back insert only costs needless
         # lookups); only this store writes deps rows (the master is the store's one writer).
@@ -436,7 +325,7 @@ class SQLiteStore(SQLiteSchedules, Store):
             if t.after:
                 after = list(dict.fromkeys(t.after))
                 links.extend((t.id, dep) for dep in after)
-                bad = next((d for d in after if states[d] in _FINISHED and states[d] != SUCCEEDED),
+                bad = next((d for d in after if states[d] in FINISHED_STATES and states[d] != SUCCEEDED),
                            None)
                 if bad is not None:
                     state = FAILED
@@ -550,7 +439,7 @@ class SQLiteStore(SQLiteSchedules, Store):
                     out.append(UNKNOWN)
                     continue
                 seq, state, attempts = cur
-                if state in _FINISHED:
+                if state in FINISHED_STATES:
                     out.append(DUPLICATE)
                     continue
                 if o.ok and 1 <= o.token <= attempts:
@@ -615,7 +504,7 @@ class SQLiteStore(SQLiteSchedules, Store):
                 [(task_id, int(token)) for task_id, token in leases])
             return cur.rowcount
 
-    def _return_to_ready(self, condition: str, params: tuple) -> list[str]:
+    def _return_to_ready(self, condition: str, params: tuple[Any, ...]) -> list[str]:
         """Hand back the leased tasks matching ``condition``; their ids in enqueue order."""
         with self.transaction():
             rows = self.conn.execute(
@@ -696,7 +585,7 @@ class SQLiteStore(SQLiteSchedules, Store):
             if row is None:
                 return None
             seq, state, owner = row
-            if state in _FINISHED:
+            if state in FINISHED_STATES:
                 return state, None
             conn.execute(
                 "UPDATE tasks SET state = 'cancelled', result_ok = 0, result_payload = ?, "
@@ -708,7 +597,7 @@ class SQLiteStore(SQLiteSchedules, Store):
     def requeue(self, now: float, *, ids: Sequence[str] = (), queue: str | None = None,
                 states: Sequence[str] = (DEAD,)) -> list[str]:
         """Send finished tasks in ``states`` back to ready; their ids in enqueue order."""
-        wanted = _finished_states(states, "requeue")
+        wanted = finished_states(states, "requeue")
         if not wanted or (not ids and queue is None):
             return []
         columns = "seq, id, queue, state, not_before, options, errors"
@@ -735,7 +624,7 @@ class SQLiteStore(SQLiteSchedules, Store):
                         "SELECT t.state FROM deps d JOIN tasks t ON t.id = d.depends_on "
                         "WHERE d.task_id = ?", (task_id,))}
                     dep_states.discard(SUCCEEDED)
-                    if dep_states & _FINISHED:
+                    if dep_states & FINISHED_STATES:
                         continue  # it would fail again at once: retry the dependency too
                     if dep_states:
                         target = WAITING
@@ -761,7 +650,7 @@ class SQLiteStore(SQLiteSchedules, Store):
 
     def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
         """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
-        wanted = _finished_states(states, "purge")
+        wanted = finished_states(states, "purge")
         if not wanted:
             return 0
         where = f"state IN ({_marks(len(wanted))})"
@@ -775,7 +664,7 @@ class SQLiteStore(SQLiteSchedules, Store):
     def list_tasks(self, *, queue: str | None = None, state: str | None = None,
                    limit: int = 50, offset: int = 0) -> list[TaskInfo]:
         """Tasks filtered by queue and/or state, in enqueue order, paged."""
-        _check_page(state, limit, offset)
+        check_page(state, limit, offset)
         where, params = [], []
         if queue is not None:
             where.append("queue = ?")
@@ -812,10 +701,11 @@ class SQLiteStore(SQLiteSchedules, Store):
     def pending_counts(self, queue: str) -> tuple[int, int, int]:
         """(ready, delayed, leased) counts of one queue, each from its partial index."""
         with self._reading() as conn:
-            return tuple(  # type: ignore[return-value]
-                conn.execute(f"SELECT count(*) FROM tasks WHERE state = '{state}' AND queue = ?",
-                             (queue,)).fetchone()[0]
+            ready, delayed, leased = (
+                int(conn.execute(f"SELECT count(*) FROM tasks WHERE state = '{state}' AND queue = ?",
+                                 (queue,)).fetchone()[0])
                 for state in (READY, DELAYED, LEASED))
+        return ready, delayed, leased
 
     def stats(self) -> dict[str, QueueStats]:
         """Counts by state for every queue that has tasks."""
@@ -829,3 +719,24 @@ class SQLiteStore(SQLiteSchedules, Store):
                 setattr(stats, state, n)
         return out
 
+    # -- periodic schedules (store/schedules.py) -----------------------------
+
+    def save_schedule(self, record: dict[str, Any]) -> None:
+        """Insert or replace the schedule ``record["name"]``."""
+        with self.transaction():
+            sched.sql_save(self.conn, record)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule record, by name."""
+        with self._reading() as conn:
+            return sched.sql_all(conn)
+
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; False if there was none by that name."""
+        with self.transaction():
+            return sched.sql_remove(self.conn, name)
+
+    def mark_slot(self, name: str, slot: float) -> None:
+        """Record that ``slot`` of ``name`` was enqueued (``last_slot`` only moves forward)."""
+        with self.transaction():
+            sched.sql_mark_slot(self.conn, name, slot)
