@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 #: The port a bare ``host`` means.
 DEFAULT_PORT = 7700
@@ -70,14 +71,17 @@ def parse_addresses(addresses: AddressesLike, default_port: int = DEFAULT_PORT) 
     A ``(host, port)`` tuple is one address; a list (or a tuple of addresses)
     is several.
     """
-    if isinstance(addresses, (str, Address)) or _is_host_port(addresses):
-        return (parse_address(addresses, default_port),)  # type: ignore[arg-type]
-    parsed = tuple(parse_address(a, default_port) for a in addresses)  # type: ignore[union-attr]
+    if isinstance(addresses, (str, Address)):
+        return (parse_address(addresses, default_port),)
+    if _is_host_port(addresses):
+        return (parse_address((addresses[0], addresses[1]), default_port),)
+    # (TypeGuard cannot tell mypy that a host-port tuple is gone by now.)
+    parsed = tuple(parse_address(a, default_port) for a in addresses)  # type: ignore[arg-type]
     if not parsed:
         raise ValueError("no master address given")
     return parsed
 
 
-def _is_host_port(value: object) -> bool:
+def _is_host_port(value: object) -> TypeGuard[tuple[str, int]]:
     return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)
             and isinstance(value[1], int))
