@@ -198,7 +198,7 @@ def test_ping_interval_follows_a_shorter_master_timeout_only():
 def test_a_failed_attempt_is_quiet_loud_or_fatal(caplog):
     link = BlockingLink("127.0.0.1:1", KEY)
     fut = link.request_nowait(protocol.PING, {})  # not connected: waits for a connection
-    with caplog.at_level(logging.WARNING, logger="conveyor.client"):
+    with caplog.at_level(logging.WARNING, logger="conveyor.link"):
         assert link._attempt_failed(ConnectionLost("refused")) == 0.05
         assert not caplog.records  # a master that is away is retried without a word
         assert link._attempt_failed(ProtocolError("bad magic")) == 0.1
@@ -356,3 +356,36 @@ def test_wrong_key_stops_the_first_connect():
     finally:
         link.close()
         master.close()
+
+
+# -- layering ------------------------------------------------------------------------------
+
+def _imported_modules(path) -> set[str]:
+    """The modules a source file imports, relative ones resolved against ``conveyor.<package>``."""
+    import ast
+
+    package = "conveyor." + path.parent.name
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("package", ["link", "worker"])
+def test_link_and_worker_import_nothing_from_the_client(package):
+    """The link sits below the clients, and the worker is no client: both stand without client/."""
+    from pathlib import Path
+
+    import conveyor
+
+    sources = sorted((Path(conveyor.__file__).parent / package).glob("*.py"))
+    assert sources
+    for path in sources:
+        imported = _imported_modules(path)
+        assert not [m for m in imported if m == "conveyor.client" or m.startswith("conveyor.client.")], path

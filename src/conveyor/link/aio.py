@@ -22,7 +22,7 @@ from .opening import Opening
 from .policy import Liveness
 from .state import LinkState
 
-log = logging.getLogger("conveyor.client")
+log = logging.getLogger("conveyor.link")
 
 
 class AsyncLink(LinkState):

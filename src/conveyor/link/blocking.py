@@ -28,7 +28,7 @@ from .address import AddressesLike
 from .policy import Liveness
 from .state import LinkState
 
-log = logging.getLogger("conveyor.client")
+log = logging.getLogger("conveyor.link")
 
 _READ_SIZE = 1 << 18
 

@@ -23,7 +23,7 @@ from .address import Address, AddressesLike, parse_addresses
 from .opening import Opening, hello_fields
 from .policy import Failure, Reconnect, failure_kind
 
-log = logging.getLogger("conveyor.client")
+log = logging.getLogger("conveyor.link")
 
 #: The futures a flavour hands out: asyncio's or concurrent.futures'.
 AnyFuture = asyncio.Future[Any] | cf.Future[Any]
