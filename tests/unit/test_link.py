@@ -195,6 +195,18 @@ def test_ping_interval_follows_a_shorter_master_timeout_only():
     assert timing.ping_interval(5.0, None) == 5.0
 
 
+def test_connect_errors_name_the_master_and_the_reason():
+    from conveyor.link.state import broken, unreachable
+
+    refused = unreachable(ADDR, ConnectionRefusedError(111, "Connection refused"))
+    assert str(refused) == "cannot connect to master at tcp://127.0.0.1:7700: Connection refused"
+    assert "timed out" in str(unreachable(ADDR, TimeoutError()))
+    assert "did not answer the handshake in time" in str(broken(ADDR, TimeoutError()))
+    lost = ConnectionLost("closed during hello")
+    assert broken(ADDR, lost) is lost
+    assert all(failure_kind(e) is Failure.QUIET for e in (refused, lost))
+
+
 def test_a_failed_attempt_is_quiet_loud_or_fatal(caplog):
     link = BlockingLink("127.0.0.1:1", KEY)
     fut = link.request_nowait(protocol.PING, {})  # not connected: waits for a connection

@@ -20,7 +20,7 @@ from ..errors import AuthenticationError, ConnectionLost, ProtocolError
 from .address import AddressesLike
 from .opening import Opening
 from .policy import Liveness
-from .state import LinkState
+from .state import LinkState, broken, unreachable
 
 log = logging.getLogger("conveyor.link")
 
@@ -70,16 +70,17 @@ class AsyncLink(LinkState):
 
         Each master address is tried once, in turn; the last failure is raised.
         """
-        for left in reversed(range(len(self.addresses))):
+        last = len(self.addresses) - 1
+        for attempt in range(last + 1):
             try:
                 reader, writer, early = await self._open()
                 break
             except AuthenticationError:
                 raise
             except Exception:
-                if not left:
+                if attempt == last:
                     raise
-                self.plan.failed()
+                self.plan.failed()  # next address, no pause
         self.plan.succeeded()
         self._supervisor = asyncio.create_task(self._supervise(reader, writer, early))
         self._supervisor.add_done_callback(self._supervisor_done)
@@ -98,20 +99,14 @@ class AsyncLink(LinkState):
                 self.connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise ConnectionLost(f"cannot connect to master at {addr}: {reason}") from None
+            raise unreachable(addr, exc) from None
         opening = self._opening()
         try:
             writer.write(opening.start())
             await asyncio.wait_for(self._run_opening(opening, reader, writer), self.connect_timeout)
-        except TimeoutError:
-            writer.close()
-            raise ConnectionLost(f"master at {addr} did not answer the handshake in time") from None
         except (OSError, ssl.SSLError) as exc:
             writer.close()
-            if isinstance(exc, ConnectionLost):
-                raise
-            raise ConnectionLost(f"connection to master at {addr} failed: {exc}") from None
+            raise broken(addr, exc) from None
         except BaseException:
             writer.close()
             raise

@@ -26,7 +26,7 @@ from .. import protocol
 from ..errors import AuthenticationError, ConnectionLost, ProtocolError
 from .address import AddressesLike
 from .policy import Liveness
-from .state import LinkState
+from .state import LinkState, broken, unreachable
 
 log = logging.getLogger("conveyor.link")
 
@@ -155,16 +155,17 @@ class BlockingLink(LinkState):
 
         Each master address is tried once, in turn; the last failure is raised.
         """
-        for left in reversed(range(len(self.addresses))):
+        last = len(self.addresses) - 1
+        for attempt in range(last + 1):
             try:
                 transport, conn, early = self._open()
                 break
             except AuthenticationError:
                 raise
             except Exception:
-                if not left:
+                if attempt == last:
                     raise
-                self.plan.failed()
+                self.plan.failed()  # next address, no pause
         self.plan.succeeded()
         with self._wlock, self._lock:
             self._transport, self._conn = transport, conn
@@ -178,8 +179,7 @@ class BlockingLink(LinkState):
         try:
             sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
         except OSError as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise ConnectionLost(f"cannot connect to master at {addr}: {reason}") from None
+            raise unreachable(addr, exc) from None
         opening = self._opening()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -195,14 +195,9 @@ class BlockingLink(LinkState):
                     if out:
                         transport.send(out)
             sock.settimeout(None)  # blocking from now on: a timed-out sendall would cut a frame
-        except TimeoutError:
-            _close(sock)
-            raise ConnectionLost(f"master at {addr} did not answer the handshake in time") from None
         except (OSError, ssl.SSLError) as exc:
             _close(sock)
-            if isinstance(exc, ConnectionLost):
-                raise
-            raise ConnectionLost(f"connection to master at {addr} failed: {exc}") from None
+            raise broken(addr, exc) from None
         except BaseException:
             _close(sock)
             raise

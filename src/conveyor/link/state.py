@@ -182,6 +182,21 @@ class LinkState:
         return fut
 
 
+def unreachable(address: Address, exc: OSError) -> ConnectionLost:
+    """The error for a master that could not be reached at all (refused, timed out)."""
+    reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    return ConnectionLost(f"cannot connect to master at {address}: {reason}")
+
+
+def broken(address: Address, exc: OSError | ssl.SSLError) -> ConnectionLost:
+    """The error for a connection that broke (or went quiet) while it was being opened."""
+    if isinstance(exc, ConnectionLost):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ConnectionLost(f"master at {address} did not answer the handshake in time")
+    return ConnectionLost(f"connection to master at {address} failed: {exc}")
+
+
 def remote_error(fields: dict[str, Any]) -> Exception:
     """The exception an ``err`` reply stands for."""
     kind = str(fields.get("type", "Error"))
