@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 
 NONCE_SIZE = 32
@@ -58,7 +59,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_authkey(authkey_file: str | os.PathLike | None = None, *, env: dict | None = None) -> bytes | None:
+def load_authkey(authkey_file: str | os.PathLike[str] | None = None, *,
+                 env: Mapping[str, str] | None = None) -> bytes | None:
     """The authkey from a file (its bytes, one trailing newline stripped) or ``CONVEYOR_AUTHKEY``.
 
     Returns None when neither is set. A file that cannot be read raises OSError.

@@ -43,6 +43,9 @@ TIMER_TICK_MAX = 1.0
 #: First and largest pause between reconnect attempts (seconds).
 RECONNECT_FIRST = 0.05
 RECONNECT_MAX = 2.0
+#: First and largest pause between a worker's attempts to reach a master at start-up (seconds).
+FIRST_CONNECT_FIRST = 0.1
+FIRST_CONNECT_MAX = 5.0
 
 
 def ping_interval(heartbeat: float, master_heartbeat_timeout: float | None) -> float:

@@ -1,4 +1,4 @@
-"""The sync client's connection (client/threaded.py) against a real master."""
+"""The clients' connections (conveyor.link, client/core.py) against a real master."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from conveyor.errors import ConnectionLost
 
 from .conftest import TASKS
+from .test_failures import wait_until
 
 
 def test_many_threads_share_one_client_without_mixing_frames(make_cluster):
@@ -60,7 +61,8 @@ def test_client_survives_a_master_frozen_past_its_heartbeat(make_cluster):
         assert client.submit(f"{TASKS}:square", 2).result(10) == 4
         cluster.master.send_signal(signal.SIGSTOP)
         try:
-            time.sleep(3)  # the client pings every 0.5 s and gives up on a master silent for 2 s
+            # The client pings every 0.5 s and gives up on a master silent for 2 s.
+            assert wait_until(lambda: not client._core.connected)
             fut_holder: list = []
             t = threading.Thread(target=lambda: fut_holder.append(client.submit(f"{TASKS}:square", 5)))
             t.start()

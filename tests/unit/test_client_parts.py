@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 
 from conveyor import serde
-from conveyor.client.core import Address, parse_address
 from conveyor.client.options import make_task, split_options
 from conveyor.errors import SerializationError, UnknownTask
+from conveyor.link import Address, parse_address
 from conveyor.master.dispatch import QueueTracker
 from conveyor.master.rates import RateMeter
 from conveyor.tasks import Registry, task, task_options

@@ -11,9 +11,10 @@ from typing import Any
 
 from .. import protocol, serde, wire
 from ..errors import NotFound
+from ..link import Address
 from ..records import NewTask, Result
 from .client import decode_result, resolve_address, resolve_authkey
-from .core import Address, ClientCore
+from .core import ClientCore
 from .options import make_task, split_options
 
 

@@ -22,8 +22,8 @@ from typing import Any
 from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
 from ..errors import ConnectionLost, NotFound, TaskError
+from ..link import Address, parse_address
 from ..records import NewTask, Result
-from .core import Address, parse_address
 from .options import make_task, split_options
 from .queues import NetworkQueue, ack_auto_items
 from .schedules import ScheduleMixin

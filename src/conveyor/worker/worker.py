@@ -18,10 +18,11 @@ import ssl
 import threading
 from typing import Any
 
-from .. import loops, protocol, serde
+from .. import loops, protocol, serde, timing
 from ..auth import as_key
-from ..client.core import Address, ClientCore, parse_address
 from ..errors import AuthenticationError, ConnectionLost, RemoteError
+from ..link import AddressesLike, parse_addresses
+from ..link.aio import AsyncLink
 from ..periodic import hello_entries
 from ..retries import decide
 from ..serde import MSGPACK, PICKLE
@@ -45,7 +46,7 @@ class Worker:
     def __init__(
         self,
         modules: list[str],
-        address: str | tuple[str, int] | Address,
+        address: AddressesLike,
         authkey: bytes | str | None,
         *,
         queues: list[str] | None = None,
@@ -61,7 +62,7 @@ class Worker:
         if not modules:
             raise ValueError("a worker needs at least one module of tasks")
         self.modules = list(modules)
-        self.address = parse_address(address)
+        self.addresses = parse_addresses(address)
         self.authkey = as_key(authkey)
         self.queues = list(queues or ["default"])
         if weights is not None and (len(weights) != len(self.queues) or any(w < 1 for w in weights)):
@@ -80,7 +81,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.completed = 0
         self._pool: Any = None
-        self._core: ClientCore | None = None
+        self._core: AsyncLink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0  # credit granted and not yet used up by a finished task
         self._acks: list[list] = []
@@ -295,8 +296,8 @@ class Worker:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal)
-        self._core = ClientCore(
-            self.address, self.authkey, role="worker", ssl_context=self.ssl_context,
+        self._core = AsyncLink(
+            self.addresses, self.authkey, role="worker", ssl_context=self.ssl_context,
             heartbeat=self.heartbeat, on_message=self._on_message, on_connect=self._on_connect,
             hello={"name": self.name, "queues": self.queues, "weights": self.weights,
                    "concurrency": self.concurrency,
@@ -306,7 +307,7 @@ class Worker:
         try:
             await self._connect_first()
             log.info("worker %s serving %s with %d %s slot(s) from %s",
-                     self.name, ",".join(self.queues), self.concurrency, self.pool_kind, self.address)
+                     self.name, ",".join(self.queues), self.concurrency, self.pool_kind, self._core.address)
             await self._stopped.wait()
         finally:
             if self._cold or not self._stopping:
@@ -317,7 +318,9 @@ class Worker:
             log.info("worker %s stopped after %d task(s)", self.name, self.completed)
 
     async def _connect_first(self) -> None:
-        delay = 0.1
+        """Wait for a master to answer at start-up, saying so while it does not."""
+        assert self._core is not None
+        delay = timing.FIRST_CONNECT_FIRST
         while True:
             try:
                 await self._core.connect()
@@ -333,7 +336,7 @@ class Worker:
                     raise ConnectionLost("stopped before the master was reached")
                 except TimeoutError:
                     pass
-                delay = min(delay * 2, 5.0)
+                delay = timing.next_backoff(delay, maximum=timing.FIRST_CONNECT_MAX)
 
     def run(self) -> None:
         """Run the worker in this thread until a signal stops it."""
