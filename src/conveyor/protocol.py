@@ -70,17 +70,22 @@ RESULTS = "results"  # {results: [wire result...]}
 OK = "ok"
 ERR = "err"  # {type, message}
 
-REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
-                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, CANCEL, RETRY, PURGE,
-                         INSPECT, TASKLIST})
-
 # Periodic schedules (master/scheduler.py; a worker's hello may carry "periodic":
 # [schedule...] declared by @conveyor.periodic in its modules).
 SCHED_ADD = "sched_add"  # {schedule: {name, task, queue, payload, codec, cron, every, tz, missed, options},
 #                           replace: bool} -> {schedule}
 SCHED_LIST = "sched_list"  # {} -> {schedules: [schedule + source, created_at, last_slot, next_slot...]}
 SCHED_DEL = "sched_del"  # {name} -> {}; NotFound for an unknown name
-REQUEST_OPS = REQUEST_OPS | {SCHED_ADD, SCHED_LIST, SCHED_DEL}
+
+#: The ops a peer sends as requests (request_id > 0; some also as pushes, e.g. a ping or a
+#: resubscription after a reconnect).
+REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
+                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, CANCEL, RETRY, PURGE,
+                         INSPECT, TASKLIST, SCHED_ADD, SCHED_LIST, SCHED_DEL})
+#: The ops a worker pushes to the master (request_id 0, never answered).
+PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS})
+#: Every op the master accepts from a peer: its routes serve exactly these.
+INBOUND_OPS = REQUEST_OPS | PEER_PUSH_OPS
 
 
 @dataclass(slots=True, frozen=True)

@@ -20,7 +20,6 @@ from conveyor import protocol, wire
 from conveyor.errors import AuthenticationError
 from conveyor.ids import new_id
 from conveyor.master import Master, eager
-from conveyor.master.server import _Conn
 from conveyor.store import MemoryStore, NewTask
 
 KEY = b"test-key"
@@ -171,7 +170,7 @@ class Peer:
 
     def __init__(self, master: Master, key: bytes = KEY) -> None:
         self.transport = FakeTransport()
-        self.conn = _Conn(master)
+        self.conn = master.connection()
         self.conn.connection_made(self.transport)
         self.proto = protocol.Connection("client", key)
         self._read = 0
@@ -323,10 +322,10 @@ def test_a_submit_and_the_lease_that_pushes_it_share_one_commit_and_wait_for_it(
         at_commit: list[tuple[int, int]] = []
         store.on_commit = lambda: at_commit.append((len(worker.transport.writes), len(client.transport.writes)))
         before = (len(worker.transport.writes), len(client.transport.writes))
-        commits = m._runner.commits
+        commits = m.runner.commits
         task = a_task()
         client.feed(frame(protocol.SUBMIT, 2, tasks=[task]))
-        assert m._runner.commits == commits + 1  # the enqueue and the lease: one commit
+        assert m.runner.commits == commits + 1  # the enqueue and the lease: one commit
         assert at_commit == [before]  # neither the push nor the reply had left before it
         (push,) = worker.messages()
         assert push.op == protocol.TASKS and push.fields["tasks"][0][0] == task[0]
@@ -414,13 +413,13 @@ def test_without_cheap_commits_one_read_of_submits_is_one_commit_answered_after_
         p = Peer(m)
         p.hello()
         await turns(lambda: True)
-        commits = m._runner.commits
+        commits = m.runner.commits
         p.feed(*(frame(protocol.SUBMIT, rid, tasks=[a_task()]) for rid in (2, 3, 4)))
         assert p.messages() == [] and store.stats() == {}  # nothing answered before the commit
         got: list[protocol.Message] = []
         await turns(lambda: bool(got.extend(p.messages())) or len(got) == 3)
         assert [(r.rid, r.fields) for r in got] == [(rid, {"new": 1}) for rid in (2, 3, 4)]
-        assert m._runner.commits == commits + 1 and store.stats()["q"].ready == 3
+        assert m.runner.commits == commits + 1 and store.stats()["q"].ready == 3
 
     run(store, body)
 
