@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from . import auth
 from .errors import AuthenticationError, FrameTooLarge, ProtocolError
@@ -114,7 +114,7 @@ Event = Message | HandshakeDone | HandshakeFailed
 
 def encode_frame(op: str, rid: int, fields: dict[str, Any]) -> bytes:
     """One frame's bytes: length prefix and msgpack body."""
-    body = msgpack.packb([op, rid, fields], use_bin_type=True)
+    body: bytes = msgpack.packb([op, rid, fields], use_bin_type=True)
     return _HEADER.pack(len(body)) + body
 
 

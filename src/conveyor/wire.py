@@ -203,7 +203,7 @@ def _retry_from_wire(retry: Any, ok: Any) -> RetryDecision | None:
         raise ProtocolError("malformed retry decision")
     if retry.get("dead"):
         return RetryDecision(dead=True)
-    delay = retry.get("delay")
+    delay: Any = retry.get("delay")
     if not _is_number(delay) or delay < 0:
         raise ProtocolError("malformed retry decision")
     return RetryDecision(delay=float(delay))
@@ -398,11 +398,12 @@ def decode_hello(f: Fields) -> Hello:
     role = f.get("role")
     if role not in ("client", "worker"):
         raise ProtocolError("hello: role must be 'client' or 'worker'")
-    pid = f.get("pid")
-    common = {"name": str(f.get("name") or "")[:MAX_PEER_NAME], "host": str(f.get("host") or "")[:MAX_PEER_NAME],
-              "pid": pid if _is_int(pid) else None}
+    pid: Any = f.get("pid")
+    name, host = str(f.get("name") or "")[:MAX_PEER_NAME], str(f.get("host") or "")[:MAX_PEER_NAME]
+    if not _is_int(pid):
+        pid = None
     if role == "client":
-        return Hello("client", **common)
+        return Hello("client", name, host, pid)
     queues = f.get("queues")
     if (not isinstance(queues, list) or not queues or len(queues) > MAX_BATCH
             or not all(isinstance(q, str) and 0 < len(q) <= MAX_NAME for q in queues)):
@@ -412,8 +413,7 @@ def decode_hello(f: Fields) -> Hello:
                                 or not all(_is_int(w) and w > 0 for w in weights)):
         raise ProtocolError("hello: weights must be positive integers, one per queue")
     concurrency = _count(f.get("concurrency") or 0, "hello: concurrency", 0)
-    return Hello("worker", **common, queues=queues, weights=weights, concurrency=concurrency,
-                 periodic=f.get("periodic"))
+    return Hello("worker", name, host, pid, queues, weights, concurrency, f.get("periodic"))
 
 
 def decode_submit(f: Fields) -> Submit:
@@ -443,7 +443,9 @@ def decode_qack(f: Fields) -> LeasePairs:
 
 
 def decode_progress(f: Fields) -> Progress:
-    tid, token, done, total = f.get("id"), f.get("token"), f.get("done"), f.get("total")
+    tid: Any = f.get("id")
+    token: Any = f.get("token")
+    done, total = f.get("done"), f.get("total")
     if not isinstance(tid, str) or not 0 < len(tid) <= MAX_ID or not _is_int(token):
         raise ProtocolError("progress: id and token required")
     if not all(v is None or _is_number(v) for v in (done, total)):

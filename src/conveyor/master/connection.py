@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import Protocol, cast
 
 from .. import protocol
@@ -39,7 +40,7 @@ class ConnectionHost(Protocol):
     def new_session(self, peer: str, transport: asyncio.Transport, conn: protocol.Connection) -> Session:
         """The handshake succeeded: the session of this connection, registered."""
 
-    def received(self, s: Session, events: list[object]) -> None:
+    def received(self, s: Session, events: Sequence[object]) -> None:
         """Handle the events of one read."""
 
     def drop(self, s: Session) -> None:

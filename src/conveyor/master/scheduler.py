@@ -177,7 +177,7 @@ class Scheduler:
             changed.append(sched.name)
         return changed
 
-    def _after_upsert(self, fut: asyncio.Future) -> None:
+    def _after_upsert(self, fut: asyncio.Future[list[str]]) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()

@@ -17,12 +17,13 @@ by :mod:`conveyor.wire` before its handler runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__, loops, protocol, wire
@@ -220,7 +221,7 @@ class Master:
             s.inflight.clear()
 
     # -- messages ----------------------------------------------------------
-    def received(self, s: Session, events: list[object]) -> None:
+    def received(self, s: Session, events: Sequence[object]) -> None:
         """Handle the messages of one read, replies coalesced; then dispatch what they made ready.
 
         With cheap commits the store calls of the whole read (the submits and the
@@ -260,7 +261,7 @@ class Master:
         for held in self.hold.drop():
             self.drop(held)
 
-    def _handle(self, s: Session, events: list[object]) -> None:
+    def _handle(self, s: Session, events: Sequence[object]) -> None:
         for ev in events:
             if not isinstance(ev, protocol.Message):
                 continue
@@ -282,9 +283,9 @@ class Master:
                 self._handler_failed(s, ev.rid, exc)
                 continue
             if task is not None:
-                task.add_done_callback(lambda t, s=s, rid=ev.rid: self._handler_done(t, s, rid))
+                task.add_done_callback(functools.partial(self._handler_done, s=s, rid=ev.rid))
 
-    def _handler_done(self, task: asyncio.Task[None], s: Session, rid: int) -> None:
+    def _handler_done(self, task: asyncio.Task[Any], *, s: Session, rid: int) -> None:
         if task.cancelled():
             return
         exc = task.exception()
