@@ -40,7 +40,7 @@ VERDICT_SIZE = 1
 _HEADER = struct.Struct(">I")
 
 # Ops. Requests (request_id > 0) are answered with OK or ERR.
-HELLO = "hello"  # {role, name, host, pid, queues, concurrency, codecs} -> {session, heartbeat}
+HELLO = "hello"  # {role, name, host, pid, queues, weights, concurrency, periodic} -> {session, heartbeat}
 SUBMIT = "submit"  # {tasks: [wire task...]} -> {new: int}; results are pushed to the submitter
 SUBSCRIBE = "subscribe"  # {ids} -> {}; results of those tasks are pushed when stored
 FETCH = "fetch"  # {ids} -> {results: [wire result...], missing: [id...]}

@@ -511,3 +511,35 @@ def test_a_lost_connection_hands_back_its_workers_leases():
         assert len(m.sessions) == 1
 
     run(store, body)
+
+
+# -- routes ------------------------------------------------------------------------
+def test_every_inbound_op_has_one_route_and_a_bad_field_is_answered_on_that_request_only():
+    async def body(m: Master) -> None:
+        assert set(m.routes) == protocol.INBOUND_OPS
+        p = Peer(m)
+        p.hello()
+        p.feed(frame(protocol.QGET, 2, queue="q", max=0), frame(protocol.CREDIT, 3, n=-1),
+               frame(protocol.QSIZE, 4, queue="q"))
+        bad_max, bad_n, size = p.messages()
+        assert (bad_max.op, bad_max.rid, bad_max.fields["type"]) == (protocol.ERR, 2, "ProtocolError")
+        assert "max" in bad_max.fields["message"]
+        assert (bad_n.op, bad_n.rid) == (protocol.ERR, 3) and "n" in bad_n.fields["message"]
+        assert (size.op, size.rid, size.fields["ready"]) == (protocol.OK, 4, 0)
+        assert not p.transport.closed
+
+    run(MemoryStore(), body)
+
+
+def test_routes_are_merged_once_and_must_cover_every_inbound_op():
+    from conveyor.master.server import merge_routes
+
+    async def handler(s: Any, rid: int, req: Any) -> None:
+        pass
+
+    everything = dict.fromkeys(protocol.INBOUND_OPS, handler)
+    assert merge_routes(everything) == everything
+    with pytest.raises(RuntimeError, match="two services route 'ping'"):
+        merge_routes(everything, {protocol.PING: handler})
+    with pytest.raises(RuntimeError, match="no service routes qget"):
+        merge_routes({op: h for op, h in everything.items() if op != protocol.QGET})
