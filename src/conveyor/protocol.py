@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from . import auth
 from .errors import AuthenticationError, FrameTooLarge, ProtocolError
@@ -40,7 +40,7 @@ VERDICT_SIZE = 1
 _HEADER = struct.Struct(">I")
 
 # Ops. Requests (request_id > 0) are answered with OK or ERR.
-HELLO = "hello"  # {role, name, host, pid, queues, concurrency, codecs} -> {session, heartbeat}
+HELLO = "hello"  # {role, name, host, pid, queues, weights, concurrency, periodic} -> {session, heartbeat}
 SUBMIT = "submit"  # {tasks: [wire task...]} -> {new: int}; results are pushed to the submitter
 SUBSCRIBE = "subscribe"  # {ids} -> {}; results of those tasks are pushed when stored
 FETCH = "fetch"  # {ids} -> {results: [wire result...], missing: [id...]}
@@ -70,17 +70,22 @@ RESULTS = "results"  # {results: [wire result...]}
 OK = "ok"
 ERR = "err"  # {type, message}
 
-REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
-                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, CANCEL, RETRY, PURGE,
-                         INSPECT, TASKLIST})
-
 # Periodic schedules (master/scheduler.py; a worker's hello may carry "periodic":
 # [schedule...] declared by @conveyor.periodic in its modules).
 SCHED_ADD = "sched_add"  # {schedule: {name, task, queue, payload, codec, cron, every, tz, missed, options},
 #                           replace: bool} -> {schedule}
 SCHED_LIST = "sched_list"  # {} -> {schedules: [schedule + source, created_at, last_slot, next_slot...]}
 SCHED_DEL = "sched_del"  # {name} -> {}; NotFound for an unknown name
-REQUEST_OPS = REQUEST_OPS | {SCHED_ADD, SCHED_LIST, SCHED_DEL}
+
+#: The ops a peer sends as requests (request_id > 0; some also as pushes, e.g. a ping or a
+#: resubscription after a reconnect).
+REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
+                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, CANCEL, RETRY, PURGE,
+                         INSPECT, TASKLIST, SCHED_ADD, SCHED_LIST, SCHED_DEL})
+#: The ops a worker pushes to the master (request_id 0, never answered).
+PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS})
+#: Every op the master accepts from a peer: its routes serve exactly these.
+INBOUND_OPS = REQUEST_OPS | PEER_PUSH_OPS
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,7 +114,7 @@ Event = Message | HandshakeDone | HandshakeFailed
 
 def encode_frame(op: str, rid: int, fields: dict[str, Any]) -> bytes:
     """One frame's bytes: length prefix and msgpack body."""
-    body = msgpack.packb([op, rid, fields], use_bin_type=True)
+    body: bytes = msgpack.packb([op, rid, fields], use_bin_type=True)
     return _HEADER.pack(len(body)) + body
 
 

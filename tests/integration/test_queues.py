@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -465,7 +466,11 @@ def test_parked_puts_survive_a_session_dropping(master, client):
         puts = [p._request_future(protocol.QPUT, {"queue": q.name, "items": [q._encode(i)],
                                                   "maxsize": maxsize, "timeout": 3})
                 for i, p in enumerate(producers)]
-        time.sleep(0.5)  # every put is parked on the full queue
+        # Requests on one connection are handled in order: a ping answered after a put
+        # means the master has handled that put, and it is parked on the full queue.
+        for p in producers:
+            p._request_future(protocol.PING, {}).result(15)
+        assert not any(f.done() for f in puts)
         bystander = master.client()
         assert len(client.queue(q.name, ack="get").get_many(maxsize)) == maxsize  # room for all
         bystander.close()  # a session drops while the master retries the parked puts
@@ -490,26 +495,63 @@ def test_join_across_processes(master, procs, client):
 # -- consumers that hold items for a while -------------------------------------------------
 
 
-def test_live_consumer_keeps_its_item_past_the_lease_length(make_cluster):
-    """The master extends the leases of a live client's queue items, as it does a worker's tasks."""
-    cluster = make_cluster(workers=0, master_args=["--lease", "1"]).start()
-    with cluster.client() as a, cluster.client() as b:
-        a.queue("held").put("work")
-        assert a.queue("held").get(timeout=5) == "work"  # a is alive and still working on it
-        time.sleep(6.5)  # leases expire in a sweep every 5 s
-        with pytest.raises(queue.Empty):
-            b.queue("held").get(timeout=1)
+# The master extending a live consumer's item leases past their length and past an
+# expiry sweep is tested with injected time in tests/unit/test_master_timers.py.
+
+
+def _silent_holder(cluster: LocalCluster, name: str) -> socket.socket:
+    """A raw connection that takes one item from ``name`` and then never sends a byte again."""
+    sock = socket.create_connection(("127.0.0.1", cluster.port), timeout=15)
+    conn = protocol.Connection("client", cluster.authkey)
+
+    def until(done) -> list:
+        seen: list = []
+        while not done(seen):
+            data = sock.recv(65536)
+            assert data, "the master closed the connection"
+            seen += conn.receive_data(data)
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+        return seen
+
+    sock.sendall(conn.initiate())
+    until(lambda seen: protocol.HandshakeDone() in seen)
+    for rid, op, fields in ((1, protocol.HELLO, {"role": "client"}),
+                            (2, protocol.QGET, {"queue": name, "max": 1, "timeout": 10, "ack": False})):
+        sock.sendall(protocol.encode_frame(op, rid, fields))
+        (reply,) = until(lambda seen: any(isinstance(e, protocol.Message) for e in seen))
+        assert reply.op == protocol.OK, reply
+    return sock
 
 
 def test_idle_consumer_stays_connected_and_keeps_its_item(make_cluster):
-    """An idle consumer's keepalive pings are answered, so it keeps its connection and its items."""
-    cluster = make_cluster(workers=0, master_args=["--heartbeat-timeout", "1.5"]).start()
+    """An idle consumer's keepalive pings are answered, so it keeps its connection and its items,
+    while a consumer that went silent for as long loses its item."""
+    cluster = make_cluster(workers=0, master_args=["--heartbeat-timeout", "0.6"]).start()
     with cluster.client() as a, cluster.client() as b:
-        a.queue("idle").put("work")
-        assert a.queue("idle").get(timeout=5) == "work"
-        time.sleep(3)  # the client pings every 0.5 s here; 2 s without an answer and it reconnects
-        with pytest.raises(queue.Empty):
-            b.queue("idle").get(timeout=1)
+        qa = a.queue("idle")
+        qa.put("work")
+        assert qa.get(timeout=5) == "work"
+        qa.put("canary")
+        with contextlib.closing(_silent_holder(cluster, "idle")):
+            # Wait until the silent one was presumed dead and its item went back: a, idle as
+            # long (and longer), is still connected and still holds its item.
+            assert wait_until(lambda: b.queue("idle").qsize() == 1)
+            assert b.queue("idle", ack="get").get(timeout=5) == "canary"
+            with pytest.raises(queue.Empty):
+                b.queue("idle").get(timeout=0.2)
+        qa.task_done()  # on the same connection: acknowledged, nothing left to join
+        assert qa.join(timeout=5) is True
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
 
 
 # -- ack="auto": acknowledged at a normal exit, handed back after a crash --------------

@@ -20,7 +20,6 @@ from conveyor import protocol, wire
 from conveyor.errors import AuthenticationError
 from conveyor.ids import new_id
 from conveyor.master import Master, eager
-from conveyor.master.server import _Conn
 from conveyor.store import MemoryStore, NewTask
 
 KEY = b"test-key"
@@ -171,7 +170,7 @@ class Peer:
 
     def __init__(self, master: Master, key: bytes = KEY) -> None:
         self.transport = FakeTransport()
-        self.conn = _Conn(master)
+        self.conn = master.connection()
         self.conn.connection_made(self.transport)
         self.proto = protocol.Connection("client", key)
         self._read = 0
@@ -323,10 +322,10 @@ def test_a_submit_and_the_lease_that_pushes_it_share_one_commit_and_wait_for_it(
         at_commit: list[tuple[int, int]] = []
         store.on_commit = lambda: at_commit.append((len(worker.transport.writes), len(client.transport.writes)))
         before = (len(worker.transport.writes), len(client.transport.writes))
-        commits = m._runner.commits
+        commits = m.runner.commits
         task = a_task()
         client.feed(frame(protocol.SUBMIT, 2, tasks=[task]))
-        assert m._runner.commits == commits + 1  # the enqueue and the lease: one commit
+        assert m.runner.commits == commits + 1  # the enqueue and the lease: one commit
         assert at_commit == [before]  # neither the push nor the reply had left before it
         (push,) = worker.messages()
         assert push.op == protocol.TASKS and push.fields["tasks"][0][0] == task[0]
@@ -414,13 +413,13 @@ def test_without_cheap_commits_one_read_of_submits_is_one_commit_answered_after_
         p = Peer(m)
         p.hello()
         await turns(lambda: True)
-        commits = m._runner.commits
+        commits = m.runner.commits
         p.feed(*(frame(protocol.SUBMIT, rid, tasks=[a_task()]) for rid in (2, 3, 4)))
         assert p.messages() == [] and store.stats() == {}  # nothing answered before the commit
         got: list[protocol.Message] = []
         await turns(lambda: bool(got.extend(p.messages())) or len(got) == 3)
         assert [(r.rid, r.fields) for r in got] == [(rid, {"new": 1}) for rid in (2, 3, 4)]
-        assert m._runner.commits == commits + 1 and store.stats()["q"].ready == 3
+        assert m.runner.commits == commits + 1 and store.stats()["q"].ready == 3
 
     run(store, body)
 
@@ -512,3 +511,35 @@ def test_a_lost_connection_hands_back_its_workers_leases():
         assert len(m.sessions) == 1
 
     run(store, body)
+
+
+# -- routes ------------------------------------------------------------------------
+def test_every_inbound_op_has_one_route_and_a_bad_field_is_answered_on_that_request_only():
+    async def body(m: Master) -> None:
+        assert set(m.routes) == protocol.INBOUND_OPS
+        p = Peer(m)
+        p.hello()
+        p.feed(frame(protocol.QGET, 2, queue="q", max=0), frame(protocol.CREDIT, 3, n=-1),
+               frame(protocol.QSIZE, 4, queue="q"))
+        bad_max, bad_n, size = p.messages()
+        assert (bad_max.op, bad_max.rid, bad_max.fields["type"]) == (protocol.ERR, 2, "ProtocolError")
+        assert "max" in bad_max.fields["message"]
+        assert (bad_n.op, bad_n.rid) == (protocol.ERR, 3) and "n" in bad_n.fields["message"]
+        assert (size.op, size.rid, size.fields["ready"]) == (protocol.OK, 4, 0)
+        assert not p.transport.closed
+
+    run(MemoryStore(), body)
+
+
+def test_routes_are_merged_once_and_must_cover_every_inbound_op():
+    from conveyor.master.server import merge_routes
+
+    async def handler(s: Any, rid: int, req: Any) -> None:
+        pass
+
+    everything = dict.fromkeys(protocol.INBOUND_OPS, handler)
+    assert merge_routes(everything) == everything
+    with pytest.raises(RuntimeError, match="two services route 'ping'"):
+        merge_routes(everything, {protocol.PING: handler})
+    with pytest.raises(RuntimeError, match="no service routes qget"):
+        merge_routes({op: h for op, h in everything.items() if op != protocol.QGET})

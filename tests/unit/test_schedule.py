@@ -14,6 +14,7 @@ import pytest
 import conveyor
 from conveyor import serde
 from conveyor.errors import SerializationError
+from conveyor.master.context import Context, Limits
 from conveyor.master.scheduler import Scheduler
 from conveyor.schedule import (
     LATE_GRACE,
@@ -321,20 +322,15 @@ class _Queues:
 
 
 class FakeMaster:
-    """What the Scheduler uses of a Master."""
+    """What the Scheduler uses of a Master: a Context with a settable clock and an inline runner."""
 
     def __init__(self, store, now):
         self.store = store
         self.now = now
-        self._runner = _Runner(store)
         self.queues = _Queues()
-        self.counters = {"scheduled": 0}
-        self._wake = asyncio.Event()
-        self.allow_pickle = False
-        self.scheduler = Scheduler(self)
-
-    def clock(self):
-        return self.now
+        ctx = Context(store, Limits(60.0, 15.0, 3600.0, False), clock=lambda: self.now, queues=self.queues)
+        ctx.bind_runner(_Runner(store))
+        self.scheduler = Scheduler(ctx)
 
 
 def _save(store, sched: Schedule, last_slot=None):

@@ -242,11 +242,11 @@ def test_a_master_keeps_answering_pings_and_heartbeats_while_a_networked_store_c
             assert (await client.reply(3)).op == protocol.OK  # a ping sent after the submit
             assert client.got(2) is None  # ... answered, while the submit waits for its commit
 
-            commits = master._runner.commits
+            commits = master.runner.commits
             store.gate.set()
             reply = await client.reply(2)
             assert (reply.op, reply.fields) == (protocol.OK, {"new": 1})
-            assert store.log[-1] == "commit" and master._runner.commits > commits
+            assert store.log[-1] == "commit" and master.runner.commits > commits
             assert threading.get_ident() not in store.threads
         finally:
             store.gate.set()

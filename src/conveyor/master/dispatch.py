@@ -1,14 +1,37 @@
-"""Which queues may have ready work, without asking the store every time.
+"""Dispatch and credit: leasing ready work to workers with credit and to parked gets.
 
-The dispatcher asks the store for work only for queues that may have some.
-A lease that comes back short marks a queue empty, unless something may
-have added work since the lease was planned: each change bumps a
-generation, so an enqueue that races a lease is never missed.
+The dispatcher asks the store for work only for queues that may have some
+(:class:`QueueTracker`). A lease that comes back short marks a queue empty,
+unless something may have added work since the lease was planned: each
+change bumps a generation, so an enqueue that races a lease is never missed.
+Code that adds work calls :meth:`Wake.set`; one dispatch pass runs at a
+time, and a wake meanwhile makes it go round again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Union
+
+from .. import protocol, wire
+from ..records import Lease
+from . import eager
+from .session import Session
+
+if TYPE_CHECKING:
+    from .context import Context, Routes
+    from .jobs import JobService
+    from .queues import Parked, QueueService
+
+log = logging.getLogger("conveyor.master")
+
+#: Who a planned lease is for: a worker with credit, or a parked queue get.
+Taker = Union[Session, "Parked"]
+#: One planned lease: (taker, queue, how many at most).
+Planned = tuple[Taker, str, int]
 
 
 class QueueTracker:
@@ -61,3 +84,150 @@ class QueueTracker:
     def is_empty(self, queue: str) -> bool:
         """True if ``queue`` is known to have no ready work."""
         return queue in self._empty
+
+
+class Wake:
+    """Says a dispatch pass is due; ``set()`` is what the code that adds work calls.
+
+    While the master handles the messages of one read (``held``), the pass waits for
+    the end of them, so a burst of submits makes one pass, in the same loop turn.
+    Elsewhere it runs in a callback soon after, unless a pass is running: that one
+    goes round again.
+    """
+
+    __slots__ = ("due", "held", "running", "_scheduled", "_on_due")
+
+    def __init__(self) -> None:
+        self.due = False
+        self.held = False
+        self.running = False  # a dispatch pass is running (maybe waiting on the store)
+        self._scheduled = False
+        self._on_due: Callable[[], None] = lambda: None
+
+    def bind(self, on_due: Callable[[], None]) -> None:
+        """What runs the passes (the dispatcher)."""
+        self._on_due = on_due
+
+    def set(self) -> None:
+        """A dispatch pass is due."""
+        self.due = True
+        if not (self.held or self._scheduled or self.running):
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._fire)
+
+    def _fire(self) -> None:
+        self._scheduled = False
+        self._on_due()
+
+
+class Dispatcher:
+    """Leases ready tasks to workers within their credit, and items to parked gets."""
+
+    def __init__(self, ctx: Context, queues: QueueService, jobs: JobService) -> None:
+        self.ctx = ctx
+        self.queue_service = queues
+        self.jobs = jobs
+        self.task: asyncio.Task[None] | None = None  # the running pass, if it had to wait
+        self.stopping = False
+        self._rotate = 0
+        ctx.wake.bind(self.dispatch_now)
+
+    def routes(self) -> Routes:
+        return {protocol.CREDIT: self.on_credit}
+
+    async def on_credit(self, s: Session, rid: int, req: wire.Credit) -> None:
+        """A worker can take ``n`` more tasks."""
+        s.credit += req.n
+        self.ctx.wake.set()
+
+    def dispatch_now(self) -> None:
+        """Start dispatch passes now if one is due and none is running."""
+        wake = self.ctx.wake
+        if wake.running or not wake.due or self.stopping:
+            return
+        try:
+            task = eager.start(self._dispatch())
+        except Exception:
+            log.exception("dispatch failed")
+            return
+        if task is not None:
+            self.task = task
+            task.add_done_callback(self._dispatch_done)
+
+    def _dispatch_done(self, task: asyncio.Task[None]) -> None:
+        self.task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dispatch failed", exc_info=task.exception())
+
+    async def _dispatch(self) -> None:
+        """Dispatch passes while one is due: one runs at a time, a wake meanwhile makes another."""
+        wake = self.ctx.wake
+        wake.running = True
+        try:
+            while wake.due:
+                wake.due = False
+                await self.dispatch_pass()
+        finally:
+            wake.running = False
+
+    async def dispatch_pass(self) -> None:
+        """Lease ready work to the takers that want some, at most what each wants, and hand it out."""
+        plan = self.plan()
+        if not plan:
+            return
+        ctx = self.ctx
+        marks = [ctx.queues.mark(q) for _, q, _ in plan]
+        now = ctx.clock()
+        # Leases need no fsync: every master start voids them anyway. A queue get
+        # that acknowledges on get does change durable state, though.
+        durable = any(not isinstance(t, Session) and t.ack for t, _, _ in plan)
+        leases = await ctx.runner.call(self._lease_plan, plan, now, durable=durable)
+        for (taker, q, n), mark, got in zip(plan, marks, leases):
+            if len(got) < n:
+                ctx.queues.empty(q, mark)
+            if not got:
+                continue
+            self.queue_service.space_freed(q)
+            if isinstance(taker, Session):
+                await self._push(taker, got, now)
+            else:
+                self.queue_service.deliver(taker, got)
+        # Go round again: the next pass leases what this one left, or finds nothing and stops.
+        ctx.wake.set()
+
+    def plan(self) -> list[Planned]:
+        """Parked gets first, then each worker with credit for one of its queues that may have work."""
+        ctx = self.ctx
+        plan: list[Planned] = list(self.queue_service.plan())
+        workers = [w for w in ctx.sessions.values() if w.role == "worker" and not w.closed and w.credit > 0]
+        if workers:
+            # Rotate who is served first, so no worker always gets the head of the queue.
+            self._rotate = rotate = (self._rotate + 1) % len(workers)
+            workers = workers[rotate:] + workers[:rotate]
+        for w in workers:
+            q = (ctx.queues.pick_weighted(w.queues, w.weights) if w.weights
+                 else ctx.queues.first_nonempty(w.queues))
+            if q is not None:
+                plan.append((w, q, w.credit))
+        return plan
+
+    def _lease_plan(self, plan: list[Planned], now: float) -> list[list[Lease]]:
+        """The leases of a plan, in one store transaction (store thread)."""
+        store, lease_for = self.ctx.store, self.ctx.limits.lease_for
+        return [store.lease(q, n, t.id, now, lease_for) if isinstance(t, Session)
+                else self.queue_service.lease_for(t, now) for t, q, n in plan]
+
+    async def _push(self, w: Session, got: list[Lease], now: float) -> None:
+        """Send leased tasks to a worker, within its rate limits; hand them back if it is gone."""
+        ctx = self.ctx
+        if w.closed or ctx.sessions.get(w.id) is not w:
+            ctx.release([(g.id, g.token) for g in got], now)
+            return
+        got = self.jobs.rate_limit(got, now)
+        if not got:
+            return
+        w.credit -= len(got)
+        for g in got:
+            w.inflight[g.id] = g.token
+        upstream = await self.jobs.upstream(got)
+        w.push(protocol.TASKS, {"tasks": [wire.lease_to_wire(g, upstream.get(g.id)) for g in got]})

@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 
-def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
+def start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     """Run ``coro`` up to its first suspension now; a Task carries it on from there.
 
     Returns None when the coroutine finished without suspending; an

@@ -3,37 +3,24 @@ progress, and inspection.
 
 Each feature is a small piece the master calls at a named point: after a
 worker's report (``retry_or_bury``, ``settle_dependents``), after a lease
-(``rate_limit``, ``upstream``), or as a request handler.
+(``rate_limit``, ``upstream``), or as a request handler (its ``routes``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde, wire
-from ..errors import ProtocolError
 from ..ratelimit import TokenBucket, parse_rate
-from ..records import DEAD, FAILED, FINISHED, LEASED, STATES, Lease, Outcome, TaskInfo
+from ..records import FINISHED, LEASED, Lease, Outcome, Result, TaskInfo
+from .session import Session
 
 if TYPE_CHECKING:
-    from .server import Master
-    from .session import Session
+    from .context import Context, Routes
 
 CANCELLED_ERROR = serde.packb({"type": "concurrent.futures.CancelledError", "message": "task was cancelled",
                                "traceback": ""})
-RETRYABLE_STATES = (DEAD, FAILED, "cancelled")
 
-def _states(value: Any, default: Sequence[str]) -> list[str]:
-    if value is None:
-        return list(default)
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(v in FINISHED for v in value):
-        raise ProtocolError(f"states must be finished states: {', '.join(FINISHED)}")
-    return value
 
 def _payload_preview(payload: bytes, codec: str) -> Any:
     """A printable form of a stored value; pickled payloads are never unpickled here."""
@@ -46,42 +33,50 @@ def _payload_preview(payload: bytes, codec: str) -> Any:
     text = repr(value)
     return text if len(text) <= 2000 else text[:2000] + "..."
 
-@dataclass
+
 class JobService:
     """The master's job-scheduling features."""
 
-    master: Master
-    dependents: set[str] = field(default_factory=set)  # waiting tasks whose fate is not yet delivered
-    buckets: dict[tuple[str, float, float], TokenBucket] = field(default_factory=dict)
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.dependents: set[str] = set()  # waiting tasks whose fate is not yet delivered
+        self.buckets: dict[tuple[str, float, float], TokenBucket] = {}
+
+    def routes(self) -> Routes:
+        return {
+            protocol.CANCEL: self.on_cancel,
+            protocol.RETRY: self.on_retry,
+            protocol.PURGE: self.on_purge,
+            protocol.INSPECT: self.on_inspect,
+            protocol.TASKLIST: self.on_tasks,
+            protocol.PROGRESS: self.on_progress,
+        }
 
     # -- retries -----------------------------------------------------------
-    async def retry_or_bury(self, retrying: list[tuple[Outcome, dict]], now: float) -> None:
+    async def retry_or_bury(self, retrying: list[tuple[Outcome, wire.RetryDecision]], now: float) -> None:
         """Carry out the workers' retry decisions: back to the queue after a delay, or dead."""
-        m = self.master
+        ctx, store = self.ctx, self.ctx.store
 
-        def apply() -> tuple[list[tuple[str, float]], dict]:
+        def apply() -> tuple[list[float], dict[str, Result]]:
             again, dead = [], []
             for o, decision in retrying:
-                if decision.get("dead"):
-                    if m.store.nack(o.id, o.token, now, error=o.payload, dead=True):
+                if decision.dead:
+                    if store.nack(o.id, o.token, now, error=o.payload, dead=True):
                         dead.append(o.id)
-                else:
-                    delay = float(decision["delay"])
-                    if m.store.nack(o.id, o.token, now, delay=delay, error=o.payload):
-                        again.append((o.id, delay))
-            return again, m.store.results(dead) if dead else {}
+                elif store.nack(o.id, o.token, now, delay=decision.delay, error=o.payload):
+                    again.append(decision.delay)
+            return again, store.results(dead) if dead else {}
 
-        again, dead = await m._runner.call(apply)
-        m.counters["retried"] += len(again)
-        m.counters["dead"] += len(dead)
-        for _, delay in again:
+        again, dead = await ctx.runner.call(apply)
+        ctx.counters["retried"] += len(again)
+        ctx.counters["dead"] += len(dead)
+        for delay in again:
             if delay > 0:
-                m._due_at(now + delay)
+                ctx.delays.due_at(now + delay)
         if again:
-            m.queues.changed_unknown()
-            m._wake.set()
+            ctx.work_added()
         if dead:
-            m._deliver(list(dead.values()))
+            ctx.subs.deliver(list(dead.values()))
             await self.settle_dependents()
 
     # -- dependencies ------------------------------------------------------
@@ -93,23 +88,22 @@ class JobService:
         """Something finished: deliver the dependents it failed, dispatch those it freed."""
         if not self.dependents:
             return
-        m = self.master
-        found = await m._runner.call(m.store.results, list(self.dependents))
+        ctx = self.ctx
+        found = await ctx.runner.call(ctx.store.results, list(self.dependents))
         for tid in found:
             self.dependents.discard(tid)
         if found:
-            m._deliver(list(found.values()))
-        m.queues.changed_unknown()
-        m._wake.set()
+            ctx.subs.deliver(list(found.values()))
+        ctx.work_added()
 
-    async def upstream(self, leases: list[Lease]) -> dict[str, list]:
+    async def upstream(self, leases: list[Lease]) -> dict[str, list[Any]]:
         """For ``pass_results`` tasks: the results of the tasks they waited for."""
         wanted = [x for x in leases if x.options.get("pass_results")]
         if not wanted:
             return {}
         ids = sorted({d for x in wanted for d in x.options.get("after", [])})
-        found = await self.master._runner.call(self.master.store.results, ids)
-        out = {}
+        found = await self.ctx.runner.call(self.ctx.store.results, ids)
+        out: dict[str, list[Any]] = {}
         for x in wanted:
             out[x.id] = [[found[d].ok, found[d].payload, found[d].codec] if d in found else [False, b"", "msgpack"]
                          for d in x.options.get("after", [])]
@@ -117,10 +111,15 @@ class JobService:
 
     # -- rate limits -------------------------------------------------------
     def rate_limit(self, leases: list[Lease], now: float) -> list[Lease]:
-        """Keep the leases within their task's rate; defer the rest until a token is due."""
+        """Keep the leases within their task's rate; defer the rest until a token is due.
+
+        Buckets fill on the master's monotonic clock; ``now`` (wall time) dates the deferral.
+        """
         if not any("rate_limit" in x.options for x in leases):
             return leases
-        keep, defer = [], []
+        mono = self.ctx.monotonic()
+        keep: list[Lease] = []
+        defer: list[tuple[Lease, float]] = []
         for x in leases:
             rate = x.options.get("rate_limit")
             if not rate:
@@ -136,29 +135,28 @@ class JobService:
             bucket = self.buckets.get(key)
             if bucket is None:
                 bucket = self.buckets[key] = TokenBucket(capacity, per)
-            wait = bucket.take(time.monotonic())
+            wait = bucket.take(mono)
             if wait > 0:
                 defer.append((x, wait))
             else:
                 keep.append(x)
         if defer:
-            m = self.master
+            ctx = self.ctx
 
             def put_back() -> None:
                 for x, wait in defer:
-                    m.store.nack(x.id, x.token, now, delay=wait)  # error=None: not a failed attempt
+                    ctx.store.nack(x.id, x.token, now, delay=wait)  # error=None: not a failed attempt
 
-            m._runner.call(put_back)
-            m.counters["rate_limited"] += len(defer)
-            m._due_at(now + min(w for _, w in defer))
+            ctx.runner.call(put_back)
+            ctx.counters["rate_limited"] += len(defer)
+            ctx.delays.due_at(now + min(w for _, w in defer))
         return keep
 
     # -- requests ----------------------------------------------------------
-    async def on_cancel(self, s: Session, rid: int, f: dict) -> None:
-        m = self.master
-        ids = wire.id_list(f.get("ids"))
-        now = m.clock()
-        outcomes = await m._runner.call(lambda: [m.store.cancel(tid, now, CANCELLED_ERROR) for tid in ids])
+    async def on_cancel(self, s: Session, rid: int, req: wire.Ids) -> None:
+        ctx, store, ids = self.ctx, self.ctx.store, req.ids
+        now = ctx.clock()
+        outcomes = await ctx.runner.call(lambda: [store.cancel(tid, now, CANCELLED_ERROR) for tid in ids])
         cancelled, finished, unknown = [], [], []
         stop: dict[str, list[str]] = {}
         for tid, outcome in zip(ids, outcomes):
@@ -172,32 +170,30 @@ class JobService:
             cancelled.append(tid)
             if before == LEASED and owner:
                 stop.setdefault(owner, []).append(tid)
+        self._stop_running(stop)
+        ctx.counters["cancelled"] += len(cancelled)
+        s.reply(rid, {"cancelled": cancelled, "finished": finished, "unknown": unknown})
+        if cancelled:
+            results = await ctx.runner.call(store.results, cancelled)
+            ctx.subs.deliver(list(results.values()))
+            await self.settle_dependents()
+
+    def _stop_running(self, stop: dict[str, list[str]]) -> None:
+        """Tell the workers running cancelled tasks to stop them (owner -> task ids)."""
         for owner, tids in stop.items():
-            holder = m.sessions.get(owner)
+            holder = self.ctx.sessions.get(owner)
             if holder is not None:
                 for tid in tids:
                     holder.inflight.pop(tid, None)
                 holder.push(protocol.CANCEL, {"ids": tids})
-        m.counters["cancelled"] += len(cancelled)
-        s.reply(rid, {"cancelled": cancelled, "finished": finished, "unknown": unknown})
-        if cancelled:
-            results = await m._runner.call(m.store.results, cancelled)
-            m._deliver(list(results.values()))
-            await self.settle_dependents()
 
-    async def on_retry(self, s: Session, rid: int, f: dict) -> None:
-        m = self.master
-        ids = wire.id_list(f.get("ids") or [])
-        queue = f.get("queue")
-        if queue is not None and not isinstance(queue, str):
-            raise ProtocolError("retry: queue must be a string")
-        if not ids and not queue:
-            raise ProtocolError("retry: give task ids or a queue")
-        states = _states(f.get("states"), RETRYABLE_STATES if ids else (DEAD,))
-        now = m.clock()
-        requeued = await m._runner.call(lambda: m.store.requeue(now, ids=ids, queue=queue, states=states))
+    async def on_retry(self, s: Session, rid: int, req: wire.Retry) -> None:
+        ctx, store = self.ctx, self.ctx.store
+        ids, states = req.ids, req.states
+        now = ctx.clock()
+        requeued = await ctx.runner.call(lambda: store.requeue(now, ids=ids, queue=req.queue, states=states))
         rest = [tid for tid in ids if tid not in set(requeued)]
-        infos = await m._runner.call(lambda: [m.store.get(tid) for tid in rest]) if rest else []
+        infos = await ctx.runner.call(lambda: [store.get(tid) for tid in rest]) if rest else []
         skipped = [tid for tid, info in zip(rest, infos) if info is not None]
         unknown = [tid for tid, info in zip(rest, infos) if info is None]
         # Why each was skipped: in a state not asked for, or (in one that was) because it
@@ -207,58 +203,40 @@ class JobService:
                              else "a task it depends on did not succeed: retry that one first")
                    for info in infos if info is not None}
         if requeued:
-            m.queues.changed_unknown()
-            m._wake.set()
+            ctx.work_added()
         s.reply(rid, {"requeued": requeued, "skipped": skipped, "unknown": unknown, "reasons": reasons})
 
-    async def on_purge(self, s: Session, rid: int, f: dict) -> None:
-        m = self.master
-        queue = f.get("queue")
-        if queue is not None and not isinstance(queue, str):
-            raise ProtocolError("purge: queue must be a string")
-        states = _states(f.get("states"), (DEAD,))
-        n = await m._runner.call(lambda: m.store.purge(queue=queue, states=states))
+    async def on_purge(self, s: Session, rid: int, req: wire.Purge) -> None:
+        store = self.ctx.store
+        n = await self.ctx.runner.call(lambda: store.purge(queue=req.queue, states=req.states))
         s.reply(rid, {"n": n})
 
-    async def on_inspect(self, s: Session, rid: int, f: dict) -> None:
-        tid = wire.id_list([f.get("id")], "id")[0]
-        info = await self.master._runner.call(self.master.store.get, tid)
+    async def on_inspect(self, s: Session, rid: int, req: wire.TaskId) -> None:
+        info = await self.ctx.runner.call(self.ctx.store.get, req.id)
         if info is None:
-            s.error(rid, "NotFound", f"no task {tid}")
+            s.error(rid, "NotFound", f"no task {req.id}")
             return
         s.reply(rid, {"task": self.describe(info)})
 
-    async def on_tasks(self, s: Session, rid: int, f: dict) -> None:
-        queue, state = f.get("queue"), f.get("state")
-        limit, offset = f.get("limit", 50), f.get("offset", 0)
-        if state is not None and state not in STATES:
-            raise ProtocolError(f"state must be one of {', '.join(STATES)}")
-        if not isinstance(limit, int) or not 1 <= limit <= 1000 or not isinstance(offset, int) or offset < 0:
-            raise ProtocolError("limit must be 1..1000 and offset >= 0")
-        infos = await self.master._runner.call(
-            lambda: self.master.store.list_tasks(queue=queue, state=state, limit=limit, offset=offset))
+    async def on_tasks(self, s: Session, rid: int, req: wire.TaskList) -> None:
+        store = self.ctx.store
+        infos = await self.ctx.runner.call(
+            lambda: store.list_tasks(queue=req.queue, state=req.state, limit=req.limit, offset=req.offset))
         s.reply(rid, {"tasks": [self.describe(i, brief=True) for i in infos]})
 
-    def on_progress(self, s: Session, f: dict) -> None:
+    async def on_progress(self, s: Session, rid: int, req: wire.Progress) -> None:
         """A worker's progress report: record it and pass it to the task's subscribers."""
-        tid, token = f.get("id"), f.get("token")
-        if not isinstance(tid, str) or not isinstance(token, int):
-            raise ProtocolError("progress: id and token required")
-        report = {"done": f.get("done"), "total": f.get("total"), "message": str(f.get("message") or "")[:500]}
-        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                   for v in (report["done"], report["total"])):
-            raise ProtocolError("progress: done and total must be numbers")
-        m = self.master
-        m._runner.call(m.store.set_progress, tid, token, report, durable=False)
-        for sub in m._subs.get(tid, ()):
-            sub.push(protocol.PROGRESS, {"id": tid, **report})
+        ctx, report = self.ctx, req.report()
+        ctx.runner.call(ctx.store.set_progress, req.id, req.token, report, durable=False)
+        for sub in ctx.subs.subscribers(req.id):
+            sub.push(protocol.PROGRESS, {"id": req.id, **report})
 
     # -- describing tasks --------------------------------------------------
     def describe(self, info: TaskInfo, *, brief: bool = False) -> dict[str, Any]:
         """A task as ``conveyor inspect`` shows it (plain data, safe to print)."""
         worker = None
         if info.lease_owner:
-            holder = self.master.sessions.get(info.lease_owner)
+            holder = self.ctx.sessions.get(info.lease_owner)
             worker = ({"name": holder.name, "host": holder.host, "pid": holder.pid} if holder is not None
                       else {"name": f"(gone) {info.lease_owner[:8]}"})
         out: dict[str, Any] = {
@@ -277,11 +255,3 @@ class JobService:
             out["result"] = ({"ok": True, "value": _payload_preview(r.payload, r.codec)} if r.ok
                              else {"ok": False, "error": serde.decode_error(r.payload)})
         return out
-
-HANDLERS = {
-    protocol.CANCEL: JobService.on_cancel,
-    protocol.RETRY: JobService.on_retry,
-    protocol.PURGE: JobService.on_purge,
-    protocol.INSPECT: JobService.on_inspect,
-    protocol.TASKLIST: JobService.on_tasks,
-}

@@ -10,172 +10,172 @@ parked getters exactly as it serves workers with credit.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import protocol, wire
-from ..errors import ProtocolError
 from ..records import STORED, Lease, NewTask, Outcome
-from ..serde import CODECS, PICKLE
+from ..serde import PICKLE
+from .results import PICKLE_DISABLED
+from .session import Session
 
 if TYPE_CHECKING:
-    from .server import Master
-    from .session import Session
+    from .context import Context, Routes
 
-MAX_GET = 10_000
-
-
-@dataclass(eq=False)
-class Getter:
-    """A parked ``get``: served by the dispatcher when its queue has items."""
-
-    session: Session
-    rid: int
-    queue: str
-    max: int
-    ack: bool
-    handle: asyncio.TimerHandle | None = None
-    done: bool = False
+GET, PUT, JOIN = "get", "put", "join"
 
 
 @dataclass(eq=False)
-class Putter:
-    """A parked ``put`` on a full queue: retried when items leave the queue."""
+class Parked:
+    """A request parked on a queue until the queue changes or its timeout passes.
 
+    One shape serves the three kinds: a ``get`` on an empty queue (served by the
+    dispatcher when items come), a ``put`` on a full one (retried when items
+    leave) and a ``join`` (answered when nothing put is unacknowledged).
+    """
+
+    kind: str  # GET, PUT or JOIN
     session: Session
     rid: int
     queue: str
-    tasks: list[NewTask]
-    maxsize: int
-    accepted: int = 0
+    max: int = 0  # GET: most items to hand out
+    ack: bool = False  # GET: acknowledged as handed out
+    tasks: list[NewTask] = field(default_factory=list)  # PUT: items not yet accepted
+    maxsize: int = 0  # PUT: the queue's bound
+    accepted: int = 0  # PUT: items accepted so far
     handle: asyncio.TimerHandle | None = None
     done: bool = False
 
-
-@dataclass(eq=False)
-class Joiner:
-    """A parked ``join``: answered when nothing put in the queue is unacknowledged."""
-
-    session: Session
-    rid: int
-    queue: str
-    handle: asyncio.TimerHandle | None = None
-    done: bool = False
+    def settle(self) -> bool:
+        """Mark it answered and stop its timeout; False if it was already."""
+        if self.done:
+            return False
+        self.done = True
+        if self.handle is not None:
+            self.handle.cancel()
+        return True
 
 
-def _timeout(f: dict[str, Any]) -> float | None:
-    t = f.get("timeout")
-    if t is None:
+class Waiting:
+    """The parked requests of one kind, per queue, oldest first."""
+
+    def __init__(self) -> None:
+        self.by_queue: dict[str, list[Parked]] = {}
+
+    def park(self, p: Parked, timeout: float | None, on_timeout: Callable[[Parked], None]) -> None:
+        """Park ``p``; after ``timeout`` seconds (None: never) ``on_timeout(p)`` answers it."""
+        self.by_queue.setdefault(p.queue, []).append(p)
+        if timeout is not None:
+            p.handle = asyncio.get_running_loop().call_later(timeout, on_timeout, p)
+
+    def remove(self, p: Parked) -> None:
+        waiting = self.by_queue.get(p.queue)
+        if waiting is not None and p in waiting:
+            waiting.remove(p)
+            if not waiting:
+                del self.by_queue[p.queue]
+
+    def first(self, queue: str) -> Parked | None:
+        """The oldest request still waiting on ``queue`` (answered ones are forgotten)."""
+        waiting = self.by_queue.get(queue)
+        while waiting:
+            if not waiting[0].done:
+                return waiting[0]
+            waiting.pop(0)
+        self.by_queue.pop(queue, None)
         return None
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
-        raise ProtocolError("timeout must be a non-negative number or None")
-    return float(t)
+
+    def drop(self, s: Session) -> None:
+        """``s`` went away: forget (and settle) what it had parked."""
+        for q in list(self.by_queue):
+            for p in self.by_queue[q]:
+                if p.session is s:
+                    p.settle()
+            kept = [p for p in self.by_queue[q] if p.session is not s]
+            if kept:
+                self.by_queue[q] = kept
+            else:
+                del self.by_queue[q]
+
+    def __bool__(self) -> bool:
+        return bool(self.by_queue)
 
 
-def _queue(f: dict[str, Any]) -> str:
-    q = f.get("queue")
-    if not isinstance(q, str) or not q or len(q) > wire.MAX_NAME:
-        raise ProtocolError("queue must be a non-empty string")
-    return q
-
-
-@dataclass
 class QueueService:
     """The master's queue operations and the requests parked on them."""
 
-    master: Master
-    declared: dict[str, int] = field(default_factory=dict)  # queue -> maxsize, from the master's config
-    getters: dict[str, deque[Getter]] = field(default_factory=dict)
-    putters: dict[str, deque[Putter]] = field(default_factory=dict)
-    joiners: dict[str, list[Joiner]] = field(default_factory=dict)
-    _retrying: set[str] = field(default_factory=set)
+    def __init__(self, ctx: Context, declared: dict[str, int] | None = None) -> None:
+        self.ctx = ctx
+        self.declared = dict(declared or {})  # queue -> maxsize, from the master's config
+        self.getters = Waiting()
+        self.putters = Waiting()
+        self.joiners = Waiting()
+        self._retrying: set[str] = set()
+
+    def routes(self) -> Routes:
+        return {
+            protocol.QPUT: self.on_qput,
+            protocol.QGET: self.on_qget,
+            protocol.QACK: self.on_qack,
+            protocol.QJOIN: self.on_qjoin,
+            protocol.QSIZE: self.on_qsize,
+            protocol.QINFO: self.on_qinfo,
+        }
 
     # -- put ---------------------------------------------------------------
-    async def on_qput(self, s: Session, rid: int, f: dict) -> None:
-        q = _queue(f)
-        timeout = _timeout(f)
-        maxsize = f.get("maxsize", 0)
-        if not isinstance(maxsize, int) or isinstance(maxsize, bool):
-            raise ProtocolError("maxsize must be an integer")
-        maxsize = self.declared.get(q, maxsize)
-        items = f.get("items")
-        if not isinstance(items, list) or not items:
-            raise ProtocolError("qput: items must be a non-empty list")
-        tasks = []
-        for item in items:
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[1], bytes)
-                    and item[2] in CODECS):
-                raise ProtocolError("qput: an item must be [id, payload, codec]")
-            tasks.append(NewTask(wire.id_list([item[0]])[0], q, None, item[1], item[2]))
-        if not self.master.allow_pickle and any(t.codec == PICKLE for t in tasks):
-            s.error(rid, "SerializationError", "the pickle codec is disabled on this master")
+    async def on_qput(self, s: Session, rid: int, req: wire.QPut) -> None:
+        if not self.ctx.limits.allow_pickle and any(t.codec == PICKLE for t in req.items):
+            s.error(rid, "SerializationError", PICKLE_DISABLED)
             return
-        p = Putter(s, rid, q, tasks, maxsize)
+        p = Parked(PUT, s, rid, req.queue, tasks=list(req.items),
+                   maxsize=self.declared.get(req.queue, req.maxsize))
         await self._try_put(p)
         if p.done:
             return
-        if timeout == 0:
+        if req.timeout == 0:
             self._finish_put(p)
             return
-        self.putters.setdefault(q, deque()).append(p)
-        if timeout is not None:
-            p.handle = asyncio.get_running_loop().call_later(timeout, self._finish_put, p)
+        self.putters.park(p, req.timeout, self._finish_put)
 
-    async def _try_put(self, p: Putter) -> None:
-        m = self.master
+    async def _try_put(self, p: Parked) -> None:
+        ctx = self.ctx
         if p.maxsize > 0:
-            accepted = await m._runner.call(self._bounded_enqueue, p.queue, p.tasks, p.maxsize, m.clock())
+            accepted = await ctx.runner.call(self._bounded_enqueue, p.queue, p.tasks, p.maxsize, ctx.clock())
         else:  # unbounded: the store call alone (an id put twice is accepted, and stored once)
-            await m._runner.call(m.store.enqueue, p.tasks, m.clock())
+            await ctx.runner.call(ctx.store.enqueue, p.tasks, ctx.clock())
             accepted = len(p.tasks)
         if accepted:
             p.accepted += accepted
             del p.tasks[:accepted]
-            m.counters["submitted"] += accepted
-            m.queues.changed(p.queue)
-            m._wake.set()
+            ctx.counters["submitted"] += accepted
+            ctx.work_added(p.queue)
         if not p.tasks:
             self._finish_put(p)
 
     def _bounded_enqueue(self, queue: str, tasks: list[NewTask], maxsize: int, now: float) -> int:
-        store = self.master.store
-        n = len(tasks)
-        if maxsize > 0:
-            ready, delayed, _ = store.pending_counts(queue)
-            n = max(0, min(n, maxsize - ready - delayed))
+        store = self.ctx.store
+        ready, delayed, _ = store.pending_counts(queue)
+        n = max(0, min(len(tasks), maxsize - ready - delayed))
         if n:
             store.enqueue(tasks[:n], now)
         return n
 
-    def _finish_put(self, p: Putter) -> None:
-        if p.done:
-            return
-        p.done = True
-        if p.handle is not None:
-            p.handle.cancel()
-        waiting = self.putters.get(p.queue)
-        if waiting is not None and p in waiting:
-            waiting.remove(p)
-        p.session.reply(p.rid, {"accepted": p.accepted})
+    def _finish_put(self, p: Parked) -> None:
+        if p.settle():
+            self.putters.remove(p)
+            p.session.reply(p.rid, {"accepted": p.accepted})
 
     def space_freed(self, queue: str) -> None:
         """Items left ``queue``: let parked putters try again, oldest first."""
-        if self.putters.get(queue) and queue not in self._retrying:
+        if self.putters.first(queue) is not None and queue not in self._retrying:
             self._retrying.add(queue)
             asyncio.ensure_future(self._retry_putters(queue))
 
     async def _retry_putters(self, queue: str) -> None:
         try:
-            while True:
-                # Re-read every time: a session that goes away replaces the deque.
-                waiting = self.putters.get(queue)
-                if not waiting:
-                    break
-                p = waiting[0]
-                if p.done:
-                    waiting.popleft()
-                    continue
+            # Re-read every time: a session that goes away takes its puts with it.
+            while (p := self.putters.first(queue)) is not None:
                 before = p.accepted
                 await self._try_put(p)
                 if not p.done and p.accepted == before:
@@ -184,167 +184,110 @@ class QueueService:
             self._retrying.discard(queue)
 
     # -- get ---------------------------------------------------------------
-    async def on_qget(self, s: Session, rid: int, f: dict) -> None:
-        q = _queue(f)
-        timeout = _timeout(f)
-        n = f.get("max", 1)
-        if not isinstance(n, int) or not 0 < n <= MAX_GET:
-            raise ProtocolError(f"qget: max must be an integer from 1 to {MAX_GET}")
+    async def on_qget(self, s: Session, rid: int, req: wire.QGet) -> None:
         s.holds_items = True
-        g = Getter(s, rid, q, n, bool(f.get("ack", False)))
-        m = self.master
-        mark = m.queues.mark(q)
-        store = m.store
-        got = await (m._runner.call(store.take, q, n, s.id, m.clock()) if g.ack else
-                     m._runner.call(store.lease, q, n, s.id, m.clock(), m.lease_for, durable=False))
-        if got or timeout == 0:
+        g = Parked(GET, s, rid, req.queue, max=req.max, ack=req.ack)
+        ctx, q, n = self.ctx, req.queue, req.max
+        mark = ctx.queues.mark(q)
+        store = ctx.store
+        got = await (ctx.runner.call(store.take, q, n, s.id, ctx.clock()) if g.ack else
+                     ctx.runner.call(store.lease, q, n, s.id, ctx.clock(), ctx.limits.lease_for, durable=False))
+        if got or req.timeout == 0:
             if len(got) < n:
-                m.queues.empty(q, mark)
+                ctx.queues.empty(q, mark)
             self.deliver(g, got)
             return
-        m.queues.empty(q, mark)
+        ctx.queues.empty(q, mark)
         if s.closed:
             return
-        self.getters.setdefault(q, deque()).append(g)
-        if timeout is not None:
-            g.handle = asyncio.get_running_loop().call_later(timeout, self.deliver, g, [])
-        if not m.queues.is_empty(q):
-            m._wake.set()
+        self.getters.park(g, req.timeout, self._get_timed_out)
+        if not ctx.queues.is_empty(q):
+            ctx.wake.set()
 
-    def lease_for(self, g: Getter, now: float) -> list[Lease]:
+    def lease_for(self, g: Parked, now: float) -> list[Lease]:
         """Lease (and with ack-on-get, acknowledge) items for a getter; store thread."""
-        store = self.master.store
+        store = self.ctx.store
         if g.ack:
             return store.take(g.queue, g.max, g.session.id, now)
-        return store.lease(g.queue, g.max, g.session.id, now, self.master.lease_for)
+        return store.lease(g.queue, g.max, g.session.id, now, self.ctx.limits.lease_for)
 
-    def deliver(self, g: Getter, got: list[Lease]) -> None:
+    def _get_timed_out(self, g: Parked) -> None:
+        self.deliver(g, [])
+
+    def deliver(self, g: Parked, got: list[Lease]) -> None:
         """Answer a getter (an empty list: its timeout passed)."""
-        m = self.master
-        if g.done:
+        if not g.settle():
             if got:  # answered meanwhile: hand these back
-                fut = m._runner.call(m.store.release, [(x.id, x.token) for x in got], m.clock())
-                fut.add_done_callback(m._after_release)
+                self.ctx.release([(x.id, x.token) for x in got], self.ctx.clock())
             return
-        g.done = True
-        if g.handle is not None:
-            g.handle.cancel()
-        waiting = self.getters.get(g.queue)
-        if waiting is not None and g in waiting:
-            waiting.remove(g)
-            if not waiting:
-                del self.getters[g.queue]
+        self.getters.remove(g)
         if got and not g.ack:
             for x in got:
                 g.session.inflight[x.id] = x.token
-        g.session.reply(g.rid, {"items": [[x.id, x.token, x.payload, x.codec] for x in got]})
+        g.session.reply(g.rid, {"items": [wire.item_to_wire(x) for x in got]})
         if got:
             if g.ack:
                 self.joiners_may_be_done()
             self.space_freed(g.queue)
 
-    def plan(self) -> list[tuple[Getter, str, int]]:
+    def plan(self) -> list[tuple[Parked, str, int]]:
         """The parked getters the dispatcher should try now, oldest first per queue."""
         out = []
-        for q, waiting in self.getters.items():
-            if waiting and not self.master.queues.is_empty(q):
-                g = waiting[0]
-                if not g.done and not g.session.closed:
-                    out.append((g, q, g.max))
+        for q in list(self.getters.by_queue):
+            g = self.getters.first(q)
+            if g is not None and not g.session.closed and not self.ctx.queues.is_empty(q):
+                out.append((g, q, g.max))
         return out
 
     # -- ack, join, size ---------------------------------------------------
-    async def on_qack(self, s: Session, rid: int, f: dict) -> None:
-        items = wire.lease_pairs(f.get("items"), "qack: items")
-        for tid, _ in items:
+    async def on_qack(self, s: Session, rid: int, req: wire.LeasePairs) -> None:
+        for tid, _ in req.pairs:
             s.inflight.pop(tid, None)
-        m = self.master
-        outcomes = [Outcome(tid, token, True, b"") for tid, token in items]
-        statuses = await m._runner.call(m.store.complete, outcomes, m.clock()) if outcomes else []
+        ctx = self.ctx
+        outcomes = [Outcome(tid, token, True, b"") for tid, token in req.pairs]
+        statuses = await ctx.runner.call(ctx.store.complete, outcomes, ctx.clock()) if outcomes else []
         stored = statuses.count(STORED)
-        m.counters["acknowledged"] += stored
+        ctx.counters["acknowledged"] += stored
         s.reply(rid, {"n": stored})
         self.joiners_may_be_done()
 
-    async def on_qjoin(self, s: Session, rid: int, f: dict) -> None:
-        q = _queue(f)
-        timeout = _timeout(f)
-        j = Joiner(s, rid, q)
-        self.joiners.setdefault(q, []).append(j)
-        if timeout is not None:
-            j.handle = asyncio.get_running_loop().call_later(timeout, self._finish_join, j, False)
-        await self._check_joiners(q)
+    async def on_qjoin(self, s: Session, rid: int, req: wire.QueueWait) -> None:
+        self.joiners.park(Parked(JOIN, s, rid, req.queue), req.timeout, self._join_timed_out)
+        await self._check_joiners(req.queue)
 
-    def _finish_join(self, j: Joiner, done: bool) -> None:
-        if j.done:
-            return
-        j.done = True
-        if j.handle is not None:
-            j.handle.cancel()
-        waiting = self.joiners.get(j.queue)
-        if waiting is not None and j in waiting:
-            waiting.remove(j)
-            if not waiting:
-                del self.joiners[j.queue]
-        j.session.reply(j.rid, {"done": done})
+    def _finish_join(self, j: Parked, done: bool) -> None:
+        if j.settle():
+            self.joiners.remove(j)
+            j.session.reply(j.rid, {"done": done})
+
+    def _join_timed_out(self, j: Parked) -> None:
+        self._finish_join(j, False)
 
     def joiners_may_be_done(self) -> None:
         """Something was acknowledged: answer the joins whose queue is now settled."""
-        for q in list(self.joiners):
+        for q in list(self.joiners.by_queue):
             asyncio.ensure_future(self._check_joiners(q))
 
     async def _check_joiners(self, q: str) -> None:
-        if not self.joiners.get(q):
+        if not self.joiners.by_queue.get(q):
             return
-        counts = await self.master._runner.call(self.master.store.pending_counts, q)
+        counts = await self.ctx.runner.call(self.ctx.store.pending_counts, q)
         if sum(counts) == 0:
-            for j in list(self.joiners.get(q, ())):
+            for j in list(self.joiners.by_queue.get(q, ())):
                 self._finish_join(j, True)
 
-    async def on_qsize(self, s: Session, rid: int, f: dict) -> None:
-        q = _queue(f)
-        ready, delayed, leased = await self.master._runner.call(self.master.store.pending_counts, q)
+    async def on_qsize(self, s: Session, rid: int, req: wire.QueueName) -> None:
+        ready, delayed, leased = await self.ctx.runner.call(self.ctx.store.pending_counts, req.queue)
         s.reply(rid, {"ready": ready, "delayed": delayed, "leased": leased,
-                      "maxsize": self.declared.get(q)})
+                      "maxsize": self.declared.get(req.queue)})
 
-    async def on_qinfo(self, s: Session, rid: int, f: dict) -> None:
-        q = _queue(f)
+    async def on_qinfo(self, s: Session, rid: int, req: wire.QueueName) -> None:
+        q = req.queue
         s.reply(rid, {"declared": q in self.declared, "maxsize": self.declared.get(q, 0),
                       "queues": sorted(self.declared)})
 
     # -- sessions ----------------------------------------------------------
     def drop(self, s: Session) -> None:
         """A session went away: forget what it had parked."""
-        for table in (self.getters, self.putters):
-            for q in list(table):
-                kept = deque(w for w in table[q] if w.session is not s)
-                for w in table[q]:
-                    if w.session is s:
-                        w.done = True
-                        if w.handle is not None:
-                            w.handle.cancel()
-                if kept:
-                    table[q] = kept
-                else:
-                    del table[q]
-        for q in list(self.joiners):
-            for j in self.joiners[q]:
-                if j.session is s:
-                    j.done = True
-                    if j.handle is not None:
-                        j.handle.cancel()
-            kept_j = [j for j in self.joiners[q] if j.session is not s]
-            if kept_j:
-                self.joiners[q] = kept_j
-            else:
-                del self.joiners[q]
-
-
-HANDLERS = {
-    protocol.QPUT: QueueService.on_qput,
-    protocol.QGET: QueueService.on_qget,
-    protocol.QACK: QueueService.on_qack,
-    protocol.QJOIN: QueueService.on_qjoin,
-    protocol.QSIZE: QueueService.on_qsize,
-    protocol.QINFO: QueueService.on_qinfo,
-}
+        for waiting in (self.getters, self.putters, self.joiners):
+            waiting.drop(s)

@@ -11,7 +11,7 @@ class RateMeter:
     """Counts events per second for the last ``horizon`` seconds."""
 
     def __init__(self, horizon: int = 60, clock: Callable[[], float] = time.monotonic) -> None:
-        self._buckets: deque[list] = deque()
+        self._buckets: deque[list[int]] = deque()
         self._horizon = horizon
         self._clock = clock
 

@@ -23,14 +23,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .. import protocol, serde
+from .. import protocol, serde, wire
 from ..errors import NotFound, SerializationError
 from ..records import NewTask
 from ..schedule import Schedule, due_slots, next_slot, slot_task_id
+from .session import Session
 
 if TYPE_CHECKING:
-    from .server import Master
-    from .session import Session
+    from .context import Context, Routes
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -41,8 +41,8 @@ TICK = 1.0  # longest sleep: a changed clock or another master's change is seen 
 class Scheduler:
     """The master's periodic schedules: a loop and three request handlers."""
 
-    def __init__(self, master: Master) -> None:
-        self.master = master
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
         self._wake = asyncio.Event()
         self._records: list[dict[str, Any]] = []  # as last read, for status
         self._warned: set[tuple[str, str]] = set()
@@ -71,10 +71,10 @@ class Scheduler:
 
     async def tick(self) -> float:
         """Enqueue the due slots; seconds until the next slot (at most TICK)."""
-        m = self.master
-        records = await m._runner.call(m.store.schedules)
+        ctx = self.ctx
+        records = await ctx.runner.call(ctx.store.schedules)
         self._records = records
-        now = m.clock()
+        now = ctx.clock()
         due: list[tuple[Schedule, float]] = []
         upcoming: list[float] = []
         for rec in records:
@@ -84,17 +84,17 @@ class Scheduler:
             due.extend((sched, slot) for slot in due_slots(sched, rec.get("last_slot"), now))
             upcoming.append(next_slot(sched, now))
         if due:
-            fired = await m._runner.call(self._fire, due, now)
+            fired = await ctx.runner.call(self._fire, due, now)
             new = [(sched, slot) for sched, slot, is_new in fired if is_new]
             for sched, slot in new:
                 log.debug("schedule %s: enqueued slot %s", sched.name, slot)
-                m.queues.changed(sched.queue)
+                ctx.queues.changed(sched.queue)
             if new:
-                m.counters["scheduled"] += len(new)
-                m._wake.set()
+                ctx.counters["scheduled"] += len(new)
+                ctx.wake.set()
         if not upcoming:
             return TICK
-        return max(0.0, min(TICK, min(upcoming) - m.clock()))
+        return max(0.0, min(TICK, min(upcoming) - ctx.clock()))
 
     def _parse(self, rec: dict[str, Any]) -> Schedule | None:
         try:
@@ -108,7 +108,7 @@ class Scheduler:
 
     def _fire(self, due: list[tuple[Schedule, float]], now: float) -> list[tuple[Schedule, float, bool]]:
         """In one transaction: enqueue each due slot's task and mark the slot (store thread)."""
-        store = self.master.store
+        store = self.ctx.store
         current = {r["name"]: r for r in store.schedules()}
         out = []
         for sched, slot in due:
@@ -147,18 +147,18 @@ class Scheduler:
             except (ValueError, TypeError) as exc:
                 log.warning("worker %s declared a bad schedule: %s", session.name, exc)
                 continue
-            if sched.codec == serde.PICKLE and not self.master.allow_pickle:
+            if sched.codec == serde.PICKLE and not self.ctx.limits.allow_pickle:
                 log.warning("worker %s: ignoring schedule %s: pickle is disabled", session.name, sched.name)
                 continue
             schedules.append(sched)
         if not schedules:
             return
-        fut = self.master._runner.call(self._upsert, schedules, self.master.clock())
+        fut = self.ctx.runner.call(self._upsert, schedules, self.ctx.clock())
         fut.add_done_callback(self._after_upsert)
 
     def _upsert(self, schedules: list[Schedule], now: float) -> list[str]:
         """Add new declarations, replace changed code-declared ones; their names (store thread)."""
-        store = self.master.store
+        store = self.ctx.store
         current = {r["name"]: r for r in store.schedules()}
         changed = []
         for sched in schedules:
@@ -177,7 +177,7 @@ class Scheduler:
             changed.append(sched.name)
         return changed
 
-    def _after_upsert(self, fut: asyncio.Future) -> None:
+    def _after_upsert(self, fut: asyncio.Future[list[str]]) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -190,7 +190,7 @@ class Scheduler:
 
     # -- requests --------------------------------------------------------------
     def _add(self, sched: Schedule, replace: bool, now: float) -> dict[str, Any]:
-        store = self.master.store
+        store = self.ctx.store
         rec = next((r for r in store.schedules() if r["name"] == sched.name), None)
         if rec is not None and not replace:
             raise ValueError(f"name: a schedule named {sched.name!r} exists already "
@@ -211,8 +211,37 @@ class Scheduler:
 
     def summary(self) -> list[dict[str, Any]]:
         """The schedules as last read (no store call), for the status document."""
-        now = self.master.clock()
+        now = self.ctx.clock()
         return [self.describe(rec, now) for rec in self._records]
+
+
+    def routes(self) -> Routes:
+        return {
+            protocol.SCHED_ADD: self.on_sched_add,
+            protocol.SCHED_LIST: self.on_sched_list,
+            protocol.SCHED_DEL: self.on_sched_del,
+        }
+
+    async def on_sched_add(self, s: Session, rid: int, req: wire.SchedAdd) -> None:
+        sched = Schedule.from_wire(req.schedule, source="cli")  # ValueError naming the bad field
+        if sched.codec == serde.PICKLE and not self.ctx.limits.allow_pickle:
+            raise SerializationError("the pickle codec is disabled on this master "
+                                     "(start it with --pickle on a trusted network)")
+        now = self.ctx.clock()
+        record = await self.ctx.runner.call(self._add, sched, req.replace, now)
+        s.reply(rid, {"schedule": self.describe(record, now)})
+        self.wake()
+
+    async def on_sched_list(self, s: Session, rid: int, req: wire.NoFields) -> None:
+        records = await self.ctx.runner.call(self.ctx.store.schedules)
+        now = self.ctx.clock()
+        s.reply(rid, {"schedules": [self.describe(rec, now) for rec in records]})
+
+    async def on_sched_del(self, s: Session, rid: int, req: wire.Name) -> None:
+        if not await self.ctx.runner.call(self.ctx.store.remove_schedule, req.name):
+            raise NotFound(f"no schedule named {req.name!r}")
+        s.reply(rid, {})
+        self.wake()
 
 
 def _keeping(sched: Schedule, old: Schedule | None, rec: dict[str, Any] | None, now: float) -> dict[str, Any]:
@@ -236,38 +265,3 @@ def _arguments(payload: bytes, codec: Any) -> tuple[Any, Any]:
     except Exception:
         return f"<undecodable, {len(payload)} bytes>", {}
     return args, kwargs
-
-
-async def on_sched_add(m: Master, s: Session, rid: int, f: dict) -> None:
-    sched = Schedule.from_wire(f.get("schedule"), source="cli")
-    if sched.codec == serde.PICKLE and not m.allow_pickle:
-        raise SerializationError("the pickle codec is disabled on this master "
-                                 "(start it with --pickle on a trusted network)")
-    now = m.clock()
-    record = await m._runner.call(m.scheduler._add, sched, bool(f.get("replace")), now)
-    s.reply(rid, {"schedule": m.scheduler.describe(record, now)})
-    m.scheduler.wake()
-
-
-async def on_sched_list(m: Master, s: Session, rid: int, f: dict) -> None:
-    records = await m._runner.call(m.store.schedules)
-    now = m.clock()
-    s.reply(rid, {"schedules": [m.scheduler.describe(rec, now) for rec in records]})
-
-
-async def on_sched_del(m: Master, s: Session, rid: int, f: dict) -> None:
-    name = f.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError("name: give the name of the schedule to remove")
-    if not await m._runner.call(m.store.remove_schedule, name):
-        raise NotFound(f"no schedule named {name!r}")
-    s.reply(rid, {})
-    m.scheduler.wake()
-
-
-# Handlers called as handler(master, session, rid, fields), like server._HANDLERS.
-HANDLERS = {
-    protocol.SCHED_ADD: on_sched_add,
-    protocol.SCHED_LIST: on_sched_list,
-    protocol.SCHED_DEL: on_sched_del,
-}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,12 +69,11 @@ class Session:
     queues: list[str] = field(default_factory=list)
     weights: list[int] | None = None  # served by weighted choice instead of in order
     concurrency: int = 0
-    codecs: list[str] = field(default_factory=list)
     credit: int = 0
     inflight: dict[str, int] = field(default_factory=dict)  # task id -> lease token
     subscriptions: set[str] = field(default_factory=set)
     holds_items: bool = False  # has leased plain-queue items: release them when it goes
-    last_seen: float = field(default_factory=time.monotonic)
+    last_seen: float = 0.0  # monotonic time of its last bytes (the master's injected clock)
     hold: WriteHold | None = field(default=None, repr=False)  # the master's, while it holds writes
     closed: bool = False
     # While corked, frames collect here and go out in one write (one send syscall) on uncork.

@@ -1,0 +1,189 @@
+"""Submits and results on the master: who waits for which result, and the
+requests that store work and take results back (submit, subscribe, fetch,
+ack, return).
+
+A submit is answered only after its commit, and subscribes its sender to
+its tasks' results; a worker's ack stores results (first result wins) and
+pushes each to the sessions subscribed to it, straight from the ack.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import protocol, wire
+from ..records import DUPLICATE, STALE, STORED, NewTask, Outcome, Result
+from ..serde import PICKLE
+from .session import Session
+
+if TYPE_CHECKING:
+    from .context import Context, Routes
+    from .jobs import JobService
+
+PICKLE_DISABLED = "the pickle codec is disabled on this master (start it with --pickle on a trusted network)"
+
+
+class Subscriptions:
+    """Which sessions wait for which task's result, and the delivery of results to them."""
+
+    def __init__(self) -> None:
+        self._by_task: dict[str, set[Session]] = {}
+
+    def subscribe(self, s: Session, tid: str) -> None:
+        self._by_task.setdefault(tid, set()).add(s)
+        s.subscriptions.add(tid)
+
+    def unsubscribe(self, s: Session, tid: str) -> None:
+        subs = self._by_task.get(tid)
+        if subs is not None:
+            subs.discard(s)
+            if not subs:
+                del self._by_task[tid]
+        s.subscriptions.discard(tid)
+
+    def drop(self, s: Session) -> None:
+        """A session went away: it waits for nothing any more."""
+        for tid in list(s.subscriptions):
+            self.unsubscribe(s, tid)
+
+    def watched(self, tid: str) -> bool:
+        """True if some session waits for ``tid``'s result."""
+        return tid in self._by_task
+
+    def subscribers(self, tid: str) -> frozenset[Session]:
+        """The sessions waiting for ``tid``'s result (progress reports go to them too)."""
+        return frozenset(self._by_task.get(tid, ()))
+
+    def deliver(self, results: list[Result]) -> None:
+        """Push each result to the sessions subscribed to it, one frame per session."""
+        batches: dict[Session, list[list[object]]] = {}
+        for r in results:
+            subs = self._by_task.pop(r.id, None)
+            if not subs:
+                continue
+            item = wire.result_to_wire(r)
+            for sub in subs:
+                sub.subscriptions.discard(r.id)
+                batches.setdefault(sub, []).append(item)
+        for sub, items in batches.items():
+            sub.push(protocol.RESULTS, {"results": items})
+
+
+class ResultService:
+    """Submits, subscriptions, fetches, and workers' acks and hand-backs."""
+
+    def __init__(self, ctx: Context, jobs: JobService) -> None:
+        self.ctx = ctx
+        self.jobs = jobs
+
+    def routes(self) -> Routes:
+        return {
+            protocol.SUBMIT: self.on_submit,
+            protocol.SUBSCRIBE: self.on_subscribe,
+            protocol.FETCH: self.on_fetch,
+            protocol.ACK: self.on_ack,
+            protocol.RETURN: self.on_return,
+        }
+
+    async def on_submit(self, s: Session, rid: int, req: wire.Submit) -> None:
+        ctx, tasks = self.ctx, req.tasks
+        if not ctx.limits.allow_pickle and any(t.codec == PICKLE for t in tasks):
+            s.error(rid, "SerializationError", PICKLE_DISABLED)
+            return
+        now = ctx.clock()
+        for t in tasks:
+            ctx.subs.subscribe(s, t.id)
+        try:
+            new = await ctx.runner.call(ctx.store.enqueue, tasks, now)
+        except Exception:
+            for t in tasks:
+                ctx.subs.unsubscribe(s, t.id)
+            raise
+        s.reply(rid, {"new": sum(new)})
+        ctx.counters["submitted"] += sum(new)
+        self._made_ready(tasks, new, now)
+        existing = [t.id for t, is_new in zip(tasks, new) if not is_new]
+        if existing:
+            await self.push_stored(existing)
+        dependents = [t.id for t in tasks if t.after]
+        if dependents:
+            # A dependency may have failed already: then these finished as they were stored.
+            self.jobs.track_dependents(dependents)
+            await self.jobs.settle_dependents()
+
+    def _made_ready(self, tasks: list[NewTask], new: list[bool], now: float) -> None:
+        """New tasks are ready now, or at their ``not_before``: tell dispatch, or the delay timer."""
+        for t, is_new in zip(tasks, new):
+            if is_new:
+                if t.not_before > now:
+                    self.ctx.delays.due_at(t.not_before)
+                else:
+                    self.ctx.queues.changed(t.queue)
+        self.ctx.wake.set()
+
+    async def push_stored(self, ids: list[str]) -> None:
+        """Push the stored results among ``ids`` to their subscribers."""
+        found = await self.ctx.runner.call(self.ctx.store.results, ids)
+        if found:
+            self.ctx.subs.deliver(list(found.values()))
+
+    async def on_subscribe(self, s: Session, rid: int, req: wire.Ids) -> None:
+        for tid in req.ids:
+            self.ctx.subs.subscribe(s, tid)
+        await self.push_stored(req.ids)
+        s.reply(rid, {})
+
+    async def on_fetch(self, s: Session, rid: int, req: wire.Ids) -> None:
+        store, runner = self.ctx.store, self.ctx.runner
+        found = await runner.call(store.results, req.ids)
+        rest = [tid for tid in req.ids if tid not in found]
+        infos = await runner.call(lambda: [store.get(tid) for tid in rest]) if rest else []
+        pending = [tid for tid, info in zip(rest, infos) if info is not None]
+        unknown = [tid for tid, info in zip(rest, infos) if info is None]
+        s.reply(rid, {"results": [wire.result_to_wire(r) for r in found.values()],
+                      "pending": pending, "unknown": unknown})
+
+    async def on_ack(self, s: Session, rid: int, req: wire.Ack) -> None:
+        """A worker's results (final, or a retry decision), with the credit it grants anew."""
+        ctx = self.ctx
+        if req.credit > 0:
+            s.credit += req.credit
+            ctx.wake.set()
+        for o, _ in req.outcomes:
+            s.inflight.pop(o.id, None)
+        outcomes = [o for o, retry in req.outcomes if retry is None]
+        retrying = [(o, retry) for o, retry in req.outcomes if retry is not None]
+        now = ctx.clock()
+        statuses = await ctx.runner.call(ctx.store.complete, outcomes, now) if outcomes else []
+        if retrying:
+            await self.jobs.retry_or_bury(retrying, now)
+        stored = [o for o, st in zip(outcomes, statuses) if st == STORED]
+        self._count(statuses, len(stored))
+        s.reply(rid, {})
+        if stored:
+            self._deliver_outcomes(stored)
+            await self.jobs.settle_dependents()
+
+    def _count(self, statuses: list[str], stored: int) -> None:
+        counters = self.ctx.counters
+        counters["duplicates"] += statuses.count(DUPLICATE)
+        counters["stale"] += statuses.count(STALE)
+        counters["completed"] += stored
+        self.ctx.completed.add(stored)
+
+    def _deliver_outcomes(self, stored: list[Outcome]) -> None:
+        """Results go to their subscribers straight from the worker's message."""
+        now = self.ctx.clock()
+        results = [Result(o.id, o.ok, o.payload, o.codec, "succeeded" if o.ok else "failed", now)
+                   for o in stored if self.ctx.subs.watched(o.id)]
+        if results:
+            self.ctx.subs.deliver(results)
+
+    async def on_return(self, s: Session, rid: int, req: wire.LeasePairs) -> None:
+        """Prefetched tasks a worker hands back unrun."""
+        for tid, _ in req.pairs:
+            s.inflight.pop(tid, None)
+        n = await self.ctx.runner.call(self.ctx.store.release, req.pairs, self.ctx.clock())
+        s.reply(rid, {"n": n})
+        if n:
+            self.ctx.work_added()
