@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conveyor import serde
+from conveyor.worker.child import _frame, _frames_from
 from conveyor.worker.pool import (
     BATCH_BELOW,
     Job,
     JobResult,
     ProcessPool,
     ThreadPool,
-    _frame,
-    _frames_from,
     make_pool,
 )
 
