@@ -31,12 +31,12 @@ _HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame header...
 _LONG_HEADER = struct.Struct("!Q")  # ...and its size after a -1 header, for frames over 2 GiB
 
 
-def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
-                allow_pickle: bool) -> None:
-    """A pool child: import the modules once, then run batches until told to stop."""
+def _child_start(conn: multiprocessing.connection.Connection, modules: list[str]) -> Registry:
+    """What every pool child does first: ignore the signals the parent handles, exit
+    with the parent, import the task modules, and tell the parent it is ready (or why
+    not, then exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop,
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # even when a service manager signals the group
-    signal.signal(signal.SIGALRM, _soft_limit)
     parent = multiprocessing.parent_process()
     if parent is not None:  # an orphan stops at once, even in the middle of a task
         threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
@@ -51,6 +51,14 @@ def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
         finally:
             sys.exit(1)
     conn.send_bytes(serde.packb([_MSG_READY, os.getpid()]))
+    return registry
+
+
+def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
+                allow_pickle: bool) -> None:
+    """A pool child: import the modules once, then run batches until told to stop."""
+    signal.signal(signal.SIGALRM, _soft_limit)
+    registry = _child_start(conn, modules)
 
     def send_progress(report: dict) -> None:
         try:

@@ -9,6 +9,7 @@ happens here too (:func:`_timeout_of`, :func:`_soft_timeout_of`), in one place.
 from __future__ import annotations
 
 import importlib
+import inspect
 import signal
 import sys
 import time
@@ -33,12 +34,16 @@ def _encode_error(exc: BaseException) -> bytes:
 
 def _execute(registry: Registry, name: str, payload: bytes, codec: str,
              allow_pickle: bool, current: CurrentTask | None = None,
-             soft_timeout: float | None = None) -> tuple[bool, bytes, str, float]:
+             soft_timeout: float | None = None, *,
+             signals: bool = True) -> tuple[bool, bytes, str, float]:
     """Run one task: ``(ok, payload, codec, duration)``. Never raises.
 
     ``current`` is what ``conveyor.current_task()`` returns meanwhile. A
-    ``soft_timeout`` (process pools only: it needs the main thread's signals)
-    raises SoftTimeLimitExceeded inside the task when it passes.
+    ``soft_timeout`` raises SoftTimeLimitExceeded inside the task when it
+    passes: in a plain function through SIGALRM, so only where ``signals`` is
+    true (a process pool child's main thread); in an ``async def`` task, which
+    runs to its end on an event loop of its own here, at the ``await`` where it
+    waits, in any thread.
     """
     duration = 0.0
     set_current(current)
@@ -48,19 +53,34 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
         fn = registry.resolve(name)
         args, kwargs = serde.decode_call(payload, codec, allow_pickle=allow_pickle)
         start = time.perf_counter()
-        if soft_timeout:
-            signal.setitimer(signal.ITIMER_REAL, soft_timeout)
         try:
-            value = fn(*args, **kwargs)
+            if inspect.iscoroutinefunction(fn):
+                value = _run_coroutine(fn(*args, **kwargs), soft_timeout)
+            else:
+                alarm = bool(soft_timeout) and signals
+                if alarm:
+                    signal.setitimer(signal.ITIMER_REAL, soft_timeout)
+                try:
+                    value = fn(*args, **kwargs)
+                finally:
+                    if alarm:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+                if inspect.iscoroutine(value):  # a plain function that returned a coroutine
+                    value = _run_coroutine(value, None)
         finally:
-            if soft_timeout:
-                signal.setitimer(signal.ITIMER_REAL, 0)
             duration = time.perf_counter() - start
         return True, serde.encode(value, codec), codec, duration
     except BaseException as exc:  # SystemExit from a task is its failure, not ours
         return False, _encode_error(exc), serde.MSGPACK, duration
     finally:
         set_current(None)
+
+
+def _run_coroutine(coro: Any, soft_timeout: float | None) -> Any:
+    """Run an ``async def`` task's coroutine to its end on a new loop in this thread."""
+    from .coroutine import run_coroutine  # asyncio is imported only once a task needs it
+
+    return run_coroutine(coro, soft_timeout)
 
 
 def _soft_limit(signum: int, frame: Any) -> None:

@@ -411,16 +411,23 @@ class _ProcessCore(_Core):
                 break
             if kind == _MSG_PROGRESS:
                 self.progress(detail)
-            elif slot.batch is not None:
-                batch = self._finish(slot)
-                try:
-                    results += [JobResult(e.job.id, e.job.token, bool(ok), payload, codec, float(duration))
-                                for e, (ok, payload, codec, duration) in zip(batch, detail, strict=True)]
-                except (ValueError, TypeError) as exc:
-                    results += [_failed(e.job, exc) for e in batch]
-                entries += batch
+            else:
+                self._answered(slot, detail, entries, results)
         if eof and slot.attached:
             self._lost(slot)
+
+    def _answered(self, slot: _Slot, detail: Any, entries: list[_Entry], results: list[JobResult]) -> None:
+        """The child answered its batch: add the batch and its results to ``entries`` and
+        ``results``."""
+        if slot.batch is None:
+            return
+        batch = self._finish(slot)
+        try:
+            results += [JobResult(e.job.id, e.job.token, bool(ok), payload, codec, float(duration))
+                        for e, (ok, payload, codec, duration) in zip(batch, detail, strict=True)]
+        except (ValueError, TypeError) as exc:
+            results += [_failed(e.job, exc) for e in batch]
+        entries += batch
 
     def _finish(self, slot: _Slot) -> list[_Entry]:
         """The child answered its batch: it is idle again. Returns the batch."""
@@ -512,8 +519,8 @@ class _ProcessCore(_Core):
         """Start a child and wait until it has imported the modules; False if the pool
         closed meanwhile (the child stays in the slot for shutdown to retire)."""
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=_child_main, args=(child_conn, self.modules, self.allow_pickle),
-                                name=f"conveyor-pool-{slot.index}")
+        target, args = self._child_target()
+        proc = self.ctx.Process(target=target, args=(child_conn, *args), name=f"conveyor-pool-{slot.index}")
         try:
             proc.start()
         except Exception as exc:
@@ -557,6 +564,10 @@ class _ProcessCore(_Core):
             if time.monotonic() > deadline:
                 self._retire(slot, graceful=False)
                 raise _StartFailed(f"did not start within {STARTUP_TIMEOUT:g}s")
+
+    def _child_target(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        """The function a child runs and its arguments after the pipe."""
+        return _child_main, (self.modules, self.allow_pickle)
 
     def _retire(self, slot: _Slot, *, graceful: bool) -> None:
         """Stop and reap the slot's child (asked to exit if ``graceful``, else killed)."""

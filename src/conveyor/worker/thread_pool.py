@@ -50,7 +50,8 @@ class _ThreadCore(_Core):
                 job = entry.job
                 ok, payload, codec, duration = _execute(
                     registry, job.name, job.payload, job.codec, self.allow_pickle,
-                    CurrentTask(job.id, job.name, job.token, self.progress))
+                    CurrentTask(job.id, job.name, job.token, self.progress), entry.soft,
+                    signals=False)  # SIGALRM reaches the main thread only: async tasks only
                 if entry.timeout is not None and duration > entry.timeout:
                     results.append(_failed(job, _timeout_error(job.name, entry.timeout), duration))
                 else:
