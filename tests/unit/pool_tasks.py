@@ -123,3 +123,12 @@ async def whoami(n):
         assert current_task().id == task_id, "another task's current_task()"
         current_task().progress(i, n)
     return task_id
+
+
+async def announce_then_sleep(seconds):
+    """Report progress 0 ("started"), so a client can see the task is running, then sleep."""
+    from conveyor import current_task
+
+    current_task().progress(0, 1, "started")
+    await asyncio.sleep(seconds)
+    return seconds
