@@ -15,6 +15,7 @@ import signal
 import struct
 import sys
 import threading
+from typing import Any
 
 from .. import serde
 from ..context import CurrentTask
@@ -60,7 +61,7 @@ def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
     signal.signal(signal.SIGALRM, _soft_limit)
     registry = _child_start(conn, modules)
 
-    def send_progress(report: dict) -> None:
+    def send_progress(report: dict[str, Any]) -> None:
         try:
             conn.send_bytes(serde.packb([_MSG_PROGRESS, report]))
         except OSError:

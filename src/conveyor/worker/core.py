@@ -8,6 +8,7 @@ import collections
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from .execute import CANCELLED_MESSAGE, CancelledTask, _failed, _soft_timeout_of, _timeout_of
 from .jobs import Job, JobResult, OnProgress, OnResults
@@ -100,7 +101,7 @@ class _Core:
     def cancel_running(self, task_id: str) -> bool:
         return False  # threads cannot be stopped
 
-    def progress(self, report: dict) -> None:
+    def progress(self, report: dict[str, Any]) -> None:
         """A running task reported progress."""
         if self.on_progress is not None and not self.killed:
             try:

@@ -57,9 +57,9 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
             if inspect.iscoroutinefunction(fn):
                 value = _run_coroutine(fn(*args, **kwargs), soft_timeout)
             else:
-                alarm = bool(soft_timeout) and signals
+                alarm = soft_timeout if signals and soft_timeout else None
                 if alarm:
-                    signal.setitimer(signal.ITIMER_REAL, soft_timeout)
+                    signal.setitimer(signal.ITIMER_REAL, alarm)
                 try:
                     value = fn(*args, **kwargs)
                 finally:

@@ -22,7 +22,7 @@ class Job:
     name: str
     payload: bytes
     codec: str
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -615,7 +615,7 @@ def _reap(proc: Any, timeout: float | None) -> int | None:
     while True:
         with _REAP_LOCK:
             proc.join(0)
-            code = proc.exitcode
+            code: int | None = proc.exitcode
         if code is not None or time.monotonic() > deadline:
             return code
         time.sleep(0.001)
@@ -665,6 +665,8 @@ class ProcessPool(_PoolBase):
     are killed and reaped by ``shutdown``, when the pool object is collected,
     and at interpreter exit, and they exit by themselves when the parent dies.
     """
+
+    _core: _ProcessCore
 
     def __init__(self, concurrency: int, modules: list[str], on_results: OnResults, *,
                  allow_pickle: bool = False, loop: asyncio.AbstractEventLoop | None = None) -> None:

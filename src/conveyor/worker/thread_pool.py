@@ -87,6 +87,8 @@ class ThreadPool(_PoolBase):
     the GIL; use it for I/O-bound tasks or code that releases the GIL.
     """
 
+    _core: _ThreadCore
+
     def __init__(self, concurrency: int, modules: list[str], on_results: OnResults, *,
                  allow_pickle: bool = False) -> None:
         self._core = _ThreadCore(concurrency, modules, on_results, allow_pickle)
