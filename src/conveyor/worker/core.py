@@ -204,7 +204,9 @@ class _PoolBase:
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a job: a pending one is reported failed (cancelled) at once; a running one
-        is stopped by killing its process (process pools only). False if not held or unstoppable."""
+        is stopped by killing its process (process pool) or cancelling its coroutine (asyncio
+        pool; its process is killed if it does not end). False if not held or unstoppable
+        (a thread pool's running job)."""
         return self._core.cancel(task_id)
 
     def set_progress_callback(self, fn: OnProgress | None) -> None:
