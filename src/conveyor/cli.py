@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("modules", nargs="+", metavar="MODULE", help="modules whose functions this worker may run")
     _add_connect(p)
     p.add_argument("--concurrency", "-n", type=int, default=None, help="parallel tasks (default: CPU count)")
-    p.add_argument("--pool", choices=["process", "thread"], default="process", help="where tasks run (default process)")
+    p.add_argument("--pool", choices=["process", "thread", "asyncio"], default="process", help="where tasks run (default process; asyncio: async def tasks, --concurrency of them at once in one child process)")
     p.add_argument("--queues", "-q", default="default", help="comma-separated queues, served in this order; "
                    "or weighted, e.g. high:3,low:1")
     p.add_argument("--prefetch", type=int, default=None, help="fixed credit window (default: adaptive)")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-_local = threading.local()
+# A context variable, not a thread-local: each thread has its own context, and so does
+# each asyncio task, so concurrent coroutines in one thread each see their own task.
+_current: ContextVar[CurrentTask | None] = ContextVar("conveyor_current_task", default=None)
 _MIN_INTERVAL = 0.05  # progress reports faster than this are coalesced
 
 
 @dataclass
 class CurrentTask:
-    """The task running in this thread: its id, name, attempt, and a progress reporter."""
+    """The task running in this thread or coroutine: its id, name, attempt, and a progress reporter."""
 
     id: str
     name: str
@@ -42,8 +44,8 @@ class CurrentTask:
 
 
 def current_task() -> CurrentTask:
-    """The task running in this thread; RuntimeError outside a task."""
-    task = getattr(_local, "task", None)
+    """The task running in this thread (or asyncio task); RuntimeError outside a task."""
+    task = _current.get()
     if task is None:
         raise RuntimeError("current_task() is only available inside a running conveyor task")
     return task
@@ -51,4 +53,4 @@ def current_task() -> CurrentTask:
 
 def set_current(task: CurrentTask | None) -> None:
     """Set (or clear) the running task; the worker pools call this around each task."""
-    _local.task = task
+    _current.set(task)

@@ -14,19 +14,19 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conveyor import serde
+from conveyor.worker.child import _frame, _frames_from
 from conveyor.worker.pool import (
     BATCH_BELOW,
+    AsyncioPool,
     Job,
     JobResult,
     ProcessPool,
     ThreadPool,
-    _frame,
-    _frames_from,
     make_pool,
 )
 
 MOD = "tests.unit.pool_tasks"
-KINDS = ["process", "thread"]
+KINDS = ["process", "thread", "asyncio"]
 WAIT = 60.0  # upper bound of every wait; none of them is a timing assertion
 
 
@@ -255,7 +255,7 @@ def test_discard_pending_returns_unstarted_jobs(make, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_shutdown_wait_finishes_the_running_job(make, kind):
     pool, collector = make(kind, 1)
-    procs = pool._processes() if kind == "process" else []
+    procs = pool._processes() if kind != "thread" else []
     pool.submit([job("s", "sleep", 0.5)])
     wait_until(lambda: pool.running() == 1)
     pool.shutdown(wait=True)
@@ -319,9 +319,10 @@ def test_unimportable_module_fails_start_with_its_name(kind):
 
 
 def test_make_pool_kinds():
-    assert isinstance(make_pool("process", 1, [MOD], Collector()), ProcessPool)
+    assert type(make_pool("process", 1, [MOD], Collector())) is ProcessPool
     assert isinstance(make_pool("thread", 1, [MOD], Collector()), ThreadPool)
-    with pytest.raises(ValueError, match="process.*thread"):
+    assert isinstance(make_pool("asyncio", 1, [MOD], Collector()), AsyncioPool)
+    with pytest.raises(ValueError, match="process.*thread.*asyncio"):
         make_pool("fiber", 1, [MOD], Collector())
     with pytest.raises(ValueError):
         make_pool("process", 0, [MOD], Collector())
