@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
-from ..errors import ConnectionLost, NotFound, TaskError
+from ..errors import ConnectionLost, NotFound, task_error
 from ..records import NewTask, Result
 from .core import Address, parse_address
 from .options import make_task, split_options
@@ -88,14 +88,15 @@ class TaskFuture(cf.Future):
 
 
 def decode_result(result: Result, *, allow_pickle: bool) -> tuple[bool, Any]:
-    """(True, value) for a success, (False, exception) for a failure."""
+    """(True, value) for a success, (False, exception) for a failure: a TaskError, or
+    its subclass for a failure conveyor names (TaskTimeout, WorkerCrashed, ...)."""
     if result.ok:
         try:
             return True, serde.decode(result.payload, result.codec, allow_pickle=allow_pickle)
         except Exception as exc:
             return False, exc
     err = serde.decode_error(result.payload)
-    return False, TaskError(err["type"], err["message"], err["traceback"])
+    return False, task_error(err["type"], err["message"], err["traceback"])
 
 
 def resolve_address(address: str | tuple[str, int] | Address | None) -> Address:
