@@ -361,6 +361,7 @@ class QueueProxy(NetworkQueue):
         self._address = address
         self._authkey = authkey
         super().__init__(client, name, maxsize, ack="auto", codec=serde.PICKLE)
+        _install_process_hooks()
         _live_proxies.add(self)
 
     @property  # type: ignore[override]
@@ -418,9 +419,21 @@ class _Hook:
 
 
 _hook = _Hook()  # register_after_fork needs an object to hang the hook on
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_parent_items)
-multiprocessing.util.register_after_fork(_hook, _register_exit_ack)  # a Process child clears finalizers
+_hooks_installed = False
+
+
+def _install_process_hooks() -> None:
+    """Install, once, by the first proxy (not at import): forgetting the parent's items in a
+    forked child, and acknowledging at a ``Process`` child's normal exit."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_parent_items)
+    multiprocessing.util.register_after_fork(_hook, _register_exit_ack)  # a Process child clears finalizers
+    if multiprocessing.parent_process() is not None:  # a child whose first proxy is its own
+        _register_exit_ack(None)
 
 
 def _connect(address: tuple[str, int], authkey: bytes, timeout: float = 10.0) -> Client:

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UnknownTask
-
 DEFAULT_QUEUE = "default"
 _ATTR = "__conveyor_task__"
 
@@ -153,6 +151,8 @@ class Registry:
         """The function for a task name, or UnknownTask; never imports anything."""
         fn = self.functions.get(name)
         if fn is None:
+            from .errors import UnknownTask  # here: declaring tasks need not load errors
+
             mods = ", ".join(self.modules) or "(none)"
             raise UnknownTask(f"unknown task {name!r}: this worker runs only tasks defined in {mods}")
         return fn

@@ -27,6 +27,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde
@@ -80,7 +81,7 @@ class NetworkQueue:
         self._to_ack: list[list] = []  # acknowledged by task_done, not yet sent
         if ack == "auto":
             _AUTO_QUEUES.add(self)
-            _watch_process_exit()
+            _watch_exit()
 
     def __repr__(self) -> str:
         return f"<NetworkQueue {self.name!r} on {self._client.address}>"
@@ -282,19 +283,18 @@ class NetworkQueue:
 
 
 # Queues in ack="auto" mode: acknowledged at a normal exit, not after an uncaught exception.
+# The hooks that tell the two apart are installed by the first auto queue, not at import:
+# importing conveyor changes nothing global.
 _AUTO_QUEUES: weakref.WeakSet[NetworkQueue] = weakref.WeakSet()
 _crashed = False
-_previous_hook = sys.excepthook
+_previous_hook: Callable[..., Any] | None = None  # the excepthook ours wraps, once installed
 _watched_pid: int | None = None
 
 
-def _excepthook(kind, value, tb) -> None:
+def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
     global _crashed
     _crashed = True
-    _previous_hook(kind, value, tb)
-
-
-sys.excepthook = _excepthook
+    (_previous_hook or sys.__excepthook__)(kind, value, tb)
 
 
 def _note_run_outcome() -> None:
@@ -307,9 +307,15 @@ def _note_run_outcome() -> None:
         _crashed = True
 
 
-def _watch_process_exit() -> None:
-    """Register _note_run_outcome once per multiprocessing child that uses an auto queue."""
-    global _watched_pid
+def _watch_exit() -> None:
+    """Install, once, what an auto queue needs to tell a normal exit from a crash: the
+    excepthook and the atexit acknowledgement in this process, and in each multiprocessing
+    child that uses an auto queue, a hook around its ``run()``."""
+    global _previous_hook, _watched_pid
+    if _previous_hook is None:
+        _previous_hook = sys.excepthook
+        sys.excepthook = _excepthook
+        atexit.register(_ack_at_exit)
     if _watched_pid == os.getpid():
         return
     import multiprocessing
@@ -333,7 +339,6 @@ def ack_auto_items(client: Client) -> None:
     cf.wait(list(_ACKS_IN_FLIGHT), 5)
 
 
-@atexit.register
 def _ack_at_exit() -> None:
     if _crashed:
         return

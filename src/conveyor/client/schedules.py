@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol
-from ..periodic import task_defaults
-from ..schedule import RUN_ONCE, make_schedule
 
 TIMEOUT = 30.0
+RUN_ONCE = "run_once"  # conveyor.schedule.RUN_ONCE, without importing croniter for a default
 
 
 class ScheduleMixin:
@@ -30,6 +29,9 @@ class ScheduleMixin:
         Bad input raises ValueError naming the field. Returns the schedule as
         the master stored it (with ``next_slot``).
         """
+        from ..periodic import task_defaults  # here: schedules (and croniter) load when used
+        from ..schedule import make_schedule
+
         task, default_queue, options = task_defaults(fn)
         sched = make_schedule(name, task, args, kwargs, cron=cron, every=every, tz=tz,
                               queue=default_queue if queue is None else queue, missed=missed,
