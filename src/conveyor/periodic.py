@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import serde, tasks
-from .retries import normalise_options
+from .options import check_task_defaults
 from .schedule import RUN_ONCE, Schedule, check_name, make_schedule
 
 log = logging.getLogger("conveyor.periodic")
@@ -54,7 +54,7 @@ def task_defaults(fn: Callable | str) -> tuple[str, str, dict[str, Any]]:
     """(task name, default queue, task options as they travel) for ``fn``: what a
     scheduled run is submitted with, as ``client.submit`` would."""
     spec = tasks.task_options(fn)
-    return spec.name, spec.queue, normalise_options(dict(spec.options))
+    return spec.name, spec.queue, dict(spec.options)  # checked by @task (conveyor.options)
 
 
 # module name -> schedule name -> declaration; and schedule name -> its function
@@ -80,6 +80,7 @@ def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "
     """
     if callable(cron):
         raise TypeError("@periodic needs a schedule: @periodic('*/5 * * * *') or @periodic(every=60)")
+    check_task_defaults(task_options)  # bad task options fail here, before any function is touched
     if name is not None:
         check_name(name)
     if queue is not None and (not isinstance(queue, str) or not queue):

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_QUEUE = "default"
+from .options import DEFAULT_QUEUE, TASK_OPTIONS, check_task_defaults, validate
+
+__all__ = ["DEFAULT_QUEUE", "TASK_OPTIONS", "Registry", "TaskOptions", "task", "task_options"]
 _ATTR = "__conveyor_task__"
 
 
@@ -48,51 +50,26 @@ def task(fn: Callable | None = None, *, name: str | None = None, queue: str = DE
 
     ``name`` overrides the default ``"module:qualname"``; ``queue`` is the
     queue submits go to unless they say otherwise. Works bare (``@task``) or
-    with arguments (``@task(queue="images")``). The function is returned
-    unchanged, so it can still be called locally.
+    with arguments (``@task(queue="images")``). Other keywords are the task's
+    defaults for the options in ``conveyor.options.TASK_OPTIONS`` (``timeout``,
+    ``retries``, ``priority``...), checked here: TypeError for an unknown name,
+    ValueError naming a bad value. The function is returned unchanged, so it
+    can still be called locally.
     """
 
-    _validate_options(options)
+    defaults = check_task_defaults(options)  # declared in conveyor.options, checked once here
+    validate("queue", queue)
 
-    def mark(f: Callable) -> Callable:
+    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(f):
             raise TypeError("@task decorates a function")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError("queue must be a non-empty string")
         task_name = name or f"{_module_name(f)}:{f.__qualname__}"
         if ":" not in task_name:
             raise ValueError(f"task name {task_name!r} must look like 'module:function'")
-        setattr(f, _ATTR, TaskOptions(task_name, queue, dict(options)))
+        setattr(f, _ATTR, TaskOptions(task_name, queue, dict(defaults)))
         return f
 
     return mark(fn) if fn is not None else mark
-
-
-TASK_OPTIONS = frozenset({
-    "priority", "timeout", "soft_timeout", "rate_limit", "retries", "retry_backoff",
-    "retry_backoff_max", "retry_jitter", "retry_on",
-})
-
-
-def _validate_options(options: dict[str, Any]) -> None:
-    """Refuse unknown or invalid per-task defaults at declaration time, naming the field."""
-    from .ratelimit import parse_rate
-    from .retries import normalise_options
-
-    unknown = set(options) - TASK_OPTIONS
-    if unknown:
-        raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}; "
-                        f"choose from {', '.join(sorted(TASK_OPTIONS))}")
-    normalise_options(options)
-    if options.get("rate_limit") is not None:
-        parse_rate(options["rate_limit"])
-    priority = options.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValueError(f"priority must be an integer, not {priority!r}")
-    for name in ("timeout", "soft_timeout"):
-        value = options.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
 def task_options(fn: Callable | str) -> TaskOptions:

@@ -39,6 +39,20 @@ def test_import_conveyor_loads_nothing_heavy_and_touches_no_global_hook():
     assert doc["atexit"] == 0
 
 
+def test_declaring_a_task_loads_no_client_store_or_event_loop():
+    doc = _run(f"""
+        import json, sys
+        import conveyor
+
+        @conveyor.task(timeout=5, retries=2, retry_on=[ValueError], priority=3)
+        def job(x):
+            return x
+
+        print(json.dumps({{"heavy": {_loaded(HEAVY + ("conveyor.client", "socket"))}}}))
+    """)
+    assert doc["heavy"] == []
+
+
 def test_public_names_resolve_lazily_and_match_all():
     assert set(conveyor.__all__) == set(conveyor._LAZY) | {"__version__"}
     assert set(conveyor.__all__) <= set(dir(conveyor))
