@@ -70,9 +70,8 @@ class AsyncClient:
     async def submit(self, fn: Callable | str, /, *args: Any, **kwargs: Any) -> asyncio.Future:
         """Submit ``fn(*args, **kwargs)``; returns (after commit) a future of its result.
 
-        Submit options (``queue``, ``priority``, ``countdown``, ``eta``,
-        ``timeout``, ``codec``, ``task_id``) are taken from the keywords as
-        in :meth:`conveyor.Client.submit`.
+        Submit options (every name in ``conveyor.options.OPTIONS``) are taken
+        from the keywords as in :meth:`conveyor.Client.submit`.
         """
         call_kwargs, options = split_options(kwargs)
         futures, committed = self._send([self._task(fn, args, call_kwargs, options)])

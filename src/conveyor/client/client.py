@@ -22,7 +22,7 @@ from typing import Any
 from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
 from ..errors import ConnectionLost, NotFound, task_error
-from ..records import NewTask, Result
+from ..records import DELAYED, READY, WAITING, NewTask, Result
 from .core import Address, parse_address
 from .options import make_task, split_options
 from .queues import NetworkQueue, ack_auto_items
@@ -31,6 +31,7 @@ from .threaded import ThreadedCore
 
 ENV_ADDRESS = "CONVEYOR_ADDRESS"
 DEFAULT_ADDRESS = "127.0.0.1:7700"
+_NOT_STARTED = frozenset({READY, DELAYED, WAITING})  # what Executor.shutdown(cancel_futures=True) cancels
 
 
 class TaskFuture(cf.Future):
@@ -195,9 +196,10 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
         ``fn`` is a module-level function or a ``"module:function"`` string.
         Keyword arguments named like submit options (``queue``, ``priority``,
-        ``countdown``, ``eta``, ``timeout``, ``codec``, ``task_id``) are options;
-        use :meth:`submit_call` to pass such a name to the task itself. An
-        argument the codec cannot encode raises TypeError here.
+        ``countdown``, ``timeout``, ``retries``, ``after``, ``key``... every name
+        in ``conveyor.options.OPTIONS``) are options; use :meth:`submit_call` to
+        pass such a name to the task itself. A bad option raises ValueError
+        naming it; an argument the codec cannot encode raises TypeError here.
         """
         call_kwargs, options = split_options(kwargs)
         return self.submit_call(fn, args, call_kwargs, **options)
@@ -404,7 +406,7 @@ class ConveyorExecutor(cf.Executor):
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._futures: set[cf.Future] = set()
+        self._futures: set[TaskFuture] = set()
         self._shutdown = False
         self._lock = threading.Lock()
 
@@ -431,12 +433,38 @@ class ConveyorExecutor(cf.Executor):
         return self._client.map(fn, *iterables, timeout=timeout, chunksize=max(chunksize, 500))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Refuse new work; with ``wait``, block until submitted futures are done."""
+        """Refuse new work; with ``cancel_futures``, cancel the submitted tasks that have
+        not started (their futures raise CancelledError); with ``wait``, block until the
+        rest are done."""
         with self._lock:
             self._shutdown = True
             pending = list(self._futures)
+        if cancel_futures:
+            self._cancel_not_started(pending)
         if wait:
             cf.wait(pending)
+
+    def _cancel_not_started(self, futures: list[TaskFuture]) -> None:
+        """Cancel on the master the tasks of ``futures`` still waiting to run (ready, delayed
+        or waiting on dependencies); a task a worker already holds keeps running, as in
+        ``concurrent.futures``. States are asked for all at once, then one cancel request."""
+        asks = [(f, self._client._request_future(protocol.INSPECT, {"id": f.task_id}))
+                for f in futures if not f.done()]
+        ids = []
+        for fut, ask in asks:
+            try:
+                state = ask.result(30)["task"]["state"]
+            except Exception:  # its result expired, or the link dropped: nothing left to cancel
+                continue
+            if state in _NOT_STARTED:
+                ids.append(fut.task_id)
+        if not ids:
+            return
+        outcome = self._client._request_future(protocol.CANCEL, {"ids": ids}).result(30)
+        cancelled = set(outcome["cancelled"])
+        for fut, _ in asks:
+            if fut.task_id in cancelled:
+                fut._mark_cancelled()
 
 
 def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str | None = None,
