@@ -9,11 +9,16 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, loops
 from .auth import ENV_AUTHKEY, client_tls_context, is_loopback, load_authkey, server_tls_context
 from .errors import ConveyorError, StoreError
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .client.client import Client
 
 EXIT_USAGE = 2
 
@@ -52,7 +57,7 @@ def _add_connect(p: argparse.ArgumentParser, timeout_flags: tuple[str, ...] = ("
                    help="seconds to wait for the master (default 10)")
 
 
-def _client_ssl(args: argparse.Namespace):
+def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     return client_tls_context(args.tls_ca) if args.tls_ca else None
 
 
@@ -76,7 +81,7 @@ def _parse_bind(text: str) -> tuple[str, int]:
 
 
 # -- master -----------------------------------------------------------------
-_held_locks: list = []
+_held_locks: list[Any] = []
 
 
 def _lock_data_dir(data: str) -> bool:
@@ -214,7 +219,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 # -- status -----------------------------------------------------------------
-def _connect(args: argparse.Namespace, **kw: Any):
+def _connect(args: argparse.Namespace, **kw: Any) -> Client:
     from .client.client import Client
 
     return Client(args.connect, _authkey(args), ssl_context=_client_ssl(args),

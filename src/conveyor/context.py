@@ -43,7 +43,7 @@ class CurrentTask:
 
 def current_task() -> CurrentTask:
     """The task running in this thread; RuntimeError outside a task."""
-    task = getattr(_local, "task", None)
+    task: CurrentTask | None = getattr(_local, "task", None)
     if task is None:
         raise RuntimeError("current_task() is only available inside a running conveyor task")
     return task

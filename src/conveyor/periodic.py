@@ -39,7 +39,7 @@ _ATTR = "__conveyor_periodic__"
 class Declaration:
     """One ``@periodic`` on one function; the task name and options are read when sent."""
 
-    fn: Callable
+    fn: Callable[..., Any]
     schedule: Schedule  # validated at declaration; task, queue and options refreshed by current()
     queue: str | None  # as given to @periodic (None: the task's default queue)
 
@@ -50,7 +50,7 @@ class Declaration:
         return replace(self.schedule, task=task, queue=self.queue or queue, options=options)
 
 
-def task_defaults(fn: Callable | str) -> tuple[str, str, dict[str, Any]]:
+def task_defaults(fn: Callable[..., Any] | str) -> tuple[str, str, dict[str, Any]]:
     """(task name, default queue, task options as they travel) for ``fn``: what a
     scheduled run is submitted with, as ``client.submit`` would."""
     spec = tasks.task_options(fn)
@@ -62,13 +62,13 @@ _declared: dict[str, dict[str, Declaration]] = {}
 _owners: dict[str, tuple[str, str]] = {}
 
 
-def _where(fn: Callable) -> tuple[str, str]:
+def _where(fn: Callable[..., Any]) -> tuple[str, str]:
     return tasks._module_name(fn), getattr(fn, "__qualname__", repr(fn))
 
 
 def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "UTC",
-             queue: str | None = None, args: tuple | list = (), kwargs: dict[str, Any] | None = None,
-             name: str | None = None, missed: str = RUN_ONCE, **task_options: Any) -> Callable:
+             queue: str | None = None, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None,
+             name: str | None = None, missed: str = RUN_ONCE, **task_options: Any) -> Callable[..., Any]:
     """Run the decorated module-level function on a schedule: ``cron`` (a 5-field
     expression in time zone ``tz``) or ``every`` seconds, with ``args``/``kwargs``,
     on ``queue`` (default: the task's queue). ``name`` defaults to the task name
@@ -90,7 +90,7 @@ def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "
                          cron=cron, every=every, tz=tz, queue=queue or tasks.DEFAULT_QUEUE,
                          missed=missed, codec=serde.MSGPACK, source="code")
 
-    def mark(fn: Callable) -> Callable:
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise TypeError("@periodic decorates a function")
         qualname = getattr(fn, "__qualname__", "")

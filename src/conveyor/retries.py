@@ -49,7 +49,7 @@ def backoff(options: dict[str, Any], retry_number: int, rand: Callable[[], float
     delay = min(policy.backoff_max, policy.backoff * 2 ** (retry_number - 1))
     if policy.jitter:
         delay *= 0.5 + rand() / 2
-    return delay
+    return float(delay)
 
 
 def decide(options: dict[str, Any], failures: int, error: dict[str, Any],
@@ -76,5 +76,5 @@ def decide(options: dict[str, Any], failures: int, error: dict[str, Any],
     used = max(0, failures - policy.base)
     if used >= budget:
         return {"dead": True}
-    delay = error.get("delay") if explicit and error.get("delay") is not None else backoff(options, used + 1, rand)
-    return {"delay": float(delay)}
+    asked = error.get("delay") if explicit else None
+    return {"delay": float(asked) if isinstance(asked, (int, float)) else backoff(options, used + 1, rand)}

@@ -30,21 +30,21 @@ class TaskOptions:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _module_name(fn: Callable) -> str:
+def _module_name(fn: Callable[..., Any]) -> str:
     module = fn.__module__
     if module == "__main__":
         # A script's functions are importable by workers under the script's own name.
         main = sys.modules.get("__main__")
         spec = getattr(main, "__spec__", None)
         if spec is not None and spec.name:
-            return spec.name
+            return str(spec.name)
         path = getattr(main, "__file__", None)
         if path:
             return Path(path).stem
     return module
 
 
-def task(fn: Callable | None = None, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
+def task(fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
          **options: Any) -> Any:
     """Mark a module-level function as a task and set its defaults.
 
@@ -72,7 +72,7 @@ def task(fn: Callable | None = None, *, name: str | None = None, queue: str = DE
     return mark(fn) if fn is not None else mark
 
 
-def task_options(fn: Callable | str) -> TaskOptions:
+def task_options(fn: Callable[..., Any] | str) -> TaskOptions:
     """The name and defaults to submit ``fn`` with: a function or a ``"module:function"`` string."""
     if isinstance(fn, str):
         if ":" not in fn or fn.startswith(":") or fn.endswith(":"):
@@ -95,8 +95,8 @@ def task_options(fn: Callable | str) -> TaskOptions:
 class Registry:
     """The functions a worker may run, by task name, from the modules it was started with."""
 
-    def __init__(self, functions: dict[str, Callable] | None = None, modules: Iterable[str] = ()) -> None:
-        self.functions: dict[str, Callable] = dict(functions or {})
+    def __init__(self, functions: dict[str, Callable[..., Any]] | None = None, modules: Iterable[str] = ()) -> None:
+        self.functions: dict[str, Callable[..., Any]] = dict(functions or {})
         self.modules = list(modules)
 
     @classmethod
@@ -108,7 +108,7 @@ class Registry:
         """
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")
-        functions: dict[str, Callable] = {}
+        functions: dict[str, Callable[..., Any]] = {}
         names = list(modules)
         for modname in names:
             module = importlib.import_module(modname)
@@ -124,7 +124,7 @@ class Registry:
                     functions[marked.name] = value
         return cls(functions, names)
 
-    def resolve(self, name: str) -> Callable:
+    def resolve(self, name: str) -> Callable[..., Any]:
         """The function for a task name, or UnknownTask; never imports anything."""
         fn = self.functions.get(name)
         if fn is None:

@@ -18,11 +18,12 @@ MEMORY = ":memory:"
 
 # public name -> the module (relative to this package) that defines it
 _LAZY: dict[str, str] = {
-    **{name: ".base" for name in (
+    **{name: "..records" for name in (  # the records every layer shares, re-exported here
         "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED", "READY",
         "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
-        "Lease", "NewTask", "Outcome", "QueueStats", "Result", "Store", "TaskInfo",
+        "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskInfo",
     )},
+    "Store": ".base",
     "MemoryStore": ".memory",
     "SQLiteStore": ".sqlite",
     "SYNC_MODES": ".sqlite",
@@ -64,7 +65,7 @@ __all__ = [  # the names of _LAZY, MEMORY and open_store, spelled out for linter
 ]
 
 if TYPE_CHECKING:
-    from .base import (
+    from ..records import (
         CANCELLED,
         DEAD,
         DELAYED,
@@ -84,8 +85,8 @@ if TYPE_CHECKING:
         Outcome,
         QueueStats,
         Result,
-        Store,
         TaskInfo,
     )
+    from .base import Store
     from .memory import MemoryStore
     from .sqlite import SYNC_MODES, SQLiteStore
