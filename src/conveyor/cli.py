@@ -9,11 +9,16 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, loops
 from .auth import ENV_AUTHKEY, client_tls_context, is_loopback, load_authkey, server_tls_context
 from .errors import ConveyorError, StoreError
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .client.client import Client
 
 EXIT_USAGE = 2
 
@@ -41,15 +46,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="log verbosity (default INFO)")
 
 
-def _add_connect(p: argparse.ArgumentParser) -> None:
+def _add_connect(p: argparse.ArgumentParser, timeout_flags: tuple[str, ...] = ("--timeout", "--connect-timeout"),
+                 ) -> None:
+    """Where the master is; ``conveyor submit`` keeps ``--timeout`` for the task's own limit."""
     p.add_argument("--connect", "-c", metavar="ADDRESS", default=None,
                    help="master address: host:port, tcp://host:port or tls://host:port "
                         "(default: $CONVEYOR_ADDRESS or 127.0.0.1:7700)")
     p.add_argument("--tls-ca", metavar="FILE", help="trust this CA (or self-signed) certificate for tls://")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the master (default 10)")
+    p.add_argument(*timeout_flags, dest="connect_timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for the master (default 10)")
 
 
-def _client_ssl(args: argparse.Namespace):
+def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     return client_tls_context(args.tls_ca) if args.tls_ca else None
 
 
@@ -73,7 +81,7 @@ def _parse_bind(text: str) -> tuple[str, int]:
 
 
 # -- master -----------------------------------------------------------------
-_held_locks: list = []
+_held_locks: list[Any] = []
 
 
 def _lock_data_dir(data: str) -> bool:
@@ -211,11 +219,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 # -- status -----------------------------------------------------------------
-def _connect(args: argparse.Namespace, **kw: Any):
+def _connect(args: argparse.Namespace, **kw: Any) -> Client:
     from .client.client import Client
 
     return Client(args.connect, _authkey(args), ssl_context=_client_ssl(args),
-                  connect_timeout=args.timeout, **kw)
+                  connect_timeout=args.connect_timeout, **kw)
 
 
 def format_status(st: dict[str, Any]) -> str:
@@ -261,19 +269,60 @@ def _parse_arg(text: str) -> Any:
         return text
 
 
+def _split_call(words: list[str]) -> tuple[list[Any], dict[str, Any]]:
+    """A task's arguments from the command line: ``name=value`` is a keyword argument,
+    anything else positional; values are JSON where they parse (``'"a=b"'`` is the string)."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for word in words:
+        name, sep, value = word.partition("=")
+        if sep and name.isidentifier():
+            kwargs[name] = _parse_arg(value)
+        elif kwargs:
+            raise CliError(f"positional argument {word!r} follows keyword arguments")
+        else:
+            args.append(_parse_arg(word))
+    return args, kwargs
+
+
+def _add_submit_options(p: argparse.ArgumentParser) -> None:
+    """One flag per option of conveyor.options: the CLI can pass whatever Python can."""
+    from .options import OPTIONS
+
+    for opt in OPTIONS.values():
+        flag = "--" + opt.name.replace("_", "-")
+        names = [flag, "-q"] if opt.name == "queue" else [flag]
+        if opt.cli_action == "flag":
+            p.add_argument(*names, dest=opt.name, action="store_true", default=None, help=opt.help)
+        elif opt.cli_action == "bool":
+            p.add_argument(*names, dest=opt.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=opt.help)
+        else:
+            p.add_argument(*names, dest=opt.name, type=_cli_value(opt.name, opt.cli_type), default=None,
+                           action=opt.cli_action or "store", metavar=opt.metavar, help=opt.help)
+
+
+def _cli_value(name: str, parse: Any) -> Any:
+    """Wrap an option's text parser so a bad value is argparse's one-line error naming the flag."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = name  # argparse names the type in its message
+    return convert
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from .errors import TaskError
+    from .options import OPTIONS
 
-    values = [_parse_arg(a) for a in args.args]
-    options: dict[str, Any] = {"queue": args.queue}
-    if args.priority is not None:
-        options["priority"] = args.priority
-    if args.countdown is not None:
-        options["countdown"] = args.countdown
+    values, kwargs = _split_call(args.args)
+    options = {name: getattr(args, name) for name in OPTIONS if getattr(args, name, None) is not None}
     with _connect(args) as client:
         try:
-            fut = client.submit_call(args.task, values, {}, **options)
-        except ValueError as exc:
+            fut = client.submit_call(args.task, values, kwargs, **options)
+        except (ValueError, TypeError) as exc:
             raise CliError(str(exc)) from None
         if not args.wait:
             print(fut.task_id)
@@ -343,11 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit MODULE:FUNC with arguments (JSON where they parse)")
     p.add_argument("task", metavar="MODULE:FUNC")
-    p.add_argument("args", nargs="*", metavar="ARG")
-    _add_connect(p)
-    p.add_argument("--queue", "-q", default=None, help="queue (default: the task's, else 'default')")
-    p.add_argument("--priority", type=int, default=None, help="higher runs first")
-    p.add_argument("--countdown", type=float, default=None, help="run no sooner than this many seconds from now")
+    p.add_argument("args", nargs="*", metavar="ARG",
+                   help="positional arguments, then NAME=VALUE keyword arguments (JSON where they parse)")
+    _add_connect(p, ("--connect-timeout",))
+    _add_submit_options(p)
     p.add_argument("--wait", "-w", action="store_true", help="wait for the result and print it as JSON")
     p.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
     _add_common(p)

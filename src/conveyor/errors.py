@@ -73,20 +73,54 @@ class TaskError(ConveyorError):
         return text
 
 
-class UnknownTask(ConveyorError):
+class _NamedTaskFailure(TaskError):
+    """A task failure conveyor itself names: raised on a worker or master with just a
+    message, and re-raised on the client as its own class (see :func:`task_error`).
+
+    Raised locally its text is the message alone (that is what a worker encodes);
+    rebuilt from a remote error it reads like any ``TaskError``.
+    """
+
+    def __init__(self, message: str = "", remote_traceback: str = "", *, type_name: str | None = None) -> None:
+        cls = type(self)
+        super().__init__(type_name or f"{cls.__module__}.{cls.__qualname__}", message, remote_traceback)
+        self.args = (message,)  # pickles and reprs as cls(message)
+        self._remote = type_name is not None or bool(remote_traceback)
+
+    def __str__(self) -> str:
+        return super().__str__() if self._remote else self.message
+
+
+class UnknownTask(_NamedTaskFailure):
     """A task names a function the worker was not started with; it is refused, never imported."""
 
 
-class WorkerCrashed(ConveyorError):
+class WorkerCrashed(_NamedTaskFailure):
     """The process running a task died (os._exit, a signal, the OOM killer)."""
 
 
-class TaskTimeout(ConveyorError):
+class TaskTimeout(_NamedTaskFailure):
     """A task ran past its time limit and was stopped."""
 
 
-class DependencyFailed(ConveyorError):
+class DependencyFailed(_NamedTaskFailure):
     """A task did not run because a task it depends on failed, died or was cancelled."""
+
+
+# The remote type names that come back as their own class; any other is a plain TaskError.
+_TASK_FAILURES: dict[str, type[_NamedTaskFailure]] = {
+    f"{__name__}.{cls.__qualname__}": cls for cls in (UnknownTask, WorkerCrashed, TaskTimeout, DependencyFailed)
+}
+
+
+def task_error(type_name: str, message: str, remote_traceback: str = "") -> TaskError:
+    """The exception a client raises for a failed task, by the remote type name:
+    ``TaskTimeout``, ``WorkerCrashed``, ``UnknownTask`` and ``DependencyFailed`` as
+    themselves (each a TaskError), anything else as a TaskError carrying the name."""
+    cls = _TASK_FAILURES.get(type_name)
+    if cls is None:
+        return TaskError(type_name, message, remote_traceback)
+    return cls(message, remote_traceback, type_name=type_name)
 
 
 class SoftTimeLimitExceeded(ConveyorError):

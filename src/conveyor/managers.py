@@ -173,7 +173,8 @@ def _queue_maxsize(typeid: str, obj: Any) -> int:
         return 0
     if isinstance(obj, multiprocessing.queues.Queue):
         size = int(getattr(obj, "_maxsize", 0))
-        return size if 0 < size < multiprocessing.synchronize.SEM_VALUE_MAX else 0
+        limit: int = multiprocessing.synchronize.SEM_VALUE_MAX  # type: ignore[attr-defined]  # untyped in typeshed
+        return size if 0 < size < limit else 0
     raise TypeError(f"typeid {typeid!r}: the callable returned a {type(obj).__name__}, not a queue; "
                     f"conveyor.managers supports {SUPPORTED}")
 
@@ -197,7 +198,7 @@ def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
 
 
-def data_dir_for(port: int, data_dir: str | os.PathLike | None = None) -> Path:
+def data_dir_for(port: int, data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The data directory a manager on ``port`` uses: ``data_dir``, else
     ``$CONVEYOR_MANAGERS_DATA``, else ``./conveyor-managers-data/<port>``."""
     if data_dir is not None:
@@ -212,7 +213,8 @@ def _free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 # -- the serving side --------------------------------------------------------
@@ -225,7 +227,7 @@ class Server:
     """
 
     def __init__(self, address: tuple[str, int], authkey: bytes, queues: dict[str, int],
-                 data_dir: str | os.PathLike | None = None) -> None:
+                 data_dir: str | os.PathLike[str] | None = None) -> None:
         from .master import Master
         from .store import open_store
 
@@ -327,7 +329,7 @@ def _child_main() -> None:
 
 
 # -- proxies -----------------------------------------------------------------
-_clients: dict[tuple, Client] = {}
+_clients: dict[tuple[Any, ...], Client] = {}
 _clients_lock = threading.Lock()
 
 
@@ -361,9 +363,13 @@ class QueueProxy(NetworkQueue):
         self._address = address
         self._authkey = authkey
         super().__init__(client, name, maxsize, ack="auto", codec=serde.PICKLE)
+        _install_process_hooks()
         _live_proxies.add(self)
 
-    @property  # type: ignore[override]
+    _client_obj: Client
+    _pid: int
+
+    @property
     def _client(self) -> Client:
         if self._pid != os.getpid():  # inherited through fork: the parent's connection is not ours
             self._client_obj = _shared_client(self._address, self._authkey)
@@ -381,7 +387,7 @@ class QueueProxy(NetworkQueue):
     def __repr__(self) -> str:
         return f"<conveyor.managers proxy for queue {self.name!r} at {self._address[0]}:{self._address[1]}>"
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         from multiprocessing.context import get_spawning_popen
 
         authkey = self._authkey if get_spawning_popen() is not None else None
@@ -418,9 +424,21 @@ class _Hook:
 
 
 _hook = _Hook()  # register_after_fork needs an object to hang the hook on
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_parent_items)
-multiprocessing.util.register_after_fork(_hook, _register_exit_ack)  # a Process child clears finalizers
+_hooks_installed = False
+
+
+def _install_process_hooks() -> None:
+    """Install, once, by the first proxy (not at import): forgetting the parent's items in a
+    forked child, and acknowledging at a ``Process`` child's normal exit."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_parent_items)
+    multiprocessing.util.register_after_fork(_hook, _register_exit_ack)  # a Process child clears finalizers
+    if multiprocessing.parent_process() is not None:  # a child whose first proxy is its own
+        _register_exit_ack(None)
 
 
 def _connect(address: tuple[str, int], authkey: bytes, timeout: float = 10.0) -> Client:
@@ -439,7 +457,7 @@ class _State:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.client: Client | None = None
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.proxies: weakref.WeakSet[QueueProxy] = weakref.WeakSet()
         self.declared: list[str] = []
         self.timeout = 1.0
@@ -483,7 +501,7 @@ def _drain(state: _State) -> None:
         time.sleep(0.02)
 
 
-def _stop_process(proc: subprocess.Popen, timeout: float) -> None:
+def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -515,7 +533,7 @@ class BaseManager:
 
     def __init__(self, address: tuple[str, int] | None = None, authkey: bytes | str | None = None,
                  serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
-                 data_dir: str | os.PathLike | None = None) -> None:
+                 data_dir: str | os.PathLike[str] | None = None) -> None:
         if serializer != "pickle":
             raise ValueError(f"serializer {serializer!r} is not supported: conveyor.managers uses pickle")
         if authkey is None:
@@ -590,7 +608,7 @@ class BaseManager:
         self.data_dir = server.data_dir
         return server
 
-    def start(self, initializer: Callable | None = None, initargs: tuple = ()) -> None:
+    def start(self, initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()) -> None:
         """Run a conveyor master for this manager in a child process; return once it listens."""
         self._check_initial()
         if initializer is not None:
@@ -678,7 +696,7 @@ class BaseManager:
 
     # -- life cycle ----------------------------------------------------------
     @property
-    def _process(self) -> subprocess.Popen | None:
+    def _process(self) -> subprocess.Popen[bytes] | None:
         """The master child process ``start()`` ran (as the stdlib's ``_process``)."""
         return self._s.process
 
@@ -715,7 +733,7 @@ def _is_callable(obj: Any) -> bool:
     return callable(obj)
 
 
-def _read_line(proc: subprocess.Popen, timeout: float) -> dict:
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     """The child's first stdout line as JSON, within ``timeout`` seconds."""
     box: list[bytes] = []
 
@@ -730,7 +748,8 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> dict:
         code = proc.poll()
         state = f"exited with status {code}" if code is not None else f"did not listen within {timeout:.0f}s"
         raise RuntimeError(f"the manager's master {state}")
-    return json.loads(box[0])
+    doc: dict[str, Any] = json.loads(box[0])
+    return doc
 
 
 class SyncManager(BaseManager):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import serde, tasks
-from .retries import normalise_options
+from .options import check_task_defaults
 from .schedule import RUN_ONCE, Schedule, check_name, make_schedule
 
 log = logging.getLogger("conveyor.periodic")
@@ -39,7 +39,7 @@ _ATTR = "__conveyor_periodic__"
 class Declaration:
     """One ``@periodic`` on one function; the task name and options are read when sent."""
 
-    fn: Callable
+    fn: Callable[..., Any]
     schedule: Schedule  # validated at declaration; task, queue and options refreshed by current()
     queue: str | None  # as given to @periodic (None: the task's default queue)
 
@@ -50,11 +50,11 @@ class Declaration:
         return replace(self.schedule, task=task, queue=self.queue or queue, options=options)
 
 
-def task_defaults(fn: Callable | str) -> tuple[str, str, dict[str, Any]]:
+def task_defaults(fn: Callable[..., Any] | str) -> tuple[str, str, dict[str, Any]]:
     """(task name, default queue, task options as they travel) for ``fn``: what a
     scheduled run is submitted with, as ``client.submit`` would."""
     spec = tasks.task_options(fn)
-    return spec.name, spec.queue, normalise_options(dict(spec.options))
+    return spec.name, spec.queue, dict(spec.options)  # checked by @task (conveyor.options)
 
 
 # module name -> schedule name -> declaration; and schedule name -> its function
@@ -62,13 +62,13 @@ _declared: dict[str, dict[str, Declaration]] = {}
 _owners: dict[str, tuple[str, str]] = {}
 
 
-def _where(fn: Callable) -> tuple[str, str]:
+def _where(fn: Callable[..., Any]) -> tuple[str, str]:
     return tasks._module_name(fn), getattr(fn, "__qualname__", repr(fn))
 
 
 def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "UTC",
-             queue: str | None = None, args: tuple | list = (), kwargs: dict[str, Any] | None = None,
-             name: str | None = None, missed: str = RUN_ONCE, **task_options: Any) -> Callable:
+             queue: str | None = None, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None,
+             name: str | None = None, missed: str = RUN_ONCE, **task_options: Any) -> Callable[..., Any]:
     """Run the decorated module-level function on a schedule: ``cron`` (a 5-field
     expression in time zone ``tz``) or ``every`` seconds, with ``args``/``kwargs``,
     on ``queue`` (default: the task's queue). ``name`` defaults to the task name
@@ -80,6 +80,7 @@ def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "
     """
     if callable(cron):
         raise TypeError("@periodic needs a schedule: @periodic('*/5 * * * *') or @periodic(every=60)")
+    check_task_defaults(task_options)  # bad task options fail here, before any function is touched
     if name is not None:
         check_name(name)
     if queue is not None and (not isinstance(queue, str) or not queue):
@@ -89,7 +90,7 @@ def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "
                          cron=cron, every=every, tz=tz, queue=queue or tasks.DEFAULT_QUEUE,
                          missed=missed, codec=serde.MSGPACK, source="code")
 
-    def mark(fn: Callable) -> Callable:
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise TypeError("@periodic decorates a function")
         qualname = getattr(fn, "__qualname__", "")

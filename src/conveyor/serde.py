@@ -12,7 +12,7 @@ import pickle
 import traceback
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from .errors import SerializationError
 
@@ -24,7 +24,8 @@ CODECS = (MSGPACK, PICKLE)
 
 def packb(obj: Any) -> bytes:
     """Encode with msgpack (bin type on, tuples become lists)."""
-    return msgpack.packb(obj, use_bin_type=True)
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
 
 
 def unpackb(data: bytes) -> Any:
@@ -34,10 +35,11 @@ def unpackb(data: bytes) -> Any:
 
 def _pickle_dumps(obj: Any) -> bytes:
     try:
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped]
     except ImportError:  # plain pickle still handles module-level names
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
 
 
 def check_codec(codec: str) -> str:
@@ -75,7 +77,7 @@ def decode(data: bytes, codec: str = MSGPACK, *, allow_pickle: bool = False) -> 
     return unpackb(data)
 
 
-def encode_call(args: tuple, kwargs: dict, codec: str = MSGPACK) -> bytes:
+def encode_call(args: tuple[Any, ...], kwargs: dict[str, Any], codec: str = MSGPACK) -> bytes:
     """Encode a call's arguments, naming the argument that cannot be encoded."""
     try:
         return encode([list(args), kwargs], codec)
@@ -93,7 +95,7 @@ def encode_call(args: tuple, kwargs: dict, codec: str = MSGPACK) -> bytes:
         raise exc
 
 
-def decode_call(data: bytes, codec: str = MSGPACK, *, allow_pickle: bool = False) -> tuple[list, dict]:
+def decode_call(data: bytes, codec: str = MSGPACK, *, allow_pickle: bool = False) -> tuple[list[Any], dict[str, Any]]:
     """Decode arguments written by :func:`encode_call`."""
     value = decode(data, codec, allow_pickle=allow_pickle)
     if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], dict)):
@@ -114,7 +116,7 @@ def encode_error(exc: BaseException) -> bytes:
     """
     kind = type(exc)
     tb = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
-    error = {"type": type_name(kind), "message": str(exc), "traceback": tb,
+    error: dict[str, Any] = {"type": type_name(kind), "message": str(exc), "traceback": tb,
              "mro": [type_name(k) for k in kind.__mro__ if issubclass(k, BaseException)]}
     delay = getattr(exc, "delay", None)
     if isinstance(delay, (int, float)):
@@ -122,7 +124,7 @@ def encode_error(exc: BaseException) -> bytes:
     return packb(error)
 
 
-def decode_error(data: bytes) -> dict:
+def decode_error(data: bytes) -> dict[str, Any]:
     """Read an error map written by :func:`encode_error` (tolerating junk)."""
     try:
         value = unpackb(data)
@@ -130,7 +132,7 @@ def decode_error(data: bytes) -> dict:
         value = None
     if not isinstance(value, dict):
         return {"type": "conveyor.errors.ProtocolError", "message": "unreadable error payload", "traceback": ""}
-    out = {
+    out: dict[str, Any] = {
         "type": str(value.get("type", "Exception")),
         "message": str(value.get("message", "")),
         "traceback": str(value.get("traceback", "")),

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UnknownTask
+from .options import DEFAULT_QUEUE, TASK_OPTIONS, check_task_defaults, validate
 
-DEFAULT_QUEUE = "default"
+__all__ = ["DEFAULT_QUEUE", "TASK_OPTIONS", "Registry", "TaskOptions", "task", "task_options"]
 _ATTR = "__conveyor_task__"
 
 
@@ -30,74 +30,49 @@ class TaskOptions:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _module_name(fn: Callable) -> str:
+def _module_name(fn: Callable[..., Any]) -> str:
     module = fn.__module__
     if module == "__main__":
         # A script's functions are importable by workers under the script's own name.
         main = sys.modules.get("__main__")
         spec = getattr(main, "__spec__", None)
         if spec is not None and spec.name:
-            return spec.name
+            return str(spec.name)
         path = getattr(main, "__file__", None)
         if path:
             return Path(path).stem
     return module
 
 
-def task(fn: Callable | None = None, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
+def task(fn: Callable[..., Any] | None = None, *, name: str | None = None, queue: str = DEFAULT_QUEUE,
          **options: Any) -> Any:
     """Mark a module-level function as a task and set its defaults.
 
     ``name`` overrides the default ``"module:qualname"``; ``queue`` is the
     queue submits go to unless they say otherwise. Works bare (``@task``) or
-    with arguments (``@task(queue="images")``). The function is returned
-    unchanged, so it can still be called locally.
+    with arguments (``@task(queue="images")``). Other keywords are the task's
+    defaults for the options in ``conveyor.options.TASK_OPTIONS`` (``timeout``,
+    ``retries``, ``priority``...), checked here: TypeError for an unknown name,
+    ValueError naming a bad value. The function is returned unchanged, so it
+    can still be called locally.
     """
 
-    _validate_options(options)
+    defaults = check_task_defaults(options)  # declared in conveyor.options, checked once here
+    validate("queue", queue)
 
-    def mark(f: Callable) -> Callable:
+    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(f):
             raise TypeError("@task decorates a function")
-        if not isinstance(queue, str) or not queue:
-            raise ValueError("queue must be a non-empty string")
         task_name = name or f"{_module_name(f)}:{f.__qualname__}"
         if ":" not in task_name:
             raise ValueError(f"task name {task_name!r} must look like 'module:function'")
-        setattr(f, _ATTR, TaskOptions(task_name, queue, dict(options)))
+        setattr(f, _ATTR, TaskOptions(task_name, queue, dict(defaults)))
         return f
 
     return mark(fn) if fn is not None else mark
 
 
-TASK_OPTIONS = frozenset({
-    "priority", "timeout", "soft_timeout", "rate_limit", "retries", "retry_backoff",
-    "retry_backoff_max", "retry_jitter", "retry_on",
-})
-
-
-def _validate_options(options: dict[str, Any]) -> None:
-    """Refuse unknown or invalid per-task defaults at declaration time, naming the field."""
-    from .ratelimit import parse_rate
-    from .retries import normalise_options
-
-    unknown = set(options) - TASK_OPTIONS
-    if unknown:
-        raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}; "
-                        f"choose from {', '.join(sorted(TASK_OPTIONS))}")
-    normalise_options(options)
-    if options.get("rate_limit") is not None:
-        parse_rate(options["rate_limit"])
-    priority = options.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValueError(f"priority must be an integer, not {priority!r}")
-    for name in ("timeout", "soft_timeout"):
-        value = options.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-
-
-def task_options(fn: Callable | str) -> TaskOptions:
+def task_options(fn: Callable[..., Any] | str) -> TaskOptions:
     """The name and defaults to submit ``fn`` with: a function or a ``"module:function"`` string."""
     if isinstance(fn, str):
         if ":" not in fn or fn.startswith(":") or fn.endswith(":"):
@@ -120,8 +95,8 @@ def task_options(fn: Callable | str) -> TaskOptions:
 class Registry:
     """The functions a worker may run, by task name, from the modules it was started with."""
 
-    def __init__(self, functions: dict[str, Callable] | None = None, modules: Iterable[str] = ()) -> None:
-        self.functions: dict[str, Callable] = dict(functions or {})
+    def __init__(self, functions: dict[str, Callable[..., Any]] | None = None, modules: Iterable[str] = ()) -> None:
+        self.functions: dict[str, Callable[..., Any]] = dict(functions or {})
         self.modules = list(modules)
 
     @classmethod
@@ -133,7 +108,7 @@ class Registry:
         """
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")
-        functions: dict[str, Callable] = {}
+        functions: dict[str, Callable[..., Any]] = {}
         names = list(modules)
         for modname in names:
             module = importlib.import_module(modname)
@@ -149,10 +124,12 @@ class Registry:
                     functions[marked.name] = value
         return cls(functions, names)
 
-    def resolve(self, name: str) -> Callable:
+    def resolve(self, name: str) -> Callable[..., Any]:
         """The function for a task name, or UnknownTask; never imports anything."""
         fn = self.functions.get(name)
         if fn is None:
+            from .errors import UnknownTask  # here: declaring tasks need not load errors
+
             mods = ", ".join(self.modules) or "(none)"
             raise UnknownTask(f"unknown task {name!r}: this worker runs only tasks defined in {mods}")
         return fn

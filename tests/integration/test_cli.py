@@ -46,8 +46,8 @@ def test_bad_flag_is_one_line_not_a_traceback():
 
 def test_unreachable_master_is_one_line():
     port = free_port()
-    for cmd in (["status"], ["submit", "m:f", "1"]):
-        proc = run(*cmd, "--connect", f"127.0.0.1:{port}", "--timeout", "3")
+    for cmd, flag in ((["status"], "--timeout"), (["submit", "m:f", "1"], "--connect-timeout")):
+        proc = run(*cmd, "--connect", f"127.0.0.1:{port}", flag, "3")
         assert proc.returncode == 1
         assert proc.stderr.strip().count("\n") == 0
         assert f"cannot connect to master at tcp://127.0.0.1:{port}" in proc.stderr
@@ -69,6 +69,52 @@ def test_status_and_submit_wait(cluster):
     assert doc["queues"]["default"]["succeeded"] == 1 and doc["queues"]["default"]["failed"] == 1
     assert {w["concurrency"] for w in doc["workers"]} == {2}
     assert all(isinstance(w["pid"], int) for w in doc["workers"])
+
+
+def test_submit_passes_every_option_and_keyword_arguments(cluster):
+    env = {"CONVEYOR_AUTHKEY": cluster.authkey.decode()}
+    first = run("submit", f"{TASKS}:add", "1", "b=2", "--connect", cluster.address, "--wait", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "3"  # b=2 went to the task as a keyword argument
+    with cluster.client() as client:
+        dep = client.submit(f"{TASKS}:square", 3)
+        dep.result(60)
+        proc = run("submit", f"{TASKS}:add", "5", "b=[1]", "--connect", cluster.address,
+                   "--queue", "cli-q", "--priority", "7", "--countdown", "3600", "--timeout", "9",
+                   "--soft-timeout", "4", "--retries", "2", "--retry-backoff", "0.5",
+                   "--retry-backoff-max", "8", "--no-retry-jitter", "--retry-on", "KeyError",
+                   "--retry-on", "ValueError", "--rate-limit", "10/m", "--after", dep.task_id,
+                   "--key", "cli-key", env=env)
+        assert proc.returncode == 0, proc.stderr
+        task_id = proc.stdout.strip()
+        info = client.inspect(task_id)
+        assert task_id.startswith("key-")
+        again = run("submit", f"{TASKS}:add", "5", "--connect", cluster.address, "--queue", "cli-q",
+                    "--key", "cli-key", env=env)
+        assert again.stdout.strip() == task_id  # one key, one task
+        eta = run("submit", f"{TASKS}:square", "2", "--connect", cluster.address, "--queue", "cli-q",
+                  "--eta", "2100-01-01T00:00:00+00:00", "--task-id", "cli-eta", env=env)
+        assert eta.returncode == 0, eta.stderr
+        eta_info = client.inspect("cli-eta")
+    assert info["queue"] == "cli-q" and info["priority"] == 7 and info["state"] == "delayed"
+    assert info["not_before"] > info["created_at"] + 3000
+    assert info["after"] == [dep.task_id]
+    assert info["options"] == {"timeout": 9.0, "soft_timeout": 4.0, "retries": 2, "retry_backoff": 0.5,
+                               "retry_backoff_max": 8.0, "retry_jitter": False,
+                               "retry_on": ["KeyError", "ValueError"], "rate_limit": "10/m"}
+    assert eta_info["not_before"] == 4102444800.0
+
+
+def test_submit_bad_option_is_one_line(cluster):
+    env = {"CONVEYOR_AUTHKEY": cluster.authkey.decode()}
+    for flags, fragment in ((["--priority", "high"], "invalid"), (["--eta", "soon"], "eta"),
+                            (["--rate-limit", "fast"], "rate_limit"), (["--timeout", "0"], "timeout"),
+                            (["--countdown", "5", "--eta", "2100-01-01T00:00:00"], "countdown or eta"),
+                            (["--pass-results"], "pass_results")):
+        proc = run("submit", f"{TASKS}:add", "1", "--connect", cluster.address, *flags, env=env)
+        assert proc.returncode in (1, 2), (flags, proc.stderr)
+        assert fragment in proc.stderr and proc.stderr.strip().count("\n") == 0, (flags, proc.stderr)
+        assert "Traceback" not in proc.stderr
 
 
 def test_authkey_file_and_wrong_key_on_cli(cluster, tmp_path):

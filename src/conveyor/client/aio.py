@@ -35,7 +35,7 @@ class AsyncClient:
         await self._core.connect()
         return self
 
-    def _resolver(self, fut: asyncio.Future) -> Callable[[Result], None]:
+    def _resolver(self, fut: asyncio.Future[Any]) -> Callable[[Result], None]:
         def resolve(result: Result) -> None:
             if fut.done():
                 return
@@ -49,43 +49,44 @@ class AsyncClient:
                 fut.set_exception(value)
         return resolve
 
-    def _send(self, tasks: list[NewTask]) -> tuple[list[asyncio.Future], asyncio.Future]:
+    def _send(self, tasks: list[NewTask]) -> tuple[list[asyncio.Future[Any]], asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in tasks]
         committed = self._core.submit_nowait(tasks, [self._resolver(f) for f in futures])
 
-        def fail(c: asyncio.Future) -> None:
-            if not c.cancelled() and c.exception() is not None:
+        def fail(c: asyncio.Future[Any]) -> None:
+            exc = None if c.cancelled() else c.exception()
+            if exc is not None:
                 for f in futures:
                     if not f.done():
-                        f.set_exception(c.exception())
+                        f.set_exception(exc)
         committed.add_done_callback(fail)
         for f in futures:  # a failed submit is reported by the awaited commit too
             f.add_done_callback(lambda f: f.cancelled() or f.exception())
         return futures, committed
 
-    def _task(self, fn: Callable | str, args: tuple, kwargs: dict, options: dict) -> NewTask:
+    def _task(self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
+              options: dict[str, Any]) -> NewTask:
         options.setdefault("codec", self.codec)
         return make_task(fn, args, kwargs, **options)
 
-    async def submit(self, fn: Callable | str, /, *args: Any, **kwargs: Any) -> asyncio.Future:
+    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """Submit ``fn(*args, **kwargs)``; returns (after commit) a future of its result.
 
-        Submit options (``queue``, ``priority``, ``countdown``, ``eta``,
-        ``timeout``, ``codec``, ``task_id``) are taken from the keywords as
-        in :meth:`conveyor.Client.submit`.
+        Submit options (every name in ``conveyor.options.OPTIONS``) are taken
+        from the keywords as in :meth:`conveyor.Client.submit`.
         """
         call_kwargs, options = split_options(kwargs)
         futures, committed = self._send([self._task(fn, args, call_kwargs, options)])
         await committed
         return futures[0]
 
-    async def map(self, fn: Callable | str, *iterables: Iterable[Any], chunksize: int = 500,
+    async def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], chunksize: int = 500,
                   window: int = 4000, **options: Any) -> AsyncIterator[Any]:
         """Yield results in order, streaming with at most ``window`` tasks outstanding."""
         args_iter = zip(*iterables)
-        queue: deque[asyncio.Future] = deque()
-        commits: list[asyncio.Future] = []
+        queue: deque[asyncio.Future[Any]] = deque()
+        commits: list[asyncio.Future[Any]] = []
 
         def fill() -> None:
             while len(queue) < window:

@@ -16,14 +16,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
-from ..errors import ConnectionLost, NotFound, TaskError
+from ..errors import ConnectionLost, NotFound, task_error
 from ..link import Address, parse_address
-from ..records import NewTask, Result
+from ..records import DELAYED, READY, WAITING, NewTask, Result
 from .options import make_task, split_options
 from .queues import NetworkQueue, ack_auto_items
 from .schedules import ScheduleMixin
@@ -31,9 +31,10 @@ from .threaded import ThreadedCore
 
 ENV_ADDRESS = "CONVEYOR_ADDRESS"
 DEFAULT_ADDRESS = "127.0.0.1:7700"
+_NOT_STARTED = frozenset({READY, DELAYED, WAITING})  # what Executor.shutdown(cancel_futures=True) cancels
 
 
-class TaskFuture(cf.Future):
+class TaskFuture(cf.Future[Any]):
     """A ``concurrent.futures.Future`` for one task; ``task_id`` names it on the master.
 
     ``cancel()`` cancels the task on the master (a queued or delayed task never
@@ -72,7 +73,7 @@ class TaskFuture(cf.Future):
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # the stdlib Future's own
 
     def add_progress_callback(self, fn: Callable[[TaskFuture], Any]) -> None:
         """Call ``fn(future)`` on every progress report (from the client's I/O thread)."""
@@ -88,14 +89,15 @@ class TaskFuture(cf.Future):
 
 
 def decode_result(result: Result, *, allow_pickle: bool) -> tuple[bool, Any]:
-    """(True, value) for a success, (False, exception) for a failure."""
+    """(True, value) for a success, (False, exception) for a failure: a TaskError, or
+    its subclass for a failure conveyor names (TaskTimeout, WorkerCrashed, ...)."""
     if result.ok:
         try:
             return True, serde.decode(result.payload, result.codec, allow_pickle=allow_pickle)
         except Exception as exc:
             return False, exc
     err = serde.decode_error(result.payload)
-    return False, TaskError(err["type"], err["message"], err["traceback"])
+    return False, task_error(err["type"], err["message"], err["traceback"])
 
 
 def resolve_address(address: str | tuple[str, int] | Address | None) -> Address:
@@ -158,7 +160,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
         return resolve
 
-    def _send(self, tasks: list[NewTask]) -> tuple[list[TaskFuture], cf.Future]:
+    def _send(self, tasks: list[NewTask]) -> tuple[list[TaskFuture], cf.Future[Any]]:
         """Send tasks without waiting: their futures, and a future for the commit."""
         if self._closed:
             raise ConnectionLost("client is closed")
@@ -168,7 +170,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             self._futures[f.task_id] = f
         committed = self._core.submit_nowait(tasks, [self._resolver(f) for f in futures])
 
-        def failed(c: cf.Future) -> None:
+        def failed(c: cf.Future[Any]) -> None:
             exc = c.exception()
             if exc is not None:
                 for f in futures:
@@ -178,30 +180,38 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         committed.add_done_callback(failed)
         return futures, committed
 
-    def _request_future(self, op: str, fields: dict) -> cf.Future:
+    def _request_future(self, op: str, fields: dict[str, Any]) -> cf.Future[Any]:
         """Send a request from any thread; a concurrent future of its reply fields."""
         if self._closed:
             raise ConnectionLost("client is closed")
-        return self._core.request_nowait(op, fields)
+        fut: cf.Future[Any] = self._core.request_nowait(op, fields)
+        return fut
 
-    def _task(self, fn: Callable | str, args: tuple, kwargs: dict, options: dict) -> NewTask:
+    def _ask(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and wait (30 s at most) for its reply fields."""
+        reply: dict[str, Any] = self._request_future(op, fields).result(30)
+        return reply
+
+    def _task(self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
+              options: dict[str, Any]) -> NewTask:
         options.setdefault("codec", self.codec)
         return make_task(fn, args, kwargs, **options)
 
     # -- submitting --------------------------------------------------------
-    def submit(self, fn: Callable | str, /, *args: Any, **kwargs: Any) -> TaskFuture:
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` on a worker; returns once the master committed it.
 
         ``fn`` is a module-level function or a ``"module:function"`` string.
         Keyword arguments named like submit options (``queue``, ``priority``,
-        ``countdown``, ``eta``, ``timeout``, ``codec``, ``task_id``) are options;
-        use :meth:`submit_call` to pass such a name to the task itself. An
-        argument the codec cannot encode raises TypeError here.
+        ``countdown``, ``timeout``, ``retries``, ``after``, ``key``... every name
+        in ``conveyor.options.OPTIONS``) are options; use :meth:`submit_call` to
+        pass such a name to the task itself. A bad option raises ValueError
+        naming it; an argument the codec cannot encode raises TypeError here.
         """
         call_kwargs, options = split_options(kwargs)
         return self.submit_call(fn, args, call_kwargs, **options)
 
-    def submit_call(self, fn: Callable | str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+    def submit_call(self, fn: Callable[..., Any] | str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
                     **options: Any) -> TaskFuture:
         """Like :meth:`submit`, with the task's arguments given apart from the options."""
         task = self._task(fn, tuple(args), dict(kwargs or {}), options)
@@ -209,10 +219,10 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         committed.result()
         return futures[0]
 
-    def submit_many(self, fn: Callable | str, arglist: Iterable[Iterable[Any]], **options: Any) -> list[TaskFuture]:
+    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], **options: Any) -> list[TaskFuture]:
         """Submit ``fn(*args)`` for every args in ``arglist`` in batched frames; returns after commit."""
         tasks = [self._task(fn, tuple(args), {}, dict(options)) for args in arglist]
-        pending: list[cf.Future] = []
+        pending: list[cf.Future[Any]] = []
         futures: list[TaskFuture] = []
         for i in range(0, len(tasks), 1000):
             fs, committed = self._send(tasks[i:i + 1000])
@@ -222,7 +232,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             c.result()
         return futures
 
-    def map(self, fn: Callable | str, *iterables: Iterable[Any], chunksize: int | None = None,
+    def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], chunksize: int | None = None,
             timeout: float | None = None, window: int | None = None, progress: bool = False,
             **options: Any) -> Iterator[Any]:
         """Yield ``fn(*args)`` for args zipped from ``iterables``, in order, as results arrive.
@@ -238,7 +248,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         args_iter = zip(*iterables)
         deadline = None if timeout is None else time.monotonic() + timeout
         queue: deque[TaskFuture] = deque()
-        commits: deque[cf.Future] = deque()
+        commits: deque[cf.Future[Any]] = deque()
 
         def fill() -> None:
             while len(queue) < window:
@@ -264,9 +274,9 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
         if not progress:
             return gen()
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
 
-        total = min((len(i) for i in iterables if hasattr(i, "__len__")), default=None)
+        total = min((len(i) for i in iterables if isinstance(i, Sized)), default=None)
 
         def with_bar() -> Iterator[Any]:
             with tqdm(total=total, unit="task", mininterval=0.2) as bar:
@@ -307,7 +317,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
     # -- job control -------------------------------------------------------
     def cancel(self, task_id: str) -> dict[str, list[str]]:
         """Cancel tasks by id: ``{"cancelled": [...], "finished": [...], "unknown": [...]}``."""
-        return self._request_future(protocol.CANCEL, {"ids": [task_id]}).result(30)
+        return self._ask(protocol.CANCEL, {"ids": [task_id]})
 
     def retry(self, task_ids: Iterable[str] = (), *, queue: str | None = None,
               states: Iterable[str] | None = None) -> dict[str, list[str]]:
@@ -319,31 +329,34 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         fields: dict[str, Any] = {"ids": list(task_ids), "queue": queue}
         if states is not None:
             fields["states"] = list(states)
-        return self._request_future(protocol.RETRY, fields).result(30)
+        return self._ask(protocol.RETRY, fields)
 
     def purge(self, *, queue: str | None = None, states: Iterable[str] = ("dead",)) -> int:
         """Delete finished tasks in ``states`` (default dead) of ``queue`` (or every queue)."""
-        return self._request_future(protocol.PURGE, {"queue": queue, "states": list(states)}).result(30)["n"]
+        return int(self._ask(protocol.PURGE, {"queue": queue, "states": list(states)})["n"])
 
     def inspect(self, task_id: str) -> dict[str, Any]:
         """Everything the master knows about a task: state, attempts, errors, worker, timings,
         progress, dependencies, result. NotFound for an unknown id."""
-        return self._request_future(protocol.INSPECT, {"id": task_id}).result(30)["task"]
+        task: dict[str, Any] = self._ask(protocol.INSPECT, {"id": task_id})["task"]
+        return task
 
     def tasks(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
               offset: int = 0) -> list[dict[str, Any]]:
         """Tasks filtered by queue and state, in submit order, a page at a time."""
-        return self._request_future(protocol.TASKLIST, {"queue": queue, "state": state, "limit": limit,
-                                                        "offset": offset}).result(30)["tasks"]
+        tasks: list[dict[str, Any]] = self._ask(protocol.TASKLIST, {"queue": queue, "state": state,
+                                                                    "limit": limit, "offset": offset})["tasks"]
+        return tasks
 
-    def gather(self, futures: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
+    def gather(self, futures: Iterable[cf.Future[Any]], timeout: float | None = None) -> list[Any]:
         """The results of ``futures`` in order (the first failure raises)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         return [f.result(None if deadline is None else max(0.0, deadline - time.monotonic())) for f in futures]
 
     def status(self) -> dict[str, Any]:
         """The master's status: queues with counts by state, workers, counters, rates."""
-        return self._core.request(protocol.STATUS, {})
+        status: dict[str, Any] = self._core.request(protocol.STATUS, {})
+        return status
 
     def queue(self, name: str, maxsize: int = 0, *, ack: str = "task_done",
               codec: str | None = None) -> NetworkQueue:
@@ -359,7 +372,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
     def queue_info(self, name: str) -> dict[str, Any]:
         """What the master says of queue ``name``: ``declared`` (it was configured
         with it), its ``maxsize``, and ``queues`` (every declared name)."""
-        return self._request_future(protocol.QINFO, {"queue": name}).result(30)
+        return self._ask(protocol.QINFO, {"queue": name})
 
     def executor(self) -> ConveyorExecutor:
         """A ``concurrent.futures.Executor`` that runs calls on the cluster's workers."""
@@ -403,11 +416,11 @@ class ConveyorExecutor(cf.Executor):
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._futures: set[cf.Future] = set()
+        self._futures: set[TaskFuture] = set()
         self._shutdown = False
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)``; every keyword goes to ``fn``."""
         with self._lock:
             if self._shutdown:
@@ -418,11 +431,11 @@ class ConveyorExecutor(cf.Executor):
         fut.add_done_callback(self._discard)
         return fut
 
-    def _discard(self, fut: cf.Future) -> None:
+    def _discard(self, fut: cf.Future[Any]) -> None:
         with self._lock:
             self._futures.discard(fut)
 
-    def map(self, fn: Callable, *iterables: Iterable[Any], timeout: float | None = None,
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
         """Like ``Executor.map``, streamed in batches through :meth:`Client.map`."""
         if self._shutdown:
@@ -430,12 +443,38 @@ class ConveyorExecutor(cf.Executor):
         return self._client.map(fn, *iterables, timeout=timeout, chunksize=max(chunksize, 500))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Refuse new work; with ``wait``, block until submitted futures are done."""
+        """Refuse new work; with ``cancel_futures``, cancel the submitted tasks that have
+        not started (their futures raise CancelledError); with ``wait``, block until the
+        rest are done."""
         with self._lock:
             self._shutdown = True
             pending = list(self._futures)
+        if cancel_futures:
+            self._cancel_not_started(pending)
         if wait:
             cf.wait(pending)
+
+    def _cancel_not_started(self, futures: list[TaskFuture]) -> None:
+        """Cancel on the master the tasks of ``futures`` still waiting to run (ready, delayed
+        or waiting on dependencies); a task a worker already holds keeps running, as in
+        ``concurrent.futures``. States are asked for all at once, then one cancel request."""
+        asks = [(f, self._client._request_future(protocol.INSPECT, {"id": f.task_id}))
+                for f in futures if not f.done()]
+        ids = []
+        for fut, ask in asks:
+            try:
+                state = ask.result(30)["task"]["state"]
+            except Exception:  # its result expired, or the link dropped: nothing left to cancel
+                continue
+            if state in _NOT_STARTED:
+                ids.append(fut.task_id)
+        if not ids:
+            return
+        outcome = self._client._request_future(protocol.CANCEL, {"ids": ids}).result(30)
+        cancelled = set(outcome["cancelled"])
+        for fut, _ in asks:
+            if fut.task_id in cancelled:
+                fut._mark_cancelled()
 
 
 def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str | None = None,
@@ -449,6 +488,6 @@ def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str |
     return Client(address, authkey, **kwargs)
 
 
-def as_completed(futures: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:
+def as_completed(futures: Iterable[cf.Future[Any]], timeout: float | None = None) -> Iterator[cf.Future[Any]]:
     """Yield futures as they finish (``concurrent.futures.as_completed``, for conveyor futures)."""
     return cf.as_completed(futures, timeout)

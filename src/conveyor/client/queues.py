@@ -27,6 +27,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde
@@ -74,13 +75,13 @@ class NetworkQueue:
         self.ack = ack
         self.codec = serde.check_codec(codec or client.codec)
         self._allow_pickle = self.codec == serde.PICKLE
-        self._unacked: deque[list] = deque()  # [id, token] in the order got
+        self._unacked: deque[list[Any]] = deque()  # [id, token] in the order got
         self._lock = threading.Lock()
-        self._acks: list[cf.Future] = []  # QACK requests in flight
-        self._to_ack: list[list] = []  # acknowledged by task_done, not yet sent
+        self._acks: list[cf.Future[Any]] = []  # QACK requests in flight
+        self._to_ack: list[list[Any]] = []  # acknowledged by task_done, not yet sent
         if ack == "auto":
             _AUTO_QUEUES.add(self)
-            _watch_process_exit()
+            _watch_exit()
 
     def __repr__(self) -> str:
         return f"<NetworkQueue {self.name!r} on {self._client.address}>"
@@ -89,7 +90,7 @@ class NetworkQueue:
         """True if this queue talks through ``client``."""
         return self._client is client
 
-    def _send_qack(self, items: list) -> cf.Future:
+    def _send_qack(self, items: list[Any]) -> cf.Future[Any]:
         """Acknowledge ``items`` (without waiting); exit and close wait for it."""
         fut = self._client._request_future(protocol.QACK, {"items": items})
         _ACKS_IN_FLIGHT.add(fut)
@@ -111,26 +112,27 @@ class NetworkQueue:
             pass
 
     # -- plumbing ----------------------------------------------------------
-    def _request(self, op: str, fields: dict, wait: float | None) -> dict:
+    def _request(self, op: str, fields: dict[str, Any], wait: float | None) -> dict[str, Any]:
         """A request's reply, waiting at most ``wait`` seconds (None: forever)."""
         if self._to_ack:
             self._send_acks()  # acknowledgements made before this request travel before it
         cfut = self._client._request_future(op, fields)
         try:
-            return cfut.result(_MAX_WAIT if wait is None else wait)
+            reply: dict[str, Any] = cfut.result(_MAX_WAIT if wait is None else wait)
+            return reply
         except (TimeoutError, cf.TimeoutError):
             if op == protocol.QGET:  # items leased to us after we gave up go back
                 cfut.add_done_callback(self._give_back)
             raise
 
-    def _give_back(self, cfut: cf.Future) -> None:
+    def _give_back(self, cfut: cf.Future[Any]) -> None:
         if cfut.cancelled() or cfut.exception() is not None:
             return
         items = cfut.result().get("items") or []
         if items:
             self._client._request_future(protocol.RETURN, {"leases": [[i[0], i[1]] for i in items]})
 
-    def _encode(self, item: Any) -> list:
+    def _encode(self, item: Any) -> list[Any]:
         return [new_id(), serde.encode(item, self.codec), self.codec]
 
     # -- put ---------------------------------------------------------------
@@ -220,7 +222,11 @@ class NetworkQueue:
         with self._lock:
             self._acks.append(fut)
         # Acks made while this one travels go in one message when it is answered.
-        fut.add_done_callback(lambda _: self._to_ack and self._send_acks())
+        fut.add_done_callback(self._send_later_acks)
+
+    def _send_later_acks(self, _: cf.Future[Any]) -> None:
+        if self._to_ack:
+            self._send_acks()
 
     def flush(self, timeout: float | None = 10.0) -> None:
         """Wait until this consumer's acknowledgements reached the master."""
@@ -262,13 +268,13 @@ class NetworkQueue:
         return bool(reply.get("done"))
 
     # -- size --------------------------------------------------------------
-    def _counts(self) -> dict:
+    def _counts(self) -> dict[str, Any]:
         return self._request(protocol.QSIZE, {"queue": self.name}, 30)
 
     def qsize(self) -> int:
         """Items waiting in the queue (not counting those handed out)."""
         c = self._counts()
-        return c["ready"] + c["delayed"]
+        return int(c["ready"] + c["delayed"])
 
     def empty(self) -> bool:
         """True if no item is waiting."""
@@ -282,19 +288,18 @@ class NetworkQueue:
 
 
 # Queues in ack="auto" mode: acknowledged at a normal exit, not after an uncaught exception.
+# The hooks that tell the two apart are installed by the first auto queue, not at import:
+# importing conveyor changes nothing global.
 _AUTO_QUEUES: weakref.WeakSet[NetworkQueue] = weakref.WeakSet()
 _crashed = False
-_previous_hook = sys.excepthook
+_previous_hook: Callable[..., Any] | None = None  # the excepthook ours wraps, once installed
 _watched_pid: int | None = None
 
 
-def _excepthook(kind, value, tb) -> None:
+def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
     global _crashed
     _crashed = True
-    _previous_hook(kind, value, tb)
-
-
-sys.excepthook = _excepthook
+    (_previous_hook or sys.__excepthook__)(kind, value, tb)
 
 
 def _note_run_outcome() -> None:
@@ -307,9 +312,15 @@ def _note_run_outcome() -> None:
         _crashed = True
 
 
-def _watch_process_exit() -> None:
-    """Register _note_run_outcome once per multiprocessing child that uses an auto queue."""
-    global _watched_pid
+def _watch_exit() -> None:
+    """Install, once, what an auto queue needs to tell a normal exit from a crash: the
+    excepthook and the atexit acknowledgement in this process, and in each multiprocessing
+    child that uses an auto queue, a hook around its ``run()``."""
+    global _previous_hook, _watched_pid
+    if _previous_hook is None:
+        _previous_hook = sys.excepthook
+        sys.excepthook = _excepthook
+        atexit.register(_ack_at_exit)
     if _watched_pid == os.getpid():
         return
     import multiprocessing
@@ -320,7 +331,7 @@ def _watch_process_exit() -> None:
         multiprocessing.util.Finalize(None, _note_run_outcome, exitpriority=100)
 
 
-_ACKS_IN_FLIGHT: weakref.WeakSet[cf.Future] = weakref.WeakSet()
+_ACKS_IN_FLIGHT: weakref.WeakSet[cf.Future[Any]] = weakref.WeakSet()
 
 
 def ack_auto_items(client: Client) -> None:
@@ -333,7 +344,6 @@ def ack_auto_items(client: Client) -> None:
     cf.wait(list(_ACKS_IN_FLIGHT), 5)
 
 
-@atexit.register
 def _ack_at_exit() -> None:
     if _crashed:
         return

@@ -3,20 +3,23 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from collections.abc import Callable
 from typing import Any
 
 from .. import protocol
-from ..periodic import task_defaults
-from ..schedule import RUN_ONCE, make_schedule
 
 TIMEOUT = 30.0
+RUN_ONCE = "run_once"  # conveyor.schedule.RUN_ONCE, without importing croniter for a default
 
 
 class ScheduleMixin:
     """Schedule methods; the class mixing this in provides ``_request_future`` and ``codec``."""
 
-    def schedule(self, name: str, fn: Callable | str, /, *args: Any, cron: str | None = None,
+    codec: str
+    _request_future: Callable[[str, dict[str, Any]], cf.Future[Any]]
+
+    def schedule(self, name: str, fn: Callable[..., Any] | str, /, *args: Any, cron: str | None = None,
                  every: float | None = None, tz: str = "UTC", queue: str | None = None,
                  missed: str = RUN_ONCE, kwargs: dict[str, Any] | None = None,
                  replace: bool = False) -> dict[str, Any]:
@@ -30,20 +33,25 @@ class ScheduleMixin:
         Bad input raises ValueError naming the field. Returns the schedule as
         the master stored it (with ``next_slot``).
         """
+        from ..periodic import task_defaults  # here: schedules (and croniter) load when used
+        from ..schedule import make_schedule
+
         task, default_queue, options = task_defaults(fn)
         sched = make_schedule(name, task, args, kwargs, cron=cron, every=every, tz=tz,
                               queue=default_queue if queue is None else queue, missed=missed,
-                              codec=self.codec, options=options)  # type: ignore[attr-defined]
+                              codec=self.codec, options=options)
         fields = {"schedule": sched.to_wire(), "replace": bool(replace)}
-        reply = self._request_future(protocol.SCHED_ADD, fields).result(TIMEOUT)  # type: ignore[attr-defined]
-        return reply["schedule"]
+        reply = self._request_future(protocol.SCHED_ADD, fields).result(TIMEOUT)
+        schedule: dict[str, Any] = reply["schedule"]
+        return schedule
 
     def schedules(self) -> list[dict[str, Any]]:
         """Every schedule on the master: name, task, queue, cron/every, tz, missed,
         source ("code" or "cli"), args, last_slot and next_slot (Unix times)."""
-        return self._request_future(protocol.SCHED_LIST, {}).result(TIMEOUT)["schedules"]  # type: ignore[attr-defined]
+        schedules: list[dict[str, Any]] = self._request_future(protocol.SCHED_LIST, {}).result(TIMEOUT)["schedules"]
+        return schedules
 
     def unschedule(self, name: str) -> None:
         """Remove schedule ``name`` (tasks it already enqueued still run); NotFound if unknown.
         A schedule declared in code comes back when a worker with its module connects."""
-        self._request_future(protocol.SCHED_DEL, {"name": name}).result(TIMEOUT)  # type: ignore[attr-defined]
+        self._request_future(protocol.SCHED_DEL, {"name": name}).result(TIMEOUT)

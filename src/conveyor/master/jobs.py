@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde, wire
-from ..ratelimit import TokenBucket, parse_rate
+from ..options import dependencies_of, passes_results, rate_limit_of
+from ..ratelimit import TokenBucket
 from ..records import FINISHED, LEASED, Lease, Outcome, Result, TaskInfo
 from .session import Session
 
@@ -98,15 +99,15 @@ class JobService:
 
     async def upstream(self, leases: list[Lease]) -> dict[str, list[Any]]:
         """For ``pass_results`` tasks: the results of the tasks they waited for."""
-        wanted = [x for x in leases if x.options.get("pass_results")]
+        wanted = [x for x in leases if passes_results(x.options)]
         if not wanted:
             return {}
-        ids = sorted({d for x in wanted for d in x.options.get("after", [])})
+        ids = sorted({d for x in wanted for d in dependencies_of(x.options)})
         found = await self.ctx.runner.call(self.ctx.store.results, ids)
         out: dict[str, list[Any]] = {}
         for x in wanted:
             out[x.id] = [[found[d].ok, found[d].payload, found[d].codec] if d in found else [False, b"", "msgpack"]
-                         for d in x.options.get("after", [])]
+                         for d in dependencies_of(x.options)]
         return out
 
     # -- rate limits -------------------------------------------------------
@@ -121,15 +122,11 @@ class JobService:
         keep: list[Lease] = []
         defer: list[tuple[Lease, float]] = []
         for x in leases:
-            rate = x.options.get("rate_limit")
-            if not rate:
+            rate = rate_limit_of(x.options)
+            if rate is None:
                 keep.append(x)
                 continue
-            try:
-                capacity, per = parse_rate(rate)
-            except ValueError:
-                keep.append(x)
-                continue
+            capacity, per = rate
             # One bucket per task name and rate: a changed rate_limit takes effect at once.
             key = (x.name or "", capacity, per)
             bucket = self.buckets.get(key)

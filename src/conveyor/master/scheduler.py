@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde, wire
 from ..errors import NotFound, SerializationError
+from ..options import priority_of
 from ..records import NewTask
 from ..schedule import Schedule, due_slots, next_slot, slot_task_id
 from .session import Session
@@ -121,9 +122,8 @@ class Scheduler:
             if fresh is None or fresh.spec() != sched.spec() or fresh.created_at != sched.created_at:
                 continue  # changed meanwhile: the next tick sees the new spec
             options = dict(sched.options)
-            priority = options.pop("priority", 0)
-            if isinstance(priority, bool) or not isinstance(priority, int):
-                priority = 0
+            priority = priority_of(options)
+            options.pop("priority", None)
             options.update(schedule=sched.name, slot=slot)
             task = NewTask(slot_task_id(sched.name, slot), sched.queue, sched.task, sched.payload,
                            sched.codec, priority, 0.0, options)

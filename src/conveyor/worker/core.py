@@ -10,7 +10,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .execute import CANCELLED_MESSAGE, CancelledTask, _failed, _soft_timeout_of, _timeout_of
+from ..options import soft_timeout_of, timeout_of
+from .execute import CANCELLED_MESSAGE, CancelledTask, _failed
 from .jobs import Job, JobResult, OnProgress, OnResults
 
 # Every pool module logs under this one name (operators filter on it).
@@ -64,8 +65,8 @@ class _Core:
     def submit(self, jobs: list[Job]) -> None:
         entries = []
         for job in jobs:
-            soft = _soft_timeout_of(job.options)
-            entries.append(_Entry(job, _timeout_of(job.options), soft, soft is not None))
+            soft = soft_timeout_of(job.options)
+            entries.append(_Entry(job, timeout_of(job.options), soft, soft is not None))
         with self.cond:
             if self.closing:
                 raise RuntimeError("the pool is shut down")

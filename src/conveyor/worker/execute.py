@@ -3,7 +3,7 @@ thread pool.
 
 Everything here is what a pool child needs to run a task, so it imports only
 that: no event loop, no client, no store. Reading the time-limit options
-happens here too (:func:`_timeout_of`, :func:`_soft_timeout_of`), in one place.
+happens through :mod:`conveyor.options` (``timeout_of``, ``soft_timeout_of``), where every option is declared.
 """
 
 from __future__ import annotations
@@ -89,30 +89,6 @@ def _soft_limit(signum: int, frame: Any) -> None:
 
 def _failed(job: Job, exc: BaseException, duration: float = 0.0) -> JobResult:
     return JobResult(job.id, job.token, False, _encode_error(exc), serde.MSGPACK, duration)
-
-
-def _timeout_of(options: Any) -> float | None:
-    """The ``timeout`` option in seconds, or None when absent or not a positive number."""
-    if not isinstance(options, dict):
-        return None
-    value = options.get("timeout")
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if seconds > 0 else None
-
-
-def _soft_timeout_of(options: Any) -> float | None:
-    """The ``soft_timeout`` option in seconds, or None."""
-    if not isinstance(options, dict):
-        return None
-    value = options.get("soft_timeout")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        return None
-    return float(value)
 
 
 class CancelledTask(Exception):
