@@ -266,8 +266,7 @@ async def _inspect(request: web.Request, tid: str) -> dict[str, Any]:
 async def task_detail(request: web.Request) -> web.Response:
     tid = request.match_info["id"]
     task = await _inspect(request, tid)
-    waiting_on_it = []
-    return render(request, "task.html", t=task, waiting_on_it=waiting_on_it)
+    return render(request, "task.html", t=task)
 
 
 async def task_progress(request: web.Request) -> web.Response:
