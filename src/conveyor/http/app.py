@@ -243,7 +243,8 @@ async def bulk_apply(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     sel = await gw.call(lambda c: select(c, flt, status, scan_limit=BULK_LIMIT), timeout=60)
     if action == "retry":
-        out = await gw.call(lambda c: c.retry(sel.ids) if sel.ids else {"requeued": []}, timeout=60)
+        out: dict[str, Any] = await gw.call(lambda c: c.retry(sel.ids) if sel.ids else {"requeued": []},
+                                            timeout=60)
         msg = f"retried {len(out['requeued'])} of {len(sel.ids)} selected task(s)"
     else:
         def cancel_all(c: Any) -> int:
@@ -276,7 +277,7 @@ async def task_progress(request: web.Request) -> web.Response:
 
 async def task_retry(request: web.Request) -> web.Response:
     tid = request.match_info["id"]
-    out = await request.app[GATEWAY].call(lambda c: c.retry([tid]))
+    out: dict[str, Any] = await request.app[GATEWAY].call(lambda c: c.retry([tid]))  # reasons: a dict
     if tid in out["requeued"]:
         raise back(f"/tasks/{quote(tid)}", "requeued")
     reason = out.get("reasons", {}).get(tid) or "unknown task"
