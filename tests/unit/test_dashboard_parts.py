@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.http.monitor import Monitor
+from conveyor.http.monitor import Monitor, next_delay
 from conveyor.http.security import Guard, load_login_secret
 from conveyor.http.tasklist import TaskFilter
 
@@ -98,3 +98,9 @@ def test_login_sessions_and_bearer(tmp_path, monkeypatch):
     assert load_login_secret(None) == "from-env"
     monkeypatch.setenv("CONVEYOR_DASHBOARD_TOKEN", "")
     assert load_login_secret(None) is None
+
+
+def test_poll_delay_stretches_with_the_cost_of_status():
+    assert next_delay(2.0, None) == 2.0
+    assert next_delay(2.0, 0.01) == 2.0
+    assert next_delay(2.0, 0.8) == 16.0  # a 0.8 s status (1M tasks today) is polled every 16 s: 5 %
