@@ -346,6 +346,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     data=args.data, sync=args.sync)
 
 
+# -- dashboard --------------------------------------------------------------
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """``conveyor dashboard``: conveyor/http/cli.py does the work."""
+    from .http.cli import run_dashboard
+
+    _setup_logging(args.log_level)
+    return run_dashboard(args, authkey=_authkey(args), bind=_parse_bind(args.bind),
+                         ssl_context=_client_ssl(args), error=CliError)
+
+
 # -- parser -----------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="conveyor", description="A durable distributed task queue: master, workers, clients.")
@@ -408,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_schedule import add_schedule_commands  # conveyor schedule add|list|remove
 
     add_schedule_commands(sub, _add_connect, _add_common, _connect, CliError)
+
+    from .http.cli import add_dashboard_command  # conveyor dashboard
+
+    add_dashboard_command(sub, _add_connect, _add_common, cmd_dashboard)
 
     p = sub.add_parser("demo", help="start a master and workers, square 10,000 numbers, print a summary")
     p.add_argument("--tasks", type=int, default=10_000, help="how many tasks (default 10000)")

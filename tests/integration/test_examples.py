@@ -67,6 +67,8 @@ EXPECTED: dict[str, list] = {
     "asyncio_client.py": ["await submit(square, 7) -> 49", "gather of 8 slow squares: [0, 1, 4",
                           "async map: [0, 1, 4, 9", "with countdown=0.5: 9",
                           "TaskError: ZeroDivisionError", "status: 2 workers"],
+    "dashboard.py": ["metrics: succeeded = 20 failed = 1 workers = 2",
+                     "task page shows the error message as text: True"],
 }
 
 
