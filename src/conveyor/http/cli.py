@@ -63,7 +63,7 @@ def run_dashboard(args: argparse.Namespace, *, authkey: bytes | None, bind: tupl
         raise error(f"--login-required needs a login: pass --login-file or set {ENV_LOGIN}")
     if args.interval <= 0:
         raise error("--interval must be positive")
-    gateway = Gateway(args.connect or _default_address(), authkey, timeout=max(args.timeout, 1.0),
+    gateway = Gateway(args.connect or _default_address(), authkey, timeout=max(args.connect_timeout, 1.0),
                       ssl_context=ssl_context)
     try:
         gateway.connect_now()
