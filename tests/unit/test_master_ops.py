@@ -279,3 +279,33 @@ def test_one_cancel_request_for_many_ids_counts_each_by_queue_and_task():
         assert ["q", "mod:fn", "cancelled", 1] in tasks and ["r", "mod:g", "cancelled", 1] in tasks
 
     run(body, clock, store)
+
+
+# -- the asyncio client's calls, over a real socket ----------------------------------------
+def test_async_client_cancel_many_queues_and_run_schedule():
+    from conveyor.client.aio import AsyncClient
+
+    async def main() -> None:
+        master = Master(MemoryStore(), authkey=KEY, port=0, queues={"jobs": 3})
+        await master.start()
+        try:
+            async with AsyncClient(f"127.0.0.1:{master.port}", KEY) as c:
+                await c.connect()
+                futs = [await c.submit("mod:fn", i, countdown=3600) for i in range(2)]
+                ids = [master.store.list_tasks(limit=10)[i].id for i in range(2)]
+                out = await c.cancel_many([*ids, "missing"])
+                assert out == {"cancelled": ids, "finished": [], "unknown": ["missing"]}
+                for f in futs:
+                    with pytest.raises(asyncio.CancelledError):
+                        await f
+                assert (await c.cancel(ids[0]))["finished"] == [ids[0]]
+                assert await c.queues() == [{"queue": "jobs", "ready": 0, "delayed": 0, "leased": 0,
+                                             "maxsize": 3, "declared": True, "consumers": 0}]
+                sched = make_schedule("s", "mod:fn", [1], every=3600, queue="q")
+                await c._core.request(protocol.SCHED_ADD, {"schedule": sched.to_wire(), "replace": False})
+                ran = await c.run_schedule("s")
+                assert ran["new"] is True and master.store.get(ran["id"]).queue == "q"
+        finally:
+            await master.close()
+
+    asyncio.run(main())
