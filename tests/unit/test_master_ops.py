@@ -106,7 +106,7 @@ def test_creation_time_is_read_only_from_conveyor_ids():
     assert created_at("job-1", T0) is None
     assert created_at(tid_created(T0 + 60), T0) is None  # from the future: not a time
     assert created_at(tid_created(T0 - 2 * 365 * 86400), T0) is None  # too old: a random id
-    assert created_at("z" * 32, T0) is None
+    assert created_at("z" * 32, T0) is None and created_at("job-" + "0" * 28, T0) is None
 
 
 # -- status: workers and metrics --------------------------------------------------------
