@@ -452,17 +452,19 @@ def test_sqlite_a_file_from_a_newer_conveyor_is_refused_naming_both_versions(tmp
 
 
 def test_sqlite_migration_steps_apply_all_or_nothing(tmp_path, monkeypatch):
-    def broken(conn: sqlite3.Connection) -> None:
-        raise sqlite3.OperationalError("step 4 failed")
+    last = sqlite_schema.SCHEMA_VERSION + 1
 
-    steps = (*sqlite_schema.MIGRATIONS, sqlite_schema.Migration(4, "broken", broken))
+    def broken(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError(f"step {last} failed")
+
+    steps = (*sqlite_schema.MIGRATIONS, sqlite_schema.Migration(last, "broken", broken))
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", steps)
-    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", last)
     path = _file_at(tmp_path, 1)
-    with pytest.raises(StoreError, match="step 4 failed"):
+    with pytest.raises(StoreError, match=f"step {last} failed"):
         SQLiteStore(tmp_path)
     conn = sqlite3.connect(path)
-    try:  # steps 2 and 3 ran in the same transaction: rolled back with it
+    try:  # the steps before it ran in the same transaction: rolled back with it
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"tasks"}
