@@ -210,8 +210,8 @@ class Store(abc.ABC):
               limit: int | None = None) -> int:
         """Delete every task in ``states`` (of ``queue``, or of every queue); how many.
 
-        With ``limit``, at most that many per call (oldest first): call until it
-        returns less than the limit.
+        With ``limit``, at most that many per call (by state name, then oldest
+        first): call until it returns less than the limit.
         """
 
     @abc.abstractmethod

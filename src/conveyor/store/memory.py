@@ -732,14 +732,14 @@ class MemoryStore(Store):
     def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,),
               limit: int | None = None) -> int:
         """Delete every task in ``states`` (of ``queue``, or of every queue); how many
-        (at most ``limit``, oldest first)."""
+        (at most ``limit``, by state name, then oldest first)."""
         wanted = finished_states(states, "purge")
         check_limit(limit)
         with self.transaction():
             doomed = [rec for rec in self._records.values()
                       if rec.state in wanted and (queue is None or rec.queue == queue)]
-            if limit is not None:
-                doomed = sorted(doomed, key=lambda r: r.seq)[:limit]
+            if limit is not None:  # the order the SQLite store's (state, seq) index gives
+                doomed = sorted(doomed, key=lambda r: (r.state, r.seq))[:limit]
             for rec in doomed:
                 self._delete(rec)
             return len(doomed)

@@ -645,8 +645,8 @@ class SQLiteStore(Store):
         check_limit(limit)
         condition = "1"
         if limit is not None:
-            condition = (f"seq IN (SELECT seq FROM tasks WHERE state = 'leased' "
-                         f"ORDER BY lease_deadline LIMIT {int(limit)})")
+            condition = (f"seq IN (SELECT seq FROM tasks INDEXED BY tasks_deadline "
+                         f"WHERE state = 'leased' ORDER BY lease_deadline LIMIT {int(limit)})")
         return len(self._return_to_ready(condition, ()))
 
     def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
@@ -663,7 +663,8 @@ class SQLiteStore(Store):
         if limit is None:
             return self._return_to_ready("lease_deadline <= ?", (now,))
         return self._return_to_ready(
-            "seq IN (SELECT seq FROM tasks WHERE state = 'leased' AND lease_deadline <= ? "
+            "seq IN (SELECT seq FROM tasks INDEXED BY tasks_deadline "
+            "WHERE state = 'leased' AND lease_deadline <= ? "
             f"ORDER BY lease_deadline LIMIT {int(limit)})", (now,))
 
     def promote_due(self, now: float) -> list[str]:
@@ -796,8 +797,8 @@ class SQLiteStore(Store):
               limit: int | None = None) -> int:
         """Delete every task in ``states`` (of ``queue``, or of every queue); how many.
 
-        With a ``limit``, at most that many (oldest first) per call: call again until
-        it returns less than the limit.
+        With a ``limit``, at most that many per call: call again until it returns
+        less than the limit.
         """
         wanted = finished_states(states, "purge")
         check_limit(limit)
@@ -808,8 +809,8 @@ class SQLiteStore(Store):
         if queue is not None:
             where += " AND queue = ?"
             params.append(queue)
-        if limit is not None:
-            where = f"seq IN (SELECT seq FROM tasks WHERE {where} ORDER BY seq LIMIT {int(limit)})"
+        if limit is not None:  # in index order (by state, then seq): no sort of every match
+            where = f"seq IN (SELECT seq FROM tasks WHERE {where} LIMIT {int(limit)})"
         with self.transaction():
             return self._delete_where(where, params)
 
