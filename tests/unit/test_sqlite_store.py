@@ -551,6 +551,10 @@ def test_sqlite_migration_to_4_builds_the_counts_from_the_tasks(tmp_path):
      "ORDER BY lease_deadline LIMIT 500", "tasks_deadline"),
     ("SELECT seq FROM tasks WHERE state IN (?, ?) AND queue = ? LIMIT 500", "tasks_state"),
     ("SELECT seq FROM tasks WHERE state = ? ORDER BY seq LIMIT 500", "tasks_state"),
+    ("SELECT seq FROM tasks INDEXED BY tasks_delayed WHERE state = 'delayed' AND not_before <= ? "
+     "ORDER BY not_before LIMIT 500", "tasks_delayed"),
+    ("SELECT t.seq FROM deps d JOIN tasks t ON t.id = d.task_id "
+     "WHERE d.depends_on = ? AND t.state = 'waiting' LIMIT 500", "deps_on"),
     ("SELECT seq FROM tasks WHERE id >= ? AND id < ? LIMIT 10001", "sqlite_autoindex_tasks_1"),
 ])
 def test_sqlite_bounded_queries_use_an_index(tmp_path, sql, index):
@@ -562,5 +566,27 @@ def test_sqlite_bounded_queries_use_an_index(tmp_path, sql, index):
         # a SCAN is allowed only along the index itself, in its order, stopping at the LIMIT
         assert index in plan and "TEMP B-TREE" not in plan, plan
         assert "SCAN" not in plan or f"SCAN tasks USING INDEX {index}" == plan, plan
+    finally:
+        s.close()
+
+
+def test_sqlite_a_cut_cascade_survives_reopen_and_is_continued(tmp_path):
+    s = SQLiteStore(tmp_path)
+    try:
+        s.cascade_limit = 2
+        s.enqueue([task("root")], T0)
+        s.enqueue([after(f"c{i}", "root") for i in range(6)], T0)
+        s.cancel("root", T0, b"stop")
+        assert s.stats()["q"] == QueueStats(cancelled=1, failed=2, waiting=4)
+    finally:
+        s.close()
+    s = SQLiteStore(tmp_path)  # a new master: no cascade_limit, the pending rest kept on disk
+    try:
+        calls = 1
+        while s.settle_pending(T0, limit=3):
+            calls += 1
+        assert 2 <= calls <= 4
+        assert s.stats()["q"] == QueueStats(cancelled=1, failed=6)
+        assert s.conn.execute("SELECT count(*) FROM unsettled").fetchone()[0] == 0
     finally:
         s.close()

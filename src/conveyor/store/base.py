@@ -84,6 +84,13 @@ class Store(abc.ABC):
     #: stores (memory, SQLite), whose calls are cheap enough to run on the loop.
     blocking_io: bool = False
 
+    #: The most dependents one call (complete, nack, cancel) frees or fails; the
+    #: rest of that cascade is kept, durably, for :meth:`settle_pending`. None
+    #: (the default) settles every one in the call itself. A master that sets it
+    #: calls settle_pending regularly (and at start): until then the rest stay
+    #: WAITING, which no lease hands out, so nothing runs that should not.
+    cascade_limit: int | None = None
+
     @abc.abstractmethod
     def enqueue(self, tasks: Sequence[NewTask], now: float) -> list[bool]:
         """Insert tasks; one bool each: True if new, False if that id existed (nothing changes).
@@ -171,8 +178,17 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def promote_due(self, now: float) -> list[str]:
-        """Make delayed tasks whose ``not_before`` has come ready; their queues (deduplicated)."""
+    def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Make delayed tasks whose ``not_before`` has come ready; their queues (deduplicated).
+
+        With ``limit``, at most that many (earliest due first) per call: call again
+        while :meth:`next_due` is at or before ``now``.
+        """
+
+    @abc.abstractmethod
+    def settle_pending(self, now: float, *, limit: int = 1000) -> bool:
+        """Continue the dependency cascades :attr:`cascade_limit` cut short: settle
+        about ``limit`` more dependents in one transaction. True while more remain."""
 
     @abc.abstractmethod
     def next_due(self) -> float | None:

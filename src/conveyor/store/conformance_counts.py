@@ -33,8 +33,8 @@ from conveyor.records import (
     TaskSummary,
     task_id_for_key,
 )
-from conveyor.store.base import Store
-from conveyor.store.conformance import T0, fail, lease_one, ok, task, task_info
+from conveyor.store.base import Store, dependency_failed_error
+from conveyor.store.conformance import T0, after, fail, lease_one, ok, task, task_info
 from conveyor.store.memory import MemoryStore
 
 QUEUES = ("q1", "q2")
@@ -124,6 +124,8 @@ def random_mix(store: Store, seed: int, steps: int, *, now: float = T0,
         elif op < 0.94:
             flt = TaskFilter(states=(FAILED, DEAD), queue=rng.choice((None, *QUEUES)))
             store.requeue_matching(flt, now, limit=rng.randint(1, 3))
+        elif op < 0.945:
+            store.settle_pending(now, limit=rng.randint(1, 3))
         elif op < 0.95:
             flt = TaskFilter(states=(WAITING, DELAYED), name=rng.choice(NAMES[:2]))
             store.cancel_matching(flt, now, b"bulk", limit=rng.randint(1, 3))
@@ -192,6 +194,8 @@ class CountsConformance:
                 assert_counts_match(store)
                 checks.append(step)
 
+        if seed == 3:  # cascades cut short, continued by settle_pending in the mix
+            store.cascade_limit = 2
         random_mix(store, seed, 600, on_step=check)
         assert_counts_match(store)
         assert len(checks) == 7
@@ -285,6 +289,71 @@ class CountsConformance:
                      lambda: store.purge(limit=bad)):
             with pytest.raises(ValueError, match="limit must be"):
                 call()
+
+    def test_promote_due_in_bounded_batches(self, store: Store) -> None:
+        store.enqueue([task(f"d{i}", "q" if i % 2 else "r", not_before=T0 + 1 + i) for i in range(5)],
+                      T0)
+        assert store.promote_due(T0 + 10, limit=2) == ["r", "q"]
+        assert store.next_due() == T0 + 3
+        assert sorted(store.promote_due(T0 + 10, limit=2)) == ["q", "r"]
+        assert store.promote_due(T0 + 10, limit=2) == ["r"] and store.next_due() is None
+        assert store.stats()["q"] == QueueStats(ready=2) and store.stats()["r"] == QueueStats(ready=3)
+
+    # -- bounded dependency cascades -------------------------------------------------
+
+    def _fan(self, store: Store) -> None:
+        """root <- c0..c4 (each) <- g0..g4 (one each): ten tasks waiting on root."""
+        store.enqueue([task("root")], T0)
+        store.enqueue([after(f"c{i}", "root") for i in range(5)], T0)
+        store.enqueue([after(f"g{i}", f"c{i}") for i in range(5)], T0)
+
+    def test_a_cascade_limit_fails_dependents_in_bounded_steps(self, store: Store) -> None:
+        self._fan(store)
+        store.cascade_limit = 3
+        lease = lease_one(store, "root")
+        assert store.nack("root", lease.token, T0 + 1, error=b"e", dead=True)
+        assert store.stats()["q"] == QueueStats(dead=1, failed=3, waiting=7)
+        rounds = 0
+        while store.settle_pending(T0 + 2, limit=3):
+            rounds += 1
+            assert_counts_match(store)
+        assert rounds >= 2
+        assert store.stats()["q"] == QueueStats(dead=1, failed=10)
+        assert store.settle_pending(T0 + 2) is False
+        for i in range(5):
+            assert task_info(store, f"c{i}").result.payload == dependency_failed_error("root", DEAD)
+            assert task_info(store, f"g{i}").result.payload == dependency_failed_error(f"c{i}", FAILED)
+        assert store.outcome_totals()[("q", "mod.fn", FAILED)] == 10
+
+    def test_a_cascade_limit_frees_dependents_in_bounded_steps(self, store: Store) -> None:
+        self._fan(store)
+        store.cascade_limit = 2
+        lease = lease_one(store, "root")
+        store.complete([ok("root", lease.token)], T0)
+        assert store.stats()["q"] == QueueStats(succeeded=1, ready=2, waiting=8)
+        while store.settle_pending(T0, limit=2):
+            pass
+        assert store.stats()["q"] == QueueStats(succeeded=1, ready=5, waiting=5)
+
+    def test_pending_cascades_roll_back_with_their_transaction(self, store: Store) -> None:
+        self._fan(store)
+        store.cascade_limit = 1
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.cancel("root", T0, b"x")
+                assert store.stats()["q"] == QueueStats(cancelled=1, failed=1, waiting=9)
+                raise RuntimeError("undo")
+        assert store.settle_pending(T0) is False
+        assert store.stats()["q"] == QueueStats(ready=1, waiting=10)
+        store.cancel("root", T0, b"x")
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.settle_pending(T0, limit=5)
+                raise RuntimeError("undo")
+        assert store.stats()["q"] == QueueStats(cancelled=1, failed=1, waiting=9)
+        while store.settle_pending(T0, limit=4):
+            pass
+        assert store.stats()["q"] == QueueStats(cancelled=1, failed=10)
 
     # -- listings ----------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from .base import Store, dependency_failed_error
 from .schedules import MemorySchedules, ScheduleRecord
 from .validate import (
     FINISHED_STATES,
+    MAX_BATCH,
     MAX_COUNT_CAP,
     check_filter,
     check_int,
@@ -149,12 +150,13 @@ class _Undo:
     Restored if the level raises; merged into the enclosing level if it commits.
     """
 
-    __slots__ = ("tasks", "schedules", "totals")
+    __slots__ = ("tasks", "schedules", "totals", "unsettled")
 
     def __init__(self) -> None:
         self.tasks: dict[str, _Rec | None] = {}
         self.schedules: dict[str, ScheduleRecord | None] = {}
         self.totals: dict[_Key, int] = {}
+        self.unsettled: list[tuple[str, str]] | None = None  # the pending cascades before
 
     def merge_into(self, parent: _Undo) -> None:
         """Keep the older snapshot of each: the enclosing level undoes back to its own start."""
@@ -162,6 +164,8 @@ class _Undo:
             parent.tasks.setdefault(task_id, snap)
         for key, n in self.totals.items():
             parent.totals[key] = parent.totals.get(key, 0) + n
+        if parent.unsettled is None:
+            parent.unsettled = self.unsettled
         for name, record in self.schedules.items():
             parent.schedules.setdefault(name, record)
 
@@ -175,6 +179,7 @@ class MemoryStore(Store):
         self._seq = 0
         self._schedules = MemorySchedules()
         self._totals: dict[_Key, int] = {}  # outcome totals: never rebuilt, undone by delta
+        self._unsettled: deque[tuple[str, str]] = deque()  # cascades cut short by cascade_limit
         # One undo log per open transaction level, innermost last.
         self._undo: list[_Undo] = []
         self._reset_indexes()
@@ -310,6 +315,8 @@ class MemoryStore(Store):
                 undo = self._undo.pop()
                 for key, n in undo.totals.items():
                     self._totals[key] -= n
+                if undo.unsettled is not None:
+                    self._unsettled = deque(undo.unsettled)
                 if undo.tasks:
                     for task_id, snap in undo.tasks.items():
                         if snap is None:
@@ -418,17 +425,33 @@ class MemoryStore(Store):
 
         A success makes each waiting dependent whose dependencies have all
         succeeded ready (or delayed); any other end fails every waiting
-        dependent, and theirs in turn (breadth first, in enqueue order).
+        dependent, and theirs in turn (breadth first, in enqueue order). At most
+        :attr:`cascade_limit` dependents here; the rest wait for settle_pending.
         """
-        work = deque([(task_id, state)])
+        self._cascade(deque([(task_id, state)]), now, self.cascade_limit)
+
+    def _cascade(self, work: deque[tuple[str, str]], now: float, budget: int | None) -> None:
+        """Settle the dependents of the (id, state) in ``work``, breadth first, at most
+        ``budget`` of them; what is left joins ``_unsettled`` (undone with the transaction)."""
+        steps = 0
         while work:
+            if budget is not None and steps >= budget:
+                undo = self._undo[-1]
+                if undo.unsettled is None:
+                    undo.unsettled = list(self._unsettled)
+                self._unsettled.extend(work)
+                return
             dep_id, dep_state = work.popleft()
             dep = self._records.get(dep_id)
             if dep is None or not dep.dependents:
                 continue
-            for rec in self._sorted_recs([i for i in dep.dependents if i in self._records]):
-                if rec.state != WAITING:
-                    continue
+            waiting = [r for r in self._sorted_recs([i for i in dep.dependents if i in self._records])
+                       if r.state == WAITING]
+            if budget is not None and len(waiting) > budget - steps:
+                waiting = waiting[:budget - steps]
+                work.appendleft((dep_id, dep_state))  # the rest of its dependents: later
+            for rec in waiting:
+                steps += 1
                 if dep_state != SUCCEEDED:
                     self._finish(rec, FAILED, False, dependency_failed_error(dep_id, dep_state),
                                  "msgpack", now)
@@ -437,6 +460,19 @@ class MemoryStore(Store):
                          for a in rec.after if a in self._records):
                     self._touch(rec)
                     self._move(rec, DELAYED if rec.not_before > now else READY)
+
+    def settle_pending(self, now: float, *, limit: int = 1000) -> bool:
+        """Continue cascades cut short by ``cascade_limit``; True while more remain."""
+        check_int("limit", limit, 1, MAX_BATCH)
+        with self.transaction():
+            if not self._unsettled:
+                return False
+            undo = self._undo[-1]
+            if undo.unsettled is None:
+                undo.unsettled = list(self._unsettled)
+            work = deque(self._unsettled.popleft() for _ in range(min(limit, len(self._unsettled))))
+            self._cascade(work, now, limit)
+            return bool(self._unsettled)
 
     def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
         """Lease up to ``limit`` ready tasks, highest priority first, FIFO within one."""
@@ -592,18 +628,22 @@ class MemoryStore(Store):
                 out.append(task_id)
         return out
 
-    def promote_due(self, now: float) -> list[str]:
-        """Make delayed tasks with ``not_before <= now`` ready; their queues, deduplicated."""
+    def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Make delayed tasks with ``not_before <= now`` ready (at most ``limit``, earliest
+        first); their queues, deduplicated."""
+        check_limit(limit)
         queues: dict[str, None] = {}
+        n = 0
         with self.transaction():
             heap = self._delayed
-            while heap and heap[0][0] <= now:
+            while heap and heap[0][0] <= now and (limit is None or n < limit):
                 not_before, _, task_id = heapq.heappop(heap)
                 rec = self._records.get(task_id)
                 if rec is None or rec.state != DELAYED or rec.not_before != not_before:
                     continue
                 self._requeue(rec)
                 queues[rec.queue] = None
+                n += 1
         return list(queues)
 
     def next_due(self) -> float | None:

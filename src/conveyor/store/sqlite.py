@@ -59,6 +59,7 @@ from .base import Store, dependency_failed_error
 from .sqlite_schema import SCHEMA_VERSION, check, migrate
 from .validate import (
     FINISHED_STATES,
+    MAX_BATCH,
     MAX_COUNT_CAP,
     check_filter,
     check_int,
@@ -442,29 +443,50 @@ class SQLiteStore(Store):
         return out
 
     def _settle(self, conn: sqlite3.Connection, ended: Sequence[tuple[str, str]],
-                now: float) -> None:
+                now: float, budget: int | None = None) -> int:
         """Tasks just finished (id, state): free or fail the tasks waiting for them.
 
         A success makes each waiting dependent whose dependencies have all
         succeeded ready (or delayed); any other end fails every waiting
         dependent, and theirs in turn (breadth first, in enqueue order).
+
+        ``budget`` (default: :attr:`cascade_limit`) bounds the dependents settled
+        here; the cascade's rest goes to the ``unsettled`` table for
+        :meth:`settle_pending` (in id order then, not enqueue order: no sort of
+        every dependent). How many dependents it settled.
         """
+        if budget is None:
+            budget = self.cascade_limit
         if not self._has_deps or not ended:
-            return
+            return 0
         having: set[str] = set()
         for part in _chunks([task_id for task_id, _ in ended]):
             having.update(row[0] for row in conn.execute(
                 f"SELECT DISTINCT depends_on FROM deps WHERE depends_on IN ({_marks(len(part))})",
                 part))
         work = deque(e for e in ended if e[0] in having)
+        steps = 0
         while work:
+            if budget is not None and steps >= budget:
+                conn.executemany("INSERT INTO unsettled (task_id, state) VALUES (?, ?)", work)
+                break
             dep_id, dep_state = work.popleft()
-            rows = conn.execute(
-                "SELECT t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
-                "JOIN tasks t ON t.id = d.task_id "
-                "WHERE d.depends_on = ? AND t.state = 'waiting' ORDER BY t.seq",
-                (dep_id,)).fetchall()
+            if budget is None:
+                rows = conn.execute(
+                    "SELECT t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
+                    "JOIN tasks t ON t.id = d.task_id "
+                    "WHERE d.depends_on = ? AND t.state = 'waiting' ORDER BY t.seq",
+                    (dep_id,)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
+                    "JOIN tasks t ON t.id = d.task_id "
+                    "WHERE d.depends_on = ? AND t.state = 'waiting' LIMIT ?",
+                    (dep_id, budget - steps)).fetchall()
+                if len(rows) == budget - steps:
+                    work.appendleft((dep_id, dep_state))  # it may have more: look again
             for seq, task_id, not_before, queue, name in rows:
+                steps += 1
                 if dep_state != SUCCEEDED:
                     self._note(queue, name, WAITING, FAILED)
                     conn.execute(
@@ -479,6 +501,23 @@ class SQLiteStore(Store):
                     target = DELAYED if not_before > now else READY
                     conn.execute("UPDATE tasks SET state = ? WHERE seq = ?", (target, seq))
                     self._note(queue, name, WAITING, target)
+        return steps
+
+    def settle_pending(self, now: float, *, limit: int = 1000) -> bool:
+        """Continue dependency cascades that :attr:`cascade_limit` cut short: settle up
+        to about ``limit`` more dependents, in one transaction. True while more remain."""
+        check_int("limit", limit, 1, MAX_BATCH)
+        if not self._has_deps:
+            return False
+        with self.transaction():
+            conn = self.conn
+            rows = conn.execute("SELECT seq, task_id, state FROM unsettled ORDER BY seq LIMIT ?",
+                                (limit,)).fetchall()
+            if not rows:
+                return False
+            conn.execute("DELETE FROM unsettled WHERE seq <= ?", (rows[-1][0],))
+            self._settle(conn, [(r[1], r[2]) for r in rows], now, budget=limit)
+            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM unsettled)").fetchone()[0])
 
     def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
         """Lease up to ``limit`` ready tasks, highest priority first, FIFO within one."""
@@ -667,11 +706,17 @@ class SQLiteStore(Store):
             "WHERE state = 'leased' AND lease_deadline <= ? "
             f"ORDER BY lease_deadline LIMIT {int(limit)})", (now,))
 
-    def promote_due(self, now: float) -> list[str]:
-        """Make delayed tasks with ``not_before <= now`` ready; their queues, deduplicated."""
+    def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Make delayed tasks with ``not_before <= now`` ready (at most ``limit``, earliest
+        first); their queues, deduplicated."""
+        check_limit(limit)
+        due = "state = 'delayed' AND not_before <= ?"
+        if limit is not None:
+            due = (f"seq IN (SELECT seq FROM tasks INDEXED BY tasks_delayed WHERE {due} "
+                   f"ORDER BY not_before LIMIT {int(limit)})")
         with self.transaction():
             rows = self.conn.execute(
-                "UPDATE tasks SET state = 'ready' WHERE state = 'delayed' AND not_before <= ? "
+                f"UPDATE tasks SET state = 'ready' WHERE {due} "
                 "RETURNING seq, queue, name", (now,)).fetchall()
             for r in rows:
                 self._note(r[1], r[2], DELAYED, READY)

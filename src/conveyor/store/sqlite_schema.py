@@ -95,7 +95,8 @@ CREATE INDEX IF NOT EXISTS deps_on ON deps (depends_on, task_id)
 # transaction's changes to both just before it commits (SQLiteStore._flush_counts).
 # Built here from one scan of an existing file (IF NOT EXISTS and rebuilt: tests
 # make "older" files by lowering the version of a current one). The (state, seq) index serves
-# listings, counts and bounded batches by state.
+# listings, counts and bounded batches by state. ``unsettled`` holds finished tasks
+# whose dependents a bounded cascade has not settled yet (SQLiteStore.settle_pending).
 _FIN = f"('{SUCCEEDED}', '{FAILED}', '{DEAD}', '{CANCELLED}')"
 _COUNTS = f"""
 CREATE TABLE IF NOT EXISTS counts (
@@ -113,6 +114,11 @@ CREATE TABLE IF NOT EXISTS totals (
     PRIMARY KEY (queue, name, outcome)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq);
+CREATE TABLE IF NOT EXISTS unsettled (
+    seq     INTEGER PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    state   TEXT NOT NULL
+);
 DELETE FROM counts;
 DELETE FROM totals;
 INSERT INTO counts SELECT queue, coalesce(name, ''), state, count(*) FROM tasks GROUP BY 1, 2, 3;
@@ -160,7 +166,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tasks table and its partial indexes", _to_v1),
     Migration(2, "the schedules table", _to_v2),
     Migration(3, "task dependencies (deps) and tasks.progress", _to_v3),
-    Migration(4, "the counts and totals tables, built from one scan; the (state, seq) index", _to_v4),
+    Migration(4, "counts and totals tables (built from one scan), the (state, seq) index, unsettled", _to_v4),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
