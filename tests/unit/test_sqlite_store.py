@@ -553,8 +553,8 @@ def test_sqlite_migration_to_4_builds_the_counts_from_the_tasks(tmp_path):
     ("SELECT seq FROM tasks WHERE state = ? ORDER BY seq LIMIT 500", "tasks_state"),
     ("SELECT seq FROM tasks INDEXED BY tasks_delayed WHERE state = 'delayed' AND not_before <= ? "
      "ORDER BY not_before LIMIT 500", "tasks_delayed"),
-    ("SELECT t.seq FROM deps d JOIN tasks t ON t.id = d.task_id "
-     "WHERE d.depends_on = ? AND t.state = 'waiting' LIMIT 500", "deps_on"),
+    ("SELECT t.seq FROM deps d JOIN tasks t ON t.id = d.task_id WHERE d.depends_on = ? "
+     "AND d.task_id > ? AND t.state = 'waiting' ORDER BY d.task_id LIMIT 500", "deps_on"),
     ("SELECT seq FROM tasks WHERE id >= ? AND id < ? LIMIT 10001", "sqlite_autoindex_tasks_1"),
 ])
 def test_sqlite_bounded_queries_use_an_index(tmp_path, sql, index):

@@ -443,7 +443,7 @@ class SQLiteStore(Store):
         return out
 
     def _settle(self, conn: sqlite3.Connection, ended: Sequence[tuple[str, str]],
-                now: float, budget: int | None = None) -> int:
+                now: float, budget: int | None = None, resume: dict[str, str] | None = None) -> int:
         """Tasks just finished (id, state): free or fail the tasks waiting for them.
 
         A success makes each waiting dependent whose dependencies have all
@@ -453,24 +453,26 @@ class SQLiteStore(Store):
         ``budget`` (default: :attr:`cascade_limit`) bounds the dependents settled
         here; the cascade's rest goes to the ``unsettled`` table for
         :meth:`settle_pending` (in id order then, not enqueue order: no sort of
-        every dependent). How many dependents it settled.
+        every dependent), each with the last dependent id done (``resume`` gives
+        those back), so a task with very many dependents is walked once, not
+        again from its start on every call. How many dependents it settled.
         """
         if budget is None:
             budget = self.cascade_limit
         if not self._has_deps or not ended:
             return 0
-        having: set[str] = set()
-        for part in _chunks([task_id for task_id, _ in ended]):
-            having.update(row[0] for row in conn.execute(
-                f"SELECT DISTINCT depends_on FROM deps WHERE depends_on IN ({_marks(len(part))})",
-                part))
-        work = deque(e for e in ended if e[0] in having)
+        having = self._with_dependents(conn, [task_id for task_id, _ in ended])
+        resume = resume or {}
+        work = deque((i, st, resume.get(i, "")) for i, st in ended if i in having)
         steps = 0
         while work:
             if budget is not None and steps >= budget:
-                conn.executemany("INSERT INTO unsettled (task_id, state) VALUES (?, ?)", work)
+                some = self._with_dependents(conn, [w[0] for w in work])
+                conn.executemany(
+                    "INSERT INTO unsettled (task_id, state, after_id) VALUES (?, ?, ?)",
+                    [w for w in work if w[0] in some])
                 break
-            dep_id, dep_state = work.popleft()
+            dep_id, dep_state, after_id = work.popleft()
             if budget is None:
                 rows = conn.execute(
                     "SELECT t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
@@ -480,11 +482,11 @@ class SQLiteStore(Store):
             else:
                 rows = conn.execute(
                     "SELECT t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
-                    "JOIN tasks t ON t.id = d.task_id "
-                    "WHERE d.depends_on = ? AND t.state = 'waiting' LIMIT ?",
-                    (dep_id, budget - steps)).fetchall()
-                if len(rows) == budget - steps:
-                    work.appendleft((dep_id, dep_state))  # it may have more: look again
+                    "JOIN tasks t ON t.id = d.task_id WHERE d.depends_on = ? AND d.task_id > ? "
+                    "AND t.state = 'waiting' ORDER BY d.task_id LIMIT ?",
+                    (dep_id, after_id, budget - steps)).fetchall()
+                if len(rows) == budget - steps:  # it may have more: from the last one on
+                    work.appendleft((dep_id, dep_state, rows[-1][1]))
             for seq, task_id, not_before, queue, name in rows:
                 steps += 1
                 if dep_state != SUCCEEDED:
@@ -493,7 +495,7 @@ class SQLiteStore(Store):
                         "UPDATE tasks SET state = 'failed', result_ok = 0, result_payload = ?, "
                         "result_codec = 'msgpack', finished_at = ? WHERE seq = ?",
                         (dependency_failed_error(dep_id, dep_state), now, seq))
-                    work.append((task_id, FAILED))
+                    work.append((task_id, FAILED, ""))
                 elif conn.execute(
                         "SELECT 1 FROM deps d JOIN tasks t ON t.id = d.depends_on "
                         "WHERE d.task_id = ? AND t.state != 'succeeded' LIMIT 1",
@@ -503,6 +505,16 @@ class SQLiteStore(Store):
                     self._note(queue, name, WAITING, target)
         return steps
 
+    @staticmethod
+    def _with_dependents(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that some task depends on."""
+        having: set[str] = set()
+        for part in _chunks(ids):
+            having.update(row[0] for row in conn.execute(
+                f"SELECT DISTINCT depends_on FROM deps WHERE depends_on IN ({_marks(len(part))})",
+                part))
+        return having
+
     def settle_pending(self, now: float, *, limit: int = 1000) -> bool:
         """Continue dependency cascades that :attr:`cascade_limit` cut short: settle up
         to about ``limit`` more dependents, in one transaction. True while more remain."""
@@ -511,12 +523,14 @@ class SQLiteStore(Store):
             return False
         with self.transaction():
             conn = self.conn
-            rows = conn.execute("SELECT seq, task_id, state FROM unsettled ORDER BY seq LIMIT ?",
-                                (limit,)).fetchall()
+            rows = conn.execute(
+                "SELECT seq, task_id, state, after_id FROM unsettled ORDER BY seq LIMIT ?",
+                (limit,)).fetchall()
             if not rows:
                 return False
             conn.execute("DELETE FROM unsettled WHERE seq <= ?", (rows[-1][0],))
-            self._settle(conn, [(r[1], r[2]) for r in rows], now, budget=limit)
+            self._settle(conn, [(r[1], r[2]) for r in rows], now, budget=limit,
+                         resume={r[1]: r[3] for r in rows if r[3]})
             return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM unsettled)").fetchone()[0])
 
     def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:

@@ -96,7 +96,8 @@ CREATE INDEX IF NOT EXISTS deps_on ON deps (depends_on, task_id)
 # Built here from one scan of an existing file (IF NOT EXISTS and rebuilt: tests
 # make "older" files by lowering the version of a current one). The (state, seq) index serves
 # listings, counts and bounded batches by state. ``unsettled`` holds finished tasks
-# whose dependents a bounded cascade has not settled yet (SQLiteStore.settle_pending).
+# whose dependents a bounded cascade has not settled yet, and the last dependent id
+# it settled of each (SQLiteStore.settle_pending).
 _FIN = f"('{SUCCEEDED}', '{FAILED}', '{DEAD}', '{CANCELLED}')"
 _COUNTS = f"""
 CREATE TABLE IF NOT EXISTS counts (
@@ -116,8 +117,9 @@ CREATE TABLE IF NOT EXISTS totals (
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq);
 CREATE TABLE IF NOT EXISTS unsettled (
     seq     INTEGER PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    state   TEXT NOT NULL
+    task_id  TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    after_id TEXT NOT NULL DEFAULT ''
 );
 DELETE FROM counts;
 DELETE FROM totals;
