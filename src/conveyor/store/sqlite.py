@@ -15,6 +15,7 @@ by finish time.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -487,6 +488,7 @@ class SQLiteStore(Store):
                     (dep_id, after_id, budget - steps)).fetchall()
                 if len(rows) == budget - steps:  # it may have more: from the last one on
                     work.appendleft((dep_id, dep_state, rows[-1][1]))
+            error = dependency_failed_error(dep_id, dep_state) if dep_state != SUCCEEDED else b""
             for seq, task_id, not_before, queue, name in rows:
                 steps += 1
                 if dep_state != SUCCEEDED:
@@ -494,7 +496,7 @@ class SQLiteStore(Store):
                     conn.execute(
                         "UPDATE tasks SET state = 'failed', result_ok = 0, result_payload = ?, "
                         "result_codec = 'msgpack', finished_at = ? WHERE seq = ?",
-                        (dependency_failed_error(dep_id, dep_state), now, seq))
+                        (error, now, seq))
                     work.append((task_id, FAILED, ""))
                 elif conn.execute(
                         "SELECT 1 FROM deps d JOIN tasks t ON t.id = d.depends_on "
@@ -508,12 +510,11 @@ class SQLiteStore(Store):
     @staticmethod
     def _with_dependents(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that some task depends on."""
-        having: set[str] = set()
-        for part in _chunks(ids):
-            having.update(row[0] for row in conn.execute(
-                f"SELECT DISTINCT depends_on FROM deps WHERE depends_on IN ({_marks(len(part))})",
-                part))
-        return having
+        # One index probe per id (EXISTS), never a walk over all of a task's dependents.
+        return {row[0] for row in conn.execute(
+            "SELECT x.value FROM json_each(?) AS x "
+            "WHERE EXISTS (SELECT 1 FROM deps WHERE depends_on = x.value)",
+            (json.dumps(list(ids)),))}
 
     def settle_pending(self, now: float, *, limit: int = 1000) -> bool:
         """Continue dependency cascades that :attr:`cascade_limit` cut short: settle up
