@@ -33,6 +33,7 @@ from conveyor.records import (
     TaskSummary,
     task_id_for_key,
 )
+from conveyor.store import paging
 from conveyor.store.base import Store, dependency_failed_error
 from conveyor.store.conformance import T0, after, fail, lease_one, ok, task, task_info
 from conveyor.store.memory import MemoryStore
@@ -392,6 +393,33 @@ class CountsConformance:
                     assert got == (want[::-1] if newest_first else want), (flt, limit, newest_first)
             assert store.count_tasks(flt) .n == len(want)
             assert store.count_tasks(flt).exact
+
+    def test_a_scan_budget_gives_short_pages_but_never_skips_a_match(
+            self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._fill(store)
+        everything = every_task(store)
+        monkeypatch.setattr(paging, "LIST_BUDGET", 4)  # a deep store, in miniature
+        monkeypatch.setattr(paging, "COUNT_BUDGET", 4)
+        short_pages = 0
+        for flt in (TaskFilter(name="mod.a", states=(DEAD, READY, SUCCEEDED)),
+                    TaskFilter(queue="r"), TaskFilter(created_from=T0 + 3, created_to=T0 + 7),
+                    TaskFilter(states=(DELAYED,), queue="q")):
+            want = [t.id for t in everything if _matches(t, flt)]
+            for newest_first in (True, False):
+                got: list[str] = []
+                cursor = None
+                for _ in range(200):
+                    page = store.list_page(flt, limit=3, cursor=cursor, newest_first=newest_first)
+                    got += [t.id for t in page.tasks]
+                    if page.cursor is None:
+                        break
+                    short_pages += len(page.tasks) < 3
+                    cursor = page.cursor
+                assert got == (want[::-1] if newest_first else want), flt
+            count = store.count_tasks(flt)
+            assert count.n <= len(want) and (count.exact is False or count.n == len(want))
+        assert short_pages > 0  # the budget did cut pages short
+        assert store.count_tasks(TaskFilter(queue="r", created_from=T0)).exact is False
 
     def test_list_page_rows_are_summaries_and_cursors_resume(self, store: Store) -> None:
         self._fill(store)

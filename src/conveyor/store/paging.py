@@ -66,3 +66,8 @@ def prefix_range(prefix: str) -> tuple[str, str]:
     """(low, high): the ids starting with ``prefix`` are exactly low <= id < high."""
     last = prefix[-1]
     return prefix, prefix[:-1] + chr(ord(last) + 1)
+
+
+def share(budget: int, streams: int) -> int:
+    """Each stream's part of a call's ``budget`` of examined rows (at least one row)."""
+    return max(1, budget // streams)

@@ -991,7 +991,7 @@ class SQLiteStore(Store):
                 rows, nxt = paging.merge([stream], limit, newest_first)
             else:
                 states = paging.stream_states(flt)
-                budget = max(1000, paging.LIST_BUDGET // len(states))
+                budget = paging.share(paging.LIST_BUDGET, len(states))
                 streams = [self._stream(conn, state, where, params, start, newest_first, limit,
                                         budget) for state in states]
                 rows, nxt = paging.merge(streams, limit, newest_first)
@@ -1038,7 +1038,7 @@ class SQLiteStore(Store):
             for (_, _, state), c in self._table("counts").items():
                 sizes[state] = sizes.get(state, 0) + c
             chosen = paging.stream_states(flt)
-            budget = max(1000, paging.COUNT_BUDGET // len(chosen))
+            budget = paging.share(paging.COUNT_BUDGET, len(chosen))
             n, exact = 0, True
             for one in chosen:
                 scan = "SELECT seq FROM tasks" + (" WHERE state = ?" if one else "")
