@@ -63,6 +63,7 @@ PURGE = "purge"  # {queue, states} -> {n}
 INSPECT = "inspect"  # {id} -> {task}
 TASKLIST = "tasks"  # {queue, state, limit, offset} -> {tasks}
 PROGRESS = "progress"  # worker push {id, token, done, total, message}; pushed on to subscribers
+STARTED = "started"  # worker push {leases: [[id, token]...]}: those tasks left its prefetch and began
 # Pushes from the master (request_id 0).
 TASKS = "push_tasks"  # {tasks: [[id, token, name, payload, codec, options, extra]...]}
 RESULTS = "results"  # {results: [wire result...]}
@@ -83,7 +84,7 @@ REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, P
                          QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, CANCEL, RETRY, PURGE,
                          INSPECT, TASKLIST, SCHED_ADD, SCHED_LIST, SCHED_DEL})
 #: The ops a worker pushes to the master (request_id 0, never answered).
-PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS})
+PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS, STARTED})
 #: Every op the master accepts from a peer: its routes serve exactly these.
 INBOUND_OPS = REQUEST_OPS | PEER_PUSH_OPS
 

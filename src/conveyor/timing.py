@@ -101,3 +101,30 @@ class Cadence:
             self.last = now
             return True
         return False
+
+
+# --- Credit (the worker's prefetch window) -----------------------------------
+
+#: Seconds of queued work a worker aims to hold beyond its running slots.
+PREFETCH_TARGET_SECONDS = 0.1
+#: Most tasks a worker holds at once, running and prefetched together.
+MAX_WINDOW = 2000
+
+
+def credit_window(concurrency: int, avg_duration: float, fixed: int | None = None) -> int:
+    """How many tasks a worker is willing to hold: its slots plus a prefetch that only
+    short tasks earn.
+
+    ``avg_duration`` is the mean run time seen so far (0 when none finished yet). An
+    unknown duration counts as long: the window is then just the slots, so a burst of
+    long tasks is shared among workers instead of hoarded by the first to ask. With
+    known short tasks the prefetch holds about :data:`PREFETCH_TARGET_SECONDS` of work
+    across the slots, so no-op tasks still flow in large batches. ``fixed`` (the
+    worker's ``--prefetch``) overrides the rule.
+    """
+    if fixed is not None:
+        return max(fixed, 1)
+    if avg_duration <= 0:
+        return concurrency
+    prefetch = int(concurrency * PREFETCH_TARGET_SECONDS / avg_duration)
+    return max(concurrency, min(MAX_WINDOW, concurrency + prefetch))

@@ -438,6 +438,10 @@ def decode_return(f: Fields) -> LeasePairs:
     return LeasePairs(lease_pairs(f.get("leases"), "return: leases"))
 
 
+def decode_started(f: Fields) -> LeasePairs:
+    return LeasePairs(lease_pairs(f.get("leases"), "started: leases"))
+
+
 def decode_qack(f: Fields) -> LeasePairs:
     return LeasePairs(lease_pairs(f.get("items"), "qack: items"))
 
@@ -533,6 +537,7 @@ DECODERS: dict[str, Callable[[Fields], Any]] = {
     protocol.PING: decode_nothing,
     protocol.CREDIT: decode_credit,
     protocol.PROGRESS: decode_progress,
+    protocol.STARTED: decode_started,
     protocol.QPUT: decode_qput,
     protocol.QGET: decode_qget,
     protocol.QACK: decode_qack,

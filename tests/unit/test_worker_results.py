@@ -56,7 +56,7 @@ def worker_on_this_loop() -> tuple[Worker, FakeCore]:
     worker._loop_thread = threading.get_ident()
     worker._core = core  # type: ignore[assignment]
     worker._pool = FakePool()
-    worker._outstanding = 4
+    worker._outstanding = worker.window()  # the window is full
     return worker, core
 
 

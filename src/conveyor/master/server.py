@@ -331,6 +331,7 @@ class Master:
         workers = [
             {"name": w.name, "host": w.host, "pid": w.pid, "peer": w.peer, "queues": w.queues,
              "concurrency": w.concurrency, "inflight": len(w.inflight),
+             "running": (running := w.running()), "prefetched": len(w.inflight) - running,
              "idle_for": round(mono - w.last_seen, 1)}
             for w in self.sessions.values() if w.role == "worker"
         ]

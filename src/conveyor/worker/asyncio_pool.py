@@ -96,6 +96,7 @@ class _AsyncCore(_ProcessCore):
                 self.inside[inside.entry.job.id] = inside
                 sent.append(inside)
             self.in_flight += len(sent)
+            self.began([inside.entry for inside in sent])
         if not sent:
             return
         assert self.loop is not None

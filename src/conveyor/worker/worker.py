@@ -1,10 +1,13 @@
 """The worker: takes tasks from the master within the credit it grants, runs
 them in a pool, and reports results until the master has them.
 
-Credit (the prefetch window) is the number of tasks the worker is willing to
-hold: running plus waiting. By default it adapts to task length: about
-100 ms of queued work and at least twice the concurrency, so a busy worker
-never hoards long tasks, while no-op tasks still flow in large batches.
+Credit (the window) is the number of tasks the worker is willing to hold:
+running plus prefetched. By default it is the slots alone until tasks prove
+short, then the slots plus about 100 ms of queued work
+(:func:`conveyor.timing.credit_window`), so a burst of long tasks is shared
+among workers while no-op tasks still flow in large batches. The worker tells
+the master which tasks actually started (a batched ``started`` report), so the
+master can tell running from prefetched work.
 """
 
 from __future__ import annotations
@@ -29,9 +32,6 @@ from ..serde import MSGPACK, PICKLE
 from .pool import Job, JobResult, make_pool
 
 log = logging.getLogger("conveyor.worker")
-
-MAX_WINDOW = 2000
-TARGET_QUEUED_SECONDS = 0.1
 
 
 class Worker:
@@ -90,6 +90,8 @@ class Worker:
         self._loop_thread: int | None = None  # ident of the thread running the loop
         self._inbox: list[JobResult] = []  # results from pool threads, for the loop
         self._inbox_lock = threading.Lock()
+        self._starts: list[list[Any]] = []  # [id, token] of tasks the pool began, not yet reported
+        self._starts_lock = threading.Lock()
         self._unconfirmed: set[asyncio.Future] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -98,13 +100,8 @@ class Worker:
     # -- window ------------------------------------------------------------
     def window(self) -> int:
         """How many tasks this worker is willing to hold right now."""
-        if self.prefetch is not None:
-            return max(self.prefetch, 1)
-        floor = 2 * self.concurrency
         avg = self._pool.avg_duration if self._pool is not None else 0.0
-        if avg <= 0:
-            return floor
-        return max(floor, min(MAX_WINDOW, int(self.concurrency * TARGET_QUEUED_SECONDS / avg)))
+        return timing.credit_window(self.concurrency, avg, self.prefetch)
 
     def _top_up(self) -> None:
         if self._stopping or self._core is None or not self._core.connected:
@@ -178,6 +175,33 @@ class Worker:
         self._outstanding -= len(jobs)
         fut = self._core.request_nowait(protocol.RETURN, {"leases": [[j.id, j.token] for j in jobs]})
         self._track(fut)
+
+    # -- started reports ---------------------------------------------------
+    def _started_from_pool(self, jobs: list[Job]) -> None:
+        """The pool began these jobs (on the loop or a pool thread): report them in one
+        ``started`` push per loop turn, whatever number of batches began meanwhile."""
+        with self._starts_lock:
+            first = not self._starts
+            self._starts.extend([j.id, j.token] for j in jobs)
+        if not first:
+            return  # a flush is already scheduled
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            if threading.get_ident() == self._loop_thread:
+                loop.call_soon(self._flush_starts)
+            else:
+                loop.call_soon_threadsafe(self._flush_starts)
+        except RuntimeError:  # the loop is closing
+            pass
+
+    def _flush_starts(self) -> None:
+        with self._starts_lock:
+            starts, self._starts = self._starts, []
+        # Not resent after a reconnect: the new session starts with no leases of ours.
+        if starts and self._core is not None and self._core.connected:
+            self._core.push(protocol.STARTED, {"leases": starts})
 
     # -- results -----------------------------------------------------------
     def _results_from_pool(self, results: list[JobResult]) -> None:
@@ -292,6 +316,7 @@ class Worker:
         self._pool = make_pool(self.pool_kind, self.concurrency, self.modules, self._results_from_pool,
                                allow_pickle=self.allow_pickle, loop=self._loop)
         self._pool.set_progress_callback(self._progress_from_pool)
+        self._pool.set_started_callback(self._started_from_pool)
         await self._loop.run_in_executor(None, self._pool.start)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
