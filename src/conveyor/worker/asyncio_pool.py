@@ -36,6 +36,7 @@ from typing import Any
 
 from .. import serde
 from ..errors import WorkerCrashed
+from ..options import headers_of
 from .async_child import MSG_CANCEL, MSG_JOBS, _async_child_main
 from .child import _exit_description
 from .core import _Entry, log
@@ -106,7 +107,7 @@ class _AsyncCore(_ProcessCore):
                                                     slot, inside, "passed its time limit")
         self._write(slot, serde.packb([MSG_JOBS, [
             [i.entry.job.id, i.entry.job.token, i.entry.job.name, i.entry.job.payload, i.entry.job.codec,
-             i.entry.soft, i.entry.timeout] for i in sent]]))
+             i.entry.soft, i.entry.timeout, headers_of(i.entry.job.options) or None] for i in sent]]))
 
     def _answered(self, slot: _Slot, detail: Any, entries: list[_Entry], results: list[JobResult]) -> None:
         """Answers for some of the jobs the child holds."""

@@ -21,11 +21,12 @@ import ssl
 import threading
 from typing import Any
 
-from .. import loops, protocol, serde, timing
+from .. import loops, middleware, protocol, serde, timing
 from ..auth import as_key
 from ..errors import AuthenticationError, ConnectionLost, RemoteError
 from ..link import AddressesLike, parse_addresses
 from ..link.aio import AsyncLink
+from ..options import headers_of
 from ..periodic import hello_entries
 from ..retries import decide
 from ..serde import MSGPACK, PICKLE
@@ -85,7 +86,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0  # credit granted and not yet used up by a finished task
         self._acks: list[list] = []
-        self._held: dict[str, tuple[dict, int]] = {}  # task id -> (options, earlier failures)
+        self._held: dict[str, tuple[dict, int, str]] = {}  # task id -> (options, earlier failures, name)
         self._cancelled: set[str] = set()  # cancelled by the master: report nothing for them
         self._loop_thread: int | None = None  # ident of the thread running the loop
         self._inbox: list[JobResult] = []  # results from pool threads, for the loop
@@ -140,7 +141,7 @@ class Worker:
             except (TypeError, ValueError) as exc:
                 log.warning("ignoring a malformed task from the master: %s", exc)
                 continue
-            self._held[tid] = (options, int(extra.get("failures") or 0))
+            self._held[tid] = (options, int(extra.get("failures") or 0), name or "")
             jobs.append(Job(tid, token, name or "", payload, codec, options))
         if not jobs:
             return
@@ -248,7 +249,11 @@ class Worker:
             held = self._held.pop(r.id, None)
             retry = None
             if not r.ok and held is not None:
-                retry = decide(held[0], held[1], serde.decode_error(r.payload))
+                error = serde.decode_error(r.payload)
+                retry = decide(held[0], held[1], error)
+                if retry is not None and "delay" in retry and middleware.active():
+                    middleware.on_retry(middleware.TaskCall(r.id, held[2], r.token, headers_of(held[0])),
+                                        error, float(retry["delay"]))
             self._acks.append([r.id, r.token, r.ok, r.payload, r.codec, retry])
         self.completed += len(results)
         self._outstanding -= len(results)
