@@ -48,7 +48,7 @@ STATUS = "status"  # {} -> {queues, workers, counters}
 ACK = "ack"  # {results: [[id, token, ok, payload, codec]...]} -> {} once committed
 RETURN = "return"  # {leases: [[id, token]...]} -> {n}: prefetched tasks handed back
 PING = "ping"  # {} -> {}
-CREDIT = "credit"  # push {n}: the worker can take n more tasks
+CREDIT = "credit"  # push {n, revoke}: the worker can take n more tasks (revoke: n fewer)
 # Plain queues (queue.Queue over the network).
 QPUT = "qput"  # {queue, items: [[id, payload, codec]...], maxsize, timeout} -> {accepted}
 QGET = "qget"  # {queue, max, timeout, ack} -> {items: [[id, token, payload, codec]...]}

@@ -9,6 +9,7 @@ wall-clock times (they outlive a restart) and are not decided here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # --- Peers (clients and workers) -------------------------------------------
@@ -128,3 +129,30 @@ def credit_window(concurrency: int, avg_duration: float, fixed: int | None = Non
         return concurrency
     prefetch = int(concurrency * PREFETCH_TARGET_SECONDS / avg_duration)
     return max(concurrency, min(MAX_WINDOW, concurrency + prefetch))
+
+
+#: How often a worker whose pool holds prefetched tasks looks whether it holds too many.
+REBALANCE_EVERY = PREFETCH_TARGET_SECONDS / 2
+
+
+def effective_duration(avg_duration: float, running_ages: list[float], slots: int) -> float:
+    """The run time to size a worker's window by: the measured mean, or, while every slot is
+    busy with tasks that have already run longer than that, the youngest of their ages; once
+    every slot has been busy for :data:`PREFETCH_TARGET_SECONDS` and twice the mean, infinity
+    (the tasks are long: what waits behind them has waited longer than the whole prefetch was
+    meant to last). Twice the mean: tasks that usually run that long do not count as a burst.
+
+    The mean only learns a duration when a task ends; a burst of long tasks after short
+    ones would otherwise keep the short tasks' large prefetch for as long as the long ones run.
+    """
+    if running_ages and len(running_ages) >= slots:
+        youngest = min(running_ages)
+        if youngest >= max(PREFETCH_TARGET_SECONDS, 2 * avg_duration):
+            return math.inf
+        return max(avg_duration, youngest)
+    return avg_duration
+
+
+def prefetch_surplus(window: int, running: int, pending: int) -> int:
+    """How many prefetched (pending) tasks a worker hands back: those beyond its window."""
+    return max(0, min(pending, running + pending - window))

@@ -293,7 +293,12 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Credit:
+    """Credit a worker grants (``n``) and takes back (``revoke``: unused credit it no longer
+    wants, when its window shrank; the master's count may go below zero while tasks that
+    used it are on their way)."""
+
     n: int
+    revoke: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,7 +436,7 @@ def decode_ack(f: Fields) -> Ack:
 
 
 def decode_credit(f: Fields) -> Credit:
-    return Credit(_count(f.get("n"), "credit: n", 0))
+    return Credit(_count(f.get("n"), "credit: n", 0), _count(f.get("revoke", 0), "credit: revoke", 0))
 
 
 def decode_return(f: Fields) -> LeasePairs:

@@ -3,6 +3,9 @@ master's slots-before-prefetch plan, and the running/prefetched split of a sessi
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +14,9 @@ from conveyor import protocol, wire
 from conveyor.errors import ProtocolError
 from conveyor.master.dispatch import Dispatcher, QueueTracker, Wake
 from conveyor.master.session import Session
-from conveyor.timing import MAX_WINDOW, credit_window
+from conveyor.timing import MAX_WINDOW, credit_window, effective_duration, prefetch_surplus
+from conveyor.worker.jobs import Job
+from conveyor.worker.worker import Worker
 
 
 class _Writer:
@@ -78,3 +83,84 @@ def test_started_reports_are_validated_as_lease_pairs():
     assert wire.decode_started({"leases": [["a", 1]]}).pairs == [("a", 1)]
     with pytest.raises(ProtocolError, match="started: leases"):
         wire.decode_started({"leases": [["a"]]})
+
+
+def test_the_window_follows_the_age_of_running_tasks_only_while_every_slot_is_busy():
+    # One slot free: the learned mean stands, however old the running task.
+    assert effective_duration(0.002, [5.0], slots=2) == 0.002
+    # Every slot busy for longer than the mean: the youngest age is a better guess.
+    assert effective_duration(0.002, [0.05, 0.07], slots=2) == 0.05
+    # Every slot busy past the prefetch target: long tasks, no prefetch at all.
+    assert effective_duration(0.002, [0.2, 3.0], slots=2) == math.inf
+    assert credit_window(4, math.inf) == 4
+    # Tasks that usually run this long are not a burst: their own mean keeps sizing the window.
+    assert effective_duration(0.15, [0.2, 0.25], slots=2) == 0.2
+
+
+def test_only_prefetched_tasks_beyond_the_window_are_handed_back():
+    assert prefetch_surplus(window=4, running=4, pending=3) == 3
+    assert prefetch_surplus(window=6, running=4, pending=3) == 1
+    assert prefetch_surplus(window=12, running=4, pending=3) == 0
+    assert prefetch_surplus(window=1, running=4, pending=0) == 0  # running tasks are never handed back
+
+
+class _Core:
+    connected = True
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict]] = []
+        self.pushes: list[tuple[str, dict]] = []
+
+    def request_nowait(self, op: str, fields: dict) -> asyncio.Future:
+        self.requests.append((op, fields))
+        return asyncio.get_running_loop().create_future()
+
+    def push(self, op: str, fields: dict) -> None:
+        self.pushes.append((op, fields))
+
+
+class _Pool:
+    avg_duration = 0.002  # it learned short tasks
+
+    def __init__(self, running: int, pending: list[Job]) -> None:
+        self._running, self._pending = running, list(pending)
+
+    def running(self) -> int:
+        return self._running
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def discard_pending(self) -> list[Job]:
+        out, self._pending = self._pending, []
+        return out
+
+    def submit(self, jobs: list[Job]) -> None:
+        self._pending.extend(jobs)
+
+
+def test_a_worker_whose_slots_are_all_busy_with_long_tasks_hands_back_its_prefetch_and_unused_credit():
+    async def main() -> None:
+        worker = Worker(["tests.unit.pool_tasks"], "127.0.0.1:1", b"key", concurrency=2)
+        core, pending = _Core(), [Job(f"p{i}", 1, "m:f", b"", "msgpack") for i in range(3)]
+        worker._loop, worker._core = asyncio.get_running_loop(), core  # type: ignore[assignment]
+        worker._pool = _Pool(running=2, pending=pending)
+        worker._outstanding = 2 + 3 + 5  # running, prefetched, and 5 credit the master holds
+        long_ago = time.monotonic() - 1.0
+        worker._running_since = {"r0": long_ago, "r1": long_ago}
+        worker._rebalance()
+        assert core.requests == [(protocol.RETURN, {"leases": [["p0", 1], ["p1", 1], ["p2", 1]]})]
+        assert core.pushes == [(protocol.CREDIT, {"n": 0, "revoke": 5})]
+        assert worker._outstanding == 2 and worker._pool.pending() == 0
+        # Short tasks in every slot keep their prefetch.
+        core2 = _Core()
+        worker._core = core2  # type: ignore[assignment]
+        worker._pool = _Pool(running=2, pending=pending)
+        worker._outstanding = 5
+        worker._running_since = {"r0": time.monotonic(), "r1": time.monotonic()}
+        worker._rebalance()
+        assert core2.requests == [] and core2.pushes == []
+        if worker._rebalance_timer is not None:
+            worker._rebalance_timer.cancel()
+
+    asyncio.run(main())

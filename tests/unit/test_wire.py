@@ -173,6 +173,7 @@ def test_every_op_decodes_good_fields_to_its_record():
     assert got[protocol.ACK] == wire.Ack([(Outcome(TID, 1, True, b"", "msgpack"), None)], 2)
     assert got[protocol.RETURN] == got[protocol.QACK] == got[protocol.STARTED] == wire.LeasePairs([(TID, 1)])
     assert got[protocol.CREDIT] == wire.Credit(3)
+    assert wire.decode(protocol.CREDIT, {"n": 0, "revoke": 2}) == wire.Credit(0, 2)
     assert got[protocol.PROGRESS].report() == {"done": 1, "total": 2.5, "message": "half"}
     assert got[protocol.QPUT] == wire.QPut("q", [NewTask(TID, "q", None, b"x", "msgpack")], 5, 1.0)
     assert got[protocol.QGET] == wire.QGet("q", 2, None, True)
@@ -251,6 +252,7 @@ BAD = [
     _with(protocol.QACK, items=[[TID, 1]] * TOO_MANY),
     # credit
     _with(protocol.CREDIT, n=-1),
+    _with(protocol.CREDIT, revoke=-1),
     _with(protocol.CREDIT, n=_MISSING),
     _with(protocol.CREDIT, n=1.5),
     # progress

@@ -143,9 +143,10 @@ class Dispatcher:
         return {protocol.CREDIT: self.on_credit, protocol.STARTED: self.on_started}
 
     async def on_credit(self, s: Session, rid: int, req: wire.Credit) -> None:
-        """A worker can take ``n`` more tasks."""
-        s.credit += req.n
-        self.ctx.wake.set()
+        """A worker can take ``n`` more tasks (or ``revoke`` fewer: its window shrank)."""
+        s.credit += req.n - req.revoke
+        if req.n:
+            self.ctx.wake.set()
 
     async def on_started(self, s: Session, rid: int, req: wire.LeasePairs) -> None:
         """A worker began these leases: they are running now, no longer prefetched."""

@@ -7,7 +7,11 @@ short, then the slots plus about 100 ms of queued work
 (:func:`conveyor.timing.credit_window`), so a burst of long tasks is shared
 among workers while no-op tasks still flow in large batches. The worker tells
 the master which tasks actually started (a batched ``started`` report), so the
-master can tell running from prefetched work.
+master can tell running from prefetched work. While every slot is busy with tasks
+that already ran longer than the learned mean, the window is sized by their age
+(:func:`conveyor.timing.effective_duration`) and the prefetched tasks beyond it
+are handed back, so a worker that learned short tasks does not sit on long ones
+that an idle worker could run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 
 from .. import loops, middleware, protocol, serde, timing
@@ -92,7 +97,9 @@ class Worker:
         self._inbox: list[JobResult] = []  # results from pool threads, for the loop
         self._inbox_lock = threading.Lock()
         self._starts: list[list[Any]] = []  # [id, token] of tasks the pool began, not yet reported
-        self._starts_lock = threading.Lock()
+        self._starts_lock = threading.Lock()  # guards _starts and _running_since
+        self._running_since: dict[str, float] = {}  # task id -> monotonic time the pool began it
+        self._rebalance_timer: asyncio.TimerHandle | None = None
         self._unconfirmed: set[asyncio.Future] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -101,8 +108,48 @@ class Worker:
     # -- window ------------------------------------------------------------
     def window(self) -> int:
         """How many tasks this worker is willing to hold right now."""
+        if self.prefetch is not None:
+            return timing.credit_window(self.concurrency, 0.0, self.prefetch)
         avg = self._pool.avg_duration if self._pool is not None else 0.0
-        return timing.credit_window(self.concurrency, avg, self.prefetch)
+        now = time.monotonic()
+        with self._starts_lock:
+            ages = [now - t for t in self._running_since.values()]
+        return timing.credit_window(self.concurrency, timing.effective_duration(avg, ages, self.concurrency))
+
+    def _arm_rebalance(self) -> None:
+        """Look again soon whether the pool holds more prefetched tasks than the window allows."""
+        if self._rebalance_timer is None and self.prefetch is None and self._loop is not None:
+            self._rebalance_timer = self._loop.call_later(timing.REBALANCE_EVERY, self._rebalance)
+
+    def _rebalance(self) -> None:
+        """Hand back the prefetched tasks beyond the window (it shrinks while long tasks run)."""
+        self._rebalance_timer = None
+        if self._stopping or self._pool is None or not self._pool.pending():
+            return  # armed again when tasks arrive
+        window = self.window()
+        surplus = timing.prefetch_surplus(window, self._pool.running(), self._pool.pending())
+        if surplus:
+            pending = self._pool.discard_pending()
+            keep = max(0, len(pending) - surplus)
+            if keep:
+                self._pool.submit(pending[:keep])
+            log.debug("handing back %d prefetched task(s): every slot is busy with long tasks",
+                      len(pending) - keep)
+            self._hand_back(pending[keep:])
+        self._revoke_above(window)
+        self._arm_rebalance()
+
+    def _revoke_above(self, window: int) -> None:
+        """Take back credit beyond ``window`` that the master has not used yet, so what was
+        handed back is not pushed to this worker again (it goes to one with room)."""
+        if self._core is None or not self._core.connected or self._pool is None:
+            return
+        held = self._pool.running() + self._pool.pending()
+        unused = self._outstanding - held  # credit at the master, or tasks on their way
+        revoke = min(unused, self._outstanding - max(window, held))
+        if revoke > 0:
+            self._outstanding -= revoke
+            self._core.push(protocol.CREDIT, {"n": 0, "revoke": revoke})
 
     def _top_up(self) -> None:
         if self._stopping or self._core is None or not self._core.connected:
@@ -149,6 +196,7 @@ class Worker:
             self._hand_back(jobs)
             return
         self._pool.submit(jobs)
+        self._arm_rebalance()
 
     def _with_upstream(self, payload: bytes, codec: str, upstream: list) -> bytes:
         """A ``pass_results`` task gets its dependencies' results as its first argument."""
@@ -181,9 +229,12 @@ class Worker:
     def _started_from_pool(self, jobs: list[Job]) -> None:
         """The pool began these jobs (on the loop or a pool thread): report them in one
         ``started`` push per loop turn, whatever number of batches began meanwhile."""
+        now = time.monotonic()
         with self._starts_lock:
             first = not self._starts
             self._starts.extend([j.id, j.token] for j in jobs)
+            for j in jobs:
+                self._running_since[j.id] = now
         if not first:
             return  # a flush is already scheduled
         loop = self._loop
@@ -242,6 +293,9 @@ class Worker:
                 pass
 
     def _on_results(self, results: list[JobResult]) -> None:
+        with self._starts_lock:
+            for r in results:
+                self._running_since.pop(r.id, None)
         for r in results:
             if r.id in self._cancelled:
                 self._cancelled.discard(r.id)  # the master already finished it as cancelled
@@ -340,6 +394,9 @@ class Worker:
                      self.name, ",".join(self.queues), self.concurrency, self.pool_kind, self._core.address)
             await self._stopped.wait()
         finally:
+            if self._rebalance_timer is not None:
+                self._rebalance_timer.cancel()
+                self._rebalance_timer = None
             if self._cold or not self._stopping:
                 self._pool.shutdown(wait=False)
             else:
