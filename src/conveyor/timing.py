@@ -136,20 +136,19 @@ REBALANCE_EVERY = PREFETCH_TARGET_SECONDS / 2
 
 
 def effective_duration(avg_duration: float, running_ages: list[float], slots: int) -> float:
-    """The run time to size a worker's window by: the measured mean, or, while every slot is
-    busy with tasks that have already run longer than that, the youngest of their ages; once
-    every slot has been busy for :data:`PREFETCH_TARGET_SECONDS` and twice the mean, infinity
-    (the tasks are long: what waits behind them has waited longer than the whole prefetch was
-    meant to last). Twice the mean: tasks that usually run that long do not count as a burst.
+    """The run time to size a worker's window by: the measured mean, or infinity (long tasks:
+    no prefetch) once every slot has been busy with one attempt for longer than both
+    :data:`PREFETCH_TARGET_SECONDS` and twice the mean.
 
     The mean only learns a duration when a task ends; a burst of long tasks after short
-    ones would otherwise keep the short tasks' large prefetch for as long as the long ones run.
+    ones would otherwise keep the short tasks' large prefetch for as long as the long ones
+    run. Below that age the mean stands: a batch of tiny tasks is always "older" than one
+    tiny task, and a window cut by that would starve a fast worker; twice the mean, so that
+    tasks that usually run this long do not count as a burst.
     """
-    if running_ages and len(running_ages) >= slots:
-        youngest = min(running_ages)
-        if youngest >= max(PREFETCH_TARGET_SECONDS, 2 * avg_duration):
-            return math.inf
-        return max(avg_duration, youngest)
+    if running_ages and len(running_ages) >= slots and \
+            min(running_ages) >= max(PREFETCH_TARGET_SECONDS, 2 * avg_duration):
+        return math.inf
     return avg_duration
 
 

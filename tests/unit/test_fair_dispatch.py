@@ -88,13 +88,13 @@ def test_started_reports_are_validated_as_lease_pairs():
 def test_the_window_follows_the_age_of_running_tasks_only_while_every_slot_is_busy():
     # One slot free: the learned mean stands, however old the running task.
     assert effective_duration(0.002, [5.0], slots=2) == 0.002
-    # Every slot busy for longer than the mean: the youngest age is a better guess.
-    assert effective_duration(0.002, [0.05, 0.07], slots=2) == 0.05
+    # Every slot busy, but not for long (a batch of tiny tasks, a short stall): the mean stands.
+    assert effective_duration(0.002, [0.05, 0.07], slots=2) == 0.002
     # Every slot busy past the prefetch target: long tasks, no prefetch at all.
     assert effective_duration(0.002, [0.2, 3.0], slots=2) == math.inf
     assert credit_window(4, math.inf) == 4
     # Tasks that usually run this long are not a burst: their own mean keeps sizing the window.
-    assert effective_duration(0.15, [0.2, 0.25], slots=2) == 0.2
+    assert effective_duration(0.15, [0.2, 0.25], slots=2) == 0.15
 
 
 def test_only_prefetched_tasks_beyond_the_window_are_handed_back():
