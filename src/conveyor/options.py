@@ -158,6 +158,7 @@ MAX_HEADER_LENGTH = 4096
 def _headers(value: Any) -> dict[str, str]:
     """String headers that travel with the task to its worker (trace context, request ids):
     a mapping, or ``KEY=VALUE`` strings as the command line gives them."""
+    items: list[tuple[Any, Any]]
     if isinstance(value, Mapping):
         items = list(value.items())
     elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
@@ -165,7 +166,8 @@ def _headers(value: Any) -> dict[str, str]:
         for text in value:
             if not isinstance(text, str) or "=" not in text:
                 raise ValueError(f"headers must be KEY=VALUE strings, not {text!r}")
-            items.append(tuple(text.split("=", 1)))
+            key, _, val = text.partition("=")
+            items.append((key, val))
     else:
         raise ValueError(f"headers must be a mapping of strings, not {value!r}")
     if len(items) > MAX_HEADERS:

@@ -90,8 +90,8 @@ class Worker:
         self._core: AsyncLink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0  # credit granted and not yet used up by a finished task
-        self._acks: list[list] = []
-        self._held: dict[str, tuple[dict, int, str]] = {}  # task id -> (options, earlier failures, name)
+        self._acks: list[list[Any]] = []
+        self._held: dict[str, tuple[dict[str, Any], int, str]] = {}  # task id -> (options, earlier failures, name)
         self._cancelled: set[str] = set()  # cancelled by the master: report nothing for them
         self._loop_thread: int | None = None  # ident of the thread running the loop
         self._inbox: list[JobResult] = []  # results from pool threads, for the loop
@@ -100,7 +100,7 @@ class Worker:
         self._starts_lock = threading.Lock()  # guards _starts and _running_since
         self._running_since: dict[str, float] = {}  # task id -> monotonic time the pool began it
         self._rebalance_timer: asyncio.TimerHandle | None = None
-        self._unconfirmed: set[asyncio.Future] = set()
+        self._unconfirmed: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._signals = 0
@@ -198,7 +198,7 @@ class Worker:
         self._pool.submit(jobs)
         self._arm_rebalance()
 
-    def _with_upstream(self, payload: bytes, codec: str, upstream: list) -> bytes:
+    def _with_upstream(self, payload: bytes, codec: str, upstream: list[Any]) -> bytes:
         """A ``pass_results`` task gets its dependencies' results as its first argument."""
         allow = self.allow_pickle
         values = [serde.decode(p, c, allow_pickle=allow) for ok, p, c in upstream]
@@ -279,7 +279,7 @@ class Worker:
         if results:
             self._on_results(results)
 
-    def _progress_from_pool(self, report: dict) -> None:
+    def _progress_from_pool(self, report: dict[str, Any]) -> None:
         """Called on the loop or on pool threads: pass a task's progress report to the master."""
         if threading.get_ident() == self._loop_thread:
             if self._core is not None:
@@ -326,10 +326,10 @@ class Worker:
         self._top_up()
         self._maybe_finished()
 
-    def _track(self, fut: asyncio.Future) -> None:
+    def _track(self, fut: asyncio.Future[Any]) -> None:
         self._unconfirmed.add(fut)
 
-        def done(f: asyncio.Future) -> None:
+        def done(f: asyncio.Future[Any]) -> None:
             self._unconfirmed.discard(f)
             if not f.cancelled() and f.exception() is not None:
                 log.warning("master refused a report: %s", f.exception())
