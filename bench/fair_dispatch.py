@@ -12,7 +12,7 @@ measures dispatch, not CPU.
 - conveyor: ``--workers`` workers with ``--concurrency`` process slots each.
 
     python bench/fair_dispatch.py
-    python bench/fair_dispatch.py --long 8 --long-seconds 3 --short 400 --concurrency 2
+    python bench/fair_dispatch.py --long 8 --long-seconds 3 --short 0   # the burst alone
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _managers_worker(address: tuple[str, int]) -> None:
         results.put(work(seconds))
 
 
-def bench_managers(jobs: list[float], slots: int) -> float:
+def bench_managers(jobs: list[float], slots: int, warm_seconds: float) -> float:
     """Makespan of ``jobs`` on ``slots`` processes pulling one task at a time."""
     ctx = mp.get_context("spawn")
     manager = _MasterManager(address=("127.0.0.1", 0), authkey=AUTHKEY, ctx=ctx)
@@ -92,7 +92,7 @@ def bench_managers(jobs: list[float], slots: int) -> float:
         for p in procs:
             p.start()
         for _ in range(slots * 4):  # warm-up: every process connected
-            tasks.put(min(jobs))
+            tasks.put(warm_seconds)
         for _ in range(slots * 4):
             results.get(timeout=60)
         start = time.perf_counter()
@@ -113,10 +113,10 @@ def bench_managers(jobs: list[float], slots: int) -> float:
 
 
 # -- conveyor -------------------------------------------------------------------
-def bench_conveyor(jobs: list[float], workers: int, concurrency: int) -> float:
+def bench_conveyor(jobs: list[float], workers: int, concurrency: int, warm_seconds: float) -> float:
     """Makespan of ``jobs`` submitted at once to ``workers`` conveyor workers.
 
-    The warm-up runs short tasks of the workload's shortest duration: a warm-up of
+    The warm-up runs short tasks of ``warm_seconds`` (the short tasks' duration): a warm-up of
     no-op tasks would teach the process pool to batch (below 1 ms it hands a child up
     to 64 tasks at once), a different regime from the one measured here.
     """
@@ -128,8 +128,8 @@ def bench_conveyor(jobs: list[float], workers: int, concurrency: int) -> float:
         cluster.wait_for_workers(workers)
         with cluster.client() as client:
             # Warm-up: every slot has run a short task of the workload.
-            short = min(jobs)
-            client.gather(client.submit_many("fair_dispatch:work", [(short,)] * (4 * workers * concurrency)))
+            client.gather(client.submit_many("fair_dispatch:work",
+                                             [(warm_seconds,)] * (4 * workers * concurrency)))
             start = time.perf_counter()
             futures = client.submit_many("fair_dispatch:work", [(s,) for s in jobs])
             total = sum(client.gather(futures, timeout=600))
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.short} tasks of {args.short_seconds * 1000:g} ms around {args.long} of "
           f"{args.long_seconds:g} s; {args.workers} workers x {args.concurrency} slots; "
           f"python {sys.version.split()[0]}", flush=True)
-    peer = bench_managers(jobs, slots)
-    ours = bench_conveyor(jobs, args.workers, args.concurrency)
+    peer = bench_managers(jobs, slots, args.short_seconds)
+    ours = bench_conveyor(jobs, args.workers, args.concurrency, args.short_seconds)
     print(f"\n{'':28}{'makespan s':>11}{'/ ideal':>9}")
     for name, value in (("ideal", ideal), ("multiprocessing.managers", peer), ("conveyor", ours)):
         print(f"{name:28}{value:>11.3f}{value / ideal:>9.2f}")
