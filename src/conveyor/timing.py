@@ -131,6 +131,9 @@ def credit_window(concurrency: int, avg_duration: float, fixed: int | None = Non
     return max(concurrency, min(MAX_WINDOW, concurrency + prefetch))
 
 
+#: How long a worker gathers ``started`` reports before it sends them: a task that finished
+#: meanwhile needs none (its result says it ran), so tiny tasks add no message of their own.
+STARTED_REPORT_DELAY = 0.01
 #: How often a worker whose pool holds prefetched tasks looks whether it holds too many.
 REBALANCE_EVERY = PREFETCH_TARGET_SECONDS / 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from types import SimpleNamespace
 
@@ -14,8 +15,13 @@ from conveyor import protocol, wire
 from conveyor.errors import ProtocolError
 from conveyor.master.dispatch import Dispatcher, QueueTracker, Wake
 from conveyor.master.session import Session
-from conveyor.timing import MAX_WINDOW, credit_window, effective_duration, prefetch_surplus
-from conveyor.worker.jobs import Job
+from conveyor.timing import (
+    MAX_WINDOW,
+    credit_window,
+    effective_duration,
+    prefetch_surplus,
+)
+from conveyor.worker.jobs import Job, JobResult
 from conveyor.worker.worker import Worker
 
 
@@ -162,5 +168,22 @@ def test_a_worker_whose_slots_are_all_busy_with_long_tasks_hands_back_its_prefet
         assert core2.requests == [] and core2.pushes == []
         if worker._rebalance_timer is not None:
             worker._rebalance_timer.cancel()
+
+    asyncio.run(main())
+
+
+def test_started_reports_are_batched_and_leave_out_tasks_that_finished_meanwhile():
+    async def main() -> None:
+        worker = Worker(["tests.unit.pool_tasks"], "127.0.0.1:1", b"key", concurrency=2)
+        core = _Core()
+        worker._loop, worker._core = asyncio.get_running_loop(), core  # type: ignore[assignment]
+        worker._loop_thread = threading.get_ident()
+        worker._started_from_pool([Job("a", 1, "m:f", b"", "msgpack")])
+        worker._started_from_pool([Job("b", 2, "m:f", b"", "msgpack"), Job("c", 1, "m:f", b"", "msgpack")])
+        assert core.pushes == []  # gathered, not sent one by one
+        worker._on_results([JobResult("a", 1, True, b"\x01", "msgpack", 0.001)])  # a finished already
+        worker._flush_starts()  # what the timer armed by the first start runs
+        assert [p for p in core.pushes if p[0] == protocol.STARTED] == [
+            (protocol.STARTED, {"leases": [["b", 2], ["c", 1]]})]
 
     asyncio.run(main())

@@ -228,7 +228,8 @@ class Worker:
     # -- started reports ---------------------------------------------------
     def _started_from_pool(self, jobs: list[Job]) -> None:
         """The pool began these jobs (on the loop or a pool thread): report them in one
-        ``started`` push per loop turn, whatever number of batches began meanwhile."""
+        ``started`` push per :data:`~conveyor.timing.STARTED_REPORT_DELAY`, whatever number
+        of batches began meanwhile, leaving out the ones that finished by then."""
         now = time.monotonic()
         with self._starts_lock:
             first = not self._starts
@@ -240,17 +241,20 @@ class Worker:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        delay = timing.STARTED_REPORT_DELAY
         try:
             if threading.get_ident() == self._loop_thread:
-                loop.call_soon(self._flush_starts)
+                loop.call_later(delay, self._flush_starts)
             else:
-                loop.call_soon_threadsafe(self._flush_starts)
+                loop.call_soon_threadsafe(loop.call_later, delay, self._flush_starts)
         except RuntimeError:  # the loop is closing
             pass
 
     def _flush_starts(self) -> None:
         with self._starts_lock:
-            starts, self._starts = self._starts, []
+            running = self._running_since
+            starts = [s for s in self._starts if s[0] in running]  # the rest already finished
+            self._starts = []
         # Not resent after a reconnect: the new session starts with no leases of ours.
         if starts and self._core is not None and self._core.connected:
             self._core.push(protocol.STARTED, {"leases": starts})
