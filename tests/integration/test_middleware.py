@@ -34,11 +34,20 @@ def mw_cluster(tmp_path_factory):
 @pytest.fixture
 def client_middleware():
     """The test process registers the task module's middleware too (the client side)."""
-    import tests.integration.mw_tasks  # noqa: F401  (registers A, Broken, B)
+    before = conveyor.middleware.middlewares()
 
+    def restore() -> None:
+        for m in conveyor.middleware.middlewares():
+            if not any(m is b for b in before):
+                conveyor.remove_middleware(m)
+
+    from tests.integration import mw_tasks  # its first import registers a set of its own
+
+    restore()
+    for m in (mw_tasks.Recorder("A"), mw_tasks.Broken(), mw_tasks.Recorder("B")):
+        conveyor.add_middleware(m)
     yield
-    for m in conveyor.middleware.middlewares():
-        conveyor.remove_middleware(m)
+    restore()
 
 
 def test_worker_hooks_run_in_order_around_a_task_and_a_failing_hook_changes_nothing(mw_cluster, tmp_path):
