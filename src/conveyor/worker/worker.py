@@ -7,11 +7,12 @@ short, then the slots plus about 100 ms of queued work
 (:func:`conveyor.timing.credit_window`), so a burst of long tasks is shared
 among workers while no-op tasks still flow in large batches. The worker tells
 the master which tasks actually started (a batched ``started`` report), so the
-master can tell running from prefetched work. While every slot is busy with tasks
-that already ran longer than the learned mean, the window is sized by their age
-(:func:`conveyor.timing.effective_duration`) and the prefetched tasks beyond it
-are handed back, so a worker that learned short tasks does not sit on long ones
-that an idle worker could run.
+master can tell running from prefetched work. Once every slot has been busy
+with one attempt for longer than the prefetch target and twice the learned mean
+(:func:`conveyor.timing.effective_duration`), the window is the slots alone: the
+prefetched tasks beyond it are handed back and the unused credit revoked, so a
+worker that learned short tasks does not sit on long ones that an idle worker
+could run.
 """
 
 from __future__ import annotations
