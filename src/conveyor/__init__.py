@@ -27,6 +27,8 @@ _LAZY: dict[str, str] = {
     "as_completed": ".client.client",
     "connect": ".client.client",
     "current_task": ".context",
+    **{name: ".middleware" for name in (
+        "Middleware", "SubmitCall", "TaskCall", "add_middleware", "remove_middleware")},
     "periodic": ".periodic",
     "task": ".tasks",
     **{name: ".errors" for name in (
@@ -38,9 +40,10 @@ _LAZY: dict[str, str] = {
 
 __all__ = [  # the same names as _LAZY, spelled out for linters and readers
     "AuthenticationError", "Client", "ConnectionLost", "ConveyorError", "ConveyorExecutor",
-    "DependencyFailed", "NotFound", "ProtocolError", "RemoteError", "Retry", "SerializationError",
-    "SoftTimeLimitExceeded", "StoreError", "TaskError", "TaskFuture", "TaskTimeout", "UnknownTask",
-    "WorkerCrashed", "__version__", "as_completed", "connect", "current_task", "periodic", "task",
+    "DependencyFailed", "Middleware", "NotFound", "ProtocolError", "RemoteError", "Retry",
+    "SerializationError", "SoftTimeLimitExceeded", "StoreError", "SubmitCall", "TaskCall", "TaskError",
+    "TaskFuture", "TaskTimeout", "UnknownTask", "WorkerCrashed", "__version__", "add_middleware",
+    "as_completed", "connect", "current_task", "periodic", "remove_middleware", "task",
 ]
 
 
@@ -94,5 +97,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
         UnknownTask,
         WorkerCrashed,
     )
+    from .middleware import Middleware, SubmitCall, TaskCall, add_middleware, remove_middleware
     from .periodic import periodic
     from .tasks import task

@@ -16,12 +16,14 @@ _MIN_INTERVAL = 0.05  # progress reports faster than this are coalesced
 
 @dataclass
 class CurrentTask:
-    """The task running in this thread or coroutine: its id, name, attempt, and a progress reporter."""
+    """The task running in this thread or coroutine: its id, name, attempt, and a progress reporter.
+    ``headers`` are the string headers it was submitted with (``headers=`` or client middleware)."""
 
     id: str
     name: str
     token: int
     _send: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+    headers: dict[str, str] = field(default_factory=dict)
     _last: float = field(default=0.0, repr=False)
 
     def progress(self, done: float, total: float | None = None, message: str = "") -> None:

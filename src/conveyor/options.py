@@ -150,6 +150,36 @@ def _retries(value: Any) -> int:
     return value
 
 
+#: Most headers a task carries, and the longest name and value (bytes of text).
+MAX_HEADERS = 64
+MAX_HEADER_LENGTH = 4096
+
+
+def _headers(value: Any) -> dict[str, str]:
+    """String headers that travel with the task to its worker (trace context, request ids):
+    a mapping, or ``KEY=VALUE`` strings as the command line gives them."""
+    items: list[tuple[Any, Any]]
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        items = []
+        for text in value:
+            if not isinstance(text, str) or "=" not in text:
+                raise ValueError(f"headers must be KEY=VALUE strings, not {text!r}")
+            key, _, val = text.partition("=")
+            items.append((key, val))
+    else:
+        raise ValueError(f"headers must be a mapping of strings, not {value!r}")
+    if len(items) > MAX_HEADERS:
+        raise ValueError(f"headers: at most {MAX_HEADERS}, not {len(items)}")
+    for k, v in items:
+        if not isinstance(k, str) or not isinstance(v, str) or not k \
+                or len(k) > MAX_HEADER_LENGTH or len(v) > MAX_HEADER_LENGTH:
+            raise ValueError(f"headers must map non-empty strings to strings (at most "
+                             f"{MAX_HEADER_LENGTH} characters), not {k!r}: {v!r}")
+    return dict(items)
+
+
 def exception_name(kind: type[BaseException]) -> str:
     """An exception type's name as errors carry it (``serde.type_name``): ``ValueError``,
     ``pkg.mod.MyError``."""
@@ -232,6 +262,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            "worker (retry_policy_of): only these exception types (or subclasses) retry",
            "retry only on this exception type name (repeatable)", task_default=True, cli_action="append",
            metavar="TYPE"),
+    Option("headers", _headers, None, OPTIONS_DICT,
+           "worker (headers_of): conveyor.current_task().headers and middleware; "
+           "client middleware may add some (trace context)",
+           "a header the task carries (repeatable), e.g. request-id=42", cli_action="append",
+           metavar="KEY=VALUE"),
 )}
 
 SUBMIT_OPTIONS = frozenset(OPTIONS)
@@ -281,6 +316,12 @@ def stored(values: Mapping[str, Any]) -> dict[str, Any]:
     else:
         out["after"] = list(values["after"])
     return out
+
+
+def headers_of(options: Mapping[str, Any]) -> dict[str, str]:
+    """A stored task's headers (empty when it has none)."""
+    headers = options.get("headers")
+    return dict(headers) if isinstance(headers, Mapping) else {}
 
 
 def not_before(values: Mapping[str, Any], now: float) -> float:

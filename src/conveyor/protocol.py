@@ -48,7 +48,7 @@ STATUS = "status"  # {} -> {queues, workers, gone_workers, counters, rates, sche
 ACK = "ack"  # {results: [[id, token, ok, payload, codec]...]} -> {} once committed
 RETURN = "return"  # {leases: [[id, token]...]} -> {n}: prefetched tasks handed back
 PING = "ping"  # {} -> {}
-CREDIT = "credit"  # push {n}: the worker can take n more tasks
+CREDIT = "credit"  # push {n, revoke}: the worker can take n more tasks (revoke: n fewer)
 # Plain queues (queue.Queue over the network).
 QPUT = "qput"  # {queue, items: [[id, payload, codec]...], maxsize, timeout} -> {accepted}
 QGET = "qget"  # {queue, max, timeout, ack} -> {items: [[id, token, payload, codec]...]}
@@ -64,6 +64,7 @@ PURGE = "purge"  # {queue, states} -> {n}
 INSPECT = "inspect"  # {id} -> {task}
 TASKLIST = "tasks"  # {queue, state, limit, offset} -> {tasks}
 PROGRESS = "progress"  # worker push {id, token, done, total, message}; pushed on to subscribers
+STARTED = "started"  # worker push {leases: [[id, token]...]}: those tasks left its prefetch and began
 # Pushes from the master (request_id 0).
 TASKS = "push_tasks"  # {tasks: [[id, token, name, payload, codec, options, extra]...]}
 RESULTS = "results"  # {results: [wire result...]}
@@ -85,7 +86,7 @@ REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, P
                          QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, QLIST, CANCEL, RETRY, PURGE,
                          INSPECT, TASKLIST, SCHED_ADD, SCHED_LIST, SCHED_DEL, SCHED_RUN})
 #: The ops a worker pushes to the master (request_id 0, never answered).
-PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS})
+PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS, STARTED})
 #: Every op the master accepts from a peer: its routes serve exactly these.
 INBOUND_OPS = REQUEST_OPS | PEER_PUSH_OPS
 

@@ -9,6 +9,7 @@ wall-clock times (they outlive a restart) and are not decided here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # --- Peers (clients and workers) -------------------------------------------
@@ -101,3 +102,59 @@ class Cadence:
             self.last = now
             return True
         return False
+
+
+# --- Credit (the worker's prefetch window) -----------------------------------
+
+#: Seconds of queued work a worker aims to hold beyond its running slots.
+PREFETCH_TARGET_SECONDS = 0.1
+#: Most tasks a worker holds at once, running and prefetched together.
+MAX_WINDOW = 2000
+
+
+def credit_window(concurrency: int, avg_duration: float, fixed: int | None = None) -> int:
+    """How many tasks a worker is willing to hold: its slots plus a prefetch that only
+    short tasks earn.
+
+    ``avg_duration`` is the mean run time seen so far (0 when none finished yet). An
+    unknown duration counts as long: the window is then just the slots, so a burst of
+    long tasks is shared among workers instead of hoarded by the first to ask. With
+    known short tasks the prefetch holds about :data:`PREFETCH_TARGET_SECONDS` of work
+    across the slots, so no-op tasks still flow in large batches. ``fixed`` (the
+    worker's ``--prefetch``) overrides the rule.
+    """
+    if fixed is not None:
+        return max(fixed, 1)
+    if avg_duration <= 0:
+        return concurrency
+    prefetch = int(concurrency * PREFETCH_TARGET_SECONDS / avg_duration)
+    return max(concurrency, min(MAX_WINDOW, concurrency + prefetch))
+
+
+#: How long a worker gathers ``started`` reports before it sends them: a task that finished
+#: meanwhile needs none (its result says it ran), so tiny tasks add no message of their own.
+STARTED_REPORT_DELAY = 0.01
+#: How often a worker whose pool holds prefetched tasks looks whether it holds too many.
+REBALANCE_EVERY = PREFETCH_TARGET_SECONDS / 2
+
+
+def effective_duration(avg_duration: float, running_ages: list[float], slots: int) -> float:
+    """The run time to size a worker's window by: the measured mean, or infinity (long tasks:
+    no prefetch) once every slot has been busy with one attempt for longer than both
+    :data:`PREFETCH_TARGET_SECONDS` and twice the mean.
+
+    The mean only learns a duration when a task ends; a burst of long tasks after short
+    ones would otherwise keep the short tasks' large prefetch for as long as the long ones
+    run. Below that age the mean stands: a batch of tiny tasks is always "older" than one
+    tiny task, and a window cut by that would starve a fast worker; twice the mean, so that
+    tasks that usually run this long do not count as a burst.
+    """
+    if running_ages and len(running_ages) >= slots and \
+            min(running_ages) >= max(PREFETCH_TARGET_SECONDS, 2 * avg_duration):
+        return math.inf
+    return avg_duration
+
+
+def prefetch_surplus(window: int, running: int, pending: int) -> int:
+    """How many prefetched (pending) tasks a worker hands back: those beyond its window."""
+    return max(0, min(pending, running + pending - window))

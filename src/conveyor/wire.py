@@ -295,7 +295,12 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Credit:
+    """Credit a worker grants (``n``) and takes back (``revoke``: unused credit it no longer
+    wants, when its window shrank; the master's count may go below zero while tasks that
+    used it are on their way)."""
+
     n: int
+    revoke: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,11 +442,15 @@ def decode_ack(f: Fields) -> Ack:
 
 
 def decode_credit(f: Fields) -> Credit:
-    return Credit(_count(f.get("n"), "credit: n", 0))
+    return Credit(_count(f.get("n"), "credit: n", 0), _count(f.get("revoke", 0), "credit: revoke", 0))
 
 
 def decode_return(f: Fields) -> LeasePairs:
     return LeasePairs(lease_pairs(f.get("leases"), "return: leases"))
+
+
+def decode_started(f: Fields) -> LeasePairs:
+    return LeasePairs(lease_pairs(f.get("leases"), "started: leases"))
 
 
 def decode_qack(f: Fields) -> LeasePairs:
@@ -539,6 +548,7 @@ DECODERS: dict[str, Callable[[Fields], Any]] = {
     protocol.PING: decode_nothing,
     protocol.CREDIT: decode_credit,
     protocol.PROGRESS: decode_progress,
+    protocol.STARTED: decode_started,
     protocol.QPUT: decode_qput,
     protocol.QGET: decode_qget,
     protocol.QACK: decode_qack,

@@ -17,7 +17,7 @@ import pytest
 from .conftest import ROOT
 
 EXAMPLES = ROOT / "examples"
-NOT_HERE = {"periodic.py", "example_tasks.py"}  # tested elsewhere / not a script
+NOT_HERE = {"periodic.py", "example_tasks.py", "middleware_tasks.py"}  # tested elsewhere / not a script
 
 # script -> lines (substrings, or compiled patterns) its stdout must contain
 EXPECTED: dict[str, list] = {
@@ -67,6 +67,15 @@ EXPECTED: dict[str, list] = {
     "asyncio_client.py": ["await submit(square, 7) -> 49", "gather of 8 slow squares: [0, 1, 4",
                           "async map: [0, 1, 4, 9", "with countdown=0.5: 9",
                           "TaskError: ZeroDivisionError", "status: 2 workers"],
+    "error_reporting.py": ["charged order-1", "order-2 failed: ValueError: cannot charge -5 for order-2",
+                           "fetched on attempt 2",
+                           "middleware_tasks:charge failed: ValueError: cannot charge -5 for order-2",
+                           "middleware_tasks:flaky failed: ConnectionError: service unavailable (attempt 1)",
+                           "middleware_tasks:flaky will retry after ConnectionError"],
+    "logging_context.py": ["req-7f3a: charged order-1", "no request: charged order-3",
+                           re.compile(r"INFO \[request req-7f3a task \w{8}\] charging order-1: 10\.00"),
+                           re.compile(r"INFO \[request req-91bc task \w{8}\] charging order-2: 10\.00"),
+                           re.compile(r"INFO \[request - task \w{8}\] charging order-3: 1\.00")],
     "dashboard.py": ["metrics: succeeded = 20 failed = 1 workers = 2",
                      "task page shows the error message as text: True"],
 }

@@ -17,6 +17,7 @@ BAD = {
     "soft_timeout": float("inf"), "codec": "json", "task_id": 7, "key": "", "after": [3],
     "pass_results": "yes", "rate_limit": "fast", "retries": -1, "retry_backoff": "soon",
     "retry_backoff_max": -5, "retry_jitter": 1, "retry_on": [42],
+    "headers": {"k": 1},
 }
 
 

@@ -56,7 +56,7 @@ def worker_on_this_loop() -> tuple[Worker, FakeCore]:
     worker._loop_thread = threading.get_ident()
     worker._core = core  # type: ignore[assignment]
     worker._pool = FakePool()
-    worker._outstanding = 4
+    worker._outstanding = worker.window()  # the window is full
     return worker, core
 
 
@@ -123,7 +123,7 @@ def test_warm_stop_ends_when_the_last_result_needs_no_ack():
         worker, core = worker_on_this_loop()
         pool = CountingPool(worker)
         worker._pool = pool  # type: ignore[assignment]
-        worker._held["x"] = ({}, 0)
+        worker._held["x"] = ({}, 0, "m:f")
         pool.in_flight = 1
         worker._cancel(["x"])  # the pool cannot stop it (FakePool has no cancel)
         worker.request_stop()

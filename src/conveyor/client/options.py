@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import middleware, serde
 from .. import options as opts
-from .. import serde
 from ..ids import new_id
 from ..records import NewTask
 from ..tasks import task_options
@@ -32,6 +32,8 @@ def make_task(fn: Callable[..., Any] | str, args: tuple[Any, ...] | list[Any], k
     options ``given``; ValueError naming a bad option, TypeError for an unknown one or
     an argument the codec cannot encode."""
     spec = task_options(fn)
+    if middleware.active():
+        args, kwargs, given = _before_submit(spec.name, args, kwargs, given)
     values = opts.resolve({"queue": spec.queue, **spec.options}, given)
     codec = values.get("codec", opts.OPTIONS["codec"].default)
     task_id = opts.key_id(values["key"]) if "key" in values else values.get("task_id") or new_id()
@@ -39,3 +41,17 @@ def make_task(fn: Callable[..., Any] | str, args: tuple[Any, ...] | list[Any], k
     return NewTask(task_id, values["queue"], spec.name, payload, codec, values.get("priority", 0),
                    opts.not_before(values, time.time() if now is None else now), opts.stored(values),
                    values.get("after", []))
+
+
+def _before_submit(name: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
+                   given: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    """Let the client middleware see the submit and add options and headers to it."""
+    options = dict(given)
+    given_headers = options.pop("headers", None)
+    headers = opts.validate("headers", given_headers) if given_headers is not None else {}
+    call = middleware.SubmitCall(name, tuple(args), dict(kwargs), options, headers)
+    middleware.before_submit(call)
+    options = dict(call.options)
+    if call.headers:
+        options["headers"] = dict(call.headers)
+    return call.args, call.kwargs, options

@@ -6,6 +6,13 @@ unless something may have added work since the lease was planned: each
 change bumps a generation, so an enqueue that races a lease is never missed.
 Code that adds work calls :meth:`Wake.set`; one dispatch pass runs at a
 time, and a wake meanwhile makes it go round again.
+
+A pass fills free slots before prefetch: every worker's credit up to its
+free slots (concurrency minus the leases it holds) is planned first, across
+all workers, and only then the rest of its credit. So a burst of long tasks
+lands one per idle slot across the cluster rather than in one worker's
+prefetch. Workers report when a lease actually starts (``started``), which
+is how the master tells running from prefetched work.
 """
 
 from __future__ import annotations
@@ -133,12 +140,17 @@ class Dispatcher:
         ctx.wake.bind(self.dispatch_now)
 
     def routes(self) -> Routes:
-        return {protocol.CREDIT: self.on_credit}
+        return {protocol.CREDIT: self.on_credit, protocol.STARTED: self.on_started}
 
     async def on_credit(self, s: Session, rid: int, req: wire.Credit) -> None:
-        """A worker can take ``n`` more tasks."""
-        s.credit += req.n
-        self.ctx.wake.set()
+        """A worker can take ``n`` more tasks (or ``revoke`` fewer: its window shrank)."""
+        s.credit += req.n - req.revoke
+        if req.n:
+            self.ctx.wake.set()
+
+    async def on_started(self, s: Session, rid: int, req: wire.LeasePairs) -> None:
+        """A worker began these leases: they are running now, no longer prefetched."""
+        s.mark_started(req.pairs, self.ctx.clock())
 
     def dispatch_now(self) -> None:
         """Start dispatch passes now if one is due and none is running."""
@@ -196,7 +208,13 @@ class Dispatcher:
         ctx.wake.set()
 
     def plan(self) -> list[Planned]:
-        """Parked gets first, then each worker with credit for one of its queues that may have work."""
+        """Parked gets first, then free slots across every worker, then prefetch.
+
+        Each worker with credit gets one entry for its free slots (as much of its credit
+        as it has slots without a lease) and one for the rest of its credit; all the slot
+        entries come before any prefetch entry, and the store leases a plan in order, so
+        an idle slot anywhere wins over a busy worker's prefetch.
+        """
         ctx = self.ctx
         plan: list[Planned] = list(self.queue_service.plan())
         workers = [w for w in ctx.sessions.values() if w.role == "worker" and not w.closed and w.credit > 0]
@@ -204,12 +222,19 @@ class Dispatcher:
             # Rotate who is served first, so no worker always gets the head of the queue.
             self._rotate = rotate = (self._rotate + 1) % len(workers)
             workers = workers[rotate:] + workers[:rotate]
+        prefetch: list[Planned] = []
         for w in workers:
             q = (ctx.queues.pick_weighted(w.queues, w.weights) if w.weights
                  else ctx.queues.first_nonempty(w.queues))
-            if q is not None:
-                plan.append((w, q, w.credit))
-        return plan
+            if q is None:
+                continue
+            # A worker that did not say its concurrency is all slots.
+            slots = min(w.credit, w.free_slots()) if w.concurrency > 0 else w.credit
+            if slots:
+                plan.append((w, q, slots))
+            if w.credit > slots:
+                prefetch.append((w, q, w.credit - slots))
+        return plan + prefetch
 
     def _lease_plan(self, plan: list[Planned], now: float) -> list[list[Lease]]:
         """The leases of a plan, in one store transaction (store thread)."""

@@ -254,14 +254,18 @@ class JobService:
     def describe(self, info: TaskInfo, *, brief: bool = False) -> dict[str, Any]:
         """A task as ``conveyor inspect`` shows it (plain data, safe to print)."""
         worker = None
+        started_at = info.started_at
         if info.lease_owner:
             holder = self.ctx.sessions.get(info.lease_owner)
+            if holder is not None and holder.role == "worker" and info.id in holder.inflight:
+                # The store stamps a lease's time; the worker says when it began (None: prefetched).
+                started_at = holder.started_at(info.id)
             worker = ({"name": holder.name, "host": holder.host, "pid": holder.pid} if holder is not None
                       else {"name": f"(gone) {info.lease_owner[:8]}"})
         out: dict[str, Any] = {
             "id": info.id, "queue": info.queue, "name": info.name, "state": info.state,
             "priority": info.priority, "attempts": info.attempts, "created_at": info.created_at,
-            "not_before": info.not_before or None, "started_at": info.started_at,
+            "not_before": info.not_before or None, "started_at": started_at,
             "finished_at": info.finished_at, "worker": worker, "progress": info.progress,
             "after": info.after, "failures": len(info.errors),
         }

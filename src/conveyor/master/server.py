@@ -353,8 +353,10 @@ class Master:
         """One connected worker, as the status document shows it."""
         rec = self.ctx.roster.get(w.id)
         idle = mono - w.last_seen
+        running = w.running()
         return {"name": w.name, "host": w.host, "pid": w.pid, "peer": w.peer, "queues": w.queues,
-                "concurrency": w.concurrency, "inflight": len(w.inflight), "idle_for": round(idle, 1),
+                "concurrency": w.concurrency, "inflight": len(w.inflight), "running": running,
+                "prefetched": len(w.inflight) - running, "idle_for": round(idle, 1),
                 # Wall-clock time of its last message: silences are timed on the monotonic clock.
                 "last_heartbeat": now - idle,
                 "started_at": rec.started_at if rec else None, "pool": rec.pool if rec else None,

@@ -71,6 +71,9 @@ class Session:
     concurrency: int = 0
     credit: int = 0
     inflight: dict[str, int] = field(default_factory=dict)  # task id -> lease token
+    # Leases the worker reported started (task id -> (token, wall-clock start)); entries
+    # whose lease has since left ``inflight`` are pruned by :meth:`running`.
+    started: dict[str, tuple[int, float]] = field(default_factory=dict)
     subscriptions: set[str] = field(default_factory=set)
     holds_items: bool = False  # has leased plain-queue items: release them when it goes
     last_seen: float = 0.0  # monotonic time of its last bytes (the master's injected clock)
@@ -78,6 +81,30 @@ class Session:
     closed: bool = False
     # While corked, frames collect here and go out in one write (one send syscall) on uncork.
     _corked: list[bytes] | None = field(default=None, repr=False)
+
+    def mark_started(self, pairs: list[tuple[str, int]], now: float) -> None:
+        """The worker began these leases: only a lease it still holds, at that token, counts."""
+        for tid, token in pairs:
+            if self.inflight.get(tid) == token:
+                self.started[tid] = (token, now)
+        if len(self.started) > 2 * len(self.inflight) + 64:
+            self.running()  # prune, so settled leases cannot pile up
+
+    def running(self) -> int:
+        """Leases the worker holds and reported started (the rest are prefetched)."""
+        live = {tid: st for tid, st in self.started.items() if self.inflight.get(tid) == st[0]}
+        if len(live) != len(self.started):
+            self.started = live
+        return len(live)
+
+    def started_at(self, task_id: str) -> float | None:
+        """When the worker reported this lease started; None while it is only prefetched."""
+        st = self.started.get(task_id)
+        return st[1] if st is not None and self.inflight.get(task_id) == st[0] else None
+
+    def free_slots(self) -> int:
+        """Slots with no lease in them: concurrency minus every lease held (running or not)."""
+        return max(0, self.concurrency - len(self.inflight))
 
     def cork(self) -> None:
         """Hold what is written until :meth:`uncork` (the master handling one read's messages)."""

@@ -31,13 +31,13 @@ import os
 import time
 from typing import Any
 
-from .. import loops, serde
+from .. import loops, middleware, serde
 from ..context import CurrentTask, set_current
 from ..errors import SerializationError
 from ..tasks import Registry
 from .child import _MSG_PROGRESS, _MSG_RESULTS, _READ_SIZE, _child_start, _frames_from
 from .coroutine import Interruptible, soft_limit_error
-from .execute import CANCELLED_MESSAGE, CancelledTask, _encode_error, _timeout_error
+from .execute import CANCELLED_MESSAGE, CancelledTask, _encode_error, _hooked, _timeout_error
 
 __all__ = ["MSG_JOBS", "MSG_CANCEL"]
 
@@ -125,11 +125,11 @@ class _Child:
                 self._cancel(detail)
 
     def _start(self, job_id: str, token: int, name: str, payload: bytes, codec: str,
-               soft: float | None, timeout: float | None) -> None:
+               soft: float | None, timeout: float | None, headers: dict[str, str] | None = None) -> None:
         assert self.loop is not None
         run = _Run(job_id, name, timeout)
         self.runs[job_id] = run
-        current = CurrentTask(job_id, name, token, self._send_progress)
+        current = CurrentTask(job_id, name, token, self._send_progress, headers=headers or {})
         # create_task copies this context: each task sets its own current_task().
         run.task = self.loop.create_task(self._run(run, current, payload, codec, soft))
 
@@ -152,6 +152,9 @@ class _Child:
         set_current(current)
         duration = 0.0
         timers: list[asyncio.TimerHandle] = []
+        hooked = _hooked(current)
+        if hooked is not None:
+            middleware.before_task(hooked)
         try:
             if codec not in serde.CODECS:
                 raise SerializationError(f"unknown codec {codec!r}: this worker knows {', '.join(serde.CODECS)}")
@@ -178,6 +181,8 @@ class _Child:
             if run.timed_out or run.cancelled:  # it caught the cancellation and returned
                 raise asyncio.CancelledError()
             answer = [run.id, True, serde.encode(value, codec), codec, duration]
+            if hooked is not None:
+                middleware.after_task(hooked, value)
         except BaseException as exc:  # a task's failure, whatever it raised
             if run.timed_out:
                 error: BaseException = _timeout_error(run.name, run.timeout or 0.0)
@@ -185,6 +190,8 @@ class _Child:
                 error = CancelledTask(CANCELLED_MESSAGE)
             else:
                 error = exc
+            if hooked is not None:
+                middleware.on_failure(hooked, error)
             answer = [run.id, False, _encode_error(error), serde.MSGPACK, duration]
         finally:
             for timer in timers:

@@ -36,6 +36,7 @@ from typing import Any
 
 from .. import serde
 from ..errors import WorkerCrashed
+from ..options import headers_of
 from .async_child import MSG_CANCEL, MSG_JOBS, _async_child_main
 from .child import _exit_description
 from .core import _Entry, log
@@ -96,6 +97,7 @@ class _AsyncCore(_ProcessCore):
                 self.inside[inside.entry.job.id] = inside
                 sent.append(inside)
             self.in_flight += len(sent)
+            self.began([inside.entry for inside in sent])
         if not sent:
             return
         assert self.loop is not None
@@ -105,7 +107,7 @@ class _AsyncCore(_ProcessCore):
                                                     slot, inside, "passed its time limit")
         self._write(slot, serde.packb([MSG_JOBS, [
             [i.entry.job.id, i.entry.job.token, i.entry.job.name, i.entry.job.payload, i.entry.job.codec,
-             i.entry.soft, i.entry.timeout] for i in sent]]))
+             i.entry.soft, i.entry.timeout, headers_of(i.entry.job.options) or None] for i in sent]]))
 
     def _answered(self, slot: _Slot, detail: Any, entries: list[_Entry], results: list[JobResult]) -> None:
         """Answers for some of the jobs the child holds."""

@@ -82,8 +82,8 @@ def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
         if not data:
             return  # asked to stop
         results = [_execute(registry, name, payload, codec, allow_pickle,
-                            CurrentTask(tid, name, token, send_progress), soft)
-                   for tid, token, name, payload, codec, soft in serde.unpackb(data)]
+                            CurrentTask(tid, name, token, send_progress, headers=headers or {}), soft)
+                   for tid, token, name, payload, codec, soft, headers in serde.unpackb(data)]
         try:
             conn.send_bytes(serde.packb([_MSG_RESULTS, results]))
         except OSError:

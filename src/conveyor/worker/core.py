@@ -12,7 +12,7 @@ from typing import Any
 
 from ..options import soft_timeout_of, timeout_of
 from .execute import CANCELLED_MESSAGE, CancelledTask, _failed
-from .jobs import Job, JobResult, OnProgress, OnResults
+from .jobs import Job, JobResult, OnProgress, OnResults, OnStarted
 
 # Every pool module logs under this one name (operators filter on it).
 log = logging.getLogger("conveyor.worker.pool")
@@ -47,6 +47,7 @@ class _Core:
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
         self.on_progress: OnProgress | None = None
+        self.on_started: OnStarted | None = None
         self.concurrency = concurrency
         self.modules = list(modules)
         self.on_results = on_results
@@ -110,6 +111,14 @@ class _Core:
             except Exception:
                 log.exception("the pool's on_progress callback failed")
 
+    def began(self, entries: list[_Entry]) -> None:
+        """These jobs left the pending queue for a slot: tell ``on_started`` (it must not block)."""
+        if self.on_started is not None and entries and not self.killed:
+            try:
+                self.on_started([entry.job for entry in entries])
+            except Exception:
+                log.exception("the pool's on_started callback failed")
+
     def pending(self) -> int:
         return len(self.pending_jobs)
 
@@ -140,6 +149,7 @@ class _Core:
                     break
                 batch.append(self.pending_jobs.popleft())
         self.in_flight += len(batch)
+        self.began(batch)
         return batch
 
     def requeue_alone(self, batch: list[_Entry]) -> None:
@@ -213,6 +223,11 @@ class _PoolBase:
     def set_progress_callback(self, fn: OnProgress | None) -> None:
         """Call ``fn(report)`` (where results are reported) when a task reports progress."""
         self._core.on_progress = fn
+
+    def set_started_callback(self, fn: OnStarted | None) -> None:
+        """Call ``fn(jobs)`` when jobs leave the pending queue for a slot (from the thread that
+        took them, maybe holding the pool's lock: ``fn`` must only record and return)."""
+        self._core.on_started = fn
 
     @property
     def avg_duration(self) -> float:

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from .. import serde
+from .. import middleware, serde
 from ..context import CurrentTask, set_current
 from ..errors import SerializationError, SoftTimeLimitExceeded, TaskTimeout
 from ..tasks import Registry
@@ -47,6 +47,9 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
     """
     duration = 0.0
     set_current(current)
+    hooked = _hooked(current)
+    if hooked is not None:
+        middleware.before_task(hooked)
     try:
         if codec not in serde.CODECS:
             raise SerializationError(f"unknown codec {codec!r}: this worker knows {', '.join(serde.CODECS)}")
@@ -69,11 +72,23 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
                     value = _run_coroutine(value, None)
         finally:
             duration = time.perf_counter() - start
-        return True, serde.encode(value, codec), codec, duration
+        encoded = serde.encode(value, codec)
+        if hooked is not None:
+            middleware.after_task(hooked, value)
+        return True, encoded, codec, duration
     except BaseException as exc:  # SystemExit from a task is its failure, not ours
+        if hooked is not None:
+            middleware.on_failure(hooked, exc)
         return False, _encode_error(exc), serde.MSGPACK, duration
     finally:
         set_current(None)
+
+
+def _hooked(current: CurrentTask | None) -> middleware.TaskCall | None:
+    """What the middleware hooks see of the running task; None when no middleware is registered."""
+    if current is None or not middleware.active():
+        return None
+    return middleware.TaskCall(current.id, current.name, current.token, dict(current.headers))
 
 
 def _run_coroutine(coro: Any, soft_timeout: float | None) -> Any:

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Job", "JobResult", "OnResults", "OnProgress"]
+__all__ = ["Job", "JobResult", "OnResults", "OnProgress", "OnStarted"]
 
 OnResults = Callable[[list["JobResult"]], None]
 OnProgress = Callable[[dict[str, Any]], None]
+OnStarted = Callable[[list["Job"]], None]
 
 
 @dataclass(slots=True)

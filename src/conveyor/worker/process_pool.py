@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import loops, serde
 from ..errors import WorkerCrashed
+from ..options import headers_of
 from .child import (
     _MSG_ERROR,
     _MSG_PROGRESS,
@@ -330,7 +331,8 @@ class _ProcessCore(_Core):
                 assert self.loop is not None
                 slot.timer = self.loop.call_later(timeout, self._expire, slot, batch)
             self._write(slot, serde.packb([[e.job.id, e.job.token, e.job.name, e.job.payload,
-                                            e.job.codec, e.soft] for e in batch]))
+                                            e.job.codec, e.soft, headers_of(e.job.options) or None]
+                                           for e in batch]))
 
     def _write(self, slot: _Slot, body: bytes) -> None:
         data = _frame(body)

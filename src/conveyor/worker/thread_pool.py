@@ -12,6 +12,7 @@ import threading
 import weakref
 
 from ..context import CurrentTask
+from ..options import headers_of
 from ..tasks import Registry
 from .core import _Core, _PoolBase
 from .execute import _execute, _failed, _load_registry, _timeout_error
@@ -50,7 +51,8 @@ class _ThreadCore(_Core):
                 job = entry.job
                 ok, payload, codec, duration = _execute(
                     registry, job.name, job.payload, job.codec, self.allow_pickle,
-                    CurrentTask(job.id, job.name, job.token, self.progress), entry.soft,
+                    CurrentTask(job.id, job.name, job.token, self.progress,
+                                headers=headers_of(job.options)), entry.soft,
                     signals=False)  # SIGALRM reaches the main thread only: async tasks only
                 if entry.timeout is not None and duration > entry.timeout:
                     results.append(_failed(job, _timeout_error(job.name, entry.timeout), duration))

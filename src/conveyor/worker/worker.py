@@ -1,10 +1,18 @@
 """The worker: takes tasks from the master within the credit it grants, runs
 them in a pool, and reports results until the master has them.
 
-Credit (the prefetch window) is the number of tasks the worker is willing to
-hold: running plus waiting. By default it adapts to task length: about
-100 ms of queued work and at least twice the concurrency, so a busy worker
-never hoards long tasks, while no-op tasks still flow in large batches.
+Credit (the window) is the number of tasks the worker is willing to hold:
+running plus prefetched. By default it is the slots alone until tasks prove
+short, then the slots plus about 100 ms of queued work
+(:func:`conveyor.timing.credit_window`), so a burst of long tasks is shared
+among workers while no-op tasks still flow in large batches. The worker tells
+the master which tasks actually started (a batched ``started`` report), so the
+master can tell running from prefetched work. Once every slot has been busy
+with one attempt for longer than the prefetch target and twice the learned mean
+(:func:`conveyor.timing.effective_duration`), the window is the slots alone: the
+prefetched tasks beyond it are handed back and the unused credit revoked, so a
+worker that learned short tasks does not sit on long ones that an idle worker
+could run.
 """
 
 from __future__ import annotations
@@ -16,22 +24,21 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 
-from .. import loops, protocol, serde, timing
+from .. import loops, middleware, protocol, serde, timing
 from ..auth import as_key
 from ..errors import AuthenticationError, ConnectionLost, RemoteError
 from ..link import AddressesLike, parse_addresses
 from ..link.aio import AsyncLink
+from ..options import headers_of
 from ..periodic import hello_entries
 from ..retries import decide
 from ..serde import MSGPACK, PICKLE
 from .pool import Job, JobResult, make_pool
 
 log = logging.getLogger("conveyor.worker")
-
-MAX_WINDOW = 2000
-TARGET_QUEUED_SECONDS = 0.1
 
 
 class Worker:
@@ -84,13 +91,17 @@ class Worker:
         self._core: AsyncLink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0  # credit granted and not yet used up by a finished task
-        self._acks: list[list] = []
-        self._held: dict[str, tuple[dict, int]] = {}  # task id -> (options, earlier failures)
+        self._acks: list[list[Any]] = []
+        self._held: dict[str, tuple[dict[str, Any], int, str]] = {}  # task id -> (options, earlier failures, name)
         self._cancelled: set[str] = set()  # cancelled by the master: report nothing for them
         self._loop_thread: int | None = None  # ident of the thread running the loop
         self._inbox: list[JobResult] = []  # results from pool threads, for the loop
         self._inbox_lock = threading.Lock()
-        self._unconfirmed: set[asyncio.Future] = set()
+        self._starts: list[list[Any]] = []  # [id, token] of tasks the pool began, not yet reported
+        self._starts_lock = threading.Lock()  # guards _starts and _running_since
+        self._running_since: dict[str, float] = {}  # task id -> monotonic time the pool began it
+        self._rebalance_timer: asyncio.TimerHandle | None = None
+        self._unconfirmed: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._signals = 0
@@ -99,12 +110,47 @@ class Worker:
     def window(self) -> int:
         """How many tasks this worker is willing to hold right now."""
         if self.prefetch is not None:
-            return max(self.prefetch, 1)
-        floor = 2 * self.concurrency
+            return timing.credit_window(self.concurrency, 0.0, self.prefetch)
         avg = self._pool.avg_duration if self._pool is not None else 0.0
-        if avg <= 0:
-            return floor
-        return max(floor, min(MAX_WINDOW, int(self.concurrency * TARGET_QUEUED_SECONDS / avg)))
+        now = time.monotonic()
+        with self._starts_lock:
+            ages = [now - t for t in self._running_since.values()]
+        return timing.credit_window(self.concurrency, timing.effective_duration(avg, ages, self.concurrency))
+
+    def _arm_rebalance(self) -> None:
+        """Look again soon whether the pool holds more prefetched tasks than the window allows."""
+        if self._rebalance_timer is None and self.prefetch is None and self._loop is not None:
+            self._rebalance_timer = self._loop.call_later(timing.REBALANCE_EVERY, self._rebalance)
+
+    def _rebalance(self) -> None:
+        """Hand back the prefetched tasks beyond the window (it shrinks while long tasks run)."""
+        self._rebalance_timer = None
+        if self._stopping or self._pool is None or not self._pool.pending():
+            return  # armed again when tasks arrive
+        window = self.window()
+        surplus = timing.prefetch_surplus(window, self._pool.running(), self._pool.pending())
+        if surplus:
+            pending = self._pool.discard_pending()
+            keep = max(0, len(pending) - surplus)
+            if keep:
+                self._pool.submit(pending[:keep])
+            log.debug("handing back %d prefetched task(s): every slot is busy with long tasks",
+                      len(pending) - keep)
+            self._hand_back(pending[keep:])
+        self._revoke_above(window)
+        self._arm_rebalance()
+
+    def _revoke_above(self, window: int) -> None:
+        """Take back credit beyond ``window`` that the master has not used yet, so what was
+        handed back is not pushed to this worker again (it goes to one with room)."""
+        if self._core is None or not self._core.connected or self._pool is None:
+            return
+        held = self._pool.running() + self._pool.pending()
+        unused = self._outstanding - held  # credit at the master, or tasks on their way
+        revoke = min(unused, self._outstanding - max(window, held))
+        if revoke > 0:
+            self._outstanding -= revoke
+            self._core.push(protocol.CREDIT, {"n": 0, "revoke": revoke})
 
     def _top_up(self) -> None:
         if self._stopping or self._core is None or not self._core.connected:
@@ -143,7 +189,7 @@ class Worker:
             except (TypeError, ValueError) as exc:
                 log.warning("ignoring a malformed task from the master: %s", exc)
                 continue
-            self._held[tid] = (options, int(extra.get("failures") or 0))
+            self._held[tid] = (options, int(extra.get("failures") or 0), name or "")
             jobs.append(Job(tid, token, name or "", payload, codec, options))
         if not jobs:
             return
@@ -151,8 +197,9 @@ class Worker:
             self._hand_back(jobs)
             return
         self._pool.submit(jobs)
+        self._arm_rebalance()
 
-    def _with_upstream(self, payload: bytes, codec: str, upstream: list) -> bytes:
+    def _with_upstream(self, payload: bytes, codec: str, upstream: list[Any]) -> bytes:
         """A ``pass_results`` task gets its dependencies' results as its first argument."""
         allow = self.allow_pickle
         values = [serde.decode(p, c, allow_pickle=allow) for ok, p, c in upstream]
@@ -179,6 +226,40 @@ class Worker:
         fut = self._core.request_nowait(protocol.RETURN, {"leases": [[j.id, j.token] for j in jobs]})
         self._track(fut)
 
+    # -- started reports ---------------------------------------------------
+    def _started_from_pool(self, jobs: list[Job]) -> None:
+        """The pool began these jobs (on the loop or a pool thread): report them in one
+        ``started`` push per :data:`~conveyor.timing.STARTED_REPORT_DELAY`, whatever number
+        of batches began meanwhile, leaving out the ones that finished by then."""
+        now = time.monotonic()
+        with self._starts_lock:
+            first = not self._starts
+            self._starts.extend([j.id, j.token] for j in jobs)
+            for j in jobs:
+                self._running_since[j.id] = now
+        if not first:
+            return  # a flush is already scheduled
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        delay = timing.STARTED_REPORT_DELAY
+        try:
+            if threading.get_ident() == self._loop_thread:
+                loop.call_later(delay, self._flush_starts)
+            else:
+                loop.call_soon_threadsafe(loop.call_later, delay, self._flush_starts)
+        except RuntimeError:  # the loop is closing
+            pass
+
+    def _flush_starts(self) -> None:
+        with self._starts_lock:
+            running = self._running_since
+            starts = [s for s in self._starts if s[0] in running]  # the rest already finished
+            self._starts = []
+        # Not resent after a reconnect: the new session starts with no leases of ours.
+        if starts and self._core is not None and self._core.connected:
+            self._core.push(protocol.STARTED, {"leases": starts})
+
     # -- results -----------------------------------------------------------
     def _results_from_pool(self, results: list[JobResult]) -> None:
         """Called on the loop (a process pool driven from it) or on pool threads."""
@@ -203,7 +284,7 @@ class Worker:
         if results:
             self._on_results(results)
 
-    def _progress_from_pool(self, report: dict) -> None:
+    def _progress_from_pool(self, report: dict[str, Any]) -> None:
         """Called on the loop or on pool threads: pass a task's progress report to the master."""
         if threading.get_ident() == self._loop_thread:
             if self._core is not None:
@@ -217,6 +298,9 @@ class Worker:
                 pass
 
     def _on_results(self, results: list[JobResult]) -> None:
+        with self._starts_lock:
+            for r in results:
+                self._running_since.pop(r.id, None)
         for r in results:
             if r.id in self._cancelled:
                 self._cancelled.discard(r.id)  # the master already finished it as cancelled
@@ -224,7 +308,11 @@ class Worker:
             held = self._held.pop(r.id, None)
             retry = None
             if not r.ok and held is not None:
-                retry = decide(held[0], held[1], serde.decode_error(r.payload))
+                error = serde.decode_error(r.payload)
+                retry = decide(held[0], held[1], error)
+                if retry is not None and "delay" in retry and middleware.active():
+                    middleware.on_retry(middleware.TaskCall(r.id, held[2], r.token, headers_of(held[0])),
+                                        error, float(retry["delay"]))
             self._acks.append([r.id, r.token, r.ok, r.payload, r.codec, retry])
         self.completed += len(results)
         self._outstanding -= len(results)
@@ -243,10 +331,10 @@ class Worker:
         self._top_up()
         self._maybe_finished()
 
-    def _track(self, fut: asyncio.Future) -> None:
+    def _track(self, fut: asyncio.Future[Any]) -> None:
         self._unconfirmed.add(fut)
 
-        def done(f: asyncio.Future) -> None:
+        def done(f: asyncio.Future[Any]) -> None:
             self._unconfirmed.discard(f)
             if not f.cancelled() and f.exception() is not None:
                 log.warning("master refused a report: %s", f.exception())
@@ -292,6 +380,7 @@ class Worker:
         self._pool = make_pool(self.pool_kind, self.concurrency, self.modules, self._results_from_pool,
                                allow_pickle=self.allow_pickle, loop=self._loop)
         self._pool.set_progress_callback(self._progress_from_pool)
+        self._pool.set_started_callback(self._started_from_pool)
         await self._loop.run_in_executor(None, self._pool.start)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -310,6 +399,9 @@ class Worker:
                      self.name, ",".join(self.queues), self.concurrency, self.pool_kind, self._core.address)
             await self._stopped.wait()
         finally:
+            if self._rebalance_timer is not None:
+                self._rebalance_timer.cancel()
+                self._rebalance_timer = None
             if self._cold or not self._stopping:
                 self._pool.shutdown(wait=False)
             else:
