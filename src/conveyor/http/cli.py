@@ -22,7 +22,8 @@ from .security import ENV_LOGIN, Guard, load_login_secret
 DEFAULT_BIND = "127.0.0.1:7780"
 
 
-def add_dashboard_command(sub: Any, add_connect: Callable, add_common: Callable,
+def add_dashboard_command(sub: Any, add_connect: Callable[[argparse.ArgumentParser], None],
+                          add_common: Callable[[argparse.ArgumentParser], None],
                           run: Callable[[argparse.Namespace], int]) -> None:
     """Add ``conveyor dashboard`` to the subcommands; ``run`` is called with its arguments."""
     p = sub.add_parser("dashboard", help="serve the web dashboard and /metrics for a master")
