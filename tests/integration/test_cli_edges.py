@@ -1,0 +1,216 @@
+"""The conveyor command's rough edges, each message checked word for word with real processes:
+addresses, broken pipes, authkeys, the worker's connect timeout, unserved queues, inspect,
+fitted tables, status --watch, confirmations."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT, TASKS
+from .test_cli import free_port, run
+
+
+def env_of(cluster, **extra):
+    return {"CONVEYOR_AUTHKEY": cluster.authkey.decode(), **extra}
+
+
+def one_line(proc) -> str:
+    """The single stderr line of a failed command (and that it is one)."""
+    assert proc.returncode != 0, proc.stdout
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip()
+
+
+@pytest.fixture
+def master(make_cluster):
+    """A master alone, no workers."""
+    c = make_cluster(workers=0)
+    c.start_master()
+    return c
+
+
+def test_addresses_bad_and_bare(master):
+    env = env_of(master)
+    assert one_line(run("status", "-c", "http://127.0.0.1:7700", env=env)) == (
+        "conveyor status: error: 'http://127.0.0.1:7700' is not a conveyor address: "
+        "use host:port, tcp://host:port or tls://host:port")
+    assert one_line(run("status", "-c", "127.0.0.1:99999", env=env)) == (
+        "conveyor status: error: invalid address '127.0.0.1:99999': port must be a number from 1 to 65535")
+    assert one_line(run("submit", f"{TASKS}:add", "1", "-c", "host:port", env=env)) == (
+        "conveyor submit: error: invalid address 'host:port': port must be a number from 1 to 65535")
+    bare = run("status", "-c", str(master.port), env=env)  # a bare port is that port on 127.0.0.1
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.startswith("master ")
+
+
+def test_broken_pipe_is_a_quiet_exit(master):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written, as with `| head -1` done early
+    try:
+        proc = subprocess.run([sys.executable, "-m", "conveyor", "status", "-c", master.address],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT,
+                              env={**os.environ, **env_of(master)})
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert proc.stderr == ""
+
+
+def test_missing_key_is_told_apart_from_a_wrong_key(master):
+    missing = run("status", "-c", master.address, env={"CONVEYOR_AUTHKEY": ""})
+    assert one_line(missing) == "conveyor status: error: no authkey configured (set CONVEYOR_AUTHKEY or --authkey-file)"
+    wrong = run("status", "-c", master.address, env={"CONVEYOR_AUTHKEY": "wrong"})
+    assert one_line(wrong) == "conveyor status: error: authentication failed"
+    worker = run("worker", TASKS, "-c", master.address, env={"CONVEYOR_AUTHKEY": ""})
+    assert one_line(worker) == ("conveyor worker: error: no authkey configured "
+                                "(set CONVEYOR_AUTHKEY or --authkey-file)")
+
+
+def test_master_without_key_warns(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "master", "--bind", "127.0.0.1:0",
+                             "--data", ":memory:"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "CONVEYOR_AUTHKEY": ""})
+    try:
+        assert "listening on tcp://127.0.0.1:" in proc.stdout.readline()
+        warning = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert warning.rstrip().endswith(
+        "WARNING conveyor.cli: no authkey configured: any local process may connect and submit tasks "
+        "(set CONVEYOR_AUTHKEY or --authkey-file)")
+
+
+def test_worker_connect_timeout_gives_up_as_its_help_says():
+    port = free_port()
+    help_text = run("worker", "--help").stdout
+    assert "--connect-timeout S, --timeout S" in help_text
+    assert "seconds to keep trying to reach the master before giving up (default 10)" in " ".join(help_text.split())
+    for flag in ("--connect-timeout", "--timeout"):  # the old name stays an alias
+        proc = run("worker", TASKS, "-c", f"127.0.0.1:{port}", flag, "1", env={"CONVEYOR_AUTHKEY": "k"},
+                   timeout=60)
+        assert one_line(proc).startswith(f"conveyor worker: error: cannot connect to master at tcp://127.0.0.1:{port}")
+
+
+def test_submit_to_an_unserved_queue_says_so(make_cluster):
+    cluster = make_cluster(workers=1).start()
+    cluster.wait_for_workers(1)
+    env = env_of(cluster)
+    proc = run("submit", f"{TASKS}:add", "1", "-c", cluster.address, "-q", "nobody-serves", env=env)
+    assert proc.returncode == 0
+    assert proc.stderr == ("warning: no connected worker serves queue 'nobody-serves': "
+                           "the task waits in the queue until one does\n")
+    assert re.fullmatch(r"[0-9a-f]{32}\n", proc.stdout)
+    served = run("submit", f"{TASKS}:add", "1", "2", "-c", cluster.address, "--wait", env=env)
+    assert served.returncode == 0 and served.stdout == "3\n" and served.stderr == ""
+
+
+def test_inspect_shows_arguments_and_every_failure(make_cluster):
+    cluster = make_cluster(workers=1).start()
+    cluster.wait_for_workers(1)
+    env = env_of(cluster)
+    with cluster.client() as client:
+        once = client.submit(f"{TASKS}:fail", "no retries")
+        twice = client.submit(f"{TASKS}:fail", "twice", retries=1, retry_backoff=0.01)
+        for fut in (once, twice):
+            with pytest.raises(Exception, match="ValueError"):
+                fut.result(60)
+        doc = client.inspect(once.task_id)
+    out = run("inspect", once.task_id, "-c", cluster.address, env=env).stdout
+    assert "\nattempt 1 failed" in out and ": ValueError: no retries\nTraceback (most recent call last):" in out
+    assert "attempt 2 failed" not in out
+    if "args" in doc:  # masters that send the arguments
+        assert '\nargs      ["no retries"]\n' in out
+    out = run("inspect", twice.task_id, "-c", cluster.address, env=env).stdout
+    assert out.count(": ValueError: twice\nTraceback (most recent call last):") == 2
+    assert "\nattempt 1 failed" in out and "\nattempt 2 failed" in out
+
+
+def _columns_aligned(lines: list[str]) -> bool:
+    """Every row ends its right-aligned number columns where the header ends them."""
+    ends = [[m.end() for m in re.finditer(r"\S+", line)] for line in lines]
+    return all(row[-3:] == ends[0][-3:] for row in ends[1:])
+
+
+def test_status_and_tasks_tables_fit_long_names(make_cluster):
+    cluster = make_cluster(workers=0)
+    cluster.start_master()
+    long_worker = "w-" + "x" * 70
+    cluster.start_worker("--name", long_worker)
+    cluster.wait_for_workers(1)
+    env = env_of(cluster)
+    long_queue = "q-" + "y" * 70
+    with cluster.client() as client:
+        for queue in ("a", long_queue):
+            client.submit(f"{TASKS}:add", 1, queue=queue, countdown=3600)
+    out = run("status", "-c", cluster.address, env=env).stdout.splitlines()
+    start = out.index(next(line for line in out if line.startswith("QUEUE")))
+    table = out[start:start + 3]
+    assert table[0].split() == ["QUEUE", "WAITING", "DELAYED", "READY", "LEASED", "SUCCEEDED", "FAILED",
+                                "DEAD", "CANCELLED"]
+    assert _columns_aligned(table)
+    assert long_queue not in "\n".join(out) and long_queue[:47] + "…" in table[2]
+    worker_header = next(line for line in out if line.startswith("WORKER"))
+    assert ("RUNNING" in worker_header and "PREFETCHED" in worker_header) or "INFLIGHT" in worker_header
+    worker_row = out[out.index(worker_header) + 1]
+    assert worker_row.startswith(long_worker[:47] + "…")
+    tasks = run("tasks", "-c", cluster.address, env=env).stdout.splitlines()
+    assert tasks[0].split() == ["TASK", "STATE", "QUEUE", "ATTEMPTS", "SUBMITTED", "FINISHED", "NAME"]
+    assert [line.split()[2] for line in tasks[1:]] == [long_queue[:47] + "…", "a"]  # newest first
+    assert tasks[1].index(f"{TASKS}:add") == tasks[2].index(f"{TASKS}:add")
+    oldest = run("tasks", "--oldest", "-c", cluster.address, env=env).stdout.splitlines()
+    assert [line.split()[2] for line in oldest[1:]] == ["a", long_queue[:47] + "…"]
+    assert run("tasks", "-q", "none", "-c", cluster.address, env=env).stdout == "no tasks in queue 'none'\n"
+    assert run("tasks", "-s", "dead", "-c", cluster.address, env=env).stdout == "no tasks in state dead\n"
+
+
+def test_status_watch_redraws_until_ctrl_c(master):
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "status", "-c", master.address, "--watch", "0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **env_of(master)})
+    frames = 0
+    try:
+        while frames < 2:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            frames += line.startswith("master ")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert frames == 2
+
+
+def test_destructive_commands_ask_first(master):
+    env = env_of(master)
+    with master.client() as client:
+        ids = [client.submit(f"{TASKS}:add", i, queue="later", countdown=3600).task_id for i in range(3)]
+        client.submit(f"{TASKS}:add", 9, queue="other", countdown=3600)
+    refused = run("cancel", "--queue", "later", "-c", master.address, env=env)
+    assert one_line(refused) == ("conveyor cancel: error: cancel (queue 'later', state "
+                                 "waiting/delayed/ready/leased) would touch 3 task(s): pass --yes to confirm "
+                                 "(stdin is not a terminal to ask on)")
+    with master.client() as client:
+        assert {client.inspect(t)["state"] for t in ids} == {"delayed"}
+    done = run("cancel", "--queue", "later", "--yes", "-c", master.address, env=env)
+    assert done.returncode == 0 and done.stdout == "cancelled 3 task(s)\n"
+    refused = run("retry", "--queue", "later", "--state", "cancelled", "-c", master.address, env=env)
+    assert one_line(refused) == ("conveyor retry: error: retry (queue 'later', state cancelled) would touch "
+                                 "3 task(s): pass --yes to confirm (stdin is not a terminal to ask on)")
+    refused = run("purge", "--state", "cancelled", "-c", master.address, env=env)
+    assert one_line(refused) == ("conveyor purge: error: purge (every queue, state cancelled) would touch "
+                                 "3 task(s): pass --yes to confirm (stdin is not a terminal to ask on)")
+    purged = run("purge", "--state", "cancelled", "--yes", "-c", master.address, env=env)
+    assert purged.stdout == "purged 3 task(s)\n"
+    with master.client() as client:
+        assert client.status()["queues"]["other"]["delayed"] == 1  # other queues untouched
+    nothing = run("purge", "-c", master.address, env=env)  # nothing to touch: nothing to ask
+    assert nothing.returncode == 0 and nothing.stdout == "no tasks to purge (every queue, state dead)\n"
