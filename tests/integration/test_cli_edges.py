@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+import conveyor
+
 from .conftest import ROOT, TASKS
 from .test_cli import free_port, run
 
@@ -214,3 +216,54 @@ def test_destructive_commands_ask_first(master):
         assert client.status()["queues"]["other"]["delayed"] == 1  # other queues untouched
     nothing = run("purge", "-c", master.address, env=env)  # nothing to touch: nothing to ask
     assert nothing.returncode == 0 and nothing.stdout == "no tasks to purge (every queue, state dead)\n"
+
+
+def _start_master(*args, env):
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "master", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env={**os.environ, **env})
+    return proc, proc.stdout.readline()
+
+
+def test_config_file_for_master_and_worker_flags_and_env_override(make_cluster, tmp_path):
+    port, other = free_port(), free_port()
+    config = tmp_path / "conveyor.toml"
+    config.write_text(f'[master]\nbind = "127.0.0.1:{port}"\ndata = ":memory:"\nsync = "full"\n'
+                      f'[worker]\nmodules = ["{TASKS}"]\nqueues = "cfg-q"\nname = "from-file"\n'
+                      'connect = "127.0.0.1:1"\nconcurrency = 1\n')
+    procs = []
+    try:
+        proc, line = _start_master("--config", str(config), env={"CONVEYOR_AUTHKEY": "k"})
+        procs.append(proc)
+        assert line.startswith(f"conveyor master {conveyor.__version__} listening on "
+                               f"tcp://127.0.0.1:{port} (store: :memory:, sync: full)")
+        proc, line = _start_master("--bind", f"127.0.0.1:{other}",  # a flag beats the file ($CONVEYOR_CONFIG)
+                                   env={"CONVEYOR_AUTHKEY": "k", "CONVEYOR_CONFIG": str(config)})
+        procs.append(proc)
+        assert f"listening on tcp://127.0.0.1:{other} (store: :memory:, sync: full)" in line
+        # The worker takes its modules, queues and name from the file, its address from the environment.
+        worker = subprocess.Popen([sys.executable, "-m", "conveyor", "worker", "--config", str(config)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                                  env={**os.environ, "CONVEYOR_AUTHKEY": "k",
+                                       "CONVEYOR_ADDRESS": f"127.0.0.1:{port}"})
+        procs.append(worker)
+        with conveyor.connect(f"127.0.0.1:{port}", b"k") as client:
+            fut = client.submit(f"{TASKS}:whoami", queue="cfg-q")
+            fut.result(60)
+            workers = client.status()["workers"]
+        assert [(w["name"], w["queues"], w["concurrency"]) for w in workers] == [("from-file", ["cfg-q"], 1)]
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(30)
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[master]\nlease = "long"\n')
+    proc = run("master", "--config", str(config), "--data", ":memory:", env={"CONVEYOR_AUTHKEY": "k"})
+    assert one_line(proc) == (f"conveyor master: error: config file {config} [master]: "
+                              "lease must be a number, not 'long'")
+    config.write_text('[worker]\nqueue = "a"\n')
+    proc = run("worker", TASKS, env={"CONVEYOR_CONFIG": str(config)})
+    assert one_line(proc).startswith(f"conveyor worker: error: config file {config}: unknown key 'queue' "
+                                     "in [worker] (known: ")
