@@ -101,3 +101,11 @@ class Cadence:
             self.last = now
             return True
         return False
+
+
+# -- conveyor.managers proxies ------------------------------------------------------
+#: Seconds a managers proxy waits for its lost master to come back before its call
+#: fails as the stdlib's would (EOFError/BrokenPipeError); a restart is shorter.
+PROXY_MASTER_GRACE = 3.0
+#: Seconds between a waiting proxy's looks at its connection.
+PROXY_POLL = 0.25

@@ -28,6 +28,7 @@ from ..config import (
     resolve,
 )
 from ..errors import AuthenticationError, StoreError
+from ..serving import DataDirInUse, check_port_free, listen_error, lock_data_dir
 from .common import (
     NO_AUTHKEY,
     CliError,
@@ -63,33 +64,17 @@ def add_config(p: argparse.ArgumentParser) -> None:
 
 
 # -- master -----------------------------------------------------------------
-_held_locks: list[Any] = []
+_held_locks: list[Any] = []  # one master per data directory: held for the life of the process
 
 
 def _lock_data_dir(data: str) -> bool:
-    """One master per data directory: a second would void the first one's leases.
-
-    False if the lock file cannot be made yet (no directory, or not writable):
-    opening the store then says why, or makes the directory for a second try.
-    """
-    import fcntl
-
-    path = os.path.join(data, "master.lock")
+    """Lock the data directory; False if its lock file cannot be made yet (see serving.lock_data_dir)."""
     try:
-        handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
-    except OSError:
+        handle = lock_data_dir(data)
+    except DataDirInUse as exc:
+        raise CliError(str(exc)) from None
+    if handle is None:
         return False
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise CliError(f"data directory {data} is in use by another master (pid {owner})") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
     _held_locks.append(handle)
     return True
 
@@ -118,6 +103,10 @@ def cmd_master(args: argparse.Namespace) -> int:
             ssl_ctx = server_tls_context(args.tls_cert, args.tls_key)
         except (OSError, ValueError) as exc:
             raise CliError(f"cannot load TLS certificate: {exc}") from None
+    try:  # before the data directory: a port in use is said as such, whatever the directory
+        check_port_free(host, port)
+    except OSError as exc:
+        raise CliError(exc.strerror or str(exc)) from None
     data = None if args.data == ":memory:" else args.data
     # The lock before the store: the store keeps its file locked, and a second master
     # must hear who holds the directory, not wait on SQLite's lock.
@@ -138,7 +127,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         try:
             await master.start()
         except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise CliError(listen_error(host, port, exc)) from None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(master.close()))
