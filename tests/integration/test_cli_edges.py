@@ -267,3 +267,26 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
     proc = run("worker", TASKS, env={"CONVEYOR_CONFIG": str(config)})
     assert one_line(proc).startswith(f"conveyor worker: error: config file {config}: unknown key 'queue' "
                                      "in [worker] (known: ")
+
+
+def test_confirmation_on_a_terminal(master):
+    import pty
+
+    env = env_of(master)
+    with master.client() as client:
+        for i in range(2):
+            client.submit(f"{TASKS}:add", i, queue="ask", countdown=3600)
+    for answer, expected_out, left in ((b"n\n", "not cancelled\n", 2), (b"y\n", "cancelled 2 task(s)\n", 0)):
+        main_fd, terminal = pty.openpty()
+        try:
+            os.write(main_fd, answer)  # typed before the question: the terminal keeps it
+            proc = subprocess.run([sys.executable, "-m", "conveyor", "cancel", "--queue", "ask", "-c",
+                                   master.address], stdin=terminal, capture_output=True, text=True, timeout=60,
+                                  cwd=ROOT, env={**os.environ, **env})
+        finally:
+            os.close(terminal)
+            os.close(main_fd)
+        assert proc.stderr == "cancel (queue 'ask', state waiting/delayed/ready/leased): 2 task(s). Go ahead? [y/N] "
+        assert proc.stdout == expected_out
+        with master.client() as client:
+            assert client.status()["queues"]["ask"]["delayed"] == left

@@ -129,7 +129,7 @@ def _cancel_queue(client: Any, args: argparse.Namespace) -> int:
     if not confirm(f"cancel ({_scope(args.queue, states)})", count, args.yes):
         print("not cancelled")
         return 1
-    done, seen = 0, set()
+    done, seen = 0, set[str]()
     for state in states:
         while len(seen) < count:  # at most what was confirmed: tasks submitted since are left alone
             page = [t for t in client.tasks(queue=args.queue, state=state, limit=min(1000, count - len(seen)))
@@ -159,7 +159,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         raise CliError(f"no task {out['unknown'][0]}")
     for tid in out["requeued"]:
         print(f"{tid} requeued")
-    reasons = out.get("reasons") or {}
+    given: Any = out.get("reasons")  # typed with the id lists, but a dict of id -> why
+    reasons: dict[str, str] = dict(given or {})
     for tid in out["skipped"]:
         print(f"{tid} not retried: {reasons.get(tid, 'it is not dead, failed or cancelled')}")
     if not out["requeued"] and args.queue and not args.task_ids:

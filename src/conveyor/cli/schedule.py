@@ -22,7 +22,7 @@ def _when(ts: float | None) -> str:
 def _timing(s: dict[str, Any]) -> str:
     if s.get("cron") is not None:
         return f"cron {s['cron']}" + ("" if s.get("tz") in (None, "UTC") else f" {s['tz']}")
-    every = s.get("every")
+    every = float(s["every"])
     return f"every {int(every) if float(every).is_integer() else every}s"
 
 

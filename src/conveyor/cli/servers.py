@@ -50,8 +50,9 @@ def settings(section: str, args: argparse.Namespace) -> argparse.Namespace:
         file = load_file(path).get(section, {}) if path else {}
     except ConfigError as exc:
         raise CliError(str(exc)) from None
-    flags = {name: getattr(args, name, None) or None if name == "modules" else getattr(args, name, None)
-             for name in (MASTER if section == "master" else WORKER)}  # no MODULE given is [], not a value
+    flags = {name: getattr(args, name, None) for name in (MASTER if section == "master" else WORKER)}
+    if not flags.get("modules"):
+        flags["modules"] = None  # no MODULE on the command line is [], not a value
     merged = resolve(section, flags, file)
     merged["authkey_file"] = authkey_source(args.authkey_file, file.get("authkey_file"))
     return argparse.Namespace(**{**vars(args), **merged})
@@ -212,8 +213,9 @@ def _reach_master(address: str, authkey: bytes | None, args: argparse.Namespace,
         Client(address, authkey, ssl_context=ssl_context, connect_timeout=args.connect_timeout,
                name=f"worker-probe-{os.getpid()}").close()
     except AuthenticationError:
-        raise CliError(NO_AUTHKEY if not authkey else "authentication failed: the master refused the authkey"
-                       ) from None
+        if not authkey:
+            raise CliError(NO_AUTHKEY) from None
+        raise
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
