@@ -80,7 +80,8 @@ def test_master_without_key_warns(tmp_path):
                             cwd=ROOT, env={**os.environ, "CONVEYOR_AUTHKEY": ""})
     try:
         assert "listening on tcp://127.0.0.1:" in proc.stdout.readline()
-        warning = proc.stderr.readline()
+        # Logged before the line above: among the log lines already written.
+        warning = next(line for line in iter(proc.stderr.readline, "") if "WARNING" in line)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -92,10 +92,6 @@ def cmd_master(args: argparse.Namespace) -> int:
     if not is_loopback(host) and not authkey:
         raise CliError(f"refusing to listen on {host} without an authkey: set {ENV_AUTHKEY} "
                        "or pass --authkey-file (only loopback addresses may go without one)")
-    if not authkey:
-        # Loopback only, but every local user and process can then run this master's tasks.
-        log.warning("no authkey configured: any local process may connect and submit tasks "
-                    "(set %s or --authkey-file)", ENV_AUTHKEY)
     if args.tls_key and not args.tls_cert:
         raise CliError("--tls-key needs --tls-cert")
     ssl_ctx = None
@@ -129,6 +125,11 @@ def cmd_master(args: argparse.Namespace) -> int:
             await master.start()
         except OSError as exc:
             raise CliError(listen_error(host, port, exc)) from None
+        if not authkey:
+            # Once it serves (a refusal stays one line): loopback only, but every local
+            # user and process can then submit, and have workers run, tasks.
+            log.warning("no authkey configured: any local process may connect and submit tasks "
+                        "(set %s or --authkey-file)", ENV_AUTHKEY)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(master.close()))
