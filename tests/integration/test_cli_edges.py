@@ -94,11 +94,35 @@ def test_worker_connect_timeout_gives_up_as_its_help_says():
     port = free_port()
     help_text = run("worker", "--help").stdout
     assert "--connect-timeout S, --timeout S" in help_text
-    assert "seconds to keep trying to reach the master before giving up (default 10)" in " ".join(help_text.split())
+    assert ("seconds to keep trying to reach the master at start-up before giving up (default 10)"
+            in " ".join(help_text.split()))
     for flag in ("--connect-timeout", "--timeout"):  # the old name stays an alias
-        proc = run("worker", TASKS, "-c", f"127.0.0.1:{port}", flag, "1", env={"CONVEYOR_AUTHKEY": "k"},
-                   timeout=60)
-        assert one_line(proc).startswith(f"conveyor worker: error: cannot connect to master at tcp://127.0.0.1:{port}")
+        proc = run("worker", TASKS, "-c", f"127.0.0.1:{port}", flag, "1", "--log-level", "ERROR",
+                   env={"CONVEYOR_AUTHKEY": "k"}, timeout=60)
+        assert one_line(proc) == (f"conveyor worker: error: cannot connect to master at tcp://127.0.0.1:{port}: "
+                                  "Connection refused (gave up after --connect-timeout 1s)")
+
+
+def test_worker_started_with_its_master_waits_for_it(tmp_path):
+    """A worker started before its master keeps trying (it used to give up at once on a refusal)."""
+    port = free_port()
+    env = {**os.environ, "CONVEYOR_AUTHKEY": "k"}
+    worker = subprocess.Popen([sys.executable, "-m", "conveyor", "worker", TASKS, "-c", f"127.0.0.1:{port}",
+                               "--connect-timeout", "60", "--name", "early"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    master = None
+    try:
+        assert "Connection refused; retrying in" in worker.stderr.readline()  # it tried, and goes on
+        master, line = _start_master("--bind", f"127.0.0.1:{port}", "--data", ":memory:", env={"CONVEYOR_AUTHKEY": "k"})
+        assert "listening" in line
+        with conveyor.connect(f"127.0.0.1:{port}", b"k") as client:
+            assert client.submit(f"{TASKS}:add", 2, 3).result(60) == 5
+            assert [w["name"] for w in client.status()["workers"]] == ["early"]
+    finally:
+        for proc in (worker, master):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
 
 
 def test_submit_to_an_unserved_queue_says_so(make_cluster):

@@ -56,7 +56,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_connect(p: argparse.ArgumentParser, timeout_flags: tuple[str, ...] = ("--connect-timeout", "--timeout"),
-                timeout_default: float | None = 10.0) -> None:
+                timeout_default: float | None = 10.0,
+                timeout_help: str = "seconds to wait for the master to answer (default 10)") -> None:
     """Where the master is; ``conveyor submit`` keeps ``--timeout`` for the task's own limit.
 
     The worker passes ``timeout_default=None`` so that its config file can set it.
@@ -66,7 +67,7 @@ def add_connect(p: argparse.ArgumentParser, timeout_flags: tuple[str, ...] = ("-
                         f"tls://host:port (default: ${ENV_ADDRESS} or {DEFAULT_ADDRESS})")
     p.add_argument("--tls-ca", metavar="FILE", help="trust this CA (or self-signed) certificate for tls://")
     p.add_argument(*timeout_flags, dest="connect_timeout", type=float, default=timeout_default, metavar="S",
-                   help="seconds to keep trying to reach the master before giving up (default 10)")
+                   help=timeout_help)
 
 
 def master_address(text: str | None) -> str:

@@ -13,9 +13,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
-from .. import __version__, loops
+from .. import __version__, loops, timing
 from ..auth import ENV_AUTHKEY, is_loopback, server_tls_context
 from ..config import (
     ENV_CONFIG,
@@ -202,21 +203,37 @@ def parse_queues(text: str | list[str]) -> tuple[list[str], list[int] | None]:
     return names, weights or None
 
 
-def _reach_master(address: str, authkey: bytes | None, args: argparse.Namespace, ssl_context: Any) -> None:
-    """Wait up to ``--connect-timeout`` for the master to answer, as the flag's help says.
+def _reach_master(address: str, authkey: bytes | None, timeout: float, ssl_context: Any) -> None:
+    """Keep trying to reach the master for ``--connect-timeout`` seconds, as the flag's help says.
 
-    The worker itself keeps retrying for ever once it has started (a master
-    restart must not kill the fleet); only the first contact is bounded.
+    A master started at the same moment is waited for; none after that long
+    is one line and exit 1. Once the worker has started it reconnects for as
+    long as it runs (a master restart must not stop the fleet): only the
+    first contact is bounded.
     """
     from ..client.client import Client
+    from ..errors import ConnectionLost
 
-    try:
-        Client(address, authkey, ssl_context=ssl_context, connect_timeout=args.connect_timeout,
-               name=f"worker-probe-{os.getpid()}").close()
-    except AuthenticationError:
-        if not authkey:
-            raise CliError(NO_AUTHKEY) from None
-        raise
+    deadline = time.monotonic() + timeout
+    delay = timing.FIRST_CONNECT_FIRST
+    while True:
+        try:
+            Client(address, authkey, ssl_context=ssl_context,
+                   connect_timeout=max(deadline - time.monotonic(), 0.1),
+                   name=f"worker-probe-{os.getpid()}").close()
+            return
+        except AuthenticationError:
+            if not authkey:
+                raise CliError(NO_AUTHKEY) from None
+            raise
+        except ConnectionLost as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CliError(f"{exc} (gave up after --connect-timeout {timeout:g}s)") from None
+            pause = min(delay, left)
+            log.warning("%s; retrying in %.1fs", exc, pause)
+            time.sleep(pause)
+            delay = timing.next_backoff(delay, maximum=timing.FIRST_CONNECT_MAX)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -246,7 +263,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     address = master_address(args.connect)
     authkey = read_authkey(args.authkey_file)
     ssl_context = client_ssl(args)
-    _reach_master(address, authkey, args, ssl_context)
+    _reach_master(address, authkey, args.connect_timeout, ssl_context)
     worker = Worker(args.modules, address, authkey, queues=queues, weights=weights,
                     concurrency=args.concurrency, pool=args.pool, prefetch=args.prefetch,
                     allow_pickle=args.pickle, ssl_context=ssl_context, name=args.name)
@@ -259,7 +276,9 @@ def add_worker_command(sub: Any) -> None:
     p = sub.add_parser("worker", help="run tasks from MODULE(s) for a master")
     p.add_argument("modules", nargs="*", metavar="MODULE",
                    help="modules whose functions this worker may run (or modules = [...] in the config file)")
-    add_connect(p, timeout_default=None)
+    add_connect(p, timeout_default=None,
+                timeout_help="seconds to keep trying to reach the master at start-up before giving up "
+                             "(default 10); once it has served, the worker reconnects for as long as it runs")
     p.add_argument("--concurrency", "-n", type=int, help="parallel tasks (default: CPU count)")
     p.add_argument("--pool", choices=["process", "thread", "asyncio"],
                    help="where tasks run (default process; asyncio: async def tasks, --concurrency of them "
