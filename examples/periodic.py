@@ -65,7 +65,7 @@ def report():
 
 
 def main() -> None:
-    from conveyor.cli_schedule import format_schedules
+    from conveyor.cli.schedule import format_schedules
     from conveyor.cluster import LocalCluster
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -62,8 +62,10 @@ a non-loopback address with an empty authkey.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import errno
 import json
+import logging
 import multiprocessing
 import multiprocessing.managers
 import multiprocessing.queues
@@ -83,17 +85,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import loops, protocol, serde
+from . import loops, protocol, serde, timing
 from .auth import as_key, is_loopback
 from .client import queues as _queues
 from .client.client import Client
 from .client.queues import NetworkQueue
 from .errors import AuthenticationError, ConnectionLost, ConveyorError
+from .serving import check_port_free, listen_error, lock_data_dir
 
 __all__ = [
     "AuthenticationError",
     "BaseManager",
     "ConnectionRefused",
+    "MasterGone",
     "ENV_DATA",
     "QueueProxy",
     "Server",
@@ -111,6 +115,8 @@ SYNC_SUPPORTED = ("Queue", "JoinableQueue")
 SYNC_UNSUPPORTED = ("dict", "list", "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition",
                     "Event", "Barrier", "Value", "Array", "Namespace", "Pool")
 _START_TIMEOUT = 30.0
+_UNFINISHED = ("waiting", "delayed", "ready", "leased")  # item states that a new run would be handed
+log = logging.getLogger("conveyor.managers")
 _INITIAL, _STARTED, _SHUTDOWN = "initial", "started", "shutdown"
 
 
@@ -134,6 +140,21 @@ class UnknownTypeid(ConveyorError, KeyError, multiprocessing.managers.RemoteErro
 
 class ConnectionRefused(ConnectionLost, ConnectionRefusedError):
     """No master answers at the manager's address (the stdlib raises ConnectionRefusedError)."""
+
+
+class MasterGone(ConnectionLost, BrokenPipeError, EOFError):
+    """A proxy's master shut down (or cannot be reached again): the call cannot be served.
+
+    The stdlib raises EOFError for the first call on a proxy whose manager
+    went away and BrokenPipeError after; this is both (and a
+    ``conveyor.ConnectionLost``), so code written for either catches it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EPIPE, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class _Entry(NamedTuple):
@@ -236,6 +257,7 @@ class Server:
             raise ValueError(f"refusing to serve on {host or 'every interface'} with an empty authkey: "
                              "pass authkey=... (only loopback addresses may go without one)")
         self.queues = dict(queues)
+        self._lock: Any = None
         self._loop = loops.new_event_loop()
         # Port 0: choose a free port first, so the default data directory can be named after it
         # (and so a name like "localhost" binds one port on every address it has).
@@ -243,6 +265,15 @@ class Server:
         for attempt in range(attempts):
             bind_port = port or _free_port(_bind_host(host))
             self.data_dir = data_dir_for(bind_port, data_dir)
+            try:
+                # The port, then the directory, before the store: a second master on the
+                # same port would otherwise open the first one's store and hear "locked".
+                check_port_free(_bind_host(host), bind_port)
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                self._lock = lock_data_dir(self.data_dir)
+            except BaseException:
+                self._loop.close()
+                raise
             self.store = open_store(self.data_dir)
             self.master = Master(self.store, authkey=authkey, host=_bind_host(host), port=bind_port,
                                  allow_pickle=True, queues=self.queues)
@@ -252,11 +283,26 @@ class Server:
             except BaseException as exc:
                 self._loop.run_until_complete(self.master.close())
                 self.store.close()
+                self._unlock()
                 if getattr(exc, "errno", None) != errno.EADDRINUSE or attempt == attempts - 1:
                     self._loop.close()
+                    if isinstance(exc, OSError) and exc.errno is not None:
+                        raise OSError(exc.errno, listen_error(host or "*", bind_port, exc)) from None
                     raise
         self.address = (host, self.master.port)
+        self.leftover = self._leftover()
         self._closed = False
+
+    def _leftover(self) -> dict[str, int]:
+        """Items already in the declared queues: left by an earlier run on this data directory."""
+        stats = self.store.stats()
+        counts = {q: sum(stats[q].as_dict().get(s, 0) for s in _UNFINISHED) for q in self.queues if q in stats}
+        return {q: n for q, n in counts.items() if n}
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def serve_forever(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
         """Serve until interrupted (SIGINT/SIGTERM) or :meth:`stop`; then close the master and store."""
@@ -291,6 +337,7 @@ class Server:
             self._loop.run_until_complete(self.master.close())
         finally:
             self.store.close()
+            self._unlock()
             self._loop.close()
 
 
@@ -307,10 +354,14 @@ def _child_main() -> None:
         server = Server((config["host"], config["port"]), bytes.fromhex(config["authkey"]),
                         config["queues"], config["data_dir"])
     except Exception as exc:
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "errno": getattr(exc, "errno", None)}),
-              flush=True)
+        # OSError and our own errors are already one line for a user (as the CLI prints them).
+        plain = isinstance(exc, (OSError, ConveyorError)) and not isinstance(exc, ConnectionLost)
+        error = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) if plain \
+            else f"{type(exc).__name__}: {exc}"
+        print(json.dumps({"error": error, "errno": getattr(exc, "errno", None)}), flush=True)
         raise SystemExit(1) from None
-    print(json.dumps({"port": server.address[1], "data_dir": str(server.data_dir)}), flush=True)
+    print(json.dumps({"port": server.address[1], "data_dir": str(server.data_dir),
+                      "leftover": server.leftover}), flush=True)
 
     def watch_parent() -> None:
         fd = sys.stdin.fileno()  # the raw fd: a thread blocked in sys.stdin would hang the exit
@@ -380,6 +431,50 @@ class QueueProxy(NetworkQueue):
     def _client(self, client: Client) -> None:
         self._client_obj = client
         self._pid = os.getpid()
+
+    def _request(self, op: str, fields: dict[str, Any], wait: float | None) -> dict[str, Any]:
+        """As NetworkQueue's, but a master that is gone fails the call (MasterGone), as the stdlib's
+        proxies fail, instead of a get that times out as ``queue.Empty`` or a put that waits for ever.
+
+        A master that comes back within ``timing.PROXY_MASTER_GRACE`` seconds
+        (restarted on its data directory) is waited for: nothing is lost then.
+        """
+        if self._to_ack:
+            self._send_acks()
+        try:
+            cfut = self._client._request_future(op, fields)
+        except ConnectionLost as exc:
+            raise self._gone(exc) from None
+        deadline = None if wait is None else time.monotonic() + wait
+        down_since: float | None = None
+        while True:
+            now = time.monotonic()
+            step = timing.PROXY_POLL if deadline is None else max(0.0, min(timing.PROXY_POLL, deadline - now))
+            try:
+                reply: dict[str, Any] = cfut.result(step)
+                return reply
+            except (TimeoutError, cf.TimeoutError):
+                now = time.monotonic()
+                if self._client._core.connected:
+                    down_since = None
+                else:
+                    down_since = down_since or now
+                gone = down_since is not None and now - down_since >= timing.PROXY_MASTER_GRACE
+                if deadline is not None and now >= deadline:
+                    gone = down_since is not None  # no master to have answered: not "empty"
+                if gone or (deadline is not None and now >= deadline):
+                    if op == protocol.QGET:  # items leased to us after we gave up go back
+                        cfut.add_done_callback(self._give_back)
+                    if gone:
+                        raise self._gone(None) from None
+                    raise
+            except ConnectionLost as exc:
+                raise self._gone(exc) from None
+
+    def _gone(self, exc: BaseException | None) -> MasterGone:
+        why = f" ({exc})" if exc is not None else ""
+        return MasterGone(f"the manager's master at {self._address[0]}:{self._address[1]} is gone{why}: "
+                          f"queue {self.name!r} cannot be used")
 
     def _uses(self, client: Client) -> bool:
         return self._client_obj is client and self._pid == os.getpid()  # never opens a connection
@@ -606,6 +701,7 @@ class BaseManager:
                         self._data_dir)
         self._address = server.address
         self.data_dir = server.data_dir
+        _warn_leftover(server.leftover, server.data_dir)
         return server
 
     def start(self, initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()) -> None:
@@ -641,12 +737,13 @@ class BaseManager:
             proc.stdin.flush()
             reply = _read_line(proc, _START_TIMEOUT)
             if "error" in reply:
-                message = f"the manager's master did not start on {host or '*'}:{port}: {reply['error']}"
+                message = f"{reply['error']} (the manager's master did not start)"
                 if reply.get("errno"):  # cannot listen there (EADDRINUSE...): an OSError, as the stdlib's
                     raise OSError(reply["errno"], message)
                 raise RuntimeError(message)
             self._address = (host, int(reply["port"]))
             self.data_dir = Path(reply["data_dir"])
+            _warn_leftover(reply.get("leftover") or {}, self.data_dir)
             self._s.client = _connect((_connect_host(host), self._address[1]), self._authkey)
         except BaseException:
             _stop_process(proc, self._s.timeout)
@@ -727,6 +824,19 @@ class BaseManager:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _warn_leftover(leftover: dict[str, int], data_dir: Path) -> None:
+    """Say (one line) that the queues hold items from an earlier run, and how to start empty.
+
+    Durable queues bring back what an interrupted run left, which a script
+    written for the stdlib does not expect: it would print the old results.
+    """
+    if not leftover:
+        return
+    held = ", ".join(f"{q} ({n} item{'s' if n != 1 else ''})" for q, n in sorted(leftover.items()))
+    log.warning("conveyor.managers: queues already hold items from an earlier run: %s, kept in %s; "
+                "to start empty, delete that directory first or pass another data_dir=", held, data_dir)
 
 
 def _is_callable(obj: Any) -> bool:

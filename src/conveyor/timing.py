@@ -158,3 +158,11 @@ def effective_duration(avg_duration: float, running_ages: list[float], slots: in
 def prefetch_surplus(window: int, running: int, pending: int) -> int:
     """How many prefetched (pending) tasks a worker hands back: those beyond its window."""
     return max(0, min(pending, running + pending - window))
+
+
+# -- conveyor.managers proxies ------------------------------------------------------
+#: Seconds a managers proxy waits for its lost master to come back before its call
+#: fails as the stdlib's would (EOFError/BrokenPipeError); a restart is shorter.
+PROXY_MASTER_GRACE = 3.0
+#: Seconds between a waiting proxy's looks at its connection.
+PROXY_POLL = 0.25

@@ -718,3 +718,78 @@ def test_same_results_as_multiprocessing_managers(tmp_path):
     assert ("ok", Point(1, 2)) in ours and ("raised", ["Full"]) in ours and ("raised", ["Empty"]) in ours
     assert ("raised", ["RemoteError"]) in ours and ("raised", ["AuthenticationError"]) in ours
     assert ("raised", ["ConnectionRefusedError"]) in ours
+
+
+# -- the drop-in speaks up ---------------------------------------------------------------------
+
+
+def _calls_after_shutdown(served_cls, remote_cls, **kwargs) -> list[list[str]]:
+    """What get/put/qsize on a proxy raise once the manager serving it has shut down."""
+    with served_cls(address=("127.0.0.1", 0), authkey=b"gone", **kwargs) as served:
+        remote = remote_cls(address=served.address, authkey=b"gone")
+        remote.connect()
+        proxy = remote.get_task_queue()
+        proxy.put("x")
+        assert proxy.get(timeout=10) == "x"
+    out = []
+    for call in (lambda: proxy.get(timeout=1), lambda: proxy.put("y"), proxy.qsize, proxy.get):
+        with pytest.raises(Exception) as info:
+            call()
+        out.append([c.__name__ for c in (queue.Empty, EOFError, ConnectionError) if isinstance(info.value, c)])
+    return out
+
+
+def test_a_proxy_whose_master_shut_down_fails_like_the_stdlib(tmp_path):
+    expected = _calls_after_shutdown(StdQueueManager, StdRemoteManager, ctx=multiprocessing.get_context("spawn"))
+    ours = _calls_after_shutdown(QueueManager, RemoteManager, data_dir=tmp_path / "gone")
+    for std, mine in zip(expected, ours, strict=True):
+        assert "Empty" not in std and "Empty" not in mine
+        assert set(std) <= set(mine)  # whatever the stdlib raises there, ours is one too
+    assert all(mine == ["EOFError", "ConnectionError"] for mine in ours)
+
+
+def test_start_says_when_queues_hold_items_from_an_earlier_run(managed, tmp_path, caplog):
+    data = tmp_path / "rerun"
+    first = managed(QueueManager, data_dir=data)
+    with caplog.at_level("WARNING", logger="conveyor.managers"):
+        first.start()
+    assert not caplog.records  # a fresh directory: nothing to say
+    first.get_task_queue().put(1)
+    first.get_task_queue().put(2)
+    first.get_bounded_queue().put(3)
+    first.shutdown()
+    again = managed(QueueManager, data_dir=data)
+    with caplog.at_level("WARNING", logger="conveyor.managers"):
+        again.start()
+    assert [r.getMessage() for r in caplog.records] == [
+        "conveyor.managers: queues already hold items from an earlier run: get_bounded_queue (1 item), "
+        f"get_task_queue (2 items), kept in {data}; to start empty, delete that directory first or pass "
+        "another data_dir="]
+    assert again.get_task_queue().get(timeout=10) == 1  # and they are still served
+
+
+def test_a_second_master_on_a_port_in_use_says_so_as_the_cli_does(managed, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CONVEYOR_MANAGERS_DATA", raising=False)
+    first = QueueManager(address=("127.0.0.1", 0), authkey=b"k")  # the default data directory
+    first.start()
+    try:
+        port = first.address[1]
+        second = QueueManager(address=("127.0.0.1", port), authkey=b"k")  # same port, same directory
+        with pytest.raises(OSError) as info:
+            second.start()
+        assert info.value.errno == errno.EADDRINUSE
+        assert str(info.value) == (f"[Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}: "
+                                   "Address already in use (the manager's master did not start)")
+        cli = subprocess.run([sys.executable, "-m", "conveyor", "master", "--bind", f"127.0.0.1:{port}",
+                              "--data", str(tmp_path / "cli-data")], capture_output=True, text=True,
+                             timeout=60, cwd=ROOT, env={**os.environ, "CONVEYOR_AUTHKEY": "k"})
+        assert cli.returncode == 1
+        assert cli.stderr.strip() == f"conveyor master: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+        # Another manager on another port but the same data directory: the directory is named.
+        shared = QueueManager(address=("127.0.0.1", 0), authkey=b"k", data_dir=first.data_dir)
+        with pytest.raises(RuntimeError, match=f"^data directory {re.escape(str(first.data_dir))} is in use by "
+                                               r"another master \(pid \d+\)"):
+            shared.start()
+    finally:
+        first.shutdown()

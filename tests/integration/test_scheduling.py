@@ -59,7 +59,7 @@ def test_retries_exhausted_make_a_dead_task_that_retry_and_purge_handle(cluster,
             client.result(fut.task_id, timeout=60)
         assert wait_until(lambda: client.inspect(fut.task_id)["state"] == "dead")
         assert len(executions(count)) == 4  # the budget started again: 2 more attempts
-        proc = cli(cluster, "purge")
+        proc = cli(cluster, "purge", "--yes")  # bulk commands ask first; no terminal here
         assert proc.returncode == 0 and "purged 1" in proc.stdout
         with pytest.raises(conveyor.NotFound):
             client.inspect(fut.task_id)
@@ -344,7 +344,7 @@ def test_retry_every_dead_task_of_a_queue(cluster):
         for f in dead:
             with pytest.raises(conveyor.TaskError):
                 f.result(60)
-        out = cli(cluster, "retry", "--queue", "batch")
+        out = cli(cluster, "retry", "--queue", "batch", "--yes")  # bulk commands ask first
         assert out.returncode == 0 and out.stdout.count("requeued") == 3
         assert wait_until(lambda: all(len(client.inspect(f.task_id)["errors"]) == 4 for f in dead), timeout=60)
         assert len(client.tasks(queue="batch", state="dead")) == 3

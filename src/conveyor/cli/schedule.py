@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from collections.abc import Callable
 from typing import Any
 
-from .errors import NotFound, SerializationError
-from .schedule import MISSED, RUN_ONCE, make_schedule
+from ..errors import NotFound, SerializationError
+from ..schedule import MISSED, RUN_ONCE, make_schedule
+from .common import CliError as error
+from .common import add_common, add_connect, connect
 
 
 def _when(ts: float | None) -> str:
@@ -21,7 +22,7 @@ def _when(ts: float | None) -> str:
 def _timing(s: dict[str, Any]) -> str:
     if s.get("cron") is not None:
         return f"cron {s['cron']}" + ("" if s.get("tz") in (None, "UTC") else f" {s['tz']}")
-    every = s.get("every")
+    every = float(s["every"])
     return f"every {int(every) if float(every).is_integer() else every}s"
 
 
@@ -50,8 +51,7 @@ def _parse_arg(text: str) -> Any:
         return text
 
 
-def add_schedule_commands(sub: Any, add_connect: Callable, add_common: Callable, connect: Callable,
-                          error: type[Exception]) -> None:
+def add_schedule_commands(sub: Any) -> None:
     """Register ``conveyor schedule`` and its subcommands on the ``conveyor`` parser."""
 
     def cmd_add(args: argparse.Namespace) -> int:
