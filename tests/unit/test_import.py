@@ -114,3 +114,24 @@ def test_a_submodule_import_does_not_hide_the_public_name_it_shares():
         print(json.dumps({"decorator": conveyor.periodic is sys.modules["conveyor.periodic"].periodic}))
     """)
     assert doc == {"decorator": True}
+
+
+def test_the_cli_entry_point_imports_nothing_until_main_runs():
+    # A worker started with the ``conveyor`` script has each spawned pool child re-import the
+    # script, whose one import is this: it must not cost the child the whole CLI.
+    doc = _run(f"""
+        import json, sys
+        from conveyor.cli import main
+        print(json.dumps({{"heavy": {_loaded(HEAVY)},
+                          "own": sorted(m for m in sys.modules if m.startswith("conveyor"))}}))
+    """)
+    assert doc["heavy"] == []
+    assert doc["own"] == ["conveyor", "conveyor.cli"]
+
+
+def test_the_cli_package_still_offers_its_names():
+    from conveyor import cli
+
+    assert callable(cli.build_parser) and callable(cli.cmd_dashboard)
+    assert issubclass(cli.CliError, Exception)
+    assert cli.parse_queues("a,b") == (["a", "b"], None)
