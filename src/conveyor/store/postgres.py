@@ -1,0 +1,739 @@
+"""A durable store in a PostgreSQL database (psycopg 3, synchronous API).
+
+The promises map onto PostgreSQL's own primitives:
+
+* idempotent enqueue: the unique ``id`` and ``INSERT ... ON CONFLICT DO NOTHING``;
+* leasing: ``FOR UPDATE SKIP LOCKED`` over the ready rows of a queue in priority
+  then enqueue order (``seq``), so concurrent lessors never take one task twice;
+* the fence: every change to a leased task is ``UPDATE ... WHERE state = 'leased'
+  AND attempts = token``;
+* first result wins: complete locks the rows it settles (``FOR UPDATE``) and stores
+  a result only on a row that has none, dependents settled in the same transaction;
+* schedule slots: ``last_slot`` only moves forward, in one conditional UPDATE.
+
+The store is reached over the network, so it says ``blocking_io = True``: the
+master's StoreRunner runs its calls on one thread of their own, off the event
+loop, each batch in one transaction (group commit). One connection serves the
+store; a lock makes it safe from several threads (the conformance suite leases
+from four at once). A connection found broken when a new transaction begins is
+opened again: nothing of a transaction that did not commit was acknowledged.
+
+Clocks: as every store, this one takes ``now`` from its caller (the master's wall
+clock), so the conformance suite can drive time by hand. With several masters on
+one database, their clocks must not decide deadlines; the plan is that the master
+passes ``now=None`` (or a store flag ``db_clock=True`` set at open) and each
+transaction reads ``extract(epoch from clock_timestamp())`` once at its start
+and uses that value wherever ``now`` is used here: lease deadlines, delays,
+expiry and finish times then come from one clock whatever master writes them.
+Every use of ``now`` below is a bound parameter, so that change is local to
+:meth:`PostgresStore.transaction` and the ``now`` each method binds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+from .. import serde
+from ..errors import StoreError
+from ..records import (
+    CANCELLED,
+    DEAD,
+    DELAYED,
+    DUPLICATE,
+    FAILED,
+    LEASED,
+    READY,
+    STALE,
+    STORED,
+    SUCCEEDED,
+    UNKNOWN,
+    WAITING,
+    Lease,
+    NewTask,
+    Outcome,
+    QueueStats,
+    Result,
+    TaskInfo,
+)
+from . import schedules as sched
+from .base import Store, dependency_failed_error
+from .dsn import redact, scrub
+from .postgres_schema import SCHEMA_VERSION, TABLES, migrate
+from .validate import FINISHED_STATES, check_page, finished_states
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+# The SQL below spells these states literally.
+assert (READY, LEASED, DELAYED, DEAD, WAITING) == ("ready", "leased", "delayed", "dead", "waiting")
+
+_Row = tuple[Any, ...]
+_FINISHED_SQL = "('succeeded', 'failed', 'dead', 'cancelled')"
+_INFO_COLUMNS = (
+    "id, queue, name, state, priority, attempts, created_at, not_before, lease_owner, "
+    "lease_deadline, started_at, finished_at, options, errors, result_ok, result_payload, "
+    "result_codec, progress"
+)
+_LEASE_RETURNING = ("RETURNING t.priority, t.seq, t.id, t.queue, t.name, t.payload, t.codec, "
+                    "t.attempts, t.options, cardinality(t.errors)")
+_RETURN_TO_READY = "state = 'ready', lease_owner = NULL, lease_deadline = NULL"
+# One statement inserts a whole batch: one array per column, unnested row by row.
+_INSERT_TASKS = (
+    "INSERT INTO tasks (id, queue, name, state, priority, created_at, not_before, payload, "
+    "codec, options) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::int[], %s::float8[], %s::float8[], %s::bytea[], %s::text[], %s::bytea[]) "
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+_COLUMNS_SQL = ", ".join(sched.COLUMNS)
+
+
+def _options(blob: bytes | None) -> dict[str, Any]:
+    return serde.unpackb(blob) if blob else {}
+
+
+def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
+    """A TaskInfo from a row of ``_INFO_COLUMNS`` and the task's dependencies."""
+    (tid, queue, name, state, priority, attempts, created_at, not_before, owner, deadline,
+     started_at, finished_at, options, errors, ok, payload, codec, progress) = row
+    result = None
+    if state in FINISHED_STATES:
+        result = Result(tid, bool(ok), bytes(payload or b""), codec or "msgpack", state, finished_at)
+    return TaskInfo(
+        id=tid, queue=queue, name=name, state=state, priority=priority, attempts=attempts,
+        created_at=created_at, not_before=not_before, lease_owner=owner,
+        lease_deadline=deadline, started_at=started_at, finished_at=finished_at,
+        options=_options(options), errors=[bytes(e) for e in errors or []],
+        result=result, after=after,
+        progress=serde.unpackb(progress) if progress is not None else None,
+    )
+
+
+def _leases(rows: Iterable[_Row]) -> list[Lease]:
+    """Leases from ``_LEASE_RETURNING`` rows, in lease order (RETURNING's order is unspecified)."""
+    ordered = sorted(rows, key=lambda r: (-r[0], r[1]))
+    return [Lease(r[2], r[3], r[4], bytes(r[5]), r[6], r[7], _options(r[8]), int(r[9]))
+            for r in ordered]
+
+
+class PostgresStore(Store):
+    """The :class:`Store` in a PostgreSQL database named by ``dsn`` (a libpq connection string).
+
+    Opening connects, refuses a database made by a newer conveyor (naming both
+    schema versions) and applies any missing migration steps. Every error
+    message names the database by its redacted connection string: a password
+    in ``dsn`` is never shown.
+    """
+
+    # A commit waits for the server's WAL flush (synchronous_commit=on): batch them.
+    cheap_commits = False
+    blocking_io = True
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.where = redact(dsn)
+        self.connect_timeout = connect_timeout
+        self._lock = threading.RLock()
+        self._depth = 0  # open transaction() levels
+        self._bare = False  # the open transaction was begun with savepoints=False
+        self._conn: psycopg.Connection[_Row] | None = None
+        self._conn = self._connect()
+        try:
+            migrate(self._conn, self.where)
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise StoreError(f"cannot open store at {self.where}: {self._text(exc)}") from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _text(self, exc: BaseException) -> str:
+        """One line of ``exc``'s message, scrubbed of the connection string's password."""
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return scrub(lines[0] if lines else type(exc).__name__, self.dsn)
+
+    def _connect(self) -> psycopg.Connection[_Row]:
+        try:
+            return psycopg.connect(self.dsn, autocommit=True,
+                                   connect_timeout=max(1, round(self.connect_timeout)),
+                                   application_name="conveyor")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open store at {self.where}: {self._text(exc)}") from None
+
+    # -- transactions ------------------------------------------------------------
+
+    @property
+    def conn(self) -> psycopg.Connection[_Row]:
+        if self._conn is None:
+            raise StoreError(f"store at {self.where} is closed")
+        return self._conn
+
+    def _x(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[_Row]:
+        """Execute one statement on the store's connection (inside the caller's lock)."""
+        return self.conn.execute(sql.encode(), params)  # bytes: a fixed statement, not a query builder
+
+    @contextlib.contextmanager
+    def transaction(self, durable: bool = True, savepoints: bool = True) -> Iterator[None]:
+        """One commit for every call inside; nested blocks are savepoints.
+
+        An exception rolls the block back (an inner block back to where it
+        began) and is re-raised; database errors surface as StoreError.
+        ``durable=False`` commits with ``synchronous_commit = off`` (the commit
+        does not wait for the WAL flush; a later durable commit covers it).
+        ``savepoints=False`` (outermost block only) spares the blocks directly
+        inside their savepoints: any error there rolls back everything anyway.
+        """
+        with self._lock:
+            depth = self._depth
+            if depth == 0 and self._conn is not None and self._conn.broken:
+                self._conn.close()  # a lost connection: start afresh (nothing of it was committed)
+                self._conn = self._connect()
+            conn = self.conn
+            bare = depth == 1 and self._bare
+            try:
+                if depth == 0:
+                    conn.execute(b"BEGIN" if durable else
+                                 b"BEGIN; SET LOCAL synchronous_commit = off")
+                    self._bare = not savepoints
+                elif not bare:
+                    conn.execute(f"SAVEPOINT sp{depth}".encode())
+                self._depth = depth + 1
+                try:
+                    yield
+                except BaseException:
+                    self._depth = depth
+                    try:
+                        if depth == 0:
+                            conn.execute(b"ROLLBACK")
+                        elif not bare:
+                            conn.execute(f"ROLLBACK TO SAVEPOINT sp{depth}; "
+                                         f"RELEASE SAVEPOINT sp{depth}".encode())
+                    except psycopg.Error:
+                        pass  # the original error matters more
+                    raise
+                self._depth = depth
+                if depth == 0:
+                    try:
+                        conn.execute(b"COMMIT")
+                    except psycopg.Error:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.execute(b"ROLLBACK")
+                        raise
+                elif not bare:
+                    conn.execute(f"RELEASE SAVEPOINT sp{depth}".encode())
+            except psycopg.Error as exc:
+                raise self._error(exc) from None
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0 and self._conn is not None and self._conn.broken:
+                self._conn.close()
+                self._conn = self._connect()
+            try:
+                yield
+            except psycopg.Error as exc:
+                raise self._error(exc) from None
+
+    def _error(self, exc: psycopg.Error) -> StoreError:
+        return StoreError(f"store at {self.where} failed: {self._text(exc)}")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()  # an open transaction is rolled back by the server
+                self._conn = None
+
+    def clear(self) -> None:
+        """Delete every task, dependency and schedule (for tests: a fresh, empty store)."""
+        with self.transaction():
+            self._x(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"
+
+    # -- enqueue and dependencies ------------------------------------------------
+
+    def enqueue(self, tasks: Sequence[NewTask], now: float) -> list[bool]:
+        """Insert tasks; False for ids that exist already (nothing changes)."""
+        if not tasks:
+            return []
+        with self.transaction():
+            if any(t.after for t in tasks):
+                return self._enqueue_linked(tasks, now)
+            first: dict[str, NewTask] = {}
+            for t in tasks:
+                first.setdefault(t.id, t)
+            inserted = self._insert([(t, DELAYED if t.not_before > now else READY)
+                                     for t in first.values()], now)
+            out = []
+            for t in tasks:
+                out.append(t.id in inserted and first.get(t.id) is t)
+            return out
+
+    def _insert(self, rows: Sequence[tuple[NewTask, str]], now: float) -> set[str]:
+        """INSERT (task, state) rows, skipping existing ids; the ids inserted."""
+        if not rows:
+            return set()
+        cols: list[list[Any]] = [[] for _ in range(10)]
+        for t, state in rows:
+            values = (t.id, t.queue, t.name, state, int(t.priority), now, float(t.not_before),
+                      bytes(t.payload), t.codec, serde.packb(t.options) if t.options else None)
+            for col, value in zip(cols, values):
+                col.append(value)
+        return {r[0] for r in self._x(_INSERT_TASKS, cols).fetchall()}
+
+    def _enqueue_linked(self, tasks: Sequence[NewTask], now: float) -> list[bool]:
+        """enqueue for a batch where some task has dependencies (inside its transaction)."""
+        batch_ids = list(dict.fromkeys(t.id for t in tasks))
+        wanted = list(dict.fromkeys([d for t in tasks for d in t.after] + batch_ids))
+        # Lock the dependencies' rows: a dependency finishing concurrently (another master)
+        # settles its dependents only once this batch's rows are committed and visible.
+        states: dict[str, str] = dict(self._x(
+            "SELECT id, state FROM tasks WHERE id = ANY(%s) ORDER BY seq FOR SHARE",
+            (wanted,)).fetchall())
+        existing = {i for i in batch_ids if i in states}
+        seen: set[str] = set()
+        for t in tasks:  # validate everything before inserting anything
+            if t.id in existing or t.id in seen:
+                continue
+            for dep in t.after:
+                if dep not in states and dep not in seen:
+                    raise ValueError(f"unknown dependency {dep}")
+            seen.add(t.id)
+        out: list[bool] = []
+        rows: list[tuple[NewTask, str]] = []
+        links: list[tuple[str, str]] = []
+        failed: list[tuple[str, bytes]] = []
+        for t in tasks:
+            if t.id in existing:
+                out.append(False)
+                continue
+            existing.add(t.id)
+            out.append(True)
+            state = DELAYED if t.not_before > now else READY
+            if t.after:
+                after = list(dict.fromkeys(t.after))
+                links.extend((t.id, dep) for dep in after)
+                bad = next((d for d in after
+                            if states[d] in FINISHED_STATES and states[d] != SUCCEEDED), None)
+                if bad is not None:
+                    state = FAILED
+                    failed.append((t.id, dependency_failed_error(bad, states[bad])))
+                elif any(states[d] != SUCCEEDED for d in after):
+                    state = WAITING
+            states[t.id] = state
+            rows.append((t, state))
+        inserted = self._insert(rows, now)
+        if len(inserted) != len(rows):  # another writer inserted one of these ids meanwhile
+            raise StoreError(f"store at {self.where} failed: concurrent enqueue of the same ids")
+        if links:
+            self._x("INSERT INTO deps (task_id, depends_on) SELECT * FROM unnest(%s::text[], "
+                    "%s::text[]) ON CONFLICT DO NOTHING",
+                    ([a for a, _ in links], [b for _, b in links]))
+        if failed:
+            self._x("UPDATE tasks t SET result_ok = false, result_payload = u.err, "
+                    "result_codec = 'msgpack', finished_at = %s "
+                    "FROM unnest(%s::text[], %s::bytea[]) AS u(id, err) WHERE t.id = u.id",
+                    (now, [a for a, _ in failed], [b for _, b in failed]))
+        return out
+
+    def _settle(self, ended: Sequence[tuple[str, str]], now: float) -> None:
+        """Tasks just finished (id, state): free or fail the tasks waiting for them.
+
+        A success makes each waiting dependent whose dependencies have all
+        succeeded ready (or delayed); any other end fails every waiting
+        dependent, and theirs in turn (breadth first, in enqueue order). The
+        dependents' rows are locked first, so two transactions finishing two
+        dependencies of one task settle it one after the other, the second
+        seeing the first's success.
+        """
+        if not ended:
+            return
+        work = deque(ended)
+        while work:
+            level = list(work)
+            work.clear()
+            rows = self._x(
+                "SELECT d.depends_on, t.seq, t.id, t.not_before FROM deps d "
+                "JOIN tasks t ON t.id = d.task_id WHERE d.depends_on = ANY(%s) "
+                "AND t.state = 'waiting' ORDER BY t.seq FOR UPDATE OF t",
+                ([task_id for task_id, _ in level],)).fetchall()
+            if not rows:
+                return
+            by_dep: dict[str, list[_Row]] = {}
+            for row in rows:
+                by_dep.setdefault(row[0], []).append(row)
+            changed: set[int] = set()
+            for dep_id, dep_state in level:
+                for _, seq, task_id, not_before in by_dep.get(dep_id, []):
+                    if seq in changed:
+                        continue
+                    if dep_state != SUCCEEDED:
+                        self._x("UPDATE tasks SET state = 'failed', result_ok = false, "
+                                "result_payload = %s, result_codec = 'msgpack', finished_at = %s "
+                                "WHERE seq = %s",
+                                (dependency_failed_error(dep_id, dep_state), now, seq))
+                        changed.add(seq)
+                        work.append((task_id, FAILED))
+                    elif self._x("SELECT 1 FROM deps d JOIN tasks t ON t.id = d.depends_on "
+                                 "WHERE d.task_id = %s AND t.state != 'succeeded' LIMIT 1",
+                                 (task_id,)).fetchone() is None:
+                        self._x("UPDATE tasks SET state = %s WHERE seq = %s",
+                                (DELAYED if not_before > now else READY, seq))
+                        changed.add(seq)
+
+    # -- leases -------------------------------------------------------------------
+
+    def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
+        """Lease up to ``limit`` ready tasks, highest priority first, FIFO within one."""
+        if limit <= 0:
+            return []
+        with self.transaction():
+            rows = self._x(
+                "WITH picked AS (SELECT seq FROM tasks WHERE state = 'ready' AND queue = %s "
+                " ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "UPDATE tasks t SET state = 'leased', attempts = t.attempts + 1, lease_owner = %s, "
+                "lease_deadline = %s, started_at = %s FROM picked WHERE t.seq = picked.seq "
+                + _LEASE_RETURNING,
+                (queue, int(limit), owner, now + lease_for, now)).fetchall()
+        return _leases(rows)
+
+    def take(self, queue: str, limit: int, owner: str, now: float) -> list[Lease]:
+        """Lease and acknowledge in one UPDATE, then settle dependents (see Store.take)."""
+        if limit <= 0:
+            return []
+        with self.transaction():
+            rows = self._x(
+                "WITH picked AS (SELECT seq FROM tasks WHERE state = 'ready' AND queue = %s "
+                " ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "UPDATE tasks t SET state = 'succeeded', attempts = t.attempts + 1, "
+                "started_at = %s, finished_at = %s, result_ok = true, result_payload = ''::bytea, "
+                "result_codec = 'msgpack' FROM picked WHERE t.seq = picked.seq "
+                + _LEASE_RETURNING,
+                (queue, int(limit), now, now)).fetchall()
+            got = _leases(rows)
+            self._settle([(x.id, SUCCEEDED) for x in got], now)
+        return got
+
+    def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
+        """Store results; STORED, DUPLICATE, STALE or UNKNOWN for each outcome."""
+        if not outcomes:
+            return []
+        with self.transaction():
+            ids = list(dict.fromkeys(o.id for o in outcomes))
+            # Locked: a concurrent complete of the same task waits, then sees it finished.
+            current: dict[str, list[Any]] = {
+                task_id: [seq, state, attempts] for seq, task_id, state, attempts in self._x(
+                    "SELECT seq, id, state, attempts FROM tasks WHERE id = ANY(%s) "
+                    "ORDER BY seq FOR UPDATE", (ids,)).fetchall()}
+            out: list[str] = []
+            cols: list[list[Any]] = [[], [], [], [], []]  # seq, state, ok, payload, codec
+            ended: list[tuple[str, str]] = []
+            for o in outcomes:
+                cur = current.get(o.id)
+                if cur is None:
+                    out.append(UNKNOWN)
+                    continue
+                seq, state, attempts = cur
+                if state in FINISHED_STATES:
+                    out.append(DUPLICATE)
+                    continue
+                if o.ok and 1 <= o.token <= attempts:
+                    cur[1] = SUCCEEDED
+                elif not o.ok and state == LEASED and o.token == attempts:
+                    cur[1] = FAILED
+                else:
+                    out.append(STALE)
+                    continue
+                out.append(STORED)
+                for col, value in zip(cols, (seq, cur[1], bool(o.ok), bytes(o.payload), o.codec)):
+                    col.append(value)
+                ended.append((o.id, cur[1]))
+            if ended:
+                self._x(
+                    "UPDATE tasks t SET state = u.state, result_ok = u.ok, result_payload = u.payload, "
+                    "result_codec = u.codec, finished_at = %s, lease_owner = NULL, "
+                    "lease_deadline = NULL FROM unnest(%s::bigint[], %s::text[], %s::bool[], "
+                    "%s::bytea[], %s::text[]) AS u(seq, state, ok, payload, codec) "
+                    f"WHERE t.seq = u.seq AND t.state NOT IN {_FINISHED_SQL}",
+                    (now, *cols))
+                self._settle(ended, now)
+        return out
+
+    def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
+             error: bytes | None = None, dead: bool = False) -> bool:
+        """Give a leased task back to ready, delayed or dead; False if ``token`` is stale."""
+        err = None if error is None else bytes(error)
+        history = "errors || %s::bytea[]"  # the error history, this attempt's error appended
+        fence = "WHERE id = %s AND state = 'leased' AND attempts = %s"
+        extra = [] if err is None else [err]
+        with self.transaction():
+            if dead:
+                row = self._x(
+                    f"UPDATE tasks SET state = 'dead', errors = {history}, result_ok = false, "
+                    "result_payload = coalesce(%s::bytea, errors[cardinality(errors)], ''::bytea), "
+                    "result_codec = 'msgpack', finished_at = %s, lease_owner = NULL, "
+                    f"lease_deadline = NULL {fence} RETURNING seq",
+                    (extra, err, now, task_id, int(token))).fetchone()
+                if row is not None:
+                    self._settle([(task_id, DEAD)], now)
+            elif delay > 0:
+                row = self._x(
+                    f"UPDATE tasks SET state = 'delayed', errors = {history}, not_before = %s, "
+                    f"lease_owner = NULL, lease_deadline = NULL {fence} RETURNING seq",
+                    (extra, now + delay, task_id, int(token))).fetchone()
+            else:
+                row = self._x(
+                    f"UPDATE tasks SET {_RETURN_TO_READY}, errors = {history} {fence} RETURNING seq",
+                    (extra, task_id, int(token))).fetchone()
+            return row is not None
+
+    def release(self, leases: Sequence[tuple[str, int]], now: float) -> int:
+        """Hand back the leases whose token still holds; how many did."""
+        if not leases:
+            return 0
+        with self.transaction():
+            return self._x(
+                f"UPDATE tasks t SET {_RETURN_TO_READY} FROM unnest(%s::text[], %s::int[]) "
+                "AS u(id, token) WHERE t.id = u.id AND t.state = 'leased' AND t.attempts = u.token",
+                ([i for i, _ in leases], [int(tok) for _, tok in leases])).rowcount
+
+    def _return_to_ready(self, condition: str, params: tuple[Any, ...]) -> list[str]:
+        """Hand back the leased tasks matching ``condition``; their ids in enqueue order."""
+        with self.transaction():
+            rows = self._x(f"UPDATE tasks SET {_RETURN_TO_READY} "
+                           f"WHERE state = 'leased' AND {condition} RETURNING seq, id",
+                           params).fetchall()
+        return [r[1] for r in sorted(rows)]
+
+    def release_owner(self, owner: str, now: float) -> list[str]:
+        """Hand back every task leased to ``owner``; their ids in enqueue order."""
+        return self._return_to_ready("lease_owner = %s", (owner,))
+
+    def release_all(self, now: float) -> int:
+        """Hand back every leased task; how many."""
+        with self.transaction():
+            return self._x(f"UPDATE tasks SET {_RETURN_TO_READY} WHERE state = 'leased'").rowcount
+
+    def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
+        """Set the deadline of every lease ``owner`` holds to ``now + lease_for``."""
+        with self.transaction():
+            return self._x("UPDATE tasks SET lease_deadline = %s "
+                           "WHERE state = 'leased' AND lease_owner = %s",
+                           (now + lease_for, owner)).rowcount
+
+    def expire_leases(self, now: float) -> list[str]:
+        """Hand back every task whose lease deadline is at or before ``now``."""
+        return self._return_to_ready("lease_deadline <= %s", (now,))
+
+    def promote_due(self, now: float) -> list[str]:
+        """Make delayed tasks with ``not_before <= now`` ready; their queues, deduplicated."""
+        with self.transaction():
+            rows = self._x("UPDATE tasks SET state = 'ready' WHERE state = 'delayed' "
+                           "AND not_before <= %s RETURNING seq, queue", (now,)).fetchall()
+        return list({r[1]: None for r in sorted(rows)})
+
+    def next_due(self) -> float | None:
+        """The earliest ``not_before`` of any delayed task, or None."""
+        with self._reading():
+            row = self._x("SELECT min(not_before) FROM tasks WHERE state = 'delayed'").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    # -- results and inspection ----------------------------------------------------
+
+    def results(self, ids: Sequence[str]) -> dict[str, Result]:
+        """Stored results of the finished tasks among ``ids``."""
+        if not ids:
+            return {}
+        with self._reading():
+            rows = self._x("SELECT id, result_ok, result_payload, result_codec, state, finished_at "
+                           "FROM tasks WHERE id = ANY(%s) AND finished_at IS NOT NULL",
+                           (list(dict.fromkeys(ids)),)).fetchall()
+        return {tid: Result(tid, bool(ok), bytes(payload or b""), codec or "msgpack", state, fin)
+                for tid, ok, payload, codec, state, fin in rows}
+
+    def get(self, task_id: str) -> TaskInfo | None:
+        """Everything stored about one task, or None."""
+        with self._reading():
+            row = self._x(f"SELECT {_INFO_COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
+            if row is None:
+                return None
+            after = [r[0] for r in self._x(
+                "SELECT depends_on FROM deps WHERE task_id = %s ORDER BY seq", (task_id,))]
+        return _info(row, after)
+
+    def cancel(self, task_id: str, now: float, error: bytes) -> tuple[str, str | None] | None:
+        """Cancel an unfinished task; (its state before, its lease owner) or None if unknown."""
+        with self.transaction():
+            row = self._x("SELECT seq, state, lease_owner FROM tasks WHERE id = %s FOR UPDATE",
+                          (task_id,)).fetchone()
+            if row is None:
+                return None
+            seq, state, owner = row
+            if state in FINISHED_STATES:
+                return state, None
+            self._x("UPDATE tasks SET state = 'cancelled', result_ok = false, result_payload = %s, "
+                    "result_codec = 'msgpack', finished_at = %s, lease_owner = NULL, "
+                    "lease_deadline = NULL WHERE seq = %s", (bytes(error), now, seq))
+            self._settle([(task_id, CANCELLED)], now)
+            return state, owner if state == LEASED else None
+
+    def requeue(self, now: float, *, ids: Sequence[str] = (), queue: str | None = None,
+                states: Sequence[str] = (DEAD,)) -> list[str]:
+        """Send finished tasks in ``states`` back to ready; their ids in enqueue order."""
+        wanted = finished_states(states, "requeue")
+        if not wanted or (not ids and queue is None):
+            return []
+        columns = "seq, id, queue, state, not_before, options, cardinality(errors)"
+        with self.transaction():
+            if ids:
+                rows = self._x(f"SELECT {columns} FROM tasks WHERE id = ANY(%s) ORDER BY seq "
+                               "FOR UPDATE", (list(dict.fromkeys(ids)),)).fetchall()
+            else:
+                rows = self._x(f"SELECT {columns} FROM tasks WHERE queue = %s "
+                               "AND state = ANY(%s) ORDER BY seq FOR UPDATE",
+                               (queue, sorted(wanted))).fetchall()
+            out: list[str] = []
+            for seq, task_id, task_queue, state, not_before, options, n_errors in rows:
+                if state not in wanted or (queue is not None and task_queue != queue):
+                    continue
+                target = DELAYED if not_before > now else READY
+                dep_states = {r[0] for r in self._x(
+                    "SELECT t.state FROM deps d JOIN tasks t ON t.id = d.depends_on "
+                    "WHERE d.task_id = %s", (task_id,))}
+                dep_states.discard(SUCCEEDED)
+                if dep_states & FINISHED_STATES:
+                    continue  # it would fail again at once: retry the dependency too
+                if dep_states:
+                    target = WAITING
+                opts = _options(options)
+                opts["retry_base"] = int(n_errors or 0)
+                self._x("UPDATE tasks SET state = %s, options = %s, result_ok = NULL, "
+                        "result_payload = NULL, result_codec = NULL, finished_at = NULL, "
+                        "progress = NULL WHERE seq = %s", (target, serde.packb(opts), seq))
+                out.append(task_id)
+            return out
+
+    def _delete_where(self, where: str, params: Sequence[Any]) -> int:
+        """Delete the tasks ``WHERE where`` and every dependency row naming them; how many."""
+        rows = self._x(f"DELETE FROM tasks WHERE {where} RETURNING id", params).fetchall()
+        if rows:
+            gone = [r[0] for r in rows]
+            self._x("DELETE FROM deps WHERE task_id = ANY(%s) OR depends_on = ANY(%s)",
+                    (gone, gone))
+        return len(rows)
+
+    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
+        """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
+        wanted = finished_states(states, "purge")
+        if not wanted:
+            return 0
+        where = "state = ANY(%s)"
+        params: list[Any] = [sorted(wanted)]
+        if queue is not None:
+            where += " AND queue = %s"
+            params.append(queue)
+        with self.transaction():
+            return self._delete_where(where, params)
+
+    def list_tasks(self, *, queue: str | None = None, state: str | None = None,
+                   limit: int = 50, offset: int = 0) -> list[TaskInfo]:
+        """Tasks filtered by queue and/or state, in enqueue order, paged."""
+        check_page(state, limit, offset)
+        where: list[str] = []
+        params: list[Any] = []
+        if queue is not None:
+            where.append("queue = %s")
+            params.append(queue)
+        if state is not None:
+            where.append("state = %s")
+            params.append(state)
+        sql = f"SELECT {_INFO_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._reading():
+            rows = self._x(sql + " ORDER BY seq LIMIT %s OFFSET %s",
+                           (*params, int(limit), int(offset))).fetchall()
+            after: dict[str, list[str]] = {}
+            if rows:
+                for task_id, dep in self._x(
+                        "SELECT task_id, depends_on FROM deps WHERE task_id = ANY(%s) ORDER BY seq",
+                        ([r[0] for r in rows],)):
+                    after.setdefault(task_id, []).append(dep)
+        return [_info(row, after.get(row[0], [])) for row in rows]
+
+    def set_progress(self, task_id: str, token: int, progress: dict[str, Any]) -> bool:
+        """Record the progress report of the attempt holding the lease; False if stale."""
+        with self.transaction():
+            return self._x("UPDATE tasks SET progress = %s "
+                           "WHERE id = %s AND state = 'leased' AND attempts = %s",
+                           (serde.packb(progress), task_id, int(token))).rowcount == 1
+
+    def purge_finished(self, before: float) -> int:
+        """Delete finished tasks that finished before ``before``; how many."""
+        with self.transaction():
+            return self._delete_where("finished_at < %s", (before,))
+
+    def pending_counts(self, queue: str) -> tuple[int, int, int]:
+        """(ready, delayed, leased) counts of one queue."""
+        with self._reading():
+            row = self._x(
+                "SELECT count(*) FILTER (WHERE state = 'ready'), "
+                "count(*) FILTER (WHERE state = 'delayed'), "
+                "count(*) FILTER (WHERE state = 'leased') FROM tasks "
+                "WHERE queue = %s AND state IN ('ready', 'delayed', 'leased')", (queue,)).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def stats(self) -> dict[str, QueueStats]:
+        """Counts by state for every queue that has tasks."""
+        out: dict[str, QueueStats] = {}
+        with self._reading():
+            rows = self._x("SELECT queue, state, count(*) FROM tasks GROUP BY queue, state").fetchall()
+        for queue, state, n in sorted(rows):
+            stats = out.setdefault(queue, QueueStats())
+            if hasattr(stats, state):
+                setattr(stats, state, int(n))
+        return out
+
+    # -- periodic schedules ----------------------------------------------------------
+
+    def save_schedule(self, record: dict[str, Any]) -> None:
+        """Insert or replace the schedule ``record["name"]``."""
+        rec = sched.normalise(record)
+        rec["options"] = serde.packb(rec["options"]) if rec["options"] else None
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in sched.COLUMNS if c != "name")
+        with self.transaction():
+            self._x(f"INSERT INTO schedules ({_COLUMNS_SQL}) "
+                    f"VALUES ({', '.join(['%s'] * len(sched.COLUMNS))}) "
+                    f"ON CONFLICT (name) DO UPDATE SET {updates}",
+                    [rec[c] for c in sched.COLUMNS])
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule record, by name."""
+        with self._reading():
+            rows = self._x(f"SELECT {_COLUMNS_SQL} FROM schedules ORDER BY name").fetchall()
+        out = []
+        for row in rows:
+            rec = dict(zip(sched.COLUMNS, row))
+            rec["payload"] = bytes(rec["payload"])
+            rec["options"] = serde.unpackb(rec["options"]) if rec["options"] else {}
+            out.append(rec)
+        return out
+
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; False if there was none by that name."""
+        with self.transaction():
+            return self._x("DELETE FROM schedules WHERE name = %s", (name,)).rowcount > 0
+
+    def mark_slot(self, name: str, slot: float) -> None:
+        """Record that ``slot`` of ``name`` was enqueued (``last_slot`` only moves forward)."""
+        with self.transaction():
+            self._x("UPDATE schedules SET last_slot = %s WHERE name = %s "
+                    "AND (last_slot IS NULL OR last_slot < %s)", (float(slot), name, float(slot)))
