@@ -63,3 +63,14 @@ def postgres_dsn() -> Iterator[str]:
         yield dsn
     finally:
         drop_database(dsn)
+
+
+@pytest.fixture
+def fresh_postgres_dsn() -> Iterator[str]:
+    """The URL of a database of this test's own (dropped afterwards): for tests that
+    look at a whole database (its schema, or a master's every task)."""
+    dsn = create_database()
+    try:
+        yield dsn
+    finally:
+        drop_database(dsn)

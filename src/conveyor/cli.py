@@ -130,15 +130,20 @@ def cmd_master(args: argparse.Namespace) -> int:
             ssl_ctx = server_tls_context(args.tls_cert, args.tls_key)
         except (OSError, ValueError) as exc:
             raise CliError(f"cannot load TLS certificate: {exc}") from None
-    data = None if args.data == ":memory:" else args.data
+    from .store.dsn import is_postgres, redact
+
+    target = args.store or args.data  # --store (or CONVEYOR_STORE) wins over --data
+    data = None if target == ":memory:" else target
+    on_disk = data is not None and not is_postgres(data)  # a database server needs no local lock
+    shown = redact(target) if is_postgres(target) else target  # a password is never printed
     # The lock before the store: the store keeps its file locked, and a second master
     # must hear who holds the directory, not wait on SQLite's lock.
-    locked = data is not None and _lock_data_dir(data)
+    locked = on_disk and _lock_data_dir(data)
     try:
         store = open_store(data, sync=args.sync)
     except StoreError as exc:
         raise CliError(str(exc)) from None
-    if data is not None and not locked and not _lock_data_dir(data):
+    if on_disk and not locked and not _lock_data_dir(data):
         raise CliError(f"cannot lock data directory {data}")
 
     async def run() -> None:
@@ -156,7 +161,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(master.close()))
         print(f"conveyor master {__version__} listening on "
               f"{'tls' if ssl_ctx else 'tcp'}://{host}:{master.port} "
-              f"(store: {args.data}, sync: {args.sync})", flush=True)
+              f"(store: {shown}, sync: {args.sync})", flush=True)
         await master.serve_forever()
         logging.getLogger("conveyor.master").info("master stopped")
 
@@ -366,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", "-b", default="127.0.0.1:7700", help="HOST:PORT to listen on (default 127.0.0.1:7700)")
     p.add_argument("--data", "-d", default="conveyor-data",
                    help="data directory of the SQLite store (default ./conveyor-data; ':memory:' keeps nothing)")
+    p.add_argument("--store", default=os.environ.get("CONVEYOR_STORE") or None, metavar="URL|DIR",
+                   help="the store, overriding --data: postgresql://USER@HOST:PORT/DB for PostgreSQL "
+                        "(needs conveyor[postgres]), a directory for SQLite, or ':memory:' "
+                        "(default: $CONVEYOR_STORE, else --data)")
     p.add_argument("--sync", choices=["normal", "full"], default="normal",
                    help="normal: a commit survives a killed master; full: also fsync, surviving power loss")
     p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain)")

@@ -21,7 +21,7 @@ from conveyor.errors import StoreError
 from conveyor.store import STORED, open_store
 from conveyor.store.conformance import T0, StoreConformance, ok, task
 from conveyor.store.dsn import redact, scrub
-from tests.pg import create_database, drop_database, postgres_dsn  # noqa: F401 (a fixture)
+from tests.pg import fresh_postgres_dsn, postgres_dsn  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,16 +45,6 @@ class TestPostgresStore(StoreConformance):
             s.close()
 
 
-@pytest.fixture
-def fresh_dsn() -> Iterator[str]:
-    """A database of its own (for schema tests), dropped afterwards."""
-    dsn = create_database()
-    try:
-        yield dsn
-    finally:
-        drop_database(dsn)
-
-
 def _version(dsn: str) -> list[int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return [r[0] for r in conn.execute(f"SELECT version FROM {VERSION_TABLE}")]
@@ -69,52 +59,52 @@ def _closed_port() -> int:
 # -- schema migrations ------------------------------------------------------------------
 
 
-def test_a_new_database_is_migrated_once_and_reopened_as_is(fresh_dsn: str) -> None:
-    s = PostgresStore(fresh_dsn)
+def test_a_new_database_is_migrated_once_and_reopened_as_is(fresh_postgres_dsn: str) -> None:  # noqa: F811
+    s = PostgresStore(fresh_postgres_dsn)
     s.enqueue([task("a")], T0)
     s.close()
-    assert _version(fresh_dsn) == [SCHEMA_VERSION]
-    s = PostgresStore(fresh_dsn)  # reopening keeps the data and changes no version
+    assert _version(fresh_postgres_dsn) == [SCHEMA_VERSION]
+    s = PostgresStore(fresh_postgres_dsn)  # reopening keeps the data and changes no version
     try:
         assert s.get("a") is not None
     finally:
         s.close()
-    assert _version(fresh_dsn) == [SCHEMA_VERSION]
+    assert _version(fresh_postgres_dsn) == [SCHEMA_VERSION]
 
 
-def test_a_newer_schema_version_is_refused_naming_both(fresh_dsn: str) -> None:
-    PostgresStore(fresh_dsn).close()
-    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+def test_a_newer_schema_version_is_refused_naming_both(fresh_postgres_dsn: str) -> None:  # noqa: F811
+    PostgresStore(fresh_postgres_dsn).close()
+    with psycopg.connect(fresh_postgres_dsn, autocommit=True) as conn:
         conn.execute(f"UPDATE {VERSION_TABLE} SET version = {SCHEMA_VERSION + 5}")
     with pytest.raises(StoreError) as err:
-        PostgresStore(fresh_dsn)
+        PostgresStore(fresh_postgres_dsn)
     assert f"schema version {SCHEMA_VERSION + 5}" in str(err.value)
     assert f"this conveyor's {SCHEMA_VERSION}" in str(err.value)
-    assert _version(fresh_dsn) == [SCHEMA_VERSION + 5]  # left as it was
+    assert _version(fresh_postgres_dsn) == [SCHEMA_VERSION + 5]  # left as it was
 
 
-def test_a_foreign_tasks_table_is_refused(fresh_dsn: str) -> None:
-    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+def test_a_foreign_tasks_table_is_refused(fresh_postgres_dsn: str) -> None:  # noqa: F811
+    with psycopg.connect(fresh_postgres_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE tasks (x int)")
     with pytest.raises(StoreError, match="not a conveyor database"):
-        PostgresStore(fresh_dsn)
+        PostgresStore(fresh_postgres_dsn)
 
 
 _OPEN = ("import sys; from conveyor.store.postgres import PostgresStore; "
          "PostgresStore(sys.argv[1]).close(); print('opened')")
 
 
-def test_two_processes_migrating_at_once_both_open_one_schema(fresh_dsn: str) -> None:
+def test_two_processes_migrating_at_once_both_open_one_schema(fresh_postgres_dsn: str) -> None:  # noqa: F811
     """Both masters find version 0, then queue on the migration lock (held here until
     both wait on it): one migrates, the other finds the work done."""
-    with psycopg.connect(fresh_dsn, autocommit=True) as holder:
+    with psycopg.connect(fresh_postgres_dsn, autocommit=True) as holder:
         holder.execute("BEGIN")
         holder.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        procs = [subprocess.Popen([sys.executable, "-c", _OPEN, fresh_dsn], cwd=ROOT,
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN, fresh_postgres_dsn], cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
         try:
-            with psycopg.connect(fresh_dsn, autocommit=True) as watch:
+            with psycopg.connect(fresh_postgres_dsn, autocommit=True) as watch:
                 for _ in range(600):  # until both wait on the lock (bounded: 30 s)
                     waiting = watch.execute(
                         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
@@ -130,7 +120,7 @@ def test_two_processes_migrating_at_once_both_open_one_schema(fresh_dsn: str) ->
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert out.strip() == "opened"
-    assert _version(fresh_dsn) == [SCHEMA_VERSION]
+    assert _version(fresh_postgres_dsn) == [SCHEMA_VERSION]
 
 
 # -- several connections on one database ------------------------------------------------
