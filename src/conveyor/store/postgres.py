@@ -38,6 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from .. import serde
 from ..errors import StoreError
@@ -140,6 +141,7 @@ class PostgresStore(Store):
         self._lock = threading.RLock()
         self._depth = 0  # open transaction() levels
         self._bare = False  # the open transaction was begun with savepoints=False
+        self._prelude: list[str] = []  # control statements not sent yet (see transaction())
         self._conn: psycopg.Connection[_Row] | None = None
         self._conn = self._connect()
         try:
@@ -173,8 +175,21 @@ class PostgresStore(Store):
         return self._conn
 
     def _x(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[_Row]:
-        """Execute one statement on the store's connection (inside the caller's lock)."""
-        return self.conn.execute(sql.encode(), params)  # bytes: a fixed statement, not a query builder
+        """Execute one statement on the store's connection (inside the caller's lock).
+
+        Control statements still waiting in the prelude (BEGIN, SAVEPOINT, RELEASE)
+        go in the same network round trip, pipelined ahead of it.
+        """
+        conn = self.conn
+        query = sql.encode()  # bytes: a fixed statement, not a query builder
+        if not self._prelude:
+            return conn.execute(query, params)
+        prelude, self._prelude = self._prelude, []
+        with conn.pipeline():
+            for control in prelude:
+                conn.execute(control.encode())
+            cur = conn.execute(query, params)
+        return cur
 
     @contextlib.contextmanager
     def transaction(self, durable: bool = True, savepoints: bool = True) -> Iterator[None]:
@@ -186,6 +201,13 @@ class PostgresStore(Store):
         does not wait for the WAL flush; a later durable commit covers it).
         ``savepoints=False`` (outermost block only) spares the blocks directly
         inside their savepoints: any error there rolls back everything anyway.
+
+        Round trips are what a transaction costs here, so control statements
+        are lazy: BEGIN and SAVEPOINT wait in a prelude sent with the next real
+        statement, RELEASE waits for the next statement or the COMMIT, and a
+        block that ran no statement costs nothing. A single submit in the
+        runner's batch is then two round trips (BEGIN, SAVEPOINT, INSERT; then
+        RELEASE, COMMIT), not five.
         """
         with self._lock:
             depth = self._depth
@@ -194,13 +216,14 @@ class PostgresStore(Store):
                 self._conn = self._connect()
             conn = self.conn
             bare = depth == 1 and self._bare
+            savepoint = f"SAVEPOINT sp{depth}"
             try:
                 if depth == 0:
-                    conn.execute(b"BEGIN" if durable else
-                                 b"BEGIN; SET LOCAL synchronous_commit = off")
+                    self._prelude = ["BEGIN"] if durable else [
+                        "BEGIN", "SET LOCAL synchronous_commit = off"]
                     self._bare = not savepoints
                 elif not bare:
-                    conn.execute(f"SAVEPOINT sp{depth}".encode())
+                    self._prelude.append(savepoint)
                 self._depth = depth + 1
                 try:
                     yield
@@ -208,25 +231,46 @@ class PostgresStore(Store):
                     self._depth = depth
                     try:
                         if depth == 0:
-                            conn.execute(b"ROLLBACK")
+                            self._prelude = []
+                            if conn.info.transaction_status != TransactionStatus.IDLE:
+                                conn.execute(b"ROLLBACK")
                         elif not bare:
-                            conn.execute(f"ROLLBACK TO SAVEPOINT sp{depth}; "
-                                         f"RELEASE SAVEPOINT sp{depth}".encode())
+                            if savepoint in self._prelude:  # never sent: nothing ran inside
+                                del self._prelude[self._prelude.index(savepoint):]
+                            else:
+                                self._prelude += [f"ROLLBACK TO SAVEPOINT sp{depth}",
+                                                  f"RELEASE SAVEPOINT sp{depth}"]
                     except psycopg.Error:
                         pass  # the original error matters more
                     raise
                 self._depth = depth
                 if depth == 0:
-                    try:
-                        conn.execute(b"COMMIT")
-                    except psycopg.Error:
-                        with contextlib.suppress(psycopg.Error):
-                            conn.execute(b"ROLLBACK")
-                        raise
+                    self._commit(conn)
                 elif not bare:
-                    conn.execute(f"RELEASE SAVEPOINT sp{depth}".encode())
+                    if self._prelude and self._prelude[-1] == savepoint:
+                        self._prelude.pop()  # an empty block: never sent, nothing to release
+                    else:
+                        self._prelude.append(f"RELEASE SAVEPOINT sp{depth}")
             except psycopg.Error as exc:
                 raise self._error(exc) from None
+
+    def _commit(self, conn: psycopg.Connection[_Row]) -> None:
+        """Send what waits in the prelude and COMMIT, in one round trip."""
+        prelude, self._prelude = self._prelude, []
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            return  # no statement ran: BEGIN was never sent, there is nothing to commit
+        try:
+            with conn.pipeline():
+                for control in prelude:
+                    conn.execute(control.encode())
+                cur = conn.execute(b"COMMIT")
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(b"ROLLBACK")
+            raise
+        if cur.statusmessage != "COMMIT":  # the server rolled back a failed transaction
+            raise StoreError(f"store at {self.where} failed: the transaction was rolled back "
+                             f"({cur.statusmessage})")
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
