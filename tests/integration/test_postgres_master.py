@@ -130,3 +130,19 @@ def test_a_database_at_a_newer_schema_version_is_refused(fresh_postgres_dsn):  #
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"schema version {SCHEMA_VERSION + 1}, newer than this conveyor's {SCHEMA_VERSION}" \
         in proc.stderr
+
+
+def test_the_masters_banner_shows_the_store_without_its_password(fresh_postgres_dsn):  # noqa: F811
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "master", "--bind", "127.0.0.1:0",
+         "--store", _with_password(fresh_postgres_dsn, "banner-pw-123")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()  # printed once the master listens
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "listening on" in banner and "postgresql://postgres:***@" in banner
+    assert "banner-pw-123" not in banner + err
+    assert proc.returncode == 0

@@ -227,3 +227,25 @@ def test_open_store_picks_postgres_and_conveyor_store_loads_no_psycopg(postgres_
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+def test_a_database_error_inside_a_nested_block_undoes_only_that_block(postgres_dsn: str) -> None:  # noqa: F811
+    """The savepoint is rolled back lazily (before the next statement): the aborted
+    transaction recovers and the outer block's work commits."""
+    s = PostgresStore(postgres_dsn)
+    try:
+        s.clear()
+        with s.transaction():
+            s.enqueue([task("a")], T0)
+            with pytest.raises(StoreError, match="division by zero"):
+                with s.transaction():
+                    s.enqueue([task("b")], T0)
+                    with s._reading():
+                        s._x("SELECT 1 / 0")
+            s.enqueue([task("c")], T0)
+        assert [s.get(x) is not None for x in "abc"] == [True, False, True]
+        with s.transaction():  # a block that runs no statement commits nothing and costs nothing
+            pass
+        assert s.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        s.close()
