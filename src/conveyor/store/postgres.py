@@ -91,6 +91,9 @@ _INSERT_TASKS = (
     "ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 _COLUMNS_SQL = ", ".join(sched.COLUMNS)
+# The tasks waiting on some finished tasks (a WHERE on d.depends_on follows).
+_DEPENDENTS = ("d.depends_on, t.seq, t.id, t.not_before FROM deps d "
+               "JOIN tasks t ON t.id = d.task_id AND t.state = 'waiting'")
 
 
 def _options(blob: bytes | None) -> dict[str, Any]:
@@ -387,7 +390,8 @@ class PostgresStore(Store):
                     (now, [a for a, _ in failed], [b for _, b in failed]))
         return out
 
-    def _settle(self, ended: Sequence[tuple[str, str]], now: float) -> None:
+    def _settle(self, ended: Sequence[tuple[str, str]], now: float,
+                dependents: list[_Row] | None = None) -> None:
         """Tasks just finished (id, state): free or fail the tasks waiting for them.
 
         A success makes each waiting dependent whose dependencies have all
@@ -395,7 +399,8 @@ class PostgresStore(Store):
         dependent, and theirs in turn (breadth first, in enqueue order). The
         dependents' rows are locked first, so two transactions finishing two
         dependencies of one task settle it one after the other, the second
-        seeing the first's success.
+        seeing the first's success. ``dependents``: the waiting dependents of
+        ``ended`` (rows of ``_DEPENDENTS``) when the caller read them already.
         """
         if not ended:
             return
@@ -403,11 +408,12 @@ class PostgresStore(Store):
         while work:
             level = list(work)
             work.clear()
-            rows = self._x(
-                "SELECT d.depends_on, t.seq, t.id, t.not_before FROM deps d "
-                "JOIN tasks t ON t.id = d.task_id WHERE d.depends_on = ANY(%s) "
-                "AND t.state = 'waiting' ORDER BY t.seq FOR UPDATE OF t",
-                ([task_id for task_id, _ in level],)).fetchall()
+            if dependents is not None:
+                rows, dependents = dependents, None
+            else:
+                rows = self._x("SELECT " + _DEPENDENTS + " WHERE d.depends_on = ANY(%s) "
+                               "ORDER BY t.seq FOR UPDATE OF t",
+                               ([task_id for task_id, _ in level],)).fetchall()
             if not rows:
                 return
             by_dep: dict[str, list[_Row]] = {}
@@ -500,14 +506,18 @@ class PostgresStore(Store):
                     col.append(value)
                 ended.append((o.id, cur[1]))
             if ended:
-                self._x(
-                    "UPDATE tasks t SET state = u.state, result_ok = u.ok, result_payload = u.payload, "
-                    "result_codec = u.codec, finished_at = %s, lease_owner = NULL, "
-                    "lease_deadline = NULL FROM unnest(%s::bigint[], %s::text[], %s::bool[], "
-                    "%s::bytea[], %s::text[]) AS u(seq, state, ok, payload, codec) "
-                    f"WHERE t.seq = u.seq AND t.state NOT IN {_FINISHED_SQL}",
-                    (now, *cols))
-                self._settle(ended, now)
+                # One round trip stores the results and reads (locked) the tasks waiting on them.
+                dependents = self._x(
+                    "WITH done AS (UPDATE tasks t SET state = u.state, result_ok = u.ok, "
+                    "result_payload = u.payload, result_codec = u.codec, finished_at = %s, "
+                    "lease_owner = NULL, lease_deadline = NULL FROM unnest(%s::bigint[], "
+                    "%s::text[], %s::bool[], %s::bytea[], %s::text[]) "
+                    "AS u(seq, state, ok, payload, codec) "
+                    f"WHERE t.seq = u.seq AND t.state NOT IN {_FINISHED_SQL} RETURNING t.id) "
+                    "SELECT " + _DEPENDENTS + " WHERE d.depends_on IN (SELECT id FROM done) "
+                    "AND t.id NOT IN (SELECT id FROM done) ORDER BY t.seq FOR UPDATE OF t",
+                    (now, *cols)).fetchall()
+                self._settle(ended, now, dependents)
         return out
 
     def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
