@@ -16,20 +16,25 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
+
+if TYPE_CHECKING:
+    import psycopg
 
 SERVER = os.environ.get("CONVEYOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Skip the test with ``reason``; fail it instead in CI."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}")
     pytest.skip(reason)
 
 
-def _admin(server: str):  # -> psycopg.Connection, typed loosely: psycopg may be absent
+def _admin(server: str) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit connection to ``server``'s postgres database (or skip / fail)."""
     try:
         import psycopg
     except ImportError:
