@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .client.client import Client
 
 EXIT_USAGE = 2
+ENV_STORE = "CONVEYOR_STORE"  # the master's store when neither --store nor --data is given
+DEFAULT_DATA = "conveyor-data"
 
 
 class CliError(Exception):
@@ -132,7 +134,8 @@ def cmd_master(args: argparse.Namespace) -> int:
             raise CliError(f"cannot load TLS certificate: {exc}") from None
     from .store.dsn import is_postgres, redact
 
-    target = args.store or args.data  # --store (or CONVEYOR_STORE) wins over --data
+    # A flag given beats the environment, which beats the default directory.
+    target = args.store or args.data or os.environ.get(ENV_STORE) or DEFAULT_DATA
     data = None if target == ":memory:" else target
     on_disk = data is not None and not is_postgres(data)  # a database server needs no local lock
     shown = redact(target) if is_postgres(target) else target  # a password is never printed
@@ -369,12 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("master", help="run a master serving queues from a durable store")
     p.add_argument("--bind", "-b", default="127.0.0.1:7700", help="HOST:PORT to listen on (default 127.0.0.1:7700)")
-    p.add_argument("--data", "-d", default="conveyor-data",
-                   help="data directory of the SQLite store (default ./conveyor-data; ':memory:' keeps nothing)")
-    p.add_argument("--store", default=os.environ.get("CONVEYOR_STORE") or None, metavar="URL|DIR",
-                   help="the store, overriding --data: postgresql://USER@HOST:PORT/DB for PostgreSQL "
-                        "(needs conveyor[postgres]), a directory for SQLite, or ':memory:' "
-                        "(default: $CONVEYOR_STORE, else --data)")
+    p.add_argument("--data", "-d", default=None,
+                   help=f"data directory of the SQLite store (default ${ENV_STORE}, else "
+                        f"./{DEFAULT_DATA}; ':memory:' keeps nothing)")
+    p.add_argument("--store", default=None, metavar="URL|DIR",
+                   help="the store: postgresql://USER@HOST:PORT/DB for PostgreSQL (needs "
+                        "conveyor[postgres]), a directory for SQLite, or ':memory:'; wins over "
+                        f"--data (default ${ENV_STORE}, else ./{DEFAULT_DATA})")
     p.add_argument("--sync", choices=["normal", "full"], default="normal",
                    help="normal: a commit survives a killed master; full: also fsync, surviving power loss")
     p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain)")

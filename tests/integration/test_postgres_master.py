@@ -9,6 +9,7 @@ Each test gets a database of its own.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -43,11 +44,11 @@ def _master(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                            *args], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
 
 
-def test_master_on_postgres_runs_tasks_end_to_end(make_cluster, fresh_postgres_dsn, tmp_path,  # noqa: F811
-                                                  monkeypatch):
+def test_master_on_postgres_runs_tasks_end_to_end(make_cluster, fresh_postgres_dsn, tmp_path):  # noqa: F811
     secret = "pg-s3cret-pw"
-    monkeypatch.setenv("CONVEYOR_STORE", _with_password(fresh_postgres_dsn, secret))
-    cluster = make_cluster(workers=2).start()  # the store comes from CONVEYOR_STORE alone
+    # --store wins over the --data the cluster passes too
+    cluster = make_cluster(workers=2, master_args=[
+        "--store", _with_password(fresh_postgres_dsn, secret)]).start()
     cluster.wait_for_workers(2)
     with cluster.client() as client:
         squares = client.submit_many(f"{TASKS}:square", [(i,) for i in range(50)])
@@ -132,17 +133,28 @@ def test_a_database_at_a_newer_schema_version_is_refused(fresh_postgres_dsn):  #
         in proc.stderr
 
 
-def test_the_masters_banner_shows_the_store_without_its_password(fresh_postgres_dsn):  # noqa: F811
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "master", "--bind", "127.0.0.1:0",
-         "--store", _with_password(fresh_postgres_dsn, "banner-pw-123")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def _banner(*args: str, env: dict[str, str]) -> tuple[str, str, int]:
+    """Start ``conveyor master ARGS``, read the line it prints once it listens, stop it;
+    (that line, its stderr, its exit status)."""
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "master", "--bind", "127.0.0.1:0",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env)
     try:
         assert proc.stdout is not None
-        banner = proc.stdout.readline()  # printed once the master listens
+        banner = proc.stdout.readline()
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    assert "listening on" in banner and "postgresql://postgres:***@" in banner
+    return banner, err, proc.returncode
+
+
+def test_conveyor_store_picks_the_store_and_the_banner_hides_its_password(
+        fresh_postgres_dsn, tmp_path):  # noqa: F811
+    env = {**os.environ, "CONVEYOR_STORE": _with_password(fresh_postgres_dsn, "banner-pw-123")}
+    banner, err, code = _banner(env=env)
+    assert "listening on" in banner and "(store: postgresql://postgres:***@" in banner
     assert "banner-pw-123" not in banner + err
-    assert proc.returncode == 0
+    assert code == 0
+    # An explicit --data beats the environment.
+    banner, err, code = _banner("--data", str(tmp_path / "d"), env=env)
+    assert f"(store: {tmp_path / 'd'}," in banner and code == 0, err
