@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .client.client import Client
 
@@ -38,14 +38,14 @@ class LocalCluster:
         workers: int = 2,
         modules: Sequence[str] = ("conveyor.demo",),
         concurrency: int | None = None,
-        data: str | os.PathLike | None = None,
+        data: str | os.PathLike[str] | None = None,
         sync: str = "normal",
         authkey: bytes | None = None,
         port: int = 0,
         master_args: Sequence[str] = (),
         worker_args: Sequence[str] = (),
-        cwd: str | os.PathLike | None = None,
-        log_dir: str | os.PathLike | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = 20.0,
     ) -> None:
         # A temporary folder only for what the caller did not place; removed on exit.
@@ -63,8 +63,8 @@ class LocalCluster:
         self.worker_args = list(worker_args)
         self.cwd = str(cwd) if cwd is not None else None
         self.start_timeout = start_timeout
-        self.master: subprocess.Popen | None = None
-        self.workers: list[subprocess.Popen] = []
+        self.master: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
         self._counter = 0
 
     @property
@@ -80,11 +80,11 @@ class LocalCluster:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
-    def _log(self, name: str):
+    def _log(self, name: str) -> BinaryIO:
         self._counter += 1
         return open(self.log_dir / f"{self._counter:03d}-{name}.log", "wb")
 
-    def start_master(self) -> subprocess.Popen:
+    def start_master(self) -> subprocess.Popen[bytes]:
         """Start (or restart, on the same data and port) the master and wait until it listens."""
         cmd = [sys.executable, "-m", "conveyor", "master", "--bind", f"127.0.0.1:{self.port}",
                "--data", str(self.data), "--sync", self.sync, *self.master_args]
@@ -105,7 +105,7 @@ class LocalCluster:
         self.port = int(match.group(3))
         return proc
 
-    def start_worker(self, *extra: str, modules: Sequence[str] | None = None) -> subprocess.Popen:
+    def start_worker(self, *extra: str, modules: Sequence[str] | None = None) -> subprocess.Popen[bytes]:
         """Start one more worker process."""
         cmd = [sys.executable, "-m", "conveyor", "worker", *(modules or self.modules),
                "--connect", self.address, *self.worker_args, *extra]
@@ -144,7 +144,7 @@ class LocalCluster:
             self._kill(self.master, sig)
 
     @staticmethod
-    def _kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, grace: float = 10.0) -> None:
+    def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL, grace: float = 10.0) -> None:
         if proc.poll() is None:
             try:
                 proc.send_signal(sig)

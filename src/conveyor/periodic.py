@@ -32,7 +32,7 @@ from .schedule import RUN_ONCE, Schedule, check_name, make_schedule
 
 log = logging.getLogger("conveyor.periodic")
 
-_ATTR = "__conveyor_periodic__"
+TASK_ATTR = "__conveyor_periodic__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ _owners: dict[str, tuple[str, str]] = {}
 
 
 def _where(fn: Callable[..., Any]) -> tuple[str, str]:
-    return tasks._module_name(fn), getattr(fn, "__qualname__", repr(fn))
+    return tasks.module_name(fn), getattr(fn, "__qualname__", repr(fn))
 
 
 def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "UTC",
@@ -96,13 +96,13 @@ def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "
         qualname = getattr(fn, "__qualname__", "")
         if "<lambda>" in qualname or "<locals>" in qualname:
             raise TypeError(f"@periodic needs a module-level function, not {qualname}")
-        marked = getattr(fn, tasks._ATTR, None)
+        marked = getattr(fn, tasks.TASK_ATTR, None)
         if marked is not None and task_options:
             raise ValueError(f"{', '.join(sorted(task_options))}: {qualname} is an @task already; "
                              "give task options to @task")
         where = _where(fn)
         sched_name = name or (marked.name if marked is not None else f"{where[0]}:{where[1]}")
-        mine: list[str] = getattr(fn, _ATTR, [])
+        mine: list[str] = getattr(fn, TASK_ATTR, [])
         owner = _owners.get(sched_name)
         if sched_name in mine or (owner is not None and owner != where):
             by = f"{owner[0]}:{owner[1]}" if owner is not None else f"{where[0]}:{where[1]}"
@@ -115,7 +115,7 @@ def periodic(cron: str | None = None, *, every: float | None = None, tz: str = "
         # The same function declared again (a reloaded module) replaces its declaration.
         _declared.setdefault(where[0], {})[sched_name] = decl
         _owners[sched_name] = where
-        setattr(fn, _ATTR, [*mine, sched_name])
+        setattr(fn, TASK_ATTR, [*mine, sched_name])
         return fn
 
     return mark

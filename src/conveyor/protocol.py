@@ -40,11 +40,11 @@ VERDICT_SIZE = 1
 _HEADER = struct.Struct(">I")
 
 # Ops. Requests (request_id > 0) are answered with OK or ERR.
-HELLO = "hello"  # {role, name, host, pid, queues, weights, concurrency, periodic} -> {session, heartbeat}
+HELLO = "hello"  # {role, name, host, pid, queues, weights, concurrency, periodic, pool, loop} -> {session, heartbeat}
 SUBMIT = "submit"  # {tasks: [wire task...]} -> {new: int}; results are pushed to the submitter
 SUBSCRIBE = "subscribe"  # {ids} -> {}; results of those tasks are pushed when stored
 FETCH = "fetch"  # {ids} -> {results: [wire result...], missing: [id...]}
-STATUS = "status"  # {} -> {queues, workers, counters}
+STATUS = "status"  # {} -> {queues, workers, gone_workers, counters, rates, schedules, metrics...}
 ACK = "ack"  # {results: [[id, token, ok, payload, codec]...]} -> {} once committed
 RETURN = "return"  # {leases: [[id, token]...]} -> {n}: prefetched tasks handed back
 PING = "ping"  # {} -> {}
@@ -56,6 +56,7 @@ QACK = "qack"  # {items: [[id, token]...]} -> {n}
 QJOIN = "qjoin"  # {queue, timeout} -> {done: bool}: every item put has been acknowledged
 QSIZE = "qsize"  # {queue} -> {ready, delayed, leased}
 QINFO = "qinfo"  # {queue} -> {declared, maxsize}: queues the master was started with
+QLIST = "qlist"  # {} -> {queues: [{queue, ready, delayed, leased, maxsize, consumers}...]}
 # Job control.
 CANCEL = "cancel"  # {ids} -> {cancelled, finished, unknown}; also pushed to the worker running one
 RETRY = "retry"  # {ids} or {queue, states} -> {requeued, skipped, unknown}
@@ -76,12 +77,13 @@ SCHED_ADD = "sched_add"  # {schedule: {name, task, queue, payload, codec, cron, 
 #                           replace: bool} -> {schedule}
 SCHED_LIST = "sched_list"  # {} -> {schedules: [schedule + source, created_at, last_slot, next_slot...]}
 SCHED_DEL = "sched_del"  # {name} -> {}; NotFound for an unknown name
+SCHED_RUN = "sched_run"  # {name} -> {id, new}: enqueue the schedule's task now; NotFound if unknown
 
 #: The ops a peer sends as requests (request_id > 0; some also as pushes, e.g. a ping or a
 #: resubscription after a reconnect).
 REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
-                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, CANCEL, RETRY, PURGE,
-                         INSPECT, TASKLIST, SCHED_ADD, SCHED_LIST, SCHED_DEL})
+                         QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, QLIST, CANCEL, RETRY, PURGE,
+                         INSPECT, TASKLIST, SCHED_ADD, SCHED_LIST, SCHED_DEL, SCHED_RUN})
 #: The ops a worker pushes to the master (request_id 0, never answered).
 PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS})
 #: Every op the master accepts from a peer: its routes serve exactly these.

@@ -122,3 +122,100 @@ class QueueStats:
 
     def as_dict(self) -> dict[str, int]:
         return {s: getattr(self, s) for s in STATES}
+
+
+# Outcome totals (Store.outcome_totals): monotonic counters per (queue, task name,
+# outcome), kept in the transactions that change task states, never decreased by
+# a purge — what Prometheus counters need. RETRIED counts a task sent back for
+# another attempt after a failure: a nack with an error (not dead), or a finished
+# task requeued (``conveyor retry``, the dashboard's retry).
+RETRIED = "retried"
+OUTCOMES = (SUCCEEDED, FAILED, DEAD, CANCELLED, RETRIED)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Which tasks a listing, a count or a bulk action selects; every given field must match.
+
+    ``states`` (empty: every state), ``queue``, ``name`` (the task name), ``id_prefix``
+    (a prefix of the task id), ``key`` (the idempotency key given at submit: conveyor
+    stores only the id derived from it, so a key matches exactly, never by prefix),
+    ``created_from`` <= created_at < ``created_to`` (submit time, wall-clock seconds).
+    Check one with :func:`conveyor.store.validate.check_filter`.
+    """
+
+    states: tuple[str, ...] = ()
+    queue: str | None = None
+    name: str | None = None
+    id_prefix: str | None = None
+    key: str | None = None
+    created_from: float | None = None
+    created_to: float | None = None
+
+
+@dataclass(slots=True)
+class TaskSummary:
+    """One row of a task listing: what a list shows, without payloads, results or errors."""
+
+    id: str
+    queue: str
+    name: str | None
+    state: str
+    priority: int
+    attempts: int
+    failures: int  # errors recorded so far
+    created_at: float
+    not_before: float
+    started_at: float | None
+    finished_at: float | None
+    lease_owner: str | None
+
+
+@dataclass(slots=True)
+class TaskPage:
+    """A page of a listing and where the next one starts.
+
+    ``cursor`` is None at the end; otherwise pass it back for the next page. A
+    page may hold fewer rows than asked (even none) and still have a cursor:
+    each call examines a bounded number of rows, so a sparse filter takes
+    several calls to get through a deep store.
+    """
+
+    tasks: list[TaskSummary]
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCount:
+    """How many tasks a filter selects: exactly ``n`` when ``exact``, else at least ``n``
+    (the count stopped at its cap, or at the number of rows one call may examine)."""
+
+    n: int
+    exact: bool
+
+
+@dataclass(slots=True)
+class BulkResult:
+    """One batch of a bulk action by filter: what it did and where the next batch starts.
+
+    ``ids``: the tasks requeued or cancelled, in enqueue order. ``cancelled``
+    (cancel only): (id, the state it had, its lease owner if it was leased) for
+    each, so the caller can stop the ones running. ``cursor`` is None when the
+    filter has been gone through; otherwise pass it to the next call.
+    """
+
+    ids: list[str]
+    cursor: str | None
+    cancelled: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+
+def task_id_for_key(key: str) -> str:
+    """The task id an idempotency ``key`` stands for: one key, one task (the store is
+    idempotent by id, so a resubmit with the same key is a duplicate)."""
+    import hashlib
+
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+#: The filter that selects every task (the default of listings and counts).
+ALL_TASKS = TaskFilter()

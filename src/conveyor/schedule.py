@@ -80,12 +80,12 @@ class Schedule:
     created_at: float = 0.0
 
     # -- conversions -------------------------------------------------------
-    def spec(self) -> tuple:
+    def spec(self) -> tuple[Any, ...]:
         """What the schedule does (everything but who made it and when): equal specs, same schedule."""
         return (self.task, self.queue, bytes(self.payload), self.codec, self.cron, self.every,
                 self.tz, self.missed, _canonical(self.options))
 
-    def timing(self) -> tuple:
+    def timing(self) -> tuple[str | None, float | None, str]:
         """When it runs: a change here restarts the schedule (no past slot of the new timing runs)."""
         return (self.cron, self.every, self.tz)
 
@@ -109,8 +109,10 @@ class Schedule:
         codec = fields.get("codec", serde.MSGPACK)
         if codec not in serde.CODECS:
             raise ValueError(f"codec: unknown codec {codec!r}: choose one of {', '.join(serde.CODECS)}")
+        name: Any = fields.get("name")  # checked by validate() below, with the other fields
+        task: Any = fields.get("task")
         sched = cls(
-            name=fields.get("name"), task=fields.get("task"), queue=fields.get("queue", "default"),
+            name=name, task=task, queue=fields.get("queue", "default"),
             payload=payload, codec=codec, cron=fields.get("cron"), every=fields.get("every"),
             tz=fields.get("tz", "UTC"), missed=fields.get("missed", RUN_ONCE), options=options,
             source=source, created_at=created_at,
@@ -188,7 +190,7 @@ def check_cron(expr: Any) -> str:
         if "find next date" in reason:
             reason = "it never matches a date"
         raise ValueError(f"cron: invalid expression {expr!r}: {reason}") from None
-    return expr
+    return str(expr)
 
 
 def check_every(every: Any) -> float:
@@ -201,7 +203,7 @@ def check_every(every: Any) -> float:
 def check_missed(missed: Any) -> str:
     if missed not in MISSED:
         raise ValueError(f"missed: must be {' or '.join(repr(m) for m in MISSED)}, not {missed!r}")
-    return missed
+    return str(missed)
 
 
 def check_task(task: Any) -> str:
@@ -238,7 +240,7 @@ def validate(sched: Schedule) -> Schedule:
     return sched
 
 
-def make_schedule(name: str, task: str, args: tuple | list = (), kwargs: dict[str, Any] | None = None, *,
+def make_schedule(name: str, task: str, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None, *,
                   cron: str | None = None, every: float | None = None, tz: str = "UTC",
                   queue: str = "default", missed: str = RUN_ONCE, codec: str = serde.MSGPACK,
                   options: dict[str, Any] | None = None, source: str = "cli",
@@ -267,10 +269,12 @@ def _wildcard(expr: str) -> bool:
 
 def _repeated(sched: Schedule, ts: float, tz: zoneinfo.ZoneInfo) -> bool:
     """A fixed-time cron slot in the second pass of a fall-back hour: not run."""
+    assert sched.cron is not None  # only cron schedules have slots croniter finds
     return not _wildcard(sched.cron) and dt.datetime.fromtimestamp(ts, tz).fold == 1
 
 
 def _cron(sched: Schedule, start: float) -> tuple[croniter, zoneinfo.ZoneInfo]:
+    assert sched.cron is not None  # validate() makes a schedule either cron or every
     tz = _zone(sched.tz)
     expr = _ALIASES.get(sched.cron.lower(), sched.cron)
     return croniter(expr, dt.datetime.fromtimestamp(start, tz)), tz
@@ -288,7 +292,7 @@ def next_slot(sched: Schedule, after: float) -> float:
         return k * every
     it, tz = _cron(sched, after)
     for _ in range(_MAX_STEPS):
-        ts = it.get_next(float)
+        ts = float(it.get_next(float))
         if ts > after and not _repeated(sched, ts, tz):
             return ts
     raise ValueError(f"cron: no slot of {sched.cron!r} found after {after}")  # pragma: no cover
@@ -306,7 +310,7 @@ def latest_slot(sched: Schedule, now: float) -> float:
         return k * every
     it, tz = _cron(sched, now)
     for _ in range(_MAX_STEPS):
-        prev = it.get_prev(float)  # strictly before now
+        prev = float(it.get_prev(float))  # strictly before now
         if not _repeated(sched, prev, tz):
             break
     else:  # pragma: no cover

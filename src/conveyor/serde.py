@@ -35,7 +35,7 @@ def unpackb(data: bytes) -> Any:
 
 def _pickle_dumps(obj: Any) -> bytes:
     try:
-        import cloudpickle  # type: ignore[import-untyped]
+        import cloudpickle
     except ImportError:  # plain pickle still handles module-level names
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)

@@ -18,7 +18,8 @@ from typing import Any
 from .options import DEFAULT_QUEUE, TASK_OPTIONS, check_task_defaults, validate
 
 __all__ = ["DEFAULT_QUEUE", "TASK_OPTIONS", "Registry", "TaskOptions", "task", "task_options"]
-_ATTR = "__conveyor_task__"
+#: The attribute ``@task`` sets on a function: its TaskOptions.
+TASK_ATTR = "__conveyor_task__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,8 @@ class TaskOptions:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _module_name(fn: Callable[..., Any]) -> str:
+def module_name(fn: Callable[..., Any]) -> str:
+    """The module a worker imports ``fn`` from (a script's own name for ``__main__``)."""
     module = fn.__module__
     if module == "__main__":
         # A script's functions are importable by workers under the script's own name.
@@ -63,10 +65,10 @@ def task(fn: Callable[..., Any] | None = None, *, name: str | None = None, queue
     def mark(f: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(f):
             raise TypeError("@task decorates a function")
-        task_name = name or f"{_module_name(f)}:{f.__qualname__}"
+        task_name = name or f"{module_name(f)}:{f.__qualname__}"
         if ":" not in task_name:
             raise ValueError(f"task name {task_name!r} must look like 'module:function'")
-        setattr(f, _ATTR, TaskOptions(task_name, queue, dict(defaults)))
+        setattr(f, TASK_ATTR, TaskOptions(task_name, queue, dict(defaults)))
         return f
 
     return mark(fn) if fn is not None else mark
@@ -78,7 +80,7 @@ def task_options(fn: Callable[..., Any] | str) -> TaskOptions:
         if ":" not in fn or fn.startswith(":") or fn.endswith(":"):
             raise ValueError(f"task name {fn!r} must look like 'module:function'")
         return TaskOptions(fn)
-    marked = getattr(fn, _ATTR, None)
+    marked = getattr(fn, TASK_ATTR, None)
     if isinstance(marked, TaskOptions):
         return marked
     if not callable(fn):
@@ -89,7 +91,7 @@ def task_options(fn: Callable[..., Any] | str) -> TaskOptions:
             f"cannot submit {qualname}: workers run module-level functions only "
             "(define it at module level, or pass 'module:function')"
         )
-    return TaskOptions(f"{_module_name(fn)}:{qualname}")
+    return TaskOptions(f"{module_name(fn)}:{qualname}")
 
 
 class Registry:
@@ -115,7 +117,7 @@ class Registry:
             for value in vars(module).values():
                 if not inspect.isfunction(value):
                     continue
-                marked = getattr(value, _ATTR, None)
+                marked = getattr(value, TASK_ATTR, None)
                 if value.__module__ == module.__name__:
                     functions[f"{modname}:{value.__qualname__}"] = value
                     if marked is not None:

@@ -254,7 +254,7 @@ def item_to_wire(lease: Lease) -> list[Any]:
 # -- requests: one record and one decoder per op ----------------------------------
 @dataclass(frozen=True, slots=True)
 class NoFields:
-    """A request whose fields are ignored (ping, status, sched_list)."""
+    """A request whose fields are ignored (ping, status, qlist, sched_list)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +269,8 @@ class Hello:
     weights: list[int] | None = None  # served by weighted choice instead of in order
     concurrency: int = 0
     periodic: Any = None  # a worker's @conveyor.periodic declarations, checked one by one
+    pool: str | None = None  # a worker's pool kind, as it names it ("process", "thread", "asyncio")
+    loop: str | None = None  # a worker's event loop ("asyncio", "uvloop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +415,11 @@ def decode_hello(f: Fields) -> Hello:
                                 or not all(_is_int(w) and w > 0 for w in weights)):
         raise ProtocolError("hello: weights must be positive integers, one per queue")
     concurrency = _count(f.get("concurrency") or 0, "hello: concurrency", 0)
-    return Hello("worker", name, host, pid, queues, weights, concurrency, f.get("periodic"))
+    # pool and loop are shown, never acted on: optional (older workers omit them), but a
+    # value sent must be a short name.
+    pool = _opt_str(f.get("pool"), "hello: pool", MAX_PEER_NAME)
+    loop = _opt_str(f.get("loop"), "hello: loop", MAX_PEER_NAME)
+    return Hello("worker", name, host, pid, queues, weights, concurrency, f.get("periodic"), pool, loop)
 
 
 def decode_submit(f: Fields) -> Submit:
@@ -539,6 +545,7 @@ DECODERS: dict[str, Callable[[Fields], Any]] = {
     protocol.QJOIN: decode_queue_wait,
     protocol.QSIZE: decode_queue_name,
     protocol.QINFO: decode_queue_name,
+    protocol.QLIST: decode_nothing,
     protocol.CANCEL: decode_ids,
     protocol.RETRY: decode_retry,
     protocol.PURGE: decode_purge,
@@ -547,6 +554,7 @@ DECODERS: dict[str, Callable[[Fields], Any]] = {
     protocol.SCHED_ADD: decode_sched_add,
     protocol.SCHED_LIST: decode_nothing,
     protocol.SCHED_DEL: decode_name,
+    protocol.SCHED_RUN: decode_name,
 }
 
 

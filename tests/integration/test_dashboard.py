@@ -61,8 +61,19 @@ def test_pages_metrics_and_escaping(cluster, dashboards):
     m = samples(b.get("/metrics").body)
     assert m[("conveyor_up", ())] == 1
     assert m[("conveyor_queue_tasks", (("queue", "default"), ("state", "failed")))] == 1
-    assert m[("conveyor_tasks_total", (("outcome", "submitted"),))] == 8
-    assert m[("conveyor_tasks_total", (("outcome", "completed"),))] == 8
+    square, fail = (("queue", "default"), ("task", f"{TASKS}:square")), (("queue", "default"), ("task", f"{TASKS}:fail"))
+    assert m[("conveyor_tasks_total", (("outcome", "submitted"), *square))] == 7
+    assert m[("conveyor_tasks_total", (("outcome", "succeeded"), *square))] == 7
+    assert m[("conveyor_tasks_total", (("outcome", "submitted"), *fail))] == 1
+    assert m[("conveyor_tasks_total", (("outcome", "failed"), *fail))] == 1
+    assert not any(name == "conveyor_tasks_total" and dict(labels)["outcome"] in ("retried", "dead", "cancelled")
+                   for name, labels in m)
+    # Eight attempts ran, each timed from its push to its result; each waited in the queue first.
+    assert m[("conveyor_task_run_seconds_count", ())] == 8
+    assert m[("conveyor_task_run_seconds_bucket", (("le", "+Inf"),))] == 8
+    assert m[("conveyor_task_wait_seconds_count", ())] == 8
+    assert m[("conveyor_store_commit_seconds_count", ())] >= 1
+    assert m[("conveyor_duplicate_results_total", ())] == 0 and m[("conveyor_lease_expiries_total", ())] == 0
     assert m[("conveyor_workers", ())] == 2
     assert m[("conveyor_worker_slots", ())] == 4
     assert m[("conveyor_inflight_tasks", ())] == 0
@@ -83,6 +94,11 @@ def test_pages_metrics_and_escaping(cluster, dashboards):
     workers = b.get("/workers")
     assert workers.status == 200 and workers.body.count("<td>" + TASKS) == 0
     assert len(re.findall(r"<tr><td>[^<]+</td><td>[^<]+</td><td class=\"num\">\d+</td>", workers.body)) == 2
+    assert workers.body.count('<td class="pool">process</td>') == 2
+    # The master's tally per worker: seven done and one failed, over the two.
+    done = [int(n) for n in re.findall(r'<td class="num done">(\d+)</td>', workers.body)]
+    failed = [int(n) for n in re.findall(r'<td class="num failed">(\d+)</td>', workers.body)]
+    assert sum(done) == 7 and sum(failed) == 1
 
     page = b.get(f"/tasks/{bad.task_id}")
     assert page.status == 200
@@ -203,9 +219,38 @@ def test_schedules_add_run_remove(cluster, dashboards):
     tid = re.search(r'id="task-id">([^<]+)<', ran.body).group(1)
     with cluster.client() as c:
         assert c.result(tid, 30) == 81
+        (sched,) = c.schedules()
+        assert sched["last_run_now"]["id"] == tid  # recorded by the master's sched_run
+        assert f'href="/tasks/{tid}"' in b.get("/schedules").body
+        assert c.inspect(tid)["options"]["manual"] is True
         removed = b.post("/schedules/sq/remove", {})
         assert "schedule sq removed" in removed.body
         assert c.schedules() == []
+
+
+def test_network_queues_and_gone_workers(make_cluster, dashboards):
+    cluster = make_cluster(workers=2).start()
+    cluster.wait_for_workers(2)
+    d = dashboards(cluster)
+    b = d.browser()
+    with cluster.client() as producer, cluster.client() as consumer:
+        producer.queue("jobs").put_many([1, 2, 3])
+        q = consumer.queue("jobs")
+        assert q.get(timeout=10) == 1  # held, not yet task_done: leased to this consumer
+        page = b.get("/queues")
+        row = re.search(r'<tr data-network-queue="jobs">(.*?)</tr>', page.body, re.S)
+        assert row is not None, page.body
+        cells = re.findall(r'<td class="num">([^<]+)</td>', row.group(1))
+        assert cells == ["unbounded", "2", "0", "1", "1"]  # maxsize, ready, delayed, leased, consumers
+        q.task_done()
+    victim = cluster.workers[0]
+    victim.kill()
+    victim.wait(10)
+    assert wait_until(lambda: f'<td class="num">{victim.pid}</td>' in
+                      b.get("/workers").body.split('id="gone"')[-1])
+    with cluster.client() as c:
+        (gone,) = c.status()["gone_workers"]
+        assert gone["pid"] == victim.pid and gone["gone_at"] > 0
 
 
 def test_login_wall(cluster, dashboards, tmp_path):

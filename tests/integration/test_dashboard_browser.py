@@ -79,9 +79,13 @@ def text_of(drv, css: str) -> str:
 
 
 def until(drv, predicate) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(drv, WAIT, poll_frequency=0.1).until(lambda d: predicate())
+    # An element htmx swapped out between the find and the read is looked for again.
+    WebDriverWait(drv, WAIT, poll_frequency=0.1,
+                  ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda d: predicate())
 
 
 def test_overview_counter_moves_while_tasks_run(cluster, dashboards, driver):
@@ -136,12 +140,17 @@ def test_filter_failed_open_traceback_retry_and_bulk_retry(cluster, dashboards, 
     shot(driver, "queues")
     driver.get(d.url + "/workers")
     assert len(driver.find_elements(By.CSS_SELECTOR, "#workers tbody tr")) == 2
+    assert [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#workers td.pool")] == ["process"] * 2
     shot(driver, "workers")
     with cluster.client() as c:
         c.schedule("nightly-square", f"{TASKS}:square", 12, cron="0 3 * * *")
     driver.get(d.url + "/schedules")
     assert "nightly-square" in text_of(driver, "#schedules")
     shot(driver, "schedules")
+    # Run now: the master enqueues the schedule's task; the page shows it running to its end.
+    driver.find_element(By.CSS_SELECTOR, 'tr[data-schedule="nightly-square"] form[action$="/run"] button').click()
+    until(driver, lambda: "/tasks/" in driver.current_url)
+    until(driver, lambda: text_of(driver, "#task-state") == "succeeded")
 
 
 def test_log_in(cluster, dashboards, driver, tmp_path):

@@ -85,9 +85,12 @@ def test_current_task_is_each_coroutines_own(kinds, kind):
     pool.set_progress_callback(reports.append)
     pool.submit([job(f"w{i}", "whoami", 5) for i in range(10)])
     results = collector.wait_for(10)
+    finals = [{"id": f"w{i}", "token": 7, "done": 5, "total": 5, "message": ""} for i in range(10)]
+    # Progress travels beside results, not in order with them: wait for the last reports.
+    wait_until(lambda: all(f in reports for f in finals))
     for i in range(10):
         assert value(results[f"w{i}"]) == f"w{i}"
-        assert {"id": f"w{i}", "token": 7, "done": 5, "total": 5, "message": ""} in reports
+    assert all(r["id"] in {f["id"] for f in finals} for r in reports)
 
 
 # -- the asyncio pool: concurrency -------------------------------------------------------

@@ -452,19 +452,141 @@ def test_sqlite_a_file_from_a_newer_conveyor_is_refused_naming_both_versions(tmp
 
 
 def test_sqlite_migration_steps_apply_all_or_nothing(tmp_path, monkeypatch):
-    def broken(conn: sqlite3.Connection) -> None:
-        raise sqlite3.OperationalError("step 4 failed")
+    last = sqlite_schema.SCHEMA_VERSION + 1
 
-    steps = (*sqlite_schema.MIGRATIONS, sqlite_schema.Migration(4, "broken", broken))
+    def broken(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError(f"step {last} failed")
+
+    steps = (*sqlite_schema.MIGRATIONS, sqlite_schema.Migration(last, "broken", broken))
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", steps)
-    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", last)
     path = _file_at(tmp_path, 1)
-    with pytest.raises(StoreError, match="step 4 failed"):
+    with pytest.raises(StoreError, match=f"step {last} failed"):
         SQLiteStore(tmp_path)
     conn = sqlite3.connect(path)
-    try:  # steps 2 and 3 ran in the same transaction: rolled back with it
+    try:  # the steps before it ran in the same transaction: rolled back with it
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"tasks"}
     finally:
         conn.close()
+
+
+def _raw_recount(path: Path) -> tuple[dict[tuple[str, str, str], int], dict[tuple[str, str, str], int]]:
+    """(counts table, a GROUP BY over every task) read straight from the file."""
+    conn = sqlite3.connect(path)
+    try:
+        table = {(q, n, s): c for q, n, s, c in conn.execute("SELECT * FROM counts WHERE n != 0")}
+        scan = {(q, n, s): c for q, n, s, c in conn.execute(
+            "SELECT queue, coalesce(name, ''), state, count(*) FROM tasks GROUP BY 1, 2, 3")}
+        return table, scan
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sqlite_counts_equal_a_recount_after_a_kill_mid_stream(tmp_path):
+    src = Path(store_pkg.__file__).resolve().parents[2]
+    child = textwrap.dedent("""
+        import sys
+        from conveyor.store import SQLiteStore
+        from conveyor.store.conformance_counts import random_mix
+        store = SQLiteStore(sys.argv[1], sync="normal")
+        def step(i):
+            if i == 300:
+                print("busy", flush=True)  # the parent kills it from here on
+        random_mix(store, 11, 10**9, on_step=step)
+    """)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "child did not start its mix in time"
+        line = proc.stdout.readline()
+        assert line.strip() == b"busy", (line, proc.stderr.read() if proc.poll() is not None else b"")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+    s = SQLiteStore(tmp_path)
+    try:
+        from conveyor.store.conformance_counts import assert_counts_match
+
+        assert_counts_match(s)  # through the Store interface
+        assert sum(n for q in s.stats().values() for n in q.as_dict().values()) > 0
+    finally:
+        s.close()
+    table, scan = _raw_recount(tmp_path / "conveyor.db")
+    assert table == scan
+
+
+def test_sqlite_migration_to_4_builds_the_counts_from_the_tasks(tmp_path):
+    path = _file_at(tmp_path, 3)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO tasks (id, queue, name, state, created_at, finished_at, payload, codec) "
+                 "VALUES ('done', 'q', 'mod.fn', 'succeeded', 1.0, 2.0, x'00', 'msgpack')")
+    conn.close()
+    s = SQLiteStore(tmp_path)
+    try:
+        assert s.stats() == {"q": QueueStats(ready=1, succeeded=1)}
+        assert s.outcome_totals() == {("q", "mod.fn", "succeeded"): 1}
+    finally:
+        s.close()
+    table, scan = _raw_recount(path)
+    assert table == scan
+
+
+@pytest.mark.parametrize("sql, index", [
+    ("SELECT seq FROM tasks WHERE state = ? AND seq < ? ORDER BY seq DESC LIMIT 50", "tasks_state"),
+    ("SELECT seq FROM tasks WHERE finished_at < ? ORDER BY finished_at LIMIT 500", "tasks_finished"),
+    ("SELECT seq FROM tasks INDEXED BY tasks_deadline WHERE state = 'leased' "
+     "AND lease_deadline <= ? ORDER BY lease_deadline LIMIT 500", "tasks_deadline"),
+    ("SELECT seq FROM tasks INDEXED BY tasks_deadline WHERE state = 'leased' "
+     "ORDER BY lease_deadline LIMIT 500", "tasks_deadline"),
+    ("SELECT seq FROM tasks WHERE state IN (?, ?) AND queue = ? LIMIT 500", "tasks_state"),
+    ("SELECT seq FROM tasks WHERE state = ? ORDER BY seq LIMIT 500", "tasks_state"),
+    ("SELECT seq FROM tasks INDEXED BY tasks_delayed WHERE state = 'delayed' AND not_before <= ? "
+     "ORDER BY not_before LIMIT 500", "tasks_delayed"),
+    ("SELECT t.seq FROM deps d JOIN tasks t ON t.id = d.task_id WHERE d.depends_on = ? "
+     "AND d.task_id > ? AND t.state = 'waiting' ORDER BY d.task_id LIMIT 500", "deps_on"),
+    ("SELECT seq FROM tasks WHERE id >= ? AND id < ? LIMIT 10001", "sqlite_autoindex_tasks_1"),
+])
+def test_sqlite_bounded_queries_use_an_index(tmp_path, sql, index):
+    """Each bounded batch, listing stream and id-prefix lookup walks an index: no scan, no sort."""
+    s = SQLiteStore(tmp_path)
+    try:
+        params = [None] * sql.count("?")
+        plan = " ".join(r[3] for r in s.conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        # a SCAN is allowed only along the index itself, in its order, stopping at the LIMIT
+        assert index in plan and "TEMP B-TREE" not in plan, plan
+        assert "SCAN" not in plan or f"SCAN tasks USING INDEX {index}" == plan, plan
+    finally:
+        s.close()
+
+
+def test_sqlite_a_cut_cascade_survives_reopen_and_is_continued(tmp_path):
+    s = SQLiteStore(tmp_path)
+    try:
+        s.cascade_limit = 2
+        s.enqueue([task("root")], T0)
+        s.enqueue([after(f"c{i}", "root") for i in range(6)], T0)
+        s.cancel("root", T0, b"stop")
+        assert s.stats()["q"] == QueueStats(cancelled=1, failed=2, waiting=4)
+    finally:
+        s.close()
+    s = SQLiteStore(tmp_path)  # a new master: no cascade_limit, the pending rest kept on disk
+    try:
+        calls = 1
+        while s.settle_pending(T0, limit=3):
+            calls += 1
+        assert 2 <= calls <= 4
+        assert s.stats()["q"] == QueueStats(cancelled=1, failed=6)
+        assert s.conn.execute("SELECT count(*) FROM unsettled").fetchone()[0] == 0
+    finally:
+        s.close()

@@ -19,9 +19,10 @@ from conveyor.store import (
     open_store,
 )
 from conveyor.store.conformance import StoreConformance
+from conveyor.store.conformance_counts import CountsConformance
 
 
-class TestMemoryStore(StoreConformance):
+class TestMemoryStore(StoreConformance, CountsConformance):
     @pytest.fixture
     def store(self):
         s = MemoryStore()
@@ -31,7 +32,7 @@ class TestMemoryStore(StoreConformance):
             s.close()
 
 
-class TestSQLiteStore(StoreConformance):
+class TestSQLiteStore(StoreConformance, CountsConformance):
     @pytest.fixture(params=["normal", "full"])
     def store(self, request, tmp_path):
         s = SQLiteStore(tmp_path / "data", sync=request.param)

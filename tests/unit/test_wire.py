@@ -135,7 +135,7 @@ def test_unknown_op_is_a_protocol_error():
 ITEM = [TID, b"x", "msgpack"]
 GOOD: dict[str, dict[str, Any]] = {
     protocol.HELLO: {"role": "worker", "name": "w", "host": "h", "pid": 12, "queues": ["a", "b"],
-                     "weights": [1, 3], "concurrency": 4, "periodic": []},
+                     "weights": [1, 3], "concurrency": 4, "periodic": [], "pool": "thread", "loop": "uvloop"},
     protocol.SUBMIT: {"tasks": [_task()]},
     protocol.SUBSCRIBE: {"ids": [TID]},
     protocol.FETCH: {"ids": [TID]},
@@ -151,6 +151,7 @@ GOOD: dict[str, dict[str, Any]] = {
     protocol.QJOIN: {"queue": "q", "timeout": 0.5},
     protocol.QSIZE: {"queue": "q"},
     protocol.QINFO: {"queue": "q"},
+    protocol.QLIST: {},
     protocol.CANCEL: {"ids": [TID]},
     protocol.RETRY: {"ids": [TID], "states": ["failed"]},
     protocol.PURGE: {"queue": "q", "states": "dead"},
@@ -159,16 +160,19 @@ GOOD: dict[str, dict[str, Any]] = {
     protocol.SCHED_ADD: {"schedule": {"name": "s"}, "replace": True},
     protocol.SCHED_LIST: {},
     protocol.SCHED_DEL: {"name": "s"},
+    protocol.SCHED_RUN: {"name": "s"},
 }
 
 
 def test_every_op_decodes_good_fields_to_its_record():
     assert set(GOOD) == protocol.INBOUND_OPS
     got = {op: wire.decode(op, fields) for op, fields in GOOD.items()}
-    assert got[protocol.HELLO] == wire.Hello("worker", "w", "h", 12, ["a", "b"], [1, 3], 4, [])
+    assert got[protocol.HELLO] == wire.Hello("worker", "w", "h", 12, ["a", "b"], [1, 3], 4, [],
+                                               "thread", "uvloop")
     assert got[protocol.SUBMIT] == wire.Submit([wire.task_from_wire(_task())])
     assert got[protocol.SUBSCRIBE] == got[protocol.FETCH] == got[protocol.CANCEL] == wire.Ids([TID])
-    assert got[protocol.STATUS] == got[protocol.PING] == got[protocol.SCHED_LIST] == wire.NoFields()
+    assert (got[protocol.STATUS] == got[protocol.PING] == got[protocol.SCHED_LIST] == got[protocol.QLIST]
+            == wire.NoFields())
     assert got[protocol.ACK] == wire.Ack([(Outcome(TID, 1, True, b"", "msgpack"), None)], 2)
     assert got[protocol.RETURN] == got[protocol.QACK] == wire.LeasePairs([(TID, 1)])
     assert got[protocol.CREDIT] == wire.Credit(3)
@@ -182,11 +186,14 @@ def test_every_op_decodes_good_fields_to_its_record():
     assert got[protocol.INSPECT] == wire.TaskId(TID)
     assert got[protocol.TASKLIST] == wire.TaskList("q", "ready", 10, 0)
     assert got[protocol.SCHED_ADD] == wire.SchedAdd({"name": "s"}, True)
-    assert got[protocol.SCHED_DEL] == wire.Name("s")
+    assert got[protocol.SCHED_DEL] == got[protocol.SCHED_RUN] == wire.Name("s")
 
 
 def test_defaults_where_fields_are_left_out():
     assert wire.decode(protocol.HELLO, {"role": "client"}) == wire.Hello("client")
+    # a worker from before pool and loop were sent: both unknown
+    older = wire.decode(protocol.HELLO, {**GOOD[protocol.HELLO], "pool": None, "loop": None})
+    assert (older.pool, older.loop, older.concurrency) == (None, None, 4)
     assert wire.decode(protocol.HELLO, {"role": "client", "pid": "12", "name": "n" * 999}).pid is None
     assert len(wire.decode(protocol.HELLO, {"role": "client", "name": "n" * 999}).name) == wire.MAX_PEER_NAME
     assert wire.decode(protocol.ACK, {"results": []}).credit == 0
@@ -219,6 +226,10 @@ BAD = [
     _with(protocol.HELLO, weights=[1, "2"]),
     _with(protocol.HELLO, concurrency=-1),
     _with(protocol.HELLO, concurrency="4"),
+    _with(protocol.HELLO, pool=3),
+    _with(protocol.HELLO, pool=""),
+    _with(protocol.HELLO, loop=["asyncio"]),
+    _with(protocol.HELLO, loop="l" * (wire.MAX_PEER_NAME + 1)),
     # submit
     _with(protocol.SUBMIT, tasks=[]),
     _with(protocol.SUBMIT, tasks="nope"),
@@ -301,6 +312,10 @@ BAD = [
     _with(protocol.SCHED_DEL, name=""),
     _with(protocol.SCHED_DEL, name=_MISSING),
     _with(protocol.SCHED_DEL, name=3),
+    _with(protocol.SCHED_RUN, name=""),
+    _with(protocol.SCHED_RUN, name=_MISSING),
+    _with(protocol.SCHED_RUN, name=["s"]),
+    _with(protocol.SCHED_RUN, name="s" * (wire.MAX_NAME + 1)),
 ]
 
 

@@ -117,6 +117,25 @@ class AsyncClient:
             await self._core.watch(task_id, self._resolver(fut))
         return await asyncio.wait_for(fut, timeout)
 
+    async def cancel(self, task_id: str) -> dict[str, list[str]]:
+        """Cancel a task by id: ``{"cancelled", "finished", "unknown"}`` id lists."""
+        return await self.cancel_many([task_id])
+
+    async def cancel_many(self, task_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Cancel many tasks in one request: ``{"cancelled", "finished", "unknown"}`` id lists."""
+        reply: dict[str, list[str]] = await self._core.request(protocol.CANCEL, {"ids": list(task_ids)})
+        return reply
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """Every network queue with its depth and consumers (as :meth:`conveyor.Client.queues`)."""
+        queues: list[dict[str, Any]] = (await self._core.request(protocol.QLIST, {}))["queues"]
+        return queues
+
+    async def run_schedule(self, name: str) -> dict[str, Any]:
+        """Enqueue schedule ``name``'s task now: ``{"id", "new"}`` (as :meth:`conveyor.Client.run_schedule`)."""
+        reply: dict[str, Any] = await self._core.request(protocol.SCHED_RUN, {"name": name})
+        return reply
+
     async def status(self) -> dict[str, Any]:
         """The master's status document."""
         return await self._core.request(protocol.STATUS, {})

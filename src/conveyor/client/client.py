@@ -316,8 +316,12 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     # -- job control -------------------------------------------------------
     def cancel(self, task_id: str) -> dict[str, list[str]]:
-        """Cancel tasks by id: ``{"cancelled": [...], "finished": [...], "unknown": [...]}``."""
-        return self._ask(protocol.CANCEL, {"ids": [task_id]})
+        """Cancel a task by id: ``{"cancelled": [...], "finished": [...], "unknown": [...]}``."""
+        return self.cancel_many([task_id])
+
+    def cancel_many(self, task_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Cancel many tasks in one request: ``{"cancelled", "finished", "unknown"}`` id lists."""
+        return self._ask(protocol.CANCEL, {"ids": list(task_ids)})
 
     def retry(self, task_ids: Iterable[str] = (), *, queue: str | None = None,
               states: Iterable[str] | None = None) -> dict[str, list[str]]:
@@ -368,6 +372,13 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         for the next item or exits normally).
         """
         return NetworkQueue(self, name, maxsize, ack=ack, codec=codec)
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every network queue (declared on the master, or used since it started), by name:
+        ``queue``, ``ready``, ``delayed``, ``leased``, ``maxsize`` (0: unbounded),
+        ``declared``, and ``consumers`` (connected sessions that got from it)."""
+        queues: list[dict[str, Any]] = self._ask(protocol.QLIST, {})["queues"]
+        return queues
 
     def queue_info(self, name: str) -> dict[str, Any]:
         """What the master says of queue ``name``: ``declared`` (it was configured

@@ -1,5 +1,6 @@
 """Periodic schedules from a client: ``client.schedule``, ``client.schedules``,
-``client.unschedule`` (mixed into :class:`~conveyor.client.client.Client`)."""
+``client.unschedule``, ``client.run_schedule`` (mixed into
+:class:`~conveyor.client.client.Client`)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,13 @@ class ScheduleMixin:
         """Remove schedule ``name`` (tasks it already enqueued still run); NotFound if unknown.
         A schedule declared in code comes back when a worker with its module connects."""
         self._request_future(protocol.SCHED_DEL, {"name": name}).result(TIMEOUT)
+
+    def run_schedule(self, name: str) -> dict[str, Any]:
+        """Enqueue schedule ``name``'s task now, outside its timing: ``{"id", "new"}``.
+
+        Calls within the same second make one task (``new`` is False for the
+        later ones). ``schedules()`` shows it as the schedule's ``last_run_now``.
+        NotFound for an unknown name.
+        """
+        reply: dict[str, Any] = self._request_future(protocol.SCHED_RUN, {"name": name}).result(TIMEOUT)
+        return reply

@@ -12,12 +12,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import NotFound, RemoteError
@@ -85,7 +87,7 @@ def back(location: str, msg: str) -> web.HTTPSeeOther:
 
 # -- middlewares --------------------------------------------------------------
 @web.middleware
-async def csrf_cookie(request: web.Request, handler: Any) -> web.StreamResponse:
+async def csrf_cookie(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every browser a CSRF cookie, and refuse a POST whose token does not match it."""
     cookie = request.cookies.get(CSRF_COOKIE)
     fresh = cookie is None
@@ -107,7 +109,7 @@ async def csrf_cookie(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 @web.middleware
-async def login_wall(request: web.Request, handler: Any) -> web.StreamResponse:
+async def login_wall(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Pages and actions need a login when one is configured; ``/metrics`` unless made public."""
     guard = request.app[GUARD]
     path = request.path
@@ -125,7 +127,7 @@ async def login_wall(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 @web.middleware
-async def master_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def master_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Master down: the page says so (503) and the dashboard keeps running."""
     try:
         return await handler(request)
@@ -157,20 +159,8 @@ async def queues(request: web.Request) -> web.Response:
     m = request.app[MONITOR]
     st = m.status or {}
     names = sorted(st.get("queues", {}))
-    network: dict[str, Any] = {}
-    if m.up:
-        # Declared network queues and their depth: qinfo lists them, qsize-like counts via queue().
-        info = await request.app[GATEWAY].call(lambda c: c.queue_info("default"))
-        for name in info.get("queues", []) or []:
-            network[name] = {"maxsize": None}
-        if network:
-            def sizes(c: Any) -> dict[str, Any]:
-                out = {}
-                for name in network:
-                    qi = c.queue_info(name)
-                    out[name] = {"maxsize": qi.get("maxsize"), "size": c.queue(name).qsize()}
-                return out
-            network = await request.app[GATEWAY].call(sizes)
+    # Network queues (declared, or used since the master started): one qlist request.
+    network = await request.app[GATEWAY].call(lambda c: c.queues()) if m.up else []
     return render(request, "queues.html", st=st, names=names, rates=m.queue_rates, network=network)
 
 
@@ -195,13 +185,9 @@ async def retry_dead(request: web.Request) -> web.Response:
 
 
 async def workers(request: web.Request) -> web.Response:
-    m = request.app[MONITOR]
-    rows = []
-    for w in (m.status or {}).get("workers", []):
-        key = (str(w.get("name")), str(w.get("host")), w.get("pid"))
-        rows.append({**w, "seen_since": m.first_seen.get(key),
-                     "last_heartbeat": (m.status_at or time.time()) - float(w.get("idle_for") or 0)})
-    return render(request, "workers.html", workers=rows, gone=list(m.gone), loop=(m.status or {}).get("loop"))
+    st = request.app[MONITOR].status or {}
+    return render(request, "workers.html", workers=st.get("workers", []), gone=st.get("gone_workers", []),
+                  loop=st.get("loop"))
 
 
 def _filter(request: web.Request, source: Any = None) -> TaskFilter:
@@ -247,10 +233,8 @@ async def bulk_apply(request: web.Request) -> web.Response:
                                             timeout=60)
         msg = f"retried {len(out['requeued'])} of {len(sel.ids)} selected task(s)"
     else:
-        def cancel_all(c: Any) -> int:
-            return sum(len(c.cancel(tid)["cancelled"]) for tid in sel.ids)
-        n = await gw.call(cancel_all, timeout=60)
-        msg = f"cancelled {n} of {len(sel.ids)} selected task(s)"
+        cancelled = await gw.call(lambda c: c.cancel_many(sel.ids)["cancelled"] if sel.ids else [], timeout=60)
+        msg = f"cancelled {len(cancelled)} of {len(sel.ids)} selected task(s)"
     await request.app[MONITOR].poll_once()
     raise back("/tasks?" + urlencode(flt.query(page=1)), msg)
 
@@ -328,18 +312,13 @@ async def schedule_remove(request: web.Request) -> web.Response:
 
 
 async def schedule_run(request: web.Request) -> web.Response:
-    """Run a schedule now: there is no master op for it yet, so submit its task with its
-    arguments to its queue, as the master's scheduler would (without recording a slot)."""
+    """Run a schedule now: the master enqueues its task (one per schedule and second)."""
     name = request.match_info["name"]
-    rows = await request.app[GATEWAY].call(lambda c: c.schedules())
-    sched = next((s for s in rows if s["name"] == name), None)
-    if sched is None:
-        raise back("/schedules", f"no schedule {name}")
-    if not isinstance(sched.get("args"), list):
-        raise back("/schedules", f"cannot run {name} now: its arguments are not msgpack")
-    fut = await request.app[GATEWAY].call(
-        lambda c: c.submit_call(sched["task"], sched["args"], sched.get("kwargs") or {}, queue=sched["queue"]))
-    raise back(f"/tasks/{quote(fut.task_id)}", f"schedule {name} submitted now")
+    try:
+        out = await request.app[GATEWAY].call(lambda c: c.run_schedule(name))
+    except (NotFound, RemoteError) as exc:
+        raise back("/schedules", f"not run: {exc}") from None
+    raise back(f"/tasks/{quote(out['id'])}", f"schedule {name} submitted now")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -373,7 +352,7 @@ async def logout(request: web.Request) -> web.Response:
     raise response
 
 
-async def not_found_page(request: web.Request, handler: Any) -> web.StreamResponse:
+async def not_found_page(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -416,7 +395,7 @@ def build_app(gateway: Gateway, guard: Guard, *, interval: float = POLL_INTERVAL
     from importlib.resources import files
     r.add_static("/static/", str(files("conveyor.http") / "static"))
 
-    async def polling(app: web.Application):
+    async def polling(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(monitor.run())
         yield
         task.cancel()

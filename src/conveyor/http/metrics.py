@@ -1,26 +1,48 @@
 """``/metrics``: the master's numbers in Prometheus form, from the dashboard's latest poll.
 
 A scrape never calls the master: the collector reads the status document the
-monitor fetched at most one interval ago. Labels are bounded: queue names and
-task states, never task ids. What the master's status does not carry yet
-(per-queue and per-task-name outcome counters, run-time / queue-wait / commit
--time histograms, lease expiries) is not invented here; see the README.
+monitor fetched at most one interval ago. The counters and histograms are the
+master's own (``status()["metrics"]``, kept in its memory since it started: a
+master restart is a counter reset to Prometheus). Labels are bounded: queue
+names, task names (the master counts names beyond its 500th as "other"),
+outcomes and states, never task ids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from ..records import STATES
 from .monitor import Monitor
 
-# master counter -> outcome label of conveyor_tasks_total
-OUTCOMES = {"submitted": "submitted", "completed": "completed", "retried": "retried",
-            "dead": "dead", "cancelled": "cancelled"}
+#: status()["metrics"] histogram -> (metric name, help)
+HISTOGRAMS = {
+    "task_run_seconds": ("conveyor_task_run_seconds",
+                         "Seconds from a task's push to a worker to its attempt's outcome"),
+    "task_wait_seconds": ("conveyor_task_wait_seconds",
+                          "Seconds a task waited from when it was due (created, or its delay over) "
+                          "to its push to a worker"),
+    "store_commit_seconds": ("conveyor_store_commit_seconds",
+                             "Seconds of each store transaction, from its start to its commit"),
+}
+
+
+def histogram(name: str, text: str, master: str, snap: dict[str, Any]) -> HistogramMetricFamily:
+    """A histogram family from a master histogram snapshot (cumulative buckets, None = +Inf)."""
+    h = HistogramMetricFamily(name, text, labels=["master"])
+    buckets = [("+Inf" if le is None else repr(float(le)), float(n)) for le, n in snap.get("buckets", [])]
+    h.add_metric([master], buckets, float(snap.get("sum", 0.0)))
+    return h
 
 
 class StatusCollector(Collector):
@@ -30,7 +52,7 @@ class StatusCollector(Collector):
         self.monitor = monitor
         self.master = master
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         """The metric families of one scrape."""
         m, label = self.monitor, [self.master]
         up = GaugeMetricFamily("conveyor_up", "1 if the dashboard's latest poll reached the master",
@@ -41,19 +63,25 @@ class StatusCollector(Collector):
         if st is None or not m.up:
             return
         counters = st.get("counters", {})
-        tasks = CounterMetricFamily("conveyor_tasks", "Tasks by outcome since the master started, "
-                                    "over every queue", labels=["master", "outcome"])
-        for key, outcome in OUTCOMES.items():
-            tasks.add_metric([self.master, outcome], float(counters.get(key, 0)))
+        metrics = st.get("metrics") or {}
+        tasks = CounterMetricFamily("conveyor_tasks", "Tasks by queue, task name and outcome (submitted, "
+                                    "succeeded, failed, retried, dead, cancelled) since the master started",
+                                    labels=["master", "queue", "task", "outcome"])
+        for queue, task, outcome, n in metrics.get("tasks", []):
+            tasks.add_metric([self.master, queue, task, outcome], float(n))
         yield tasks
-        for key, name, text in (
-            ("duplicates", "conveyor_duplicate_results", "Results dropped as duplicates of a stored one"),
-            ("stale", "conveyor_stale_reports", "Reports carrying an outdated fencing token"),
-            ("rate_limited", "conveyor_rate_limited", "Leases deferred by a task's rate limit"),
+        for value, name, text in (
+            (metrics.get("duplicates", 0), "conveyor_duplicate_results", "Results dropped as duplicates of a stored one"),
+            (metrics.get("lease_expiries", 0), "conveyor_lease_expiries", "Leases that expired (their holder went silent)"),
+            (counters.get("stale", 0), "conveyor_stale_reports", "Reports carrying an outdated fencing token"),
+            (counters.get("rate_limited", 0), "conveyor_rate_limited", "Leases deferred by a task's rate limit"),
         ):
             c = CounterMetricFamily(name, text, labels=["master"])
-            c.add_metric(label, float(counters.get(key, 0)))
+            c.add_metric(label, float(value))
             yield c
+        for key, (name, text) in HISTOGRAMS.items():
+            if key in metrics:
+                yield histogram(name, text, self.master, metrics[key])
         depth = GaugeMetricFamily("conveyor_queue_tasks", "Tasks stored, by queue and state",
                                   labels=["master", "queue", "state"])
         for queue, counts in st.get("queues", {}).items():

@@ -1,10 +1,11 @@
-"""What the dashboard knows between polls: the latest status, an hour of samples, workers gone.
+"""What the dashboard knows between polls: the latest status and an hour of samples.
 
 One :class:`Monitor` polls the master's ``status`` once per interval for every
 browser tab and every Prometheus scrape, so the cost to the master does not
 grow with the number of viewers. Samples are kept in a ring buffer in this
 process, so a browser reload keeps the charts (a dashboard restart starts them
-afresh; the tasks themselves are in the master's store).
+afresh; the tasks themselves are in the master's store). Workers' records and
+the workers gone are the master's (``status()["workers"]``, ``["gone_workers"]``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from .gateway import Gateway, MasterDown
 log = logging.getLogger("conveyor.dashboard")
 POLL_INTERVAL = 2.0  # seconds between status polls: the pages' refresh cadence
 HISTORY_SECONDS = 3600.0  # the charts cover the last hour
-GONE_KEPT = 100  # disconnected workers remembered, newest first
 # A status call costs the master its duration (today a count over the store); waiting at least
 # this many times that long between calls keeps the dashboard under 1/20 (5 %) of the master's time.
 COST_FACTOR = 20.0
@@ -47,10 +47,6 @@ class Sample:
     inflight: int
 
 
-def _worker_key(w: dict[str, Any]) -> tuple[str, str, Any]:
-    return (str(w.get("name")), str(w.get("host")), w.get("pid"))
-
-
 def finished_counts(queues: dict[str, dict[str, int]]) -> tuple[int, int]:
     """(succeeded, failed or dead) over every queue."""
     ok = sum(q.get(SUCCEEDED, 0) for q in queues.values())
@@ -60,7 +56,7 @@ def finished_counts(queues: dict[str, dict[str, int]]) -> tuple[int, int]:
 
 @dataclass
 class Monitor:
-    """Polls ``status`` and keeps the latest document, rates, history and gone workers."""
+    """Polls ``status`` and keeps the latest document, rates and history."""
 
     gateway: Gateway
     interval: float = POLL_INTERVAL
@@ -69,8 +65,6 @@ class Monitor:
     status_at: float | None = None
     poll_seconds: float | None = None  # how long the latest status call took
     queue_rates: dict[str, float] = field(default_factory=dict)  # queue -> finished tasks/s
-    first_seen: dict[tuple, float] = field(default_factory=dict)
-    gone: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=GONE_KEPT))
     polls: int = 0
     on_poll: Callable[[float], None] | None = None  # told each successful poll's duration
 
@@ -115,28 +109,17 @@ class Monitor:
                 done = sum(counts.get(s, 0) - before.get(s, 0) for s in (SUCCEEDED, FAILED, DEAD))
                 self.queue_rates[q] = round(max(0, done) / dt, 2)
         workers = st.get("workers", [])
-        self._track_workers(workers, now)
         depth = {s: sum(q.get(s, 0) for q in queues.values()) for s in STATES}
         self.history.append(Sample(at=now, completed_per_s=round(completed_s, 2),
                                    failed_per_s=round(failed_s, 2), depth=depth,
                                    workers=len(workers), clients=int(st.get("clients", 0)),
                                    inflight=sum(int(w.get("inflight", 0)) for w in workers)))
 
-    def _track_workers(self, workers: list[dict[str, Any]], now: float) -> None:
-        current = {_worker_key(w): w for w in workers}
-        for key in list(self.first_seen):
-            if key not in current:
-                since = self.first_seen.pop(key)
-                self.gone.appendleft({"name": key[0], "host": key[1], "pid": key[2],
-                                      "seen_since": since, "gone_at": now})
-        for key in current:
-            self.first_seen.setdefault(key, now)
-
     def latest(self) -> Sample | None:
         """The newest sample, or None before the first poll."""
         return self.history[-1] if self.history else None
 
-    def series(self) -> dict[str, list]:
+    def series(self) -> dict[str, list[Any]]:
         """The history as columns, for the charts (uPlot takes one array per series)."""
         h = list(self.history)
         return {

@@ -2,8 +2,8 @@
 
 A service (submit and results, dispatch, queues, jobs, schedules, timers)
 reaches the rest of the master only through a :class:`Context`: the store
-and its runner, the clocks, the sessions, the counters, the wake-up of
-dispatch, result delivery, and the delay timer. Nothing reads another
+and its runner, the clocks, the sessions, the counters and metrics, the
+worker roster, the wake-up of dispatch, result delivery, and the delay timer. Nothing reads another
 module's private attributes.
 """
 
@@ -18,8 +18,10 @@ from typing import Any
 
 from ..store import Store
 from .dispatch import QueueTracker, Wake
+from .metrics import Metrics
 from .rates import RateMeter
 from .results import Subscriptions
+from .roster import Roster
 from .runner import StoreRunner
 from .session import Session
 from .timers import DueTimes
@@ -59,6 +61,8 @@ class Context:
     wake: Wake = field(default_factory=Wake)  # a dispatch pass is due
     subs: Subscriptions = field(default_factory=Subscriptions)
     delays: DueTimes = field(default_factory=DueTimes)  # when the next delayed task is due
+    metrics: Metrics = field(default_factory=Metrics)  # counters and histograms since start
+    roster: Roster = field(default_factory=Roster)  # worker sessions' records, workers gone
     completed: RateMeter = field(init=False)
     _runner: StoreRunner | None = field(default=None, init=False, repr=False)
 
@@ -68,6 +72,7 @@ class Context:
     def bind_runner(self, runner: StoreRunner) -> None:
         """The store runner, made by ``Master.start`` once the loop runs."""
         self._runner = runner
+        runner.on_commit = self.metrics.commit.observe
 
     @property
     def started(self) -> bool:

@@ -14,6 +14,7 @@ from .. import protocol, serde, wire
 from ..options import dependencies_of, passes_results, rate_limit_of
 from ..ratelimit import TokenBucket
 from ..records import FINISHED, LEASED, Lease, Outcome, Result, TaskInfo
+from .metrics import CANCELLED, DEAD, RETRIED
 from .session import Session
 
 if TYPE_CHECKING:
@@ -58,20 +59,21 @@ class JobService:
         """Carry out the workers' retry decisions: back to the queue after a delay, or dead."""
         ctx, store = self.ctx, self.ctx.store
 
-        def apply() -> tuple[list[float], dict[str, Result]]:
+        def apply() -> tuple[list[tuple[str, float]], dict[str, Result]]:
             again, dead = [], []
             for o, decision in retrying:
                 if decision.dead:
                     if store.nack(o.id, o.token, now, error=o.payload, dead=True):
                         dead.append(o.id)
                 elif store.nack(o.id, o.token, now, delay=decision.delay, error=o.payload):
-                    again.append(decision.delay)
+                    again.append((o.id, decision.delay))
             return again, store.results(dead) if dead else {}
 
         again, dead = await ctx.runner.call(apply)
         ctx.counters["retried"] += len(again)
         ctx.counters["dead"] += len(dead)
-        for delay in again:
+        self._measure(again, dead, now)
+        for _, delay in again:
             if delay > 0:
                 ctx.delays.due_at(now + delay)
         if again:
@@ -79,6 +81,15 @@ class JobService:
         if dead:
             ctx.subs.deliver(list(dead.values()))
             await self.settle_dependents()
+
+    def _measure(self, again: list[tuple[str, float]], dead: dict[str, Result], now: float) -> None:
+        """Metrics of failed attempts: retried ones wait again from when they are due."""
+        metrics = self.ctx.metrics
+        for tid, delay in again:
+            metrics.finished(tid, RETRIED, now)
+            metrics.due_at(tid, now + delay)
+        for tid in dead:
+            metrics.finished(tid, DEAD, now)
 
     # -- dependencies ------------------------------------------------------
     def track_dependents(self, ids: list[str]) -> None:
@@ -115,8 +126,11 @@ class JobService:
         """Keep the leases within their task's rate; defer the rest until a token is due.
 
         Buckets fill on the master's monotonic clock; ``now`` (wall time) dates the deferral.
+        The leases kept are the ones pushed to the worker: the metrics note their queue
+        wait ending and their run starting here.
         """
         if not any("rate_limit" in x.options for x in leases):
+            self.ctx.metrics.leased(leases, now)
             return leases
         mono = self.ctx.monotonic()
         keep: list[Lease] = []
@@ -147,16 +161,22 @@ class JobService:
             ctx.runner.call(put_back)
             ctx.counters["rate_limited"] += len(defer)
             ctx.delays.due_at(now + min(w for _, w in defer))
+        self.ctx.metrics.leased(keep, now)
         return keep
 
     # -- requests ----------------------------------------------------------
     async def on_cancel(self, s: Session, rid: int, req: wire.Ids) -> None:
         ctx, store, ids = self.ctx, self.ctx.store, req.ids
         now = ctx.clock()
-        outcomes = await ctx.runner.call(lambda: [store.cancel(tid, now, CANCELLED_ERROR) for tid in ids])
+
+        def cancel_each() -> list[tuple[tuple[str, str | None] | None, TaskInfo | None]]:
+            # Each task's queue and name too, for the metrics (cancelling is rare, and per id).
+            return [(store.cancel(tid, now, CANCELLED_ERROR), store.get(tid)) for tid in ids]
+
+        outcomes = await ctx.runner.call(cancel_each)
         cancelled, finished, unknown = [], [], []
         stop: dict[str, list[str]] = {}
-        for tid, outcome in zip(ids, outcomes):
+        for tid, (outcome, info) in zip(ids, outcomes):
             if outcome is None:
                 unknown.append(tid)
                 continue
@@ -165,6 +185,8 @@ class JobService:
                 finished.append(tid)
                 continue
             cancelled.append(tid)
+            if ctx.metrics.finished(tid, CANCELLED, now) is None and info is not None:
+                ctx.metrics.count(info.queue, info.name, CANCELLED)  # it never ran here
             if before == LEASED and owner:
                 stop.setdefault(owner, []).append(tid)
         self._stop_running(stop)

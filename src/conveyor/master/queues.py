@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .context import Context, Routes
 
 GET, PUT, JOIN = "get", "put", "join"
+#: Network queues ``qlist`` names beyond the declared ones (the most recently used first kept).
+MAX_LISTED = 1000
 
 
 @dataclass(eq=False)
@@ -112,6 +114,10 @@ class QueueService:
         self.putters = Waiting()
         self.joiners = Waiting()
         self._retrying: set[str] = set()
+        # Queues put to or got from since the master started (with the declared ones, what
+        # qlist lists), and per queue the sessions that got from it: its consumers.
+        self.used: dict[str, None] = {}
+        self.consumers: dict[str, set[Session]] = {}
 
     def routes(self) -> Routes:
         return {
@@ -121,13 +127,22 @@ class QueueService:
             protocol.QJOIN: self.on_qjoin,
             protocol.QSIZE: self.on_qsize,
             protocol.QINFO: self.on_qinfo,
+            protocol.QLIST: self.on_qlist,
         }
+
+    def _used(self, queue: str) -> None:
+        """``queue`` was put to or got from: qlist lists it."""
+        self.used.pop(queue, None)
+        self.used[queue] = None  # most recent last
+        if len(self.used) > MAX_LISTED:
+            del self.used[next(iter(self.used))]
 
     # -- put ---------------------------------------------------------------
     async def on_qput(self, s: Session, rid: int, req: wire.QPut) -> None:
         if not self.ctx.limits.allow_pickle and any(t.codec == PICKLE for t in req.items):
             s.error(rid, "SerializationError", PICKLE_DISABLED)
             return
+        self._used(req.queue)
         p = Parked(PUT, s, rid, req.queue, tasks=list(req.items),
                    maxsize=self.declared.get(req.queue, req.maxsize))
         await self._try_put(p)
@@ -186,6 +201,8 @@ class QueueService:
     # -- get ---------------------------------------------------------------
     async def on_qget(self, s: Session, rid: int, req: wire.QGet) -> None:
         s.holds_items = True
+        self._used(req.queue)
+        self.consumers.setdefault(req.queue, set()).add(s)
         g = Parked(GET, s, rid, req.queue, max=req.max, ack=req.ack)
         ctx, q, n = self.ctx, req.queue, req.max
         mark = ctx.queues.mark(q)
@@ -286,8 +303,24 @@ class QueueService:
         s.reply(rid, {"declared": q in self.declared, "maxsize": self.declared.get(q, 0),
                       "queues": sorted(self.declared)})
 
+    async def on_qlist(self, s: Session, rid: int, req: wire.NoFields) -> None:
+        """Every network queue: declared ones and those used since the master started,
+        with their depth (one store transaction) and consumers."""
+        names = sorted(self.declared.keys() | self.used.keys())
+        store = self.ctx.store
+        counts = await self.ctx.runner.call(lambda: [store.pending_counts(q) for q in names])
+        s.reply(rid, {"queues": [
+            {"queue": q, "ready": ready, "delayed": delayed, "leased": leased,
+             "maxsize": self.declared.get(q, 0), "declared": q in self.declared,
+             "consumers": len(self.consumers.get(q, ()))}
+            for q, (ready, delayed, leased) in zip(names, counts)]})
+
     # -- sessions ----------------------------------------------------------
     def drop(self, s: Session) -> None:
-        """A session went away: forget what it had parked."""
+        """A session went away: forget what it had parked, and that it consumed."""
         for waiting in (self.getters, self.putters, self.joiners):
             waiting.drop(s)
+        for q in [q for q, sessions in self.consumers.items() if s in sessions]:
+            self.consumers[q].discard(s)
+            if not self.consumers[q]:
+                del self.consumers[q]

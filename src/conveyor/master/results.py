@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import protocol, wire
-from ..records import DUPLICATE, STALE, STORED, NewTask, Outcome, Result
+from ..records import DUPLICATE, FAILED, STALE, STORED, SUCCEEDED, NewTask, Outcome, Result
 from ..serde import PICKLE
 from .session import Session
 
@@ -101,6 +101,7 @@ class ResultService:
             raise
         s.reply(rid, {"new": sum(new)})
         ctx.counters["submitted"] += sum(new)
+        ctx.metrics.submitted(tasks, new, now)
         self._made_ready(tasks, new, now)
         existing = [t.id for t, is_new in zip(tasks, new) if not is_new]
         if existing:
@@ -159,6 +160,7 @@ class ResultService:
             await self.jobs.retry_or_bury(retrying, now)
         stored = [o for o, st in zip(outcomes, statuses) if st == STORED]
         self._count(statuses, len(stored))
+        self._measure(s, stored, sum(1 for _, retry in retrying if retry.dead), now)
         s.reply(rid, {})
         if stored:
             self._deliver_outcomes(stored)
@@ -167,9 +169,20 @@ class ResultService:
     def _count(self, statuses: list[str], stored: int) -> None:
         counters = self.ctx.counters
         counters["duplicates"] += statuses.count(DUPLICATE)
+        self.ctx.metrics.duplicates += statuses.count(DUPLICATE)
         counters["stale"] += statuses.count(STALE)
         counters["completed"] += stored
         self.ctx.completed.add(stored)
+
+    def _measure(self, s: Session, stored: list[Outcome], dead: int, now: float) -> None:
+        """The metrics of results just stored: outcome counters, run times, and the worker's
+        tally (its successes, and its final failures: failed, or ``dead`` after its retries)."""
+        metrics = self.ctx.metrics
+        done = 0
+        for o in stored:
+            metrics.finished(o.id, SUCCEEDED if o.ok else FAILED, now)
+            done += o.ok
+        self.ctx.roster.settled(s.id, done, len(stored) - done + dead)
 
     def _deliver_outcomes(self, stored: list[Outcome]) -> None:
         """Results go to their subscribers straight from the worker's message."""
@@ -183,6 +196,7 @@ class ResultService:
         """Prefetched tasks a worker hands back unrun."""
         for tid, _ in req.pairs:
             s.inflight.pop(tid, None)
+        self.ctx.metrics.forget(tid for tid, _ in req.pairs)
         n = await self.ctx.runner.call(self.ctx.store.release, req.pairs, self.ctx.clock())
         s.reply(rid, {"n": n})
         if n:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,7 @@ class StoreRunner:
         self._closing = False
         self._batching = False  # between begin() and end(): inline calls share one transaction
         self._batch: contextlib.AbstractContextManager[None] | None = None  # that transaction, once open
+        self._batch_started = 0.0  # perf_counter() when that transaction began
         # Off the loop: one thread, so the store's connection is only ever used from it,
         # and the batch running there (one at a time, in call order).
         self._thread: ThreadPoolExecutor | None = None
@@ -77,6 +79,14 @@ class StoreRunner:
         if self.off_loop:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conveyor-store")
         self.commits = 0
+        #: Told how long each transaction took, from its start to its commit (seconds):
+        #: the master's store commit time histogram. Called on whichever thread committed.
+        self.on_commit: Callable[[float], None] | None = None
+
+    def _committed(self, started: float) -> None:
+        self.commits += 1
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
 
     def begin(self) -> None:
         """Inline calls from now to :meth:`end` run in one transaction, committed by ``end``.
@@ -97,7 +107,7 @@ class StoreRunner:
             batch.__exit__(None, None, None)
         except Exception:
             return False
-        self.commits += 1
+        self._committed(self._batch_started)
         return True
 
     def call(self, fn: Callable[..., Any], *args: Any, durable: bool = True) -> asyncio.Future[Any]:
@@ -116,6 +126,7 @@ class StoreRunner:
             try:
                 if self._batching:
                     if self._batch is None:
+                        self._batch_started = time.perf_counter()
                         batch = self.store.transaction()
                         batch.__enter__()
                         self._batch = batch  # only once begun: end() commits what is open
@@ -124,9 +135,10 @@ class StoreRunner:
                 else:
                     # A store method alone in its transaction needs no savepoint: its error rolls back all.
                     alone = getattr(fn, "__self__", None) is self.store
+                    started = time.perf_counter()
                     with self.store.transaction(durable=durable, savepoints=not alone):
                         value = fn(*args)
-                    self.commits += 1
+                    self._committed(started)
             except Exception as exc:
                 fut.set_exception(exc)
             else:
@@ -148,6 +160,7 @@ class StoreRunner:
     def _run(self, batch: list[_Call]) -> list[_Outcome]:
         """Run ``batch`` in one transaction (on whichever thread owns the store); never raises."""
         outcomes: list[_Outcome] = []
+        started = time.perf_counter()
         try:
             with self.store.transaction(durable=any(call.durable for call in batch)):
                 for call in batch:
@@ -155,7 +168,7 @@ class StoreRunner:
                         outcomes.append((call.future, True, call.fn(*call.args)))
                     except Exception as exc:  # that call fails (and is rolled back); the others commit
                         outcomes.append((call.future, False, exc))
-            self.commits += 1
+            self._committed(started)
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
             outcomes = [(call.future, False, exc) for call in batch]
         return outcomes

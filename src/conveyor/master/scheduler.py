@@ -9,7 +9,8 @@ under its deterministic id (:func:`~conveyor.schedule.slot_task_id`) and
 records the slot as the schedule's ``last_slot``. Enqueue is idempotent by
 id and ``last_slot`` only moves forward, so a slot is enqueued once even when
 a master is killed between the two, restarted, or shares its store with
-another master.
+another master. ``sched_run`` enqueues a schedule's task at once, outside its
+slots, under an id made of its name and the current second.
 
 Workers declare the schedules of their modules (``@conveyor.periodic``) in
 their hello; :meth:`Scheduler.declare` adds the new ones and replaces
@@ -20,6 +21,7 @@ code-declared ones whose spec changed. A schedule added at run time
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ from ..errors import NotFound, SerializationError
 from ..options import priority_of
 from ..records import NewTask
 from ..schedule import Schedule, due_slots, next_slot, slot_task_id
+from .metrics import SUBMITTED
 from .session import Session
 
 if TYPE_CHECKING:
@@ -47,6 +50,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._records: list[dict[str, Any]] = []  # as last read, for status
         self._warned: set[tuple[str, str]] = set()
+        # The latest "run now" of each schedule since the master started: {id, at}.
+        self.manual: dict[str, dict[str, Any]] = {}
 
     def wake(self) -> None:
         """Look at the schedules now (one was added, changed or removed)."""
@@ -90,6 +95,7 @@ class Scheduler:
             for sched, slot in new:
                 log.debug("schedule %s: enqueued slot %s", sched.name, slot)
                 ctx.queues.changed(sched.queue)
+                ctx.metrics.count(sched.queue, sched.task, SUBMITTED)
             if new:
                 ctx.counters["scheduled"] += len(new)
                 ctx.wake.set()
@@ -121,12 +127,7 @@ class Scheduler:
             fresh = self._parse(rec)
             if fresh is None or fresh.spec() != sched.spec() or fresh.created_at != sched.created_at:
                 continue  # changed meanwhile: the next tick sees the new spec
-            options = dict(sched.options)
-            priority = priority_of(options)
-            options.pop("priority", None)
-            options.update(schedule=sched.name, slot=slot)
-            task = NewTask(slot_task_id(sched.name, slot), sched.queue, sched.task, sched.payload,
-                           sched.codec, priority, 0.0, options)
+            task = _task(sched, slot_task_id(sched.name, slot), {"schedule": sched.name, "slot": slot})
             (is_new,) = store.enqueue([task], now)
             store.mark_slot(sched.name, slot)
             out.append((sched, slot, is_new))
@@ -207,6 +208,7 @@ class Scheduler:
         out["args"], out["kwargs"] = _arguments(rec.get("payload") or b"", rec.get("codec"))
         sched = self._parse(rec)
         out["next_slot"] = next_slot(sched, now) if sched is not None else None
+        out["last_run_now"] = self.manual.get(str(rec.get("name")))
         return out
 
     def summary(self) -> list[dict[str, Any]]:
@@ -220,6 +222,7 @@ class Scheduler:
             protocol.SCHED_ADD: self.on_sched_add,
             protocol.SCHED_LIST: self.on_sched_list,
             protocol.SCHED_DEL: self.on_sched_del,
+            protocol.SCHED_RUN: self.on_sched_run,
         }
 
     async def on_sched_add(self, s: Session, rid: int, req: wire.SchedAdd) -> None:
@@ -240,8 +243,51 @@ class Scheduler:
     async def on_sched_del(self, s: Session, rid: int, req: wire.Name) -> None:
         if not await self.ctx.runner.call(self.ctx.store.remove_schedule, req.name):
             raise NotFound(f"no schedule named {req.name!r}")
+        self.manual.pop(req.name, None)
         s.reply(rid, {})
         self.wake()
+
+    async def on_sched_run(self, s: Session, rid: int, req: wire.Name) -> None:
+        """Enqueue a schedule's task now, outside its timing (its slots are untouched).
+
+        The id is the schedule's name with the current second, so a double click
+        (or a resent request) within one second enqueues one task.
+        """
+        ctx = self.ctx
+        now = ctx.clock()
+        tid, is_new, queue, task_name = await ctx.runner.call(self._run_now, req.name, now)
+        self.manual[req.name] = {"id": tid, "at": now}
+        s.reply(rid, {"id": tid, "new": is_new})
+        if is_new:
+            ctx.counters["submitted"] += 1
+            ctx.metrics.count(queue, task_name, SUBMITTED)
+            ctx.work_added(queue)
+
+    def _run_now(self, name: str, now: float) -> tuple[str, bool, str, str]:
+        """In one transaction: read schedule ``name``, enqueue its task (store thread)."""
+        rec = next((r for r in self.ctx.store.schedules() if r["name"] == name), None)
+        if rec is None:
+            raise NotFound(f"no schedule named {name!r}")
+        sched = self._parse(rec)
+        if sched is None:
+            raise ValueError(f"schedule {name!r} is stored in a form this master cannot read")
+        task = _task(sched, manual_task_id(name, now), {"schedule": name, "manual": True})
+        (is_new,) = self.ctx.store.enqueue([task], now)
+        return task.id, is_new, sched.queue, sched.task
+
+
+def _task(sched: Schedule, tid: str, marks: dict[str, Any]) -> NewTask:
+    """The task ``sched`` enqueues, under id ``tid``, its options marked with ``marks``."""
+    options = dict(sched.options)
+    priority = priority_of(options)
+    options.pop("priority", None)
+    options.update(marks)
+    return NewTask(tid, sched.queue, sched.task, sched.payload, sched.codec, priority, 0.0, options)
+
+
+def manual_task_id(name: str, now: float) -> str:
+    """The id of a "run now" of schedule ``name`` at ``now``: the same within one second."""
+    return hashlib.sha256(f"{name}@manual@{int(now)}".encode()).hexdigest()[:32]
 
 
 def _keeping(sched: Schedule, old: Schedule | None, rec: dict[str, Any] | None, now: float) -> dict[str, Any]:

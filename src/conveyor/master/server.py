@@ -209,6 +209,8 @@ class Master:
         s.close()
         if self.sessions.pop(s.id, None) is None:
             return
+        if s.role == "worker":
+            self.ctx.roster.left(s.id, s.name, s.host, s.pid, self.ctx.clock())
         self.ctx.subs.drop(s)
         self.queue_service.drop(s)
         if self._stopping:
@@ -217,6 +219,7 @@ class Master:
             if s.role == "worker":
                 log.info("worker %s (%s) disconnected with %d task(s) in flight",
                          s.name, s.peer, len(s.inflight))
+            self.ctx.metrics.forget(s.inflight)  # handed back unfinished: no run to time
             self.ctx.after_release(self.ctx.runner.call(self.store.release_owner, s.id, self.ctx.clock()))
             s.inflight.clear()
 
@@ -311,6 +314,7 @@ class Master:
             s.weights = req.weights
             s.concurrency = req.concurrency
             self.scheduler.declare(s, req.periodic)  # @conveyor.periodic in its modules
+            self.ctx.roster.joined(s.id, self.ctx.clock(), req.pool, req.loop)
             log.info("worker %s connected from %s (queues %s, concurrency %d)",
                      s.name, s.peer, ",".join(s.queues), s.concurrency)
         s.reply(rid, {"session": s.id, "version": __version__,
@@ -325,28 +329,37 @@ class Master:
         s.reply(rid, self.status(stats))
 
     def status(self, stats: dict[str, QueueStats]) -> dict[str, Any]:
-        """The status document ``conveyor status`` prints."""
+        """The status document ``conveyor status`` prints (and the dashboard polls)."""
         ctx = self.ctx
-        mono = ctx.monotonic()
-        workers = [
-            {"name": w.name, "host": w.host, "pid": w.pid, "peer": w.peer, "queues": w.queues,
-             "concurrency": w.concurrency, "inflight": len(w.inflight),
-             "idle_for": round(mono - w.last_seen, 1)}
-            for w in self.sessions.values() if w.role == "worker"
-        ]
+        mono, now = ctx.monotonic(), ctx.clock()
         return {
             "version": __version__,
             "pid": os.getpid(),
-            "uptime": round(ctx.clock() - self.started_at, 1),
+            "uptime": round(now - self.started_at, 1),
+            "started_at": self.started_at,
             "store": type(self.store).__name__,
             "loop": loops.name(),
             "queues": {q: st.as_dict() for q, st in sorted(stats.items())},
-            "workers": workers,
+            "workers": [self._worker(w, mono, now) for w in self.sessions.values() if w.role == "worker"],
+            "gone_workers": list(ctx.roster.gone),
             "clients": sum(1 for c in self.sessions.values() if c.role == "client"),
             "counters": dict(ctx.counters),
             "rates": {"completed_10s": ctx.completed.rate(10), "completed_60s": ctx.completed.rate(60)},
             "schedules": self.scheduler.summary(),
+            "metrics": ctx.metrics.snapshot(),
         }
+
+    def _worker(self, w: Session, mono: float, now: float) -> dict[str, Any]:
+        """One connected worker, as the status document shows it."""
+        rec = self.ctx.roster.get(w.id)
+        idle = mono - w.last_seen
+        return {"name": w.name, "host": w.host, "pid": w.pid, "peer": w.peer, "queues": w.queues,
+                "concurrency": w.concurrency, "inflight": len(w.inflight), "idle_for": round(idle, 1),
+                # Wall-clock time of its last message: silences are timed on the monotonic clock.
+                "last_heartbeat": now - idle,
+                "started_at": rec.started_at if rec else None, "pool": rec.pool if rec else None,
+                "loop": rec.loop if rec else None, "done": rec.done if rec else 0,
+                "failed": rec.failed if rec else 0}
 
 
 def merge_routes(*tables: Routes) -> Routes:

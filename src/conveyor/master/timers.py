@@ -115,6 +115,7 @@ class Reaper:
             expired = await ctx.runner.call(ctx.store.expire_leases, now)
             if expired:
                 log.warning("%d lease(s) expired and went back to their queues", len(expired))
+                ctx.metrics.expired(expired)
                 ctx.work_added()
         if self.purge.due(mono):
             n = await ctx.runner.call(ctx.store.purge_finished, now - ctx.limits.result_ttl)

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..records import (  # re-exported: the store interface speaks in these records
+    ALL_TASKS,
     CANCELLED,
     DEAD,
     DELAYED,
@@ -39,26 +41,34 @@ from ..records import (  # re-exported: the store interface speaks in these reco
     FAILED,
     FINISHED,
     LEASED,
+    OUTCOMES,
     READY,
+    RETRIED,
     STALE,
     STATES,
     STORED,
     SUCCEEDED,
     UNKNOWN,
     WAITING,
+    BulkResult,
     Lease,
     NewTask,
     Outcome,
     QueueStats,
     Result,
+    TaskCount,
+    TaskFilter,
     TaskInfo,
+    TaskPage,
+    TaskSummary,
 )
+from .validate import FINISHED_STATES, check_listing
 
 __all__ = [
-    "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED", "READY",
-    "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
-    "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskInfo",
-    "Store", "dependency_failed_error",
+    "ALL_TASKS", "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED",
+    "OUTCOMES", "READY", "RETRIED", "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
+    "BulkResult", "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskCount", "TaskFilter",
+    "TaskInfo", "TaskPage", "TaskSummary", "Store", "dependency_failed_error",
 ]
 
 
@@ -73,6 +83,13 @@ class Store(abc.ABC):
     #: on one thread of its own, one transaction at a time. False for in-process
     #: stores (memory, SQLite), whose calls are cheap enough to run on the loop.
     blocking_io: bool = False
+
+    #: The most dependents one call (complete, nack, cancel) frees or fails; the
+    #: rest of that cascade is kept, durably, for :meth:`settle_pending`. None
+    #: (the default) settles every one in the call itself. A master that sets it
+    #: calls settle_pending regularly (and at start): until then the rest stay
+    #: WAITING, which no lease hands out, so nothing runs that should not.
+    cascade_limit: int | None = None
 
     @abc.abstractmethod
     def enqueue(self, tasks: Sequence[NewTask], now: float) -> list[bool]:
@@ -141,20 +158,37 @@ class Store(abc.ABC):
         """Hand back every task leased to ``owner`` (its connection dropped); their ids."""
 
     @abc.abstractmethod
-    def release_all(self, now: float) -> int:
-        """Hand back every leased task (master start-up: no lease survives a restart)."""
+    def release_all(self, now: float, *, limit: int | None = None) -> int:
+        """Hand back every leased task (master start-up: no lease survives a restart).
+
+        With ``limit`` (1..validate.MAX_BATCH), at most that many per call, each call
+        one short transaction: call until it returns less than the limit.
+        """
 
     @abc.abstractmethod
     def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
         """Push the lease deadline of every task ``owner`` holds to ``now + lease_for``."""
 
     @abc.abstractmethod
-    def expire_leases(self, now: float) -> list[str]:
-        """Hand back every task whose lease deadline passed; their ids."""
+    def expire_leases(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Hand back every task whose lease deadline passed; their ids.
+
+        With ``limit``, the earliest deadlines first, at most that many per call:
+        call until fewer than the limit come back.
+        """
 
     @abc.abstractmethod
-    def promote_due(self, now: float) -> list[str]:
-        """Make delayed tasks whose ``not_before`` has come ready; their queues (deduplicated)."""
+    def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Make delayed tasks whose ``not_before`` has come ready; their queues (deduplicated).
+
+        With ``limit``, at most that many (earliest due first) per call: call again
+        while :meth:`next_due` is at or before ``now``.
+        """
+
+    @abc.abstractmethod
+    def settle_pending(self, now: float, *, limit: int = 1000) -> bool:
+        """Continue the dependency cascades :attr:`cascade_limit` cut short: settle
+        about ``limit`` more dependents in one transaction. True while more remain."""
 
     @abc.abstractmethod
     def next_due(self) -> float | None:
@@ -188,8 +222,13 @@ class Store(abc.ABC):
         requeued (in enqueue order); ids not in ``states`` are skipped."""
 
     @abc.abstractmethod
-    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
-        """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
+    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,),
+              limit: int | None = None) -> int:
+        """Delete every task in ``states`` (of ``queue``, or of every queue); how many.
+
+        With ``limit``, at most that many per call (by state name, then oldest
+        first): call until it returns less than the limit.
+        """
 
     @abc.abstractmethod
     def list_tasks(self, *, queue: str | None = None, state: str | None = None,
@@ -206,12 +245,95 @@ class Store(abc.ABC):
         """(ready, delayed, leased) counts of one queue; cheap enough to call per put."""
 
     @abc.abstractmethod
-    def purge_finished(self, before: float) -> int:
-        """Delete finished tasks (and their results) that finished before ``before``."""
+    def purge_finished(self, before: float, *, limit: int | None = None) -> int:
+        """Delete finished tasks (and their results) that finished before ``before``.
+
+        With ``limit``, at most that many per call (earliest finished first): call
+        until it returns less than the limit (result-TTL expiry in bounded steps).
+        """
 
     @abc.abstractmethod
     def stats(self) -> dict[str, QueueStats]:
-        """Counts by state for every queue that has tasks."""
+        """Counts by state for every queue that has tasks.
+
+        From counters kept in the transactions that change task states: its cost
+        does not grow with the number of tasks.
+        """
+
+    @abc.abstractmethod
+    def task_counts(self) -> dict[tuple[str, str | None, str], int]:
+        """Tasks now in each (queue, task name, state) that has any (name None: plain
+        queue items). From the same counters as :meth:`stats`: O(queues x names)."""
+
+    @abc.abstractmethod
+    def outcome_totals(self) -> dict[tuple[str, str | None, str], int]:
+        """Monotonic counters (queue, task name, outcome) -> how many ever, for each
+        outcome in OUTCOMES (succeeded, failed, dead, cancelled, retried): what
+        Prometheus counters read. Purges never decrease them; a rolled-back
+        transaction leaves them as they were. (A SQLite file made before they
+        existed starts them from the finished tasks it holds.)"""
+
+    # -- listings, counts and bulk actions by filter (the dashboard) ----------
+
+    @abc.abstractmethod
+    def list_page(self, flt: TaskFilter = ALL_TASKS, *, limit: int = 50,
+                  cursor: str | None = None, newest_first: bool = True) -> TaskPage:
+        """A page of summaries of the tasks ``flt`` selects, in enqueue order (newest
+        or oldest first), and the cursor of the next page.
+
+        Keyset paging: ``cursor`` (a previous page's) resumes after its last row,
+        without OFFSET, and each call examines a bounded number of rows, so a page
+        costs the same at any depth; a sparse filter may give short or empty pages
+        with a cursor (ask again). ``limit`` 1..validate.MAX_PAGE. Bad arguments
+        raise ValueError naming the argument, before anything is read.
+        """
+
+    @abc.abstractmethod
+    def count_tasks(self, flt: TaskFilter = ALL_TASKS, *, cap: int = 100_000) -> TaskCount:
+        """How many tasks ``flt`` selects (what a bulk action would touch): exact when
+        the counters answer it (states, queue and name only), else counted up to
+        ``cap`` (1..validate.MAX_COUNT_CAP) within a bounded scan; ``exact`` False
+        means "at least n"."""
+
+    def requeue_matching(self, flt: TaskFilter, now: float, *, limit: int = 500,
+                         cursor: str | None = None) -> BulkResult:
+        """One bounded batch of "retry what this filter selects", in one transaction:
+        :meth:`requeue` the finished tasks among the next ``limit`` (1..MAX_PAGE) that
+        ``flt`` selects, oldest first. Call again with the returned cursor until it
+        is None. Tasks whose dependency failed are skipped (as in :meth:`requeue`)."""
+        check_listing(flt, limit, cursor, False)
+        wanted = _eligible(flt, FINISHED_STATES)
+        if not wanted:
+            return BulkResult([], None)
+        with self.transaction():
+            page = self.list_page(_with_states(flt, wanted), limit=limit, cursor=cursor,
+                                  newest_first=False)
+            done = self.requeue(now, ids=[t.id for t in page.tasks], states=sorted(wanted)) \
+                if page.tasks else []
+        return BulkResult(done, page.cursor)
+
+    def cancel_matching(self, flt: TaskFilter, now: float, error: bytes, *, limit: int = 500,
+                        cursor: str | None = None) -> BulkResult:
+        """One bounded batch of "cancel what this filter selects", in one transaction:
+        :meth:`cancel` the unfinished tasks among the next ``limit`` that ``flt``
+        selects, oldest first. ``cancelled`` names each one's state before and its
+        lease owner (to stop it where it runs). Call again with the returned cursor
+        until it is None."""
+        check_listing(flt, limit, cursor, False)
+        wanted = _eligible(flt, frozenset(STATES) - FINISHED_STATES)
+        if not wanted:
+            return BulkResult([], None)
+        out = BulkResult([], None)
+        with self.transaction():
+            page = self.list_page(_with_states(flt, wanted), limit=limit, cursor=cursor,
+                                  newest_first=False)
+            for t in page.tasks:
+                got = self.cancel(t.id, now, error)
+                if got is not None and got[0] not in FINISHED_STATES:
+                    out.ids.append(t.id)
+                    out.cancelled.append((t.id, got[0], got[1]))
+        out.cursor = page.cursor
+        return out
 
     # -- periodic schedules (conveyor.schedule; the master's scheduler loop) --
     # A record is a dict: name, task, queue, payload (the encoded arguments),
@@ -250,6 +372,16 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
+
+
+def _eligible(flt: TaskFilter, allowed: frozenset[str]) -> frozenset[str]:
+    """The states a bulk action may touch among those ``flt`` selects."""
+    return frozenset(flt.states) & allowed if flt.states else allowed
+
+
+def _with_states(flt: TaskFilter, states: frozenset[str]) -> TaskFilter:
+    """``flt`` narrowed to ``states``."""
+    return dataclasses.replace(flt, states=tuple(sorted(states)))
 
 
 def dependency_failed_error(dependency_id: str, state: str) -> bytes:

@@ -8,6 +8,7 @@ snapshots), exactly like the SQLite store.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 
 from .. import serde
 from ..records import (
+    ALL_TASKS,
     CANCELLED,
     DEAD,
     DELAYED,
@@ -24,6 +26,7 @@ from ..records import (
     FAILED,
     LEASED,
     READY,
+    RETRIED,
     STALE,
     STATES,
     STORED,
@@ -35,11 +38,29 @@ from ..records import (
     Outcome,
     QueueStats,
     Result,
+    TaskCount,
+    TaskFilter,
     TaskInfo,
+    TaskPage,
+    TaskSummary,
+    task_id_for_key,
 )
+from . import paging
 from .base import Store, dependency_failed_error
 from .schedules import MemorySchedules, ScheduleRecord
-from .validate import FINISHED_STATES, check_page, finished_states
+from .validate import (
+    FINISHED_STATES,
+    MAX_BATCH,
+    MAX_COUNT_CAP,
+    check_filter,
+    check_int,
+    check_limit,
+    check_listing,
+    check_page,
+    finished_states,
+)
+
+_Key = tuple[str, str | None, str]  # (queue, task name, state or outcome)
 
 
 class _Rec:
@@ -124,20 +145,27 @@ class _Undo:
     """What one open transaction level changed, as it was before the change.
 
     ``tasks``: task id -> the record's snapshot (None: it did not exist);
-    ``schedules``: schedule name -> its record (None: it did not exist).
+    ``schedules``: schedule name -> its record (None: it did not exist);
+    ``totals``: what this level added to each outcome total.
     Restored if the level raises; merged into the enclosing level if it commits.
     """
 
-    __slots__ = ("tasks", "schedules")
+    __slots__ = ("tasks", "schedules", "totals", "unsettled")
 
     def __init__(self) -> None:
         self.tasks: dict[str, _Rec | None] = {}
         self.schedules: dict[str, ScheduleRecord | None] = {}
+        self.totals: dict[_Key, int] = {}
+        self.unsettled: list[tuple[str, str]] | None = None  # the pending cascades before
 
     def merge_into(self, parent: _Undo) -> None:
         """Keep the older snapshot of each: the enclosing level undoes back to its own start."""
         for task_id, snap in self.tasks.items():
             parent.tasks.setdefault(task_id, snap)
+        for key, n in self.totals.items():
+            parent.totals[key] = parent.totals.get(key, 0) + n
+        if parent.unsettled is None:
+            parent.unsettled = self.unsettled
         for name, record in self.schedules.items():
             parent.schedules.setdefault(name, record)
 
@@ -150,6 +178,8 @@ class MemoryStore(Store):
         self._records: dict[str, _Rec] = {}
         self._seq = 0
         self._schedules = MemorySchedules()
+        self._totals: dict[_Key, int] = {}  # outcome totals: never rebuilt, undone by delta
+        self._unsettled: deque[tuple[str, str]] = deque()  # cascades cut short by cascade_limit
         # One undo log per open transaction level, innermost last.
         self._undo: list[_Undo] = []
         self._reset_indexes()
@@ -163,13 +193,20 @@ class MemoryStore(Store):
         self._finished: list[tuple[float, int, str]] = []  # heap(finished_at, seq, id)
         self._owners: dict[str, set[str]] = {}
         self._counts: dict[str, dict[str, int]] = {}
+        self._named: dict[_Key, int] = {}  # (queue, name, state) -> tasks now
         self._leased = 0
+        # Enqueue order for listings: the seqs ascending (deleted ones linger until
+        # compacted) and seq -> id of the tasks that exist.
+        self._order: list[int] = []
+        self._by_seq: dict[int, str] = {}
 
     def _rebuild_indexes(self) -> None:
         self._reset_indexes()
-        for rec in self._records.values():
-            self._count(rec.queue, rec.state, 1)
+        for rec in sorted(self._records.values(), key=lambda r: r.seq):
+            self._count(rec, rec.state, 1)
             self._index(rec)
+            self._order.append(rec.seq)
+            self._by_seq[rec.seq] = rec.id
         for ready in self._ready.values():
             heapq.heapify(ready)
         heapq.heapify(self._delayed)
@@ -206,13 +243,28 @@ class MemoryStore(Store):
             heapq.heapify(live)
             self._deadlines = live
 
-    def _count(self, queue: str, state: str, delta: int) -> None:
+    def _count(self, rec: _Rec, state: str, delta: int) -> None:
+        """Add ``delta`` tasks of ``rec``'s queue and name to ``state``'s counts."""
+        queue = rec.queue
         counts = self._counts.get(queue)
         if counts is None:
             counts = self._counts[queue] = dict.fromkeys(STATES, 0)
         counts[state] += delta
         if delta < 0 and not any(counts.values()):
             del self._counts[queue]
+        key = (queue, rec.name, state)
+        n = self._named.get(key, 0) + delta
+        if n:
+            self._named[key] = n
+        else:
+            del self._named[key]
+
+    def _total(self, rec: _Rec, outcome: str) -> None:
+        """Count one ``outcome`` of ``rec``'s queue and name (undone with the transaction)."""
+        key = (rec.queue, rec.name, outcome)
+        self._totals[key] = self._totals.get(key, 0) + 1
+        undo = self._undo[-1].totals
+        undo[key] = undo.get(key, 0) + 1
 
     def _move(self, rec: _Rec, state: str) -> None:
         """Change ``rec``'s state, keeping counts and the owner index right.
@@ -232,8 +284,12 @@ class MemoryStore(Store):
         if state != LEASED:
             rec.lease_owner = None
             rec.lease_deadline = None
-        self._count(rec.queue, old, -1)
-        self._count(rec.queue, state, 1)
+        self._count(rec, old, -1)
+        self._count(rec, state, 1)
+        if state in FINISHED_STATES and old not in FINISHED_STATES:
+            self._total(rec, state)
+        elif old in FINISHED_STATES and state not in FINISHED_STATES:
+            self._total(rec, RETRIED)
         rec.state = state
         self._index(rec)
 
@@ -257,6 +313,10 @@ class MemoryStore(Store):
                 yield
             except BaseException:
                 undo = self._undo.pop()
+                for key, n in undo.totals.items():
+                    self._totals[key] -= n
+                if undo.unsettled is not None:
+                    self._unsettled = deque(undo.unsettled)
                 if undo.tasks:
                     for task_id, snap in undo.tasks.items():
                         if snap is None:
@@ -314,8 +374,12 @@ class MemoryStore(Store):
                 self._records[t.id] = rec
                 if t.after:
                     self._link(rec, t.after, now)
-                self._count(rec.queue, rec.state, 1)
+                self._count(rec, rec.state, 1)
+                if rec.state == FAILED:  # a dependency had failed already
+                    self._total(rec, FAILED)
                 self._index(rec)
+                self._order.append(rec.seq)
+                self._by_seq[rec.seq] = rec.id
                 out.append(True)
         return out
 
@@ -361,17 +425,33 @@ class MemoryStore(Store):
 
         A success makes each waiting dependent whose dependencies have all
         succeeded ready (or delayed); any other end fails every waiting
-        dependent, and theirs in turn (breadth first, in enqueue order).
+        dependent, and theirs in turn (breadth first, in enqueue order). At most
+        :attr:`cascade_limit` dependents here; the rest wait for settle_pending.
         """
-        work = deque([(task_id, state)])
+        self._cascade(deque([(task_id, state)]), now, self.cascade_limit)
+
+    def _cascade(self, work: deque[tuple[str, str]], now: float, budget: int | None) -> None:
+        """Settle the dependents of the (id, state) in ``work``, breadth first, at most
+        ``budget`` of them; what is left joins ``_unsettled`` (undone with the transaction)."""
+        steps = 0
         while work:
+            if budget is not None and steps >= budget:
+                undo = self._undo[-1]
+                if undo.unsettled is None:
+                    undo.unsettled = list(self._unsettled)
+                self._unsettled.extend(work)
+                return
             dep_id, dep_state = work.popleft()
             dep = self._records.get(dep_id)
             if dep is None or not dep.dependents:
                 continue
-            for rec in self._sorted_recs([i for i in dep.dependents if i in self._records]):
-                if rec.state != WAITING:
-                    continue
+            waiting = [r for r in self._sorted_recs([i for i in dep.dependents if i in self._records])
+                       if r.state == WAITING]
+            if budget is not None and len(waiting) > budget - steps:
+                waiting = waiting[:budget - steps]
+                work.appendleft((dep_id, dep_state))  # the rest of its dependents: later
+            for rec in waiting:
+                steps += 1
                 if dep_state != SUCCEEDED:
                     self._finish(rec, FAILED, False, dependency_failed_error(dep_id, dep_state),
                                  "msgpack", now)
@@ -380,6 +460,19 @@ class MemoryStore(Store):
                          for a in rec.after if a in self._records):
                     self._touch(rec)
                     self._move(rec, DELAYED if rec.not_before > now else READY)
+
+    def settle_pending(self, now: float, *, limit: int = 1000) -> bool:
+        """Continue cascades cut short by ``cascade_limit``; True while more remain."""
+        check_int("limit", limit, 1, MAX_BATCH)
+        with self.transaction():
+            if not self._unsettled:
+                return False
+            undo = self._undo[-1]
+            if undo.unsettled is None:
+                undo.unsettled = list(self._unsettled)
+            work = deque(self._unsettled.popleft() for _ in range(min(limit, len(self._unsettled))))
+            self._cascade(work, now, limit)
+            return bool(self._unsettled)
 
     def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
         """Lease up to ``limit`` ready tasks, highest priority first, FIFO within one."""
@@ -456,6 +549,8 @@ class MemoryStore(Store):
             self._touch(rec)
             if error is not None:
                 rec.errors.append(bytes(error))
+                if not dead:
+                    self._total(rec, RETRIED)
             if dead:
                 last = rec.errors[-1] if rec.errors else b""
                 self._finish(rec, DEAD, False, last, "msgpack", now)
@@ -494,13 +589,15 @@ class MemoryStore(Store):
                 self._requeue(rec)
             return [rec.id for rec in recs]
 
-    def release_all(self, now: float) -> int:
-        """Hand back every leased task; how many."""
+    def release_all(self, now: float, *, limit: int | None = None) -> int:
+        """Hand back every leased task (at most ``limit``); how many."""
+        check_limit(limit)
         with self.transaction():
             ids = [i for owned in self._owners.values() for i in owned]
-            for rec in self._sorted_recs(ids):
+            recs = self._sorted_recs(ids)[:limit]
+            for rec in recs:
                 self._requeue(rec)
-            return len(ids)
+            return len(recs)
 
     def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
         """Set the deadline of every lease ``owner`` holds to ``now + lease_for``."""
@@ -514,12 +611,14 @@ class MemoryStore(Store):
                 self._push_deadline(rec)
             return len(owned)
 
-    def expire_leases(self, now: float) -> list[str]:
-        """Hand back every task whose lease deadline is at or before ``now``."""
+    def expire_leases(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Hand back every task whose lease deadline is at or before ``now`` (at most
+        ``limit``, earliest first)."""
+        check_limit(limit)
         out: list[str] = []
         with self.transaction():
             heap = self._deadlines
-            while heap and heap[0][0] <= now:
+            while heap and heap[0][0] <= now and (limit is None or len(out) < limit):
                 deadline, _, token, task_id = heapq.heappop(heap)
                 rec = self._records.get(task_id)
                 if rec is None or rec.state != LEASED or rec.attempts != token \
@@ -529,18 +628,22 @@ class MemoryStore(Store):
                 out.append(task_id)
         return out
 
-    def promote_due(self, now: float) -> list[str]:
-        """Make delayed tasks with ``not_before <= now`` ready; their queues, deduplicated."""
+    def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Make delayed tasks with ``not_before <= now`` ready (at most ``limit``, earliest
+        first); their queues, deduplicated."""
+        check_limit(limit)
         queues: dict[str, None] = {}
+        n = 0
         with self.transaction():
             heap = self._delayed
-            while heap and heap[0][0] <= now:
+            while heap and heap[0][0] <= now and (limit is None or n < limit):
                 not_before, _, task_id = heapq.heappop(heap)
                 rec = self._records.get(task_id)
                 if rec is None or rec.state != DELAYED or rec.not_before != not_before:
                     continue
                 self._requeue(rec)
                 queues[rec.queue] = None
+                n += 1
         return list(queues)
 
     def next_due(self) -> float | None:
@@ -659,16 +762,24 @@ class MemoryStore(Store):
     def _delete(self, rec: _Rec) -> None:
         self._undo[-1].tasks.setdefault(rec.id, rec)  # the record itself is the snapshot
         del self._records[rec.id]
-        self._count(rec.queue, rec.state, -1)
+        self._count(rec, rec.state, -1)
+        del self._by_seq[rec.seq]
+        if len(self._order) > 2 * len(self._by_seq) + 1024:  # drop the deleted seqs
+            self._order = [q for q in self._order if q in self._by_seq]
         if rec.after or rec.dependents:
             self._unlink(rec)
 
-    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
-        """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
+    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,),
+              limit: int | None = None) -> int:
+        """Delete every task in ``states`` (of ``queue``, or of every queue); how many
+        (at most ``limit``, by state name, then oldest first)."""
         wanted = finished_states(states, "purge")
+        check_limit(limit)
         with self.transaction():
             doomed = [rec for rec in self._records.values()
                       if rec.state in wanted and (queue is None or rec.queue == queue)]
+            if limit is not None:  # the order the SQLite store's (state, seq) index gives
+                doomed = sorted(doomed, key=lambda r: (r.state, r.seq))[:limit]
             for rec in doomed:
                 self._delete(rec)
             return len(doomed)
@@ -694,12 +805,14 @@ class MemoryStore(Store):
             rec.progress = blob
             return True
 
-    def purge_finished(self, before: float) -> int:
-        """Delete finished tasks that finished before ``before``; how many."""
+    def purge_finished(self, before: float, *, limit: int | None = None) -> int:
+        """Delete finished tasks that finished before ``before`` (at most ``limit``,
+        earliest finished first); how many."""
+        check_limit(limit)
         n = 0
         with self.transaction():
             heap = self._finished
-            while heap and heap[0][0] < before:
+            while heap and heap[0][0] < before and (limit is None or n < limit):
                 finished_at, seq, task_id = heapq.heappop(heap)
                 rec = self._records.get(task_id)
                 if rec is None or rec.seq != seq or rec.state not in FINISHED_STATES \
@@ -721,6 +834,105 @@ class MemoryStore(Store):
         """Counts by state for every queue that has tasks."""
         with self._lock:
             return {q: QueueStats(**counts) for q, counts in sorted(self._counts.items())}
+
+    def task_counts(self) -> dict[tuple[str, str | None, str], int]:
+        """Tasks now in each (queue, task name, state) that has any."""
+        with self._lock:
+            return dict(sorted(self._named.items(), key=lambda kv: (kv[0][0], kv[0][1] or "",
+                                                                     kv[0][2])))
+
+    def outcome_totals(self) -> dict[tuple[str, str | None, str], int]:
+        """The outcome counters: (queue, task name, outcome) -> how many ever."""
+        with self._lock:
+            return {k: n for k, n in sorted(self._totals.items(),
+                                            key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2]))
+                    if n}
+
+    # -- listings and counts by filter (the dashboard) ------------------------
+
+    @staticmethod
+    def _matcher(flt: TaskFilter) -> Any:
+        """A predicate on records for every field of ``flt``."""
+        states = frozenset(flt.states)
+        key_id = task_id_for_key(flt.key) if flt.key is not None else None
+
+        def match(rec: _Rec) -> bool:
+            return ((not states or rec.state in states)
+                    and (flt.queue is None or rec.queue == flt.queue)
+                    and (flt.name is None or rec.name == flt.name)
+                    and (flt.id_prefix is None or rec.id.startswith(flt.id_prefix))
+                    and (key_id is None or rec.id == key_id)
+                    and (flt.created_from is None or rec.created_at >= flt.created_from)
+                    and (flt.created_to is None or rec.created_at < flt.created_to))
+        return match
+
+    def _scan(self, start: int | None, newest_first: bool) -> Iterator[int]:
+        """Positions in ``_order`` after the cursor seq ``start``, in page order."""
+        order = self._order
+        if newest_first:
+            i = len(order) if start is None else bisect.bisect_left(order, start)
+            return iter(range(i - 1, -1, -1))
+        i = 0 if start is None else bisect.bisect_right(order, start)
+        return iter(range(i, len(order)))
+
+    def list_page(self, flt: TaskFilter = ALL_TASKS, *, limit: int = 50,
+                  cursor: str | None = None, newest_first: bool = True) -> TaskPage:
+        """A page of the tasks ``flt`` selects in enqueue order, and the next cursor."""
+        start = check_listing(flt, limit, cursor, newest_first)
+        match = self._matcher(flt)
+        with self._lock:
+            found: list[tuple[int, TaskSummary]] = []
+            examined = 0
+            reach: int | None = None
+            for i in self._scan(start, newest_first):
+                seq = self._order[i]
+                task_id = self._by_seq.get(seq)
+                examined += 1
+                if task_id is not None:
+                    rec = self._records[task_id]
+                    if match(rec):
+                        found.append((seq, self._summary(rec)))
+                        if len(found) == limit:
+                            reach = seq
+                            break
+                if examined >= paging.LIST_BUDGET:
+                    reach = seq
+                    break
+            rows, nxt = paging.merge([paging.Stream(found, reach)], limit, newest_first)
+        return TaskPage(rows, None if nxt is None else str(nxt))
+
+    @staticmethod
+    def _summary(rec: _Rec) -> TaskSummary:
+        return TaskSummary(rec.id, rec.queue, rec.name, rec.state, rec.priority, rec.attempts,
+                           len(rec.errors), rec.created_at, rec.not_before, rec.started_at,
+                           rec.finished_at, rec.lease_owner)
+
+    def count_tasks(self, flt: TaskFilter = ALL_TASKS, *, cap: int = MAX_COUNT_CAP) -> TaskCount:
+        """How many tasks ``flt`` selects: exact from the counters for states, queue and
+        name; else counted up to ``cap`` within a bounded scan."""
+        check_filter(flt)
+        check_int("cap", cap, 1, MAX_COUNT_CAP)
+        states = set(flt.states) or set(STATES)
+        with self._lock:
+            if flt.id_prefix is None and flt.key is None and flt.created_from is None \
+                    and flt.created_to is None:
+                n = sum(c for (q, name, state), c in self._named.items()
+                        if state in states and (flt.queue is None or q == flt.queue)
+                        and (flt.name is None or name == flt.name))
+                return TaskCount(n, True)
+            match = self._matcher(flt)
+            n = 0
+            examined = 0
+            for i in self._scan(None, False):
+                if examined >= paging.COUNT_BUDGET:
+                    return TaskCount(min(n, cap), False)
+                examined += 1
+                task_id = self._by_seq.get(self._order[i])
+                if task_id is not None and match(self._records[task_id]):
+                    n += 1
+                    if n > cap:
+                        return TaskCount(cap, False)
+            return TaskCount(n, True)
 
     # -- periodic schedules (store/schedules.py keeps the records) ------------
 

@@ -15,6 +15,7 @@ by finish time.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 from .. import serde
 from ..errors import StoreError
 from ..records import (
+    ALL_TASKS,
     CANCELLED,
     DEAD,
     DELAYED,
@@ -33,7 +35,9 @@ from ..records import (
     FAILED,
     LEASED,
     READY,
+    RETRIED,
     STALE,
+    STATES,
     STORED,
     SUCCEEDED,
     UNKNOWN,
@@ -43,12 +47,28 @@ from ..records import (
     Outcome,
     QueueStats,
     Result,
+    TaskCount,
+    TaskFilter,
     TaskInfo,
+    TaskPage,
+    TaskSummary,
+    task_id_for_key,
 )
+from . import paging
 from . import schedules as sched
 from .base import Store, dependency_failed_error
 from .sqlite_schema import SCHEMA_VERSION, check, migrate
-from .validate import FINISHED_STATES, check_page, finished_states
+from .validate import (
+    FINISHED_STATES,
+    MAX_BATCH,
+    MAX_COUNT_CAP,
+    check_filter,
+    check_int,
+    check_limit,
+    check_listing,
+    check_page,
+    finished_states,
+)
 
 DB_NAME = "conveyor.db"
 SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
@@ -73,6 +93,9 @@ _INFO_COLUMNS = (
 )
 
 _RETURN_TO_READY = "state = 'ready', lease_owner = NULL, lease_deadline = NULL"
+_SUMMARY_COLUMNS = ("t.seq, t.id, t.queue, t.name, t.state, t.priority, t.attempts, t.errors, "
+                    "t.created_at, t.not_before, t.started_at, t.finished_at, t.lease_owner")
+_Key = tuple[str, str, str, str]  # ("counts" | "totals", queue, name or "", state or outcome)
 
 def _chunks(seq: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(seq), size):
@@ -85,6 +108,15 @@ def _marks(n: int) -> str:
 
 def _options(blob: bytes | None) -> dict[str, Any]:
     return serde.unpackb(blob) if blob else {}
+
+
+def _summary(row: Sequence[Any]) -> tuple[int, TaskSummary]:
+    """(seq, summary) from a row of ``_SUMMARY_COLUMNS``."""
+    (seq, tid, queue, name, state, priority, attempts, errors, created_at, not_before,
+     started_at, finished_at, owner) = row
+    return seq, TaskSummary(tid, queue, name, state, priority, attempts,
+                            len(serde.unpackb(errors)) if errors else 0, created_at, not_before,
+                            started_at, finished_at, owner)
 
 
 def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
@@ -127,6 +159,9 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._depth = 0  # open transaction() levels
         self._bare = False  # the open transaction was begun with savepoints=False
+        # Count changes of each open transaction level, innermost last: (table, queue,
+        # name, state) -> delta, written to ``counts``/``totals`` just before COMMIT.
+        self._deltas: list[dict[_Key, int]] = []
         self._conn: sqlite3.Connection | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"cannot open store at {self.path}: {self.directory} is not a directory")
@@ -203,13 +238,18 @@ class SQLiteStore(Store):
                 if depth == 0:
                     conn.execute("BEGIN IMMEDIATE")
                     self._bare = not savepoints
+                    self._deltas = []
                 elif not bare:
                     conn.execute(f"SAVEPOINT sp{depth}")
                 self._depth = depth + 1
+                self._deltas.append({})
                 try:
                     yield
                 except BaseException:
                     self._depth = depth
+                    undone = self._deltas.pop()
+                    if bare:  # no savepoint: its changes stay until the whole transaction ends
+                        self._merge(undone)
                     try:
                         if depth == 0:
                             if conn.in_transaction:
@@ -221,11 +261,15 @@ class SQLiteStore(Store):
                         pass  # the original error matters more
                     raise
                 self._depth = depth
+                done = self._deltas.pop()
                 try:
                     if depth == 0:
+                        self._flush_counts(conn, done)
                         conn.execute("COMMIT")
-                    elif not bare:
-                        conn.execute(f"RELEASE sp{depth}")
+                    else:
+                        self._merge(done)
+                        if not bare:
+                            conn.execute(f"RELEASE sp{depth}")
                 except sqlite3.Error:
                     if depth == 0 and conn.in_transaction:
                         with contextlib.suppress(sqlite3.Error):
@@ -237,6 +281,56 @@ class SQLiteStore(Store):
                 if relax:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
+
+    def _merge(self, deltas: dict[_Key, int]) -> None:
+        """Add a finished inner level's count changes to the level around it."""
+        outer = self._deltas[-1]
+        for key, n in deltas.items():
+            outer[key] = outer.get(key, 0) + n
+
+    @staticmethod
+    def _flush_counts(conn: sqlite3.Connection, deltas: dict[_Key, int]) -> None:
+        """Write a transaction's count changes (inside it, just before its COMMIT)."""
+        for table in ("counts", "totals"):
+            rows = [(q, name, state, n) for (t, q, name, state), n in deltas.items()
+                    if t == table and n]
+            sql = f"INSERT INTO {table} VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n"
+            if len(rows) == 1:  # the common one-task commit: execute is cheaper than executemany
+                conn.execute(sql, rows[0])
+            elif rows:
+                conn.executemany(sql, rows)
+
+    def _note(self, queue: str, name: str | None, old: str | None, new: str | None,
+              n: int = 1) -> None:
+        """Count ``n`` tasks of (queue, name) going from state ``old`` to ``new`` (None: they
+        did not exist / no longer exist) in the open transaction level."""
+        deltas = self._deltas[-1]
+        name = name or ""
+        if old is not None:
+            key = ("counts", queue, name, old)
+            deltas[key] = deltas.get(key, 0) - n
+        if new is not None:
+            key = ("counts", queue, name, new)
+            deltas[key] = deltas.get(key, 0) + n
+            if new in FINISHED_STATES and old not in FINISHED_STATES:
+                key = ("totals", queue, name, new)
+                deltas[key] = deltas.get(key, 0) + n
+            elif old in FINISHED_STATES and new not in FINISHED_STATES:
+                self._note_retry(queue, name, n)
+
+    def _note_rows(self, queue: str, rows: Sequence[Sequence[Any]], old: str, new: str) -> None:
+        """Count the rows a lease or take moved (a row's name at index 4), one note per name."""
+        names: dict[str | None, int] = {}
+        for r in rows:
+            names[r[4]] = names.get(r[4], 0) + 1
+        for name, n in names.items():
+            self._note(queue, name, old, new, n)
+
+    def _note_retry(self, queue: str, name: str | None, n: int = 1) -> None:
+        """Count ``n`` retries of (queue, name) in the open transaction level."""
+        key = ("totals", queue, name or "", RETRIED)
+        deltas = self._deltas[-1]
+        deltas[key] = deltas.get(key, 0) + n
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -272,8 +366,11 @@ class SQLiteStore(Store):
             conn = self.conn
             if len(tasks) == 1 and not tasks[0].after:  # the common submit: one statement
                 t = tasks[0]
+                state = DELAYED if t.not_before > now else READY
                 cur = conn.execute(_INSERT_TASK + " ON CONFLICT (id) DO NOTHING",
-                                   _task_row(t, DELAYED if t.not_before > now else READY, now))
+                                   _task_row(t, state, now))
+                if cur.rowcount == 1:
+                    self._note(t.queue, t.name, None, state)
                 return [cur.rowcount == 1]
             existing: set[str] = set()
             ids = [t.id for t in tasks]
@@ -290,7 +387,9 @@ class SQLiteStore(Store):
                     continue
                 existing.add(t.id)
                 out.append(True)
-                rows.append(_task_row(t, DELAYED if t.not_before > now else READY, now))
+                state = DELAYED if t.not_before > now else READY
+                rows.append(_task_row(t, state, now))
+                self._note(t.queue, t.name, None, state)
             conn.executemany(_INSERT_TASK, rows)
         return out
 
@@ -334,6 +433,7 @@ class SQLiteStore(Store):
                     state = WAITING
             states[t.id] = state
             rows.append(_task_row(t, state, now))
+            self._note(t.queue, t.name, None, state)
         conn.executemany(_INSERT_TASK, rows)
         conn.executemany("INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)", links)
         conn.executemany(
@@ -344,40 +444,95 @@ class SQLiteStore(Store):
         return out
 
     def _settle(self, conn: sqlite3.Connection, ended: Sequence[tuple[str, str]],
-                now: float) -> None:
+                now: float, budget: int | None = None, resume: dict[str, str] | None = None) -> int:
         """Tasks just finished (id, state): free or fail the tasks waiting for them.
 
         A success makes each waiting dependent whose dependencies have all
         succeeded ready (or delayed); any other end fails every waiting
         dependent, and theirs in turn (breadth first, in enqueue order).
+
+        ``budget`` (default: :attr:`cascade_limit`) bounds the dependents settled
+        here; the cascade's rest goes to the ``unsettled`` table for
+        :meth:`settle_pending` (in id order then, not enqueue order: no sort of
+        every dependent), each with the last dependent id done (``resume`` gives
+        those back), so a task with very many dependents is walked once, not
+        again from its start on every call. How many dependents it settled.
         """
+        if budget is None:
+            budget = self.cascade_limit
         if not self._has_deps or not ended:
-            return
-        having: set[str] = set()
-        for part in _chunks([task_id for task_id, _ in ended]):
-            having.update(row[0] for row in conn.execute(
-                f"SELECT DISTINCT depends_on FROM deps WHERE depends_on IN ({_marks(len(part))})",
-                part))
-        work = deque(e for e in ended if e[0] in having)
+            return 0
+        having = self._with_dependents(conn, [task_id for task_id, _ in ended])
+        resume = resume or {}
+        work = deque((i, st, resume.get(i, "")) for i, st in ended if i in having)
+        steps = 0
         while work:
-            dep_id, dep_state = work.popleft()
-            rows = conn.execute(
-                "SELECT t.seq, t.id, t.not_before FROM deps d JOIN tasks t ON t.id = d.task_id "
-                "WHERE d.depends_on = ? AND t.state = 'waiting' ORDER BY t.seq",
-                (dep_id,)).fetchall()
-            for seq, task_id, not_before in rows:
+            if budget is not None and steps >= budget:
+                some = self._with_dependents(conn, [w[0] for w in work])
+                conn.executemany(
+                    "INSERT INTO unsettled (task_id, state, after_id) VALUES (?, ?, ?)",
+                    [w for w in work if w[0] in some])
+                break
+            dep_id, dep_state, after_id = work.popleft()
+            if budget is None:
+                rows = conn.execute(
+                    "SELECT t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
+                    "JOIN tasks t ON t.id = d.task_id "
+                    "WHERE d.depends_on = ? AND t.state = 'waiting' ORDER BY t.seq",
+                    (dep_id,)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
+                    "JOIN tasks t ON t.id = d.task_id WHERE d.depends_on = ? AND d.task_id > ? "
+                    "AND t.state = 'waiting' ORDER BY d.task_id LIMIT ?",
+                    (dep_id, after_id, budget - steps)).fetchall()
+                if len(rows) == budget - steps:  # it may have more: from the last one on
+                    work.appendleft((dep_id, dep_state, rows[-1][1]))
+            error = dependency_failed_error(dep_id, dep_state) if dep_state != SUCCEEDED else b""
+            for seq, task_id, not_before, queue, name in rows:
+                steps += 1
                 if dep_state != SUCCEEDED:
+                    self._note(queue, name, WAITING, FAILED)
                     conn.execute(
                         "UPDATE tasks SET state = 'failed', result_ok = 0, result_payload = ?, "
                         "result_codec = 'msgpack', finished_at = ? WHERE seq = ?",
-                        (dependency_failed_error(dep_id, dep_state), now, seq))
-                    work.append((task_id, FAILED))
+                        (error, now, seq))
+                    work.append((task_id, FAILED, ""))
                 elif conn.execute(
                         "SELECT 1 FROM deps d JOIN tasks t ON t.id = d.depends_on "
                         "WHERE d.task_id = ? AND t.state != 'succeeded' LIMIT 1",
                         (task_id,)).fetchone() is None:
-                    conn.execute("UPDATE tasks SET state = ? WHERE seq = ?",
-                                 (DELAYED if not_before > now else READY, seq))
+                    target = DELAYED if not_before > now else READY
+                    conn.execute("UPDATE tasks SET state = ? WHERE seq = ?", (target, seq))
+                    self._note(queue, name, WAITING, target)
+        return steps
+
+    @staticmethod
+    def _with_dependents(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that some task depends on."""
+        # One index probe per id (EXISTS), never a walk over all of a task's dependents.
+        return {row[0] for row in conn.execute(
+            "SELECT x.value FROM json_each(?) AS x "
+            "WHERE EXISTS (SELECT 1 FROM deps WHERE depends_on = x.value)",
+            (json.dumps(list(ids)),))}
+
+    def settle_pending(self, now: float, *, limit: int = 1000) -> bool:
+        """Continue dependency cascades that :attr:`cascade_limit` cut short: settle up
+        to about ``limit`` more dependents, in one transaction. True while more remain."""
+        check_int("limit", limit, 1, MAX_BATCH)
+        if not self._has_deps:
+            return False
+        with self.transaction():
+            conn = self.conn
+            rows = conn.execute(
+                "SELECT seq, task_id, state, after_id FROM unsettled ORDER BY seq LIMIT ?",
+                (limit,)).fetchall()
+            if not rows:
+                return False
+            conn.execute("DELETE FROM unsettled WHERE seq <= ?", (rows[-1][0],))
+            self._settle(conn, [(r[1], r[2]) for r in rows], now, budget=limit,
+                         resume={r[1]: r[3] for r in rows if r[3]})
+            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM unsettled)").fetchone()[0])
 
     def lease(self, queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
         """Lease up to ``limit`` ready tasks, highest priority first, FIFO within one."""
@@ -392,6 +547,7 @@ class SQLiteStore(Store):
                 "RETURNING priority, seq, id, queue, name, payload, codec, attempts, options, errors",
                 (owner, now + lease_for, now, queue, int(limit)),
             ).fetchall()
+            self._note_rows(queue, rows, READY, LEASED)
         rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING order is unspecified
         return [Lease(r[2], r[3], r[4], r[5], r[6], r[7], _options(r[8]),
                       len(serde.unpackb(r[9])) if r[9] else 0) for r in rows]
@@ -412,6 +568,7 @@ class SQLiteStore(Store):
                 "RETURNING priority, seq, id, queue, name, payload, codec, attempts, options, errors",
                 (now, now, queue, int(limit)),
             ).fetchall()
+            self._note_rows(queue, rows, READY, SUCCEEDED)
         rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING order is unspecified
         return [Lease(r[2], r[3], r[4], r[5], r[6], r[7], _options(r[8]),
                       len(serde.unpackb(r[9])) if r[9] else 0) for r in rows]
@@ -422,23 +579,24 @@ class SQLiteStore(Store):
             return []
         with self.transaction():
             conn = self.conn
-            current: dict[str, list[Any]] = {}  # id -> [seq, state, attempts]
+            current: dict[str, list[Any]] = {}  # id -> [seq, state, attempts, queue, name]
             ids = list({o.id: None for o in outcomes})
             for part in _chunks(ids):
-                for seq, task_id, state, attempts in conn.execute(
-                        f"SELECT seq, id, state, attempts FROM tasks "
+                for seq, task_id, state, attempts, queue, name in conn.execute(
+                        f"SELECT seq, id, state, attempts, queue, name FROM tasks "
                         f"WHERE id IN ({_marks(len(part))})", part):
-                    current[task_id] = [seq, state, attempts]
+                    current[task_id] = [seq, state, attempts, queue, name]
             out: list[str] = []
             updates = []
             linked = self._has_deps  # dependents to settle afterwards, if any task has some
             ended: list[tuple[str, str]] = []
+            moved: dict[tuple[str, str | None, str, str], int] = {}  # counted after the loop
             for o in outcomes:
                 cur = current.get(o.id)
                 if cur is None:
                     out.append(UNKNOWN)
                     continue
-                seq, state, attempts = cur
+                seq, state, attempts, queue, name = cur
                 if state in FINISHED_STATES:
                     out.append(DUPLICATE)
                     continue
@@ -450,6 +608,7 @@ class SQLiteStore(Store):
                     out.append(STALE)
                     continue
                 out.append(STORED)
+                moved[(queue, name, state, cur[1])] = moved.get((queue, name, state, cur[1]), 0) + 1
                 updates.append((cur[1], 1 if o.ok else 0, bytes(o.payload), o.codec, now, seq))
                 if linked:
                     ended.append((o.id, cur[1]))
@@ -457,6 +616,8 @@ class SQLiteStore(Store):
                 "UPDATE tasks SET state = ?, result_ok = ?, result_payload = ?, result_codec = ?, "
                 "finished_at = ?, lease_owner = NULL, lease_deadline = NULL WHERE seq = ?",
                 updates)
+            for (queue, name, state, new), n in moved.items():
+                self._note(queue, name, state, new, n)
             if ended:
                 self._settle(conn, ended, now)
         return out
@@ -467,11 +628,15 @@ class SQLiteStore(Store):
         with self.transaction():
             conn = self.conn
             row = conn.execute(
-                "SELECT seq, errors FROM tasks WHERE id = ? AND state = 'leased' AND attempts = ?",
+                "SELECT seq, errors, queue, name FROM tasks "
+                "WHERE id = ? AND state = 'leased' AND attempts = ?",
                 (task_id, token)).fetchone()
             if row is None:
                 return False
-            seq, blob = row
+            seq, blob, queue, name = row
+            self._note(queue, name, LEASED, DEAD if dead else DELAYED if delay > 0 else READY)
+            if error is not None and not dead:
+                self._note_retry(queue, name)
             errors: list[bytes] = serde.unpackb(blob) if blob else []
             if error is not None:
                 errors.append(bytes(error))
@@ -497,19 +662,27 @@ class SQLiteStore(Store):
         """Hand back the leases whose token still holds; how many did."""
         if not leases:
             return 0
+        n = 0
         with self.transaction():
-            cur = self.conn.executemany(
-                f"UPDATE tasks SET {_RETURN_TO_READY} "
-                "WHERE id = ? AND state = 'leased' AND attempts = ?",
-                [(task_id, int(token)) for task_id, token in leases])
-            return cur.rowcount
+            for task_id, token in leases:
+                row = self.conn.execute(
+                    f"UPDATE tasks SET {_RETURN_TO_READY} "
+                    "WHERE id = ? AND state = 'leased' AND attempts = ? RETURNING queue, name",
+                    (task_id, int(token))).fetchone()
+                if row is not None:
+                    self._note(row[0], row[1], LEASED, READY)
+                    n += 1
+        return n
 
     def _return_to_ready(self, condition: str, params: tuple[Any, ...]) -> list[str]:
         """Hand back the leased tasks matching ``condition``; their ids in enqueue order."""
         with self.transaction():
             rows = self.conn.execute(
                 f"UPDATE tasks SET {_RETURN_TO_READY} "
-                f"WHERE state = 'leased' AND {condition} RETURNING seq, id", params).fetchall()
+                f"WHERE state = 'leased' AND {condition} RETURNING seq, id, queue, name",
+                params).fetchall()
+            for r in rows:
+                self._note(r[2], r[3], LEASED, READY)
         rows.sort()
         return [r[1] for r in rows]
 
@@ -517,11 +690,18 @@ class SQLiteStore(Store):
         """Hand back every task leased to ``owner``; their ids in enqueue order."""
         return self._return_to_ready("lease_owner = ?", (owner,))
 
-    def release_all(self, now: float) -> int:
-        """Hand back every leased task; how many."""
-        with self.transaction():
-            return self.conn.execute(
-                f"UPDATE tasks SET {_RETURN_TO_READY} WHERE state = 'leased'").rowcount
+    def release_all(self, now: float, *, limit: int | None = None) -> int:
+        """Hand back every leased task (at most ``limit``); how many.
+
+        With a limit, call again until it returns less than the limit: each call
+        is one bounded transaction.
+        """
+        check_limit(limit)
+        condition = "1"
+        if limit is not None:
+            condition = (f"seq IN (SELECT seq FROM tasks INDEXED BY tasks_deadline "
+                         f"WHERE state = 'leased' ORDER BY lease_deadline LIMIT {int(limit)})")
+        return len(self._return_to_ready(condition, ()))
 
     def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
         """Set the deadline of every lease ``owner`` holds to ``now + lease_for``."""
@@ -530,16 +710,31 @@ class SQLiteStore(Store):
                 "UPDATE tasks SET lease_deadline = ? WHERE state = 'leased' AND lease_owner = ?",
                 (now + lease_for, owner)).rowcount
 
-    def expire_leases(self, now: float) -> list[str]:
-        """Hand back every task whose lease deadline is at or before ``now``."""
-        return self._return_to_ready("lease_deadline <= ?", (now,))
+    def expire_leases(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Hand back every task whose lease deadline is at or before ``now`` (the ``limit``
+        earliest, when given: call again until fewer come back); their ids."""
+        check_limit(limit)
+        if limit is None:
+            return self._return_to_ready("lease_deadline <= ?", (now,))
+        return self._return_to_ready(
+            "seq IN (SELECT seq FROM tasks INDEXED BY tasks_deadline "
+            "WHERE state = 'leased' AND lease_deadline <= ? "
+            f"ORDER BY lease_deadline LIMIT {int(limit)})", (now,))
 
-    def promote_due(self, now: float) -> list[str]:
-        """Make delayed tasks with ``not_before <= now`` ready; their queues, deduplicated."""
+    def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
+        """Make delayed tasks with ``not_before <= now`` ready (at most ``limit``, earliest
+        first); their queues, deduplicated."""
+        check_limit(limit)
+        due = "state = 'delayed' AND not_before <= ?"
+        if limit is not None:
+            due = (f"seq IN (SELECT seq FROM tasks INDEXED BY tasks_delayed WHERE {due} "
+                   f"ORDER BY not_before LIMIT {int(limit)})")
         with self.transaction():
             rows = self.conn.execute(
-                "UPDATE tasks SET state = 'ready' WHERE state = 'delayed' AND not_before <= ? "
-                "RETURNING seq, queue", (now,)).fetchall()
+                f"UPDATE tasks SET state = 'ready' WHERE {due} "
+                "RETURNING seq, queue, name", (now,)).fetchall()
+            for r in rows:
+                self._note(r[1], r[2], DELAYED, READY)
         rows.sort()
         return list({r[1]: None for r in rows})
 
@@ -580,13 +775,14 @@ class SQLiteStore(Store):
         """Cancel an unfinished task; (its state before, its lease owner) or None if unknown."""
         with self.transaction():
             conn = self.conn
-            row = conn.execute("SELECT seq, state, lease_owner FROM tasks WHERE id = ?",
+            row = conn.execute("SELECT seq, state, lease_owner, queue, name FROM tasks WHERE id = ?",
                                (task_id,)).fetchone()
             if row is None:
                 return None
-            seq, state, owner = row
+            seq, state, owner, queue, name = row
             if state in FINISHED_STATES:
                 return state, None
+            self._note(queue, name, state, CANCELLED)
             conn.execute(
                 "UPDATE tasks SET state = 'cancelled', result_ok = 0, result_payload = ?, "
                 "result_codec = 'msgpack', finished_at = ?, lease_owner = NULL, "
@@ -600,7 +796,7 @@ class SQLiteStore(Store):
         wanted = finished_states(states, "requeue")
         if not wanted or (not ids and queue is None):
             return []
-        columns = "seq, id, queue, state, not_before, options, errors"
+        columns = "seq, id, queue, state, not_before, options, errors, name"
         with self.transaction():
             conn = self.conn
             rows: list[Any] = []
@@ -615,7 +811,7 @@ class SQLiteStore(Store):
                     f"AND state IN ({_marks(len(wanted))}) ORDER BY seq",
                     (queue, *wanted)).fetchall()
             out: list[str] = []
-            for seq, task_id, task_queue, state, not_before, options, errors in rows:
+            for seq, task_id, task_queue, state, not_before, options, errors, name in rows:
                 if state not in wanted or (queue is not None and task_queue != queue):
                     continue
                 target = DELAYED if not_before > now else READY
@@ -634,23 +830,38 @@ class SQLiteStore(Store):
                     "UPDATE tasks SET state = ?, options = ?, result_ok = NULL, "
                     "result_payload = NULL, result_codec = NULL, finished_at = NULL, "
                     "progress = NULL WHERE seq = ?", (target, serde.packb(opts), seq))
+                self._note(task_queue, name, state, target)
                 out.append(task_id)
             return out
 
     def _delete_where(self, where: str, params: Sequence[Any]) -> int:
-        """Delete the tasks ``WHERE where`` and every dependency row naming them; how many."""
-        conn = self.conn
-        if self._has_deps:
-            conn.execute(f"DELETE FROM deps WHERE task_id IN (SELECT id FROM tasks WHERE {where})",
-                         params)
-            conn.execute(
-                f"DELETE FROM deps WHERE depends_on IN (SELECT id FROM tasks WHERE {where})",
-                params)
-        return conn.execute(f"DELETE FROM tasks WHERE {where}", params).rowcount
+        """Delete the tasks ``WHERE where`` and every dependency row naming them; how many.
 
-    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,)) -> int:
-        """Delete every task in ``states`` (of ``queue``, or of every queue); how many."""
+        ``where`` is evaluated once: the doomed rows are read first, then deleted by seq.
+        """
+        conn = self.conn
+        doomed = conn.execute(f"SELECT seq, id FROM tasks WHERE {where}", params).fetchall()
+        for part in _chunks(doomed):
+            if self._has_deps:
+                ids = [r[1] for r in part]
+                marks = _marks(len(ids))
+                conn.execute(f"DELETE FROM deps WHERE task_id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM deps WHERE depends_on IN ({marks})", ids)
+            for queue, name, state in conn.execute(
+                    f"DELETE FROM tasks WHERE seq IN ({_marks(len(part))}) "
+                    "RETURNING queue, name, state", [r[0] for r in part]):
+                self._note(queue, name, state, None)
+        return len(doomed)
+
+    def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,),
+              limit: int | None = None) -> int:
+        """Delete every task in ``states`` (of ``queue``, or of every queue); how many.
+
+        With a ``limit``, at most that many per call: call again until it returns
+        less than the limit.
+        """
         wanted = finished_states(states, "purge")
+        check_limit(limit)
         if not wanted:
             return 0
         where = f"state IN ({_marks(len(wanted))})"
@@ -658,6 +869,8 @@ class SQLiteStore(Store):
         if queue is not None:
             where += " AND queue = ?"
             params.append(queue)
+        if limit is not None:  # in index order (by state, then seq): no sort of every match
+            where = f"seq IN (SELECT seq FROM tasks WHERE {where} LIMIT {int(limit)})"
         with self.transaction():
             return self._delete_where(where, params)
 
@@ -686,6 +899,159 @@ class SQLiteStore(Store):
                     after.setdefault(task_id, []).append(dep)
         return [_info(row, after.get(row[0], [])) for row in rows]
 
+    # -- listings, counts and bulk actions by filter (the dashboard) ----------
+
+    @staticmethod
+    def _filter_sql(flt: TaskFilter) -> tuple[list[str], list[Any]]:
+        """SQL conditions on ``tasks t`` for every field of ``flt`` but its states."""
+        where: list[str] = []
+        params: list[Any] = []
+        if flt.queue is not None:
+            where.append("t.queue = ?")
+            params.append(flt.queue)
+        if flt.name is not None:
+            where.append("t.name = ?")
+            params.append(flt.name)
+        if flt.id_prefix is not None:
+            low, high = paging.prefix_range(flt.id_prefix)
+            where.append("t.id >= ? AND t.id < ?")
+            params += [low, high]
+        if flt.key is not None:
+            where.append("t.id = ?")
+            params.append(task_id_for_key(flt.key))
+        if flt.created_from is not None:
+            where.append("t.created_at >= ?")
+            params.append(flt.created_from)
+        if flt.created_to is not None:
+            where.append("t.created_at < ?")
+            params.append(flt.created_to)
+        return where, params
+
+    def _few_by_id(self, conn: sqlite3.Connection, flt: TaskFilter) -> list[int] | None:
+        """The seqs of the tasks ``flt``'s id prefix or key names, read through the id
+        index, when they are few (<= paging.PREFIX_FEW); None otherwise."""
+        if flt.key is not None:
+            row = conn.execute("SELECT seq FROM tasks WHERE id = ?",
+                               (task_id_for_key(flt.key),)).fetchone()
+            return [] if row is None else [row[0]]
+        if flt.id_prefix is None:
+            return None
+        low, high = paging.prefix_range(flt.id_prefix)
+        seqs = [r[0] for r in conn.execute(
+            "SELECT seq FROM tasks WHERE id >= ? AND id < ? LIMIT ?",
+            (low, high, paging.PREFIX_FEW + 1))]
+        return seqs if len(seqs) <= paging.PREFIX_FEW else None
+
+    def _stream(self, conn: sqlite3.Connection, state: str | None, where: list[str],
+                params: list[Any], start: int | None, newest_first: bool, limit: int,
+                budget: int) -> paging.Stream[TaskSummary]:
+        """Up to ``limit`` matches of one state (or of all tasks) after ``start``,
+        examining at most ``budget`` rows of the (state, seq) index or the table."""
+        order = "DESC" if newest_first else "ASC"
+        scan: list[str] = []
+        scan_params: list[Any] = []
+        if state is not None:
+            scan.append("state = ?")
+            scan_params.append(state)
+        if start is not None:
+            scan.append(f"seq {'<' if newest_first else '>'} ?")
+            scan_params.append(start)
+        scan_sql = f"SELECT seq FROM tasks {'WHERE ' + ' AND '.join(scan) if scan else ''} " \
+                   f"ORDER BY seq {order}"
+        if not where:  # nothing to skip: the index walk stops at the page's end
+            rows = conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM ({scan_sql} LIMIT ?) AS w "
+                f"JOIN tasks t ON t.seq = w.seq ORDER BY t.seq {order}",
+                (*scan_params, limit)).fetchall()
+            found = [_summary(r) for r in rows]
+            return paging.Stream(found, found[-1][0] if len(found) == limit else None)
+        rows = conn.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM ({scan_sql} LIMIT ?) AS w "
+            f"JOIN tasks t ON t.seq = w.seq WHERE {' AND '.join(where)} "
+            f"ORDER BY t.seq {order} LIMIT ?", (*scan_params, budget, *params, limit)).fetchall()
+        found = [_summary(r) for r in rows]
+        if len(found) == limit:
+            return paging.Stream(found, found[-1][0])
+        last = conn.execute(f"{scan_sql} LIMIT 1 OFFSET ?", (*scan_params, budget - 1)).fetchone()
+        return paging.Stream(found, None if last is None else last[0])
+
+    def list_page(self, flt: TaskFilter = ALL_TASKS, *, limit: int = 50,
+                  cursor: str | None = None, newest_first: bool = True) -> TaskPage:
+        """A page of the tasks ``flt`` selects, newest (or oldest) first, and the next cursor.
+
+        Keyset paging on the enqueue order: no OFFSET; each call examines a bounded
+        number of rows (see :class:`TaskPage` for what a short page means).
+        """
+        start = check_listing(flt, limit, cursor, newest_first)
+        where, params = self._filter_sql(flt)
+        with self._reading() as conn:
+            few = self._few_by_id(conn, flt)
+            if few is not None:
+                stream = self._listed(conn, few, flt, where, params, start, newest_first)
+                rows, nxt = paging.merge([stream], limit, newest_first)
+            else:
+                states = paging.stream_states(flt)
+                budget = paging.share(paging.LIST_BUDGET, len(states))
+                streams = [self._stream(conn, state, where, params, start, newest_first, limit,
+                                        budget) for state in states]
+                rows, nxt = paging.merge(streams, limit, newest_first)
+        return TaskPage(rows, None if nxt is None else str(nxt))
+
+    def _listed(self, conn: sqlite3.Connection, seqs: list[int], flt: TaskFilter,
+                where: list[str], params: list[Any], start: int | None,
+                newest_first: bool) -> paging.Stream[TaskSummary]:
+        """The matches among a few known seqs, as one stream read to its end."""
+        if start is not None:
+            seqs = [q for q in seqs if (q < start if newest_first else q > start)]
+        cond = list(where)
+        cond_params = list(params)
+        if flt.states:
+            cond.append(f"t.state IN ({_marks(len(set(flt.states)))})")
+            cond_params += sorted(set(flt.states))
+        found: list[tuple[int, TaskSummary]] = []
+        for part in _chunks(seqs):
+            found += [_summary(r) for r in conn.execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM tasks t WHERE t.seq IN ({_marks(len(part))}) "
+                f"AND {' AND '.join(cond) if cond else '1'}", (*part, *cond_params))]
+        found.sort(key=lambda r: r[0], reverse=newest_first)
+        return paging.Stream(found, None)
+
+    def count_tasks(self, flt: TaskFilter = ALL_TASKS, *, cap: int = MAX_COUNT_CAP) -> TaskCount:
+        """How many tasks ``flt`` selects: exact from the counts table when it filters by
+        state, queue and name only; else counted up to ``cap`` over a bounded scan."""
+        check_filter(flt)
+        check_int("cap", cap, 1, MAX_COUNT_CAP)
+        states = set(flt.states) or set(STATES)
+        if flt.id_prefix is None and flt.key is None and flt.created_from is None \
+                and flt.created_to is None:
+            n = sum(c for (q, name, state), c in self._table("counts").items()
+                    if state in states and (flt.queue is None or q == flt.queue)
+                    and (flt.name is None or name == flt.name))
+            return TaskCount(n, True)
+        where, params = self._filter_sql(flt)
+        with self._reading() as conn:
+            few = self._few_by_id(conn, flt)
+            if few is not None:
+                stream = self._listed(conn, few, flt, where, params, None, False)
+                return TaskCount(min(len(stream.rows), cap), len(stream.rows) <= cap)
+            sizes: dict[str, int] = {}
+            for (_, _, state), c in self._table("counts").items():
+                sizes[state] = sizes.get(state, 0) + c
+            chosen = paging.stream_states(flt)
+            budget = paging.share(paging.COUNT_BUDGET, len(chosen))
+            n, exact = 0, True
+            for one in chosen:
+                scan = "SELECT seq FROM tasks" + (" WHERE state = ?" if one else "")
+                n += conn.execute(
+                    f"SELECT count(*) FROM (SELECT t.seq FROM ({scan} ORDER BY seq LIMIT ?) AS w "
+                    f"JOIN tasks t ON t.seq = w.seq WHERE {' AND '.join(where)} LIMIT ?)",
+                    (*([one] if one else []), budget, *params, cap + 1)).fetchone()[0]
+                size = sizes.get(one, 0) if one else sum(sizes.values())
+                exact = exact and size <= budget
+        if n > cap:
+            return TaskCount(cap, False)
+        return TaskCount(n, exact)
+
     def set_progress(self, task_id: str, token: int, progress: dict[str, Any]) -> bool:
         """Record the progress report of the attempt holding the lease; False if stale."""
         with self.transaction():
@@ -693,30 +1059,61 @@ class SQLiteStore(Store):
                 "UPDATE tasks SET progress = ? WHERE id = ? AND state = 'leased' AND attempts = ?",
                 (serde.packb(progress), task_id, int(token))).rowcount == 1
 
-    def purge_finished(self, before: float) -> int:
-        """Delete finished tasks that finished before ``before``; how many."""
+    def purge_finished(self, before: float, *, limit: int | None = None) -> int:
+        """Delete finished tasks that finished before ``before``; how many.
+
+        With a ``limit``, at most that many (earliest finished first) per call:
+        call again until it returns less than the limit.
+        """
+        check_limit(limit)
+        where = "finished_at < ?"
+        if limit is not None:
+            where = (f"seq IN (SELECT seq FROM tasks WHERE finished_at < ? "
+                     f"ORDER BY finished_at LIMIT {int(limit)})")
         with self.transaction():
-            return self._delete_where("finished_at < ?", (before,))
+            return self._delete_where(where, (before,))
 
     def pending_counts(self, queue: str) -> tuple[int, int, int]:
-        """(ready, delayed, leased) counts of one queue, each from its partial index."""
-        with self._reading() as conn:
-            ready, delayed, leased = (
-                int(conn.execute(f"SELECT count(*) FROM tasks WHERE state = '{state}' AND queue = ?",
-                                 (queue,)).fetchone()[0])
-                for state in (READY, DELAYED, LEASED))
-        return ready, delayed, leased
+        """(ready, delayed, leased) counts of one queue, from the counts table."""
+        by_state: dict[str, int] = {}
+        for (_, _, state), n in self._table("counts", "WHERE queue = ?", (queue,)).items():
+            by_state[state] = by_state.get(state, 0) + n
+        return by_state.get(READY, 0), by_state.get(DELAYED, 0), by_state.get(LEASED, 0)
 
     def stats(self) -> dict[str, QueueStats]:
-        """Counts by state for every queue that has tasks."""
+        """Counts by state for every queue that has tasks (from the counts table: O(queues))."""
         out: dict[str, QueueStats] = {}
+        for (queue, _, state), n in sorted(self._table("counts").items()):
+            if n:
+                stats = out.setdefault(queue, QueueStats())
+                setattr(stats, state, getattr(stats, state) + n)
+        return out
+
+    def task_counts(self) -> dict[tuple[str, str | None, str], int]:
+        """Tasks now in each (queue, task name, state) that has any: O(queues x names)."""
+        return {(q, name or None, state): n for (q, name, state), n
+                in sorted(self._table("counts").items()) if n}
+
+    def outcome_totals(self) -> dict[tuple[str, str | None, str], int]:
+        """The outcome counters: (queue, task name, outcome) -> how many ever (see OUTCOMES)."""
+        return {(q, name or None, outcome): n for (q, name, outcome), n
+                in sorted(self._table("totals").items()) if n}
+
+    def _table(self, table: str, where: str = "", params: Sequence[Any] = ()
+               ) -> dict[tuple[str, str, str], int]:
+        """Rows of ``counts`` or ``totals`` matching ``where``, plus the changes of the
+        open transaction not written yet (filtered by the caller's key when it reads
+        one queue)."""
         with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state").fetchall()
-        for queue, state, n in sorted(rows):
-            stats = out.setdefault(queue, QueueStats())
-            if hasattr(stats, state):
-                setattr(stats, state, n)
+            out = {(q, name, key): n for q, name, key, n in
+                   conn.execute(f"SELECT queue, name, {'state' if table == 'counts' else 'outcome'},"
+                                f" n FROM {table} {where}", params)}
+            if self._depth:
+                wanted = params[0] if params else None
+                for level in self._deltas:
+                    for (t, q, name, key), n in level.items():
+                        if t == table and (wanted is None or q == wanted):
+                            out[(q, name, key)] = out.get((q, name, key), 0) + n
         return out
 
     # -- periodic schedules (store/schedules.py) -----------------------------

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import StoreError
-from ..records import DELAYED, LEASED, READY
+from ..records import CANCELLED, DEAD, DELAYED, FAILED, LEASED, READY, SUCCEEDED
 
 # State names are spelled literally in the SQL (not bound as parameters) so that
 # SQLite can match each query to its partial index. The ready and delayed indexes
@@ -87,6 +87,48 @@ CREATE INDEX IF NOT EXISTS deps_on ON deps (depends_on, task_id)
 """
 
 
+# Counts kept in the transactions that change task states, so that stats() and
+# pending_counts() read a few rows instead of counting tasks. ``counts`` holds the
+# number of tasks now in each (queue, task name, state) ('' is the name of a plain
+# queue item); ``totals`` the monotonic outcome counters per (queue, task name,
+# outcome) that metrics read, which purges never decrease. The store adds each
+# transaction's changes to both just before it commits (SQLiteStore._flush_counts).
+# Built here from one scan of an existing file (IF NOT EXISTS and rebuilt: tests
+# make "older" files by lowering the version of a current one). The (state, seq) index serves
+# listings, counts and bounded batches by state. ``unsettled`` holds finished tasks
+# whose dependents a bounded cascade has not settled yet, and the last dependent id
+# it settled of each (SQLiteStore.settle_pending).
+_FIN = f"('{SUCCEEDED}', '{FAILED}', '{DEAD}', '{CANCELLED}')"
+_COUNTS = f"""
+CREATE TABLE IF NOT EXISTS counts (
+    queue TEXT NOT NULL,
+    name  TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n     INTEGER NOT NULL,
+    PRIMARY KEY (queue, name, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (
+    queue   TEXT NOT NULL,
+    name    TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (queue, name, outcome)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, seq);
+CREATE TABLE IF NOT EXISTS unsettled (
+    seq     INTEGER PRIMARY KEY,
+    task_id  TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    after_id TEXT NOT NULL DEFAULT ''
+);
+DELETE FROM counts;
+DELETE FROM totals;
+INSERT INTO counts SELECT queue, coalesce(name, ''), state, count(*) FROM tasks GROUP BY 1, 2, 3;
+INSERT INTO totals SELECT queue, coalesce(name, ''), state, count(*) FROM tasks
+    WHERE state IN {_FIN} GROUP BY 1, 2, 3
+"""
+
+
 def _run(conn: sqlite3.Connection, script: str) -> None:
     """Execute each statement of ``script`` (executescript would commit the transaction)."""
     for statement in script.split(";"):
@@ -109,6 +151,10 @@ def _to_v3(conn: sqlite3.Connection) -> None:
     _run(conn, _DEPS)
 
 
+def _to_v4(conn: sqlite3.Connection) -> None:
+    _run(conn, _COUNTS)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step: ``apply`` takes a database at ``version - 1`` to ``version``."""
@@ -122,6 +168,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tasks table and its partial indexes", _to_v1),
     Migration(2, "the schedules table", _to_v2),
     Migration(3, "task dependencies (deps) and tasks.progress", _to_v3),
+    Migration(4, "counts and totals tables (built from one scan), the (state, seq) index, unsettled", _to_v4),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))

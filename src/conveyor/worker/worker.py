@@ -300,7 +300,7 @@ class Worker:
             self.addresses, self.authkey, role="worker", ssl_context=self.ssl_context,
             heartbeat=self.heartbeat, on_message=self._on_message, on_connect=self._on_connect,
             hello={"name": self.name, "queues": self.queues, "weights": self.weights,
-                   "concurrency": self.concurrency,
+                   "concurrency": self.concurrency, "pool": self.pool_kind, "loop": loops.name(),
                    "codecs": [MSGPACK, PICKLE] if self.allow_pickle else [MSGPACK],
                    "periodic": hello_entries(self.modules)},  # @conveyor.periodic schedules
         )
