@@ -20,6 +20,7 @@ import pytest
 from conveyor.errors import StoreError
 from conveyor.store import STORED, open_store
 from conveyor.store.conformance import T0, StoreConformance, ok, task
+from conveyor.store.conformance_counts import CountsConformance
 from conveyor.store.dsn import redact, scrub
 from tests.pg import fresh_postgres_dsn, postgres_dsn  # noqa: F401 (fixtures)
 
@@ -34,7 +35,7 @@ from conveyor.store.postgres_schema import (  # noqa: E402
 )
 
 
-class TestPostgresStore(StoreConformance):
+class TestPostgresStore(StoreConformance, CountsConformance):
     @pytest.fixture
     def store(self, postgres_dsn: str) -> Iterator[PostgresStore]:  # noqa: F811
         s = PostgresStore(postgres_dsn)

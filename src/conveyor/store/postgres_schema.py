@@ -93,8 +93,50 @@ CREATE TABLE schedules (
 )
 """
 
+# Counts kept in the transactions that change task states, so stats() and
+# pending_counts() read a few rows instead of counting tasks (as SQLite's schema 4).
+# ``counts``: tasks now in each (queue, task name, state), '' naming a plain queue
+# item; ``totals``: the monotonic outcome counters per (queue, task name, outcome)
+# that metrics read, which purges never decrease. The store adds each
+# transaction's changes to both at its COMMIT (PostgresStore._flush_counts). Both
+# are built here from one scan of the tasks a version-1 database holds. The (state,
+# seq) index serves listings, counts and bounded batches by state. ``unsettled``
+# holds finished tasks whose dependents a bounded cascade has not settled yet, with
+# the last dependent id settled of each (PostgresStore.settle_pending). Task ids
+# compare bytewise (COLLATE "C") so an id prefix is one range of the id index
+# whatever the database's collation; the deps columns follow, so joins agree.
+_V2 = """
+ALTER TABLE tasks ALTER COLUMN id TYPE text COLLATE "C";
+ALTER TABLE deps ALTER COLUMN task_id TYPE text COLLATE "C";
+ALTER TABLE deps ALTER COLUMN depends_on TYPE text COLLATE "C";
+CREATE TABLE counts (
+    queue text   NOT NULL,
+    name  text   NOT NULL,
+    state text   NOT NULL,
+    n     bigint NOT NULL,
+    PRIMARY KEY (queue, name, state)
+);
+CREATE TABLE totals (
+    queue   text   NOT NULL,
+    name    text   NOT NULL,
+    outcome text   NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (queue, name, outcome)
+);
+CREATE INDEX tasks_state ON tasks (state, seq);
+CREATE TABLE unsettled (
+    seq      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id  text COLLATE "C" NOT NULL,
+    state    text NOT NULL,
+    after_id text COLLATE "C" NOT NULL DEFAULT ''
+);
+INSERT INTO counts SELECT queue, coalesce(name, ''), state, count(*) FROM tasks GROUP BY 1, 2, 3;
+INSERT INTO totals SELECT queue, coalesce(name, ''), state, count(*) FROM tasks
+    WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') GROUP BY 1, 2, 3
+"""
+
 #: Every table the store owns (tests empty them between tests).
-TABLES = ("tasks", "deps", "schedules")
+TABLES = ("tasks", "deps", "schedules", "counts", "totals", "unsettled")
 
 
 def _run(cur: psycopg.Cursor[tuple[Any, ...]], script: str) -> None:
@@ -105,6 +147,10 @@ def _run(cur: psycopg.Cursor[tuple[Any, ...]], script: str) -> None:
 
 def _to_v1(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
     _run(cur, _V1)
+
+
+def _to_v2(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+    _run(cur, _V2)
 
 
 @dataclass(frozen=True)
@@ -118,6 +164,8 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tasks, deps, schedules and the version table", _to_v1),
+    Migration(2, "counts and totals tables (built from one scan), the (state, seq) index, "
+                 "unsettled, bytewise ids", _to_v2),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
