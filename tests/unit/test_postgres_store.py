@@ -8,19 +8,22 @@ Needs the machine's PostgreSQL (see tests/pg.py): skipped without it, failed in 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor.errors import StoreError
+from conveyor.records import FAILED, SUCCEEDED, QueueStats, TaskFilter
 from conveyor.store import STORED, open_store
-from conveyor.store.conformance import T0, StoreConformance, ok, task
-from conveyor.store.conformance_counts import CountsConformance
+from conveyor.store.conformance import T0, StoreConformance, after, fail, ok, task
+from conveyor.store.conformance_counts import CountsConformance, assert_counts_match
 from conveyor.store.dsn import redact, scrub
 from tests.pg import fresh_postgres_dsn, postgres_dsn  # noqa: F401 (fixtures)
 
@@ -30,6 +33,7 @@ psycopg = pytest.importorskip("psycopg") if os.environ.get("CI") != "true" else 
 from conveyor.store.postgres import PostgresStore  # noqa: E402 (after the psycopg check)
 from conveyor.store.postgres_schema import (  # noqa: E402
     MIGRATION_LOCK,
+    MIGRATIONS,
     SCHEMA_VERSION,
     VERSION_TABLE,
 )
@@ -124,6 +128,38 @@ def test_two_processes_migrating_at_once_both_open_one_schema(fresh_postgres_dsn
     assert _version(fresh_postgres_dsn) == [SCHEMA_VERSION]
 
 
+def test_migration_to_2_builds_the_counts_from_the_tasks(fresh_postgres_dsn: str) -> None:  # noqa: F811
+    """A version-1 database (tasks, no counts) opened by this conveyor: the counts and
+    outcome totals are built from its tasks, and ids compare bytewise from then on."""
+    with psycopg.connect(fresh_postgres_dsn, autocommit=True) as conn:
+        with conn.transaction(), conn.cursor() as cur:
+            MIGRATIONS[0].apply(cur)
+            cur.execute(f"UPDATE {VERSION_TABLE} SET version = 1")
+            cur.execute("INSERT INTO tasks (id, queue, name, state, created_at, finished_at, "
+                        "payload, codec) VALUES ('done', 'q', 'mod.fn', 'succeeded', 1.0, 2.0, "
+                        "'\\x00', 'msgpack'), ('next', 'q', NULL, 'ready', 1.0, NULL, "
+                        "'\\x00', 'msgpack')")
+    s = PostgresStore(fresh_postgres_dsn)
+    try:
+        assert _version(fresh_postgres_dsn) == [SCHEMA_VERSION]
+        assert s.stats() == {"q": QueueStats(ready=1, succeeded=1)}
+        assert s.task_counts() == {("q", "mod.fn", SUCCEEDED): 1, ("q", None, "ready"): 1}
+        assert s.outcome_totals() == {("q", "mod.fn", SUCCEEDED): 1}
+        s.enqueue([task("n-b"), task("n_a"), task("nZ"), task("n_")], T0)
+        for prefix, want in (("n-", ["n-b"]), ("n_", ["n_a", "n_"]), ("nZ", ["nZ"])):
+            assert [t.id for t in s.list_page(TaskFilter(id_prefix=prefix)).tasks] == want[::-1]
+            assert s.count_tasks(TaskFilter(id_prefix=prefix)).n == len(want)
+        with s._reading():
+            collations = s._x("SELECT table_name, column_name, collation_name "
+                              "FROM information_schema.columns WHERE (table_name, column_name) "
+                              "IN (('tasks', 'id'), ('deps', 'task_id'), ('deps', 'depends_on'))"
+                              ).fetchall()
+        assert sorted(c[2] for c in collations) == ["C", "C", "C"]
+        assert_counts_match(s)
+    finally:
+        s.close()
+
+
 # -- several connections on one database ------------------------------------------------
 
 
@@ -176,6 +212,96 @@ def test_concurrent_completes_store_exactly_one_result(postgres_dsn: str) -> Non
     finally:
         for s in stores:
             s.close()
+
+
+def test_several_writers_at_once_keep_the_counts_exact(postgres_dsn: str) -> None:  # noqa: F811
+    """Four connections (four masters) change tasks of the same queue and names at once,
+    so their commits add to the same counts and totals rows: no deadlock, no lost update."""
+    stores = [PostgresStore(postgres_dsn) for _ in range(4)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(stores))
+
+    def writer(i: int) -> None:
+        s, rng = stores[i], random.Random(i)
+        try:
+            start.wait()
+            for step in range(60):
+                with s.transaction():  # one commit with several count changes, as the runner's
+                    s.enqueue([task(f"w{i}-{step}-{k}", name=rng.choice(("mod.a", "mod.b")))
+                               for k in range(3)], T0)
+                    got = s.lease("q", 3, f"w{i}", T0, 30)
+                    s.complete([ok(x.id, x.token) if rng.random() < 0.6 else fail(x.id, x.token)
+                                for x in got[:2]], T0)
+                    for x in got[2:]:
+                        s.nack(x.id, x.token, T0, error=b"e")
+        except BaseException as exc:  # reported below: a thread's error must fail the test
+            errors.append(exc)
+
+    try:
+        stores[0].clear()
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(len(stores))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert not any(t.is_alive() for t in threads)
+        assert_counts_match(stores[0])
+        counts, totals = stores[0].task_counts(), stores[0].outcome_totals()
+        assert sum(counts.values()) == len(stores) * 60 * 3
+        for outcome in (SUCCEEDED, FAILED):  # nothing was purged: totals equal the counts
+            assert sum(n for k, n in totals.items() if k[2] == outcome) == \
+                sum(n for k, n in counts.items() if k[2] == outcome) > 0
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_bounded_calls_walk_an_index(fresh_postgres_dsn: str) -> None:  # noqa: F811
+    """Every statement a listing or a bounded batch sends plans as an index walk that
+    stops at its limit: no sequential scan of the tasks, no sort of every match (the
+    plans of a filled, analysed database, looked at with EXPLAIN)."""
+    s = PostgresStore(fresh_postgres_dsn)
+    try:
+        with s.transaction():
+            s.enqueue([task(f"t{i:06d}", name="mod.a", not_before=T0 + 50 if i % 7 == 0 else 0.0)
+                       for i in range(30_000)], T0)
+            s.enqueue([task("root")], T0)
+            s.enqueue([after(f"w{i:05d}", "root") for i in range(3000)], T0)
+        got = s.lease("q", 12_000, "w", T0, 10)
+        s.complete([ok(x.id, x.token) for x in got[:8000]], T0 + 1)
+        with s._reading():
+            s._x("ANALYZE")
+        sent: list[tuple[str, Any]] = []
+        send = s._x
+        s._x = lambda sql, params=None: (sent.append((sql, params)), send(sql, params))[1]  # type: ignore[method-assign]
+        calls = {
+            "list by state": lambda: s.list_page(TaskFilter(states=("ready",))),
+            "list deep": lambda: s.list_page(TaskFilter(), cursor="20000"),
+            "list filtered": lambda: s.list_page(TaskFilter(name="mod.a", states=("succeeded",
+                                                                                   "ready"))),
+            "list by id prefix": lambda: s.list_page(TaskFilter(id_prefix="t0001")),
+            "expire": lambda: s.expire_leases(T0 + 20, limit=500),
+            "release all": lambda: s.release_all(T0, limit=500),
+            "promote": lambda: s.promote_due(T0 + 60, limit=500),
+            "purge finished": lambda: s.purge_finished(T0 + 5, limit=500),
+            "purge": lambda: s.purge(states=("succeeded", "dead"), queue="q", limit=500),
+            "bounded cascade": lambda: (setattr(s, "cascade_limit", 100),
+                                        s.cancel("root", T0, b"x")),
+        }
+        for what, call in calls.items():
+            sent.clear()
+            with pytest.raises(RuntimeError):
+                with s.transaction():  # looked at, then undone: each call sees the same data
+                    call()
+                    raise RuntimeError("undo")
+            assert sent, what
+            for sql, params in sent:
+                with s._reading():
+                    plan = "\n".join(r[0] for r in send("EXPLAIN " + sql, params))
+                assert "Seq Scan on tasks" not in plan and "Sort" not in plan, (what, sql, plan)
+    finally:
+        s.close()
 
 
 def test_a_lost_connection_fails_one_call_and_the_next_reconnects(postgres_dsn: str) -> None:  # noqa: F811

@@ -110,6 +110,12 @@ _SUMMARY_COLUMNS = ("t.seq, t.id, t.queue, t.name, t.state, t.priority, t.attemp
 _FLUSH = ("INSERT INTO {table} SELECT q, nm, k, n FROM unnest(%s::text[], %s::text[], "
           "%s::text[], %s::bigint[]) WITH ORDINALITY AS u(q, nm, k, n, i) ORDER BY i "
           "ON CONFLICT ({key}) DO UPDATE SET n = {table}.n + excluded.n")
+# A bounded batch: the first ``limit`` tasks of a partial index in (column, seq) order,
+# kept while ``column`` is due. Taking the index's first rows and filtering them after
+# (they are a prefix of the due ones) leaves the planner one plan, the index walk that
+# stops at the limit, whatever it estimates: never a sort of every due task.
+_FIRST_DUE = ("seq IN (SELECT seq FROM (SELECT seq, {col} FROM tasks WHERE {part} "
+              "ORDER BY {col}, seq LIMIT %s) AS f WHERE {col} {op} %s)")
 _LEASE_RETURNING = ("RETURNING t.priority, t.seq, t.id, t.queue, t.name, t.payload, t.codec, "
                     "t.attempts, t.options, cardinality(t.errors)")
 _RETURN_TO_READY = "state = 'ready', lease_owner = NULL, lease_deadline = NULL"
@@ -567,9 +573,12 @@ class PostgresStore(Store):
                         resume: dict[str, str]) -> int:
         """_settle with at most ``budget`` dependents looked at; the rest of the cascade goes
         to ``unsettled`` for :meth:`settle_pending`, each finished task with the last
-        dependent id done (``resume`` gives those back). Dependents are walked in id
-        order (the deps_on index: no sort of every dependent), so a task with very many
-        dependents is walked once, not again from its start on every call."""
+        dependent id looked at (``resume`` gives those back). Dependents are walked in
+        id order, the next ``budget`` rows of the deps_on index read first and only
+        then joined to their tasks (whatever the planner estimates, no join or sort of
+        every dependent), so a task with very many dependents is walked once, not
+        again from its start on every call. Dependents no longer waiting (settled
+        some other way) are passed over; they count as looked at."""
         having = self._with_dependents([task_id for task_id, _ in ended])
         work = deque((i, st, resume.get(i, "")) for i, st in ended if i in having)
         steps = 0
@@ -585,15 +594,17 @@ class PostgresStore(Store):
                 break
             dep_id, dep_state, after_id = work.popleft()
             rows = self._x(
-                "SELECT " + _DEPENDENTS + " WHERE d.depends_on = %s AND d.task_id > %s "
-                "ORDER BY d.task_id LIMIT %s FOR UPDATE OF t",
+                "SELECT t.seq, t.id, t.not_before, t.queue, t.name, t.state FROM (SELECT task_id "
+                "FROM deps WHERE depends_on = %s AND task_id > %s ORDER BY task_id LIMIT %s) AS d "
+                "JOIN tasks t ON t.id = d.task_id ORDER BY d.task_id FOR UPDATE OF t",
                 (dep_id, after_id, budget - steps)).fetchall()
             if len(rows) == budget - steps:  # it may have more: from the last one on
-                work.appendleft((dep_id, dep_state, rows[-1][2]))
-            for _, seq, task_id, not_before, queue, name in rows:
+                work.appendleft((dep_id, dep_state, rows[-1][1]))
+            for seq, task_id, not_before, queue, name, state in rows:
                 steps += 1
-                if self._settle_one(dep_id, dep_state, seq, task_id, not_before, queue, name,
-                                    now) and dep_state != SUCCEEDED:
+                if state == WAITING and self._settle_one(
+                        dep_id, dep_state, seq, task_id, not_before, queue, name, now) \
+                        and dep_state != SUCCEEDED:
                     work.append((task_id, FAILED, ""))
         return steps
 
@@ -805,9 +816,8 @@ class PostgresStore(Store):
         check_limit(limit)
         if limit is None:
             return self._return_to_ready("lease_deadline <= %s", (now,))
-        return self._return_to_ready(
-            "lease_deadline <= %s AND seq IN (SELECT seq FROM tasks WHERE state = 'leased' "
-            "AND lease_deadline <= %s ORDER BY lease_deadline, seq LIMIT %s)", (now, now, int(limit)))
+        due = _FIRST_DUE.format(col="lease_deadline", part="state = 'leased'", op="<=")
+        return self._return_to_ready(f"lease_deadline <= %s AND {due}", (now, int(limit), now))
 
     def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
         """Make delayed tasks with ``not_before <= now`` ready (at most ``limit``, earliest
@@ -816,9 +826,8 @@ class PostgresStore(Store):
         due = "state = 'delayed' AND not_before <= %s"
         params: tuple[Any, ...] = (now,)
         if limit is not None:
-            due += (" AND seq IN (SELECT seq FROM tasks WHERE state = 'delayed' "
-                    "AND not_before <= %s ORDER BY not_before, seq LIMIT %s)")
-            params = (now, now, int(limit))
+            due += " AND " + _FIRST_DUE.format(col="not_before", part="state = 'delayed'", op="<=")
+            params = (now, int(limit), now)
         with self.transaction():
             rows = self._x(f"UPDATE tasks SET state = 'ready' WHERE {due} "
                            "RETURNING seq, queue, name", params).fetchall()
@@ -1009,7 +1018,7 @@ class PostgresStore(Store):
             return None
         low, high = paging.prefix_range(flt.id_prefix)
         seqs = [int(r[0]) for r in self._x(
-            "SELECT seq FROM tasks WHERE id >= %s AND id < %s LIMIT %s",
+            "SELECT seq FROM tasks WHERE id >= %s AND id < %s ORDER BY id LIMIT %s",
             (low, high, paging.PREFIX_FEW + 1))]
         return seqs if len(seqs) <= paging.PREFIX_FEW else None
 
@@ -1141,9 +1150,9 @@ class PostgresStore(Store):
         where = "finished_at < %s"
         params: tuple[Any, ...] = (before,)
         if limit is not None:
-            where += (" AND seq IN (SELECT seq FROM tasks WHERE finished_at < %s "
-                      "ORDER BY finished_at, seq LIMIT %s)")
-            params = (before, before, int(limit))
+            where += " AND " + _FIRST_DUE.format(col="finished_at", part="finished_at IS NOT NULL",
+                                                 op="<")
+            params = (before, int(limit), before)
         with self.transaction():
             return self._delete_where(where, params)
 

@@ -100,7 +100,9 @@ CREATE TABLE schedules (
 # that metrics read, which purges never decrease. The store adds each
 # transaction's changes to both at its COMMIT (PostgresStore._flush_counts). Both
 # are built here from one scan of the tasks a version-1 database holds. The (state,
-# seq) index serves listings, counts and bounded batches by state. ``unsettled``
+# seq) index serves listings, counts and bounded batches by state; the deadline, due
+# and finish indexes gain ``seq`` so a bounded batch takes ties oldest first, read
+# in index order with no sort. ``unsettled``
 # holds finished tasks whose dependents a bounded cascade has not settled yet, with
 # the last dependent id settled of each (PostgresStore.settle_pending). Task ids
 # compare bytewise (COLLATE "C") so an id prefix is one range of the id index
@@ -124,6 +126,12 @@ CREATE TABLE totals (
     PRIMARY KEY (queue, name, outcome)
 );
 CREATE INDEX tasks_state ON tasks (state, seq);
+DROP INDEX tasks_deadline;
+CREATE INDEX tasks_deadline ON tasks (lease_deadline, seq) WHERE state = 'leased';
+DROP INDEX tasks_delayed;
+CREATE INDEX tasks_delayed ON tasks (not_before, seq) WHERE state = 'delayed';
+DROP INDEX tasks_finished;
+CREATE INDEX tasks_finished ON tasks (finished_at, seq) WHERE finished_at IS NOT NULL;
 CREATE TABLE unsettled (
     seq      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     task_id  text COLLATE "C" NOT NULL,
