@@ -324,6 +324,29 @@ def test_a_lost_connection_fails_one_call_and_the_next_reconnects(postgres_dsn: 
 # -- bad input ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kwargs", [{"limit": 0}, {"limit": 10**6}, {"cursor": "1; DROP"},
+                                    {"flt": TaskFilter(states=("nope",))},
+                                    {"flt": TaskFilter(id_prefix="x" * 201)}])
+def test_bad_page_arguments_are_refused_before_any_statement(postgres_dsn: str,  # noqa: F811
+                                                             kwargs: dict[str, Any]) -> None:
+    s = PostgresStore(postgres_dsn)
+    sent: list[str] = []
+    send = s._x
+    s._x = lambda sql, params=None: (sent.append(sql), send(sql, params))[1]  # type: ignore[method-assign]
+    try:
+        flt = kwargs.pop("flt", TaskFilter())
+        with pytest.raises(ValueError):
+            s.list_page(flt, **kwargs)
+        with pytest.raises(ValueError):
+            s.requeue_matching(flt, T0, **kwargs)
+        if "cursor" not in kwargs and "limit" not in kwargs:
+            with pytest.raises(ValueError):
+                s.count_tasks(flt)
+        assert sent == []
+    finally:
+        s.close()
+
+
 def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     dsn = f"postgresql://postgres:s3cr%40t@127.0.0.1:{_closed_port()}/nowhere"
     with pytest.raises(StoreError) as err:

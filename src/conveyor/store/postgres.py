@@ -9,7 +9,19 @@ The promises map onto PostgreSQL's own primitives:
   AND attempts = token``;
 * first result wins: complete locks the rows it settles (``FOR UPDATE``) and stores
   a result only on a row that has none, dependents settled in the same transaction;
-* schedule slots: ``last_slot`` only moves forward, in one conditional UPDATE.
+* schedule slots: ``last_slot`` only moves forward, in one conditional UPDATE;
+* counts in O(1) (``stats``, ``pending_counts``, ``task_counts``, ``outcome_totals``):
+  each statement that moves tasks between states returns their queue and name, the
+  store adds up the changes per transaction level in memory (a rolled-back savepoint
+  drops its own), and the commit adds them to the ``counts`` and ``totals`` rows with
+  ``INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n``, pipelined with the
+  COMMIT. Deltas at commit rather than per statement (or a trigger): a hot counts row
+  is locked only for the commit's one round trip, not for the whole transaction,
+  and every writer locks the rows it adds to in one order (counts then totals, each
+  by key), so masters committing at once queue on a row and never deadlock; the
+  update adds to the committed value, so none is lost;
+* listings: keyset pages on ``seq`` through the (state, seq) index or the primary
+  key, a bounded number of rows examined per call (:mod:`.paging`).
 
 The store is reached over the network, so it says ``blocking_io = True``: the
 master's StoreRunner runs its calls on one thread of their own, off the event
