@@ -24,6 +24,8 @@ from .auth import ENV_AUTHKEY
 ENV_CONFIG = "CONVEYOR_CONFIG"
 #: The environment variable giving the master's address to workers and clients.
 ENV_ADDRESS = "CONVEYOR_ADDRESS"
+#: The master's store (a directory, ``:memory:`` or a ``postgresql://`` URL) when no flag names one.
+ENV_STORE = "CONVEYOR_STORE"
 
 SECTIONS = ("master", "worker")
 
@@ -82,6 +84,7 @@ _COMMON = (
 #: What ``[master]`` may hold, with the defaults ``conveyor master`` uses.
 MASTER: dict[str, Setting] = {s.name: s for s in (
     Setting("bind", str, "127.0.0.1:7700"),
+    Setting("store", str, None, env=ENV_STORE),
     Setting("data", str, "conveyor-data"),
     Setting("sync", str, "normal", choices=("normal", "full")),
     Setting("tls_cert", str, None),

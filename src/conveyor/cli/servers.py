@@ -20,6 +20,7 @@ from .. import __version__, loops, timing
 from ..auth import ENV_AUTHKEY, is_loopback, server_tls_context
 from ..config import (
     ENV_CONFIG,
+    ENV_STORE,
     MASTER,
     WORKER,
     ConfigError,
@@ -86,6 +87,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     from ..master import Master
     from ..store import open_store
 
+    # A store named by a flag beats one from the environment or the file (--store over --data).
+    flagged = args.store or args.data
     args = settings("master", args)
     setup_logging(args.log_level)
     authkey = read_authkey(args.authkey_file)
@@ -105,15 +108,20 @@ def cmd_master(args: argparse.Namespace) -> int:
         check_port_free(host, port)
     except OSError as exc:
         raise CliError(exc.strerror or str(exc)) from None
-    data = None if args.data == ":memory:" else args.data
+    from ..store.dsn import is_postgres, redact
+
+    target = flagged or args.store or args.data
+    data = None if target == ":memory:" else target
+    on_disk = data is not None and not is_postgres(data)  # a database server needs no local lock
+    shown = redact(target) if is_postgres(target) else target  # a password is never printed
     # The lock before the store: the store keeps its file locked, and a second master
     # must hear who holds the directory, not wait on SQLite's lock.
-    locked = data is not None and _lock_data_dir(data)
+    locked = on_disk and _lock_data_dir(data)
     try:
         store = open_store(data, sync=args.sync)
     except StoreError as exc:
         raise CliError(str(exc)) from None
-    if data is not None and not locked and not _lock_data_dir(data):
+    if on_disk and not locked and not _lock_data_dir(data):
         raise CliError(f"cannot lock data directory {data}")
 
     async def run() -> None:
@@ -136,7 +144,7 @@ def cmd_master(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(master.close()))
         print(f"conveyor master {__version__} listening on "
               f"{'tls' if ssl_ctx else 'tcp'}://{host}:{master.port} "
-              f"(store: {args.data}, sync: {args.sync})", flush=True)
+              f"(store: {shown}, sync: {args.sync})", flush=True)
         await master.serve_forever()
         logging.getLogger("conveyor.master").info("master stopped")
 
@@ -153,7 +161,11 @@ def add_master_command(sub: Any) -> None:
     p = sub.add_parser("master", help="run a master serving queues from a durable store")
     p.add_argument("--bind", "-b", help=f"HOST:PORT to listen on (default {d['bind']})")
     p.add_argument("--data", "-d",
-                   help="data directory of the SQLite store (default ./conveyor-data; ':memory:' keeps nothing)")
+                   help=f"data directory of the SQLite store (default ${ENV_STORE}, else ./conveyor-data; "
+                        "':memory:' keeps nothing)")
+    p.add_argument("--store", metavar="URL|DIR",
+                   help="the store: postgresql://USER@HOST:PORT/DB for PostgreSQL (needs conveyor[postgres]), "
+                        f"a directory for SQLite, or ':memory:'; wins over --data (default ${ENV_STORE})")
     p.add_argument("--sync", choices=["normal", "full"],
                    help="normal (default): a commit survives a killed master; full: also fsync, surviving power loss")
     p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain)")

@@ -1,11 +1,13 @@
 """Stores: where the master keeps queues, leases and results.
 
 :func:`open_store` picks the implementation from the ``--data`` setting:
-``None`` or ``":memory:"`` keeps everything in memory, anything else is a
-data directory for the durable SQLite store.
+``None`` or ``":memory:"`` keeps everything in memory, a ``postgresql://``
+URL names a PostgreSQL database (psycopg, the ``postgres`` extra), and
+anything else is a data directory for the durable SQLite store.
 
 The names below are loaded on first use (PEP 562): importing this package
-(or ``conveyor.store.base``) does not load sqlite3 until a SQLite store is asked for.
+(or ``conveyor.store.base``) does not load sqlite3 until a SQLite store is asked for, nor psycopg until a
+PostgreSQL store is.
 """
 
 from __future__ import annotations
@@ -26,16 +28,33 @@ _LAZY: dict[str, str] = {
     "Store": ".base",
     "MemoryStore": ".memory",
     "SQLiteStore": ".sqlite",
+    "PostgresStore": ".postgres",
     "SYNC_MODES": ".sqlite",
 }
 
 
 def open_store(data: str | os.PathLike[str] | None, *, sync: str = "normal") -> Store:
-    """A MemoryStore for None or ``":memory:"``, else a SQLiteStore in directory ``data``."""
+    """A MemoryStore for None or ``":memory:"``, a PostgresStore for a ``postgresql://``
+    URL, else a SQLiteStore in directory ``data``.
+
+    ``sync`` is SQLite's setting; PostgreSQL's durability is the server's
+    ``synchronous_commit`` (on by default: a commit waits for the WAL flush).
+    """
+    from .dsn import is_postgres
     from .sqlite import SYNC_MODES, SQLiteStore
 
     if sync not in SYNC_MODES:
         raise ValueError(f"unknown sync mode {sync!r}: choose one of {', '.join(SYNC_MODES)}")
+    if is_postgres(data):
+        assert isinstance(data, str)
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            from ..errors import StoreError
+
+            raise StoreError(f"a PostgreSQL store needs psycopg: pip install 'conveyor[postgres]' "
+                             f"({exc})") from None
+        return PostgresStore(data)
     if data is None or (isinstance(data, str) and data == MEMORY):
         from .memory import MemoryStore
 
@@ -61,7 +80,7 @@ __all__ = [  # the names of _LAZY, MEMORY and open_store, spelled out for linter
     "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED", "READY",
     "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING", "MEMORY", "SYNC_MODES",
     "Lease", "NewTask", "Outcome", "QueueStats", "Result", "Store", "TaskInfo",
-    "MemoryStore", "SQLiteStore", "open_store",
+    "MemoryStore", "PostgresStore", "SQLiteStore", "open_store",
 ]
 
 if TYPE_CHECKING:
@@ -89,4 +108,5 @@ if TYPE_CHECKING:
     )
     from .base import Store
     from .memory import MemoryStore
+    from .postgres import PostgresStore
     from .sqlite import SYNC_MODES, SQLiteStore
