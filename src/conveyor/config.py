@@ -72,7 +72,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 
 def _positive(value: Any) -> bool:
-    return value > 0
+    return bool(value > 0)
 
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

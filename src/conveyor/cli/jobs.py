@@ -244,7 +244,7 @@ def add_job_commands(sub: Any) -> None:
     """Register the job-control subcommands on the ``conveyor`` parser."""
 
     def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
         p.set_defaults(func=func)
         return p
 

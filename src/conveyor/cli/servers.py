@@ -110,18 +110,18 @@ def cmd_master(args: argparse.Namespace) -> int:
         raise CliError(exc.strerror or str(exc)) from None
     from ..store.dsn import is_postgres, redact
 
-    target = flagged or args.store or args.data
+    target: str = flagged or args.store or args.data
     data = None if target == ":memory:" else target
     on_disk = data is not None and not is_postgres(data)  # a database server needs no local lock
     shown = redact(target) if is_postgres(target) else target  # a password is never printed
     # The lock before the store: the store keeps its file locked, and a second master
     # must hear who holds the directory, not wait on SQLite's lock.
-    locked = on_disk and _lock_data_dir(data)
+    locked = data is not None and on_disk and _lock_data_dir(data)
     try:
         store = open_store(data, sync=args.sync)
     except StoreError as exc:
         raise CliError(str(exc)) from None
-    if on_disk and not locked and not _lock_data_dir(data):
+    if data is not None and on_disk and not locked and not _lock_data_dir(data):
         raise CliError(f"cannot lock data directory {data}")
 
     async def run() -> None:
