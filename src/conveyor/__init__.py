@@ -27,6 +27,10 @@ _LAZY: dict[str, str] = {
     "as_completed": ".client.client",
     "connect": ".client.client",
     "current_task": ".context",
+    "on_child_exit": ".hooks",
+    "on_child_start": ".hooks",
+    "on_worker_start": ".hooks",
+    "on_worker_stop": ".hooks",
     "periodic": ".periodic",
     "task": ".tasks",
     **{name: ".errors" for name in (
@@ -40,7 +44,8 @@ __all__ = [  # the same names as _LAZY, spelled out for linters and readers
     "AuthenticationError", "Client", "ConnectionLost", "ConveyorError", "ConveyorExecutor",
     "DependencyFailed", "NotFound", "ProtocolError", "RemoteError", "Retry", "SerializationError",
     "SoftTimeLimitExceeded", "StoreError", "TaskError", "TaskFuture", "TaskTimeout", "UnknownTask",
-    "WorkerCrashed", "__version__", "as_completed", "connect", "current_task", "periodic", "task",
+    "WorkerCrashed", "__version__", "as_completed", "connect", "current_task", "on_child_exit",
+    "on_child_start", "on_worker_start", "on_worker_stop", "periodic", "task",
 ]
 
 
@@ -94,5 +99,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
         UnknownTask,
         WorkerCrashed,
     )
+    from .hooks import on_child_exit, on_child_start, on_worker_start, on_worker_stop
     from .periodic import periodic
     from .tasks import task

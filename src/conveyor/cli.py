@@ -61,9 +61,13 @@ def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     return client_tls_context(args.tls_ca) if args.tls_ca else None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str = "text", file: str | None = None) -> None:
+    from .logs import setup_logging
+
+    try:
+        setup_logging(level, fmt, file)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _parse_bind(text: str) -> tuple[str, int]:
@@ -116,7 +120,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     from .master import Master
     from .store import open_store
 
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format, args.log_file)
     authkey = _authkey(args)
     host, port = _parse_bind(args.bind)
     if not is_loopback(host) and not authkey:
@@ -193,9 +197,12 @@ def parse_queues(text: str) -> tuple[list[str], list[int] | None]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from .hooks import HookFailed
+    from .worker.pool import PoolStartError
     from .worker.worker import Worker
 
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format, args.log_file)
+    lifecycle = _lifecycle(args)
     queues, weights = parse_queues(args.queues)
     if args.concurrency is not None and args.concurrency < 1:
         raise CliError("--concurrency must be at least 1")
@@ -213,9 +220,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     _authkey(args), queues=queues, weights=weights, concurrency=args.concurrency,
                     pool=args.pool,
                     prefetch=args.prefetch, allow_pickle=args.pickle, ssl_context=_client_ssl(args),
-                    name=args.name)
-    worker.run()
+                    name=args.name, lifecycle=lifecycle)
+    try:
+        worker.run()
+    except (HookFailed, PoolStartError) as exc:
+        raise CliError(str(exc)) from None
     return 0
+
+
+def _lifecycle(args: argparse.Namespace) -> Any:
+    """The worker's :class:`~conveyor.worker.lifecycle.Lifecycle` from its flags (None if
+    none is given); CliError for a bad value or a pool that cannot take it."""
+    from .worker.lifecycle import Lifecycle, parse_autoscale
+
+    if args.max_tasks_per_child is None and args.max_memory_per_child is None and args.autoscale is None:
+        return None
+    try:
+        autoscale = parse_autoscale(args.autoscale) if args.autoscale is not None else None
+        lifecycle = Lifecycle(args.max_tasks_per_child, args.max_memory_per_child, autoscale,
+                              args.autoscale_idle)
+    except ValueError as exc:
+        raise CliError(str(exc).replace("max_tasks_per_child", "--max-tasks-per-child")
+                       .replace("max_memory_per_child", "--max-memory-per-child")
+                       .replace("autoscale_idle", "--autoscale-idle")) from None
+    if args.pool == "thread":
+        raise CliError("--max-tasks-per-child, --max-memory-per-child and --autoscale need child "
+                       "processes: use --pool process (or --pool asyncio for the first two)")
+    if args.pool == "asyncio" and autoscale is not None:
+        raise CliError("--autoscale applies to --pool process (the asyncio pool runs one child)")
+    return lifecycle
 
 
 # -- status -----------------------------------------------------------------
@@ -358,6 +391,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 # -- parser -----------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from .logs import add_log_arguments
+    from .worker.lifecycle import add_lifecycle_arguments
+
     parser = _Parser(prog="conveyor", description="A durable distributed task queue: master, workers, clients.")
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -379,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frame-size", type=int, default=64 * 1024 * 1024, help="largest frame accepted, in bytes")
     p.add_argument("--pickle", action="store_true", help="accept pickled payloads (trusted networks only)")
     _add_common(p)
+    add_log_arguments(p)
     p.set_defaults(func=cmd_master)
 
     p = sub.add_parser("worker", help="run tasks from MODULE(s) for a master")
@@ -392,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="worker name shown in status (default host-pid)")
     p.add_argument("--pickle", action="store_true", help="run pickled payloads (trusted networks only)")
     _add_common(p)
+    add_log_arguments(p)
+    add_lifecycle_arguments(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="show queues, workers and rates")
