@@ -74,8 +74,9 @@ class TextFormatter(logging.Formatter):
         super().__init__(TEXT_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        task_id = getattr(record, "task_id", None)
-        record.task_label = f" [{getattr(record, 'task_name', '?')}({task_id})]" if task_id else ""
+        # Only records logged inside a task: the worker's own task lines name it already.
+        inside = getattr(record, "in_task", False)
+        record.task_label = f" [{getattr(record, 'task_name', '?')}({record.task_id})]" if inside else ""
         return super().format(record)
 
 
@@ -150,6 +151,7 @@ def _task_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
     if task is not None:  # only inside a task: elsewhere `extra={"task_id": ...}` stays usable
         record.task_id = task.id
         record.task_name = task.name
+        record.in_task = True
     return record
 
 

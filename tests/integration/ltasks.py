@@ -92,3 +92,9 @@ def add(a: int, b: int) -> int:
 @conveyor.task
 def fail(message: str) -> None:
     raise ValueError(message)
+
+
+@conveyor.task
+def crash() -> None:
+    """Take the child down with it."""
+    os._exit(3)
