@@ -60,6 +60,7 @@ class LogConfig:
 
 
 _active: LogConfig | None = None
+_installed: list[logging.Handler] = []  # the handler setup_logging added last
 
 
 def current_config() -> LogConfig | None:
@@ -76,7 +77,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # Only records logged inside a task: the worker's own task lines name it already.
         inside = getattr(record, "in_task", False)
-        record.task_label = f" [{getattr(record, 'task_name', '?')}({record.task_id})]" if inside else ""
+        record.task_label = (f" [{getattr(record, 'task_name', '?')}({getattr(record, 'task_id', '?')})]"
+                             if inside else "")
         return super().format(record)
 
 
@@ -130,11 +132,11 @@ def setup_logging(level: str = "INFO", fmt: str = "text", file: str | None = Non
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
-    handler._conveyor = True  # type: ignore[attr-defined]  # ours, replaced by the next call
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_conveyor", False)]:
+    for old in _installed:  # ours from an earlier call; other handlers stay
         root.removeHandler(old)
         old.close()
+    _installed[:] = [handler]
     root.addHandler(handler)
     root.setLevel(getattr(logging, level))
     install_task_context()

@@ -113,3 +113,18 @@ def test_each_pool_sends_the_attempts_output_with_its_result(lpools, kind):
         assert "printed 5" not in (ok.output or "")
     else:
         assert "printed 5\n" in (ok.output or "") and "to stderr 5\n" in (ok.output or "")
+
+
+def test_a_result_carries_its_output_on_the_wire_and_bad_output_is_refused():
+    from conveyor import wire
+    from conveyor.errors import ProtocolError
+    from conveyor.records import Outcome
+
+    with_output = Outcome("t1", 3, False, b"\x80", "msgpack", "hello\n")
+    item = wire.outcome_to_wire(with_output)
+    assert len(item) == 7 and wire.outcome_from_wire(item) == (with_output, None)
+    plain = Outcome("t1", 3, True, b"\x80")
+    assert len(wire.outcome_to_wire(plain)) == 6 and wire.outcome_from_wire(wire.outcome_to_wire(plain))[0] == plain
+    for bad in (b"bytes", 7, "x" * (wire.MAX_OUTPUT + 1)):
+        with pytest.raises(ProtocolError, match="output must be a string of at most 65536 characters"):
+            wire.outcome_from_wire(["t1", 3, True, b"", "msgpack", None, bad])

@@ -97,13 +97,13 @@ class Worker:
         self._core: AsyncLink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outstanding = 0  # credit granted and not yet used up by a finished task
-        self._acks: list[list] = []
-        self._held: dict[str, tuple[dict, int]] = {}  # task id -> (options, earlier failures)
+        self._acks: list[list[Any]] = []
+        self._held: dict[str, tuple[dict[str, Any], int]] = {}  # task id -> (options, earlier failures)
         self._cancelled: set[str] = set()  # cancelled by the master: report nothing for them
         self._loop_thread: int | None = None  # ident of the thread running the loop
         self._inbox: list[JobResult] = []  # results from pool threads, for the loop
         self._inbox_lock = threading.Lock()
-        self._unconfirmed: set[asyncio.Future] = set()
+        self._unconfirmed: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._signals = 0
@@ -168,7 +168,7 @@ class Worker:
             return
         self._pool.submit(jobs)
 
-    def _with_upstream(self, payload: bytes, codec: str, upstream: list) -> bytes:
+    def _with_upstream(self, payload: bytes, codec: str, upstream: list[Any]) -> bytes:
         """A ``pass_results`` task gets its dependencies' results as its first argument."""
         allow = self.allow_pickle
         values = [serde.decode(p, c, allow_pickle=allow) for ok, p, c in upstream]
@@ -220,7 +220,7 @@ class Worker:
         if results:
             self._on_results(results)
 
-    def _progress_from_pool(self, report: dict) -> None:
+    def _progress_from_pool(self, report: dict[str, Any]) -> None:
         """Called on the loop or on pool threads: pass a task's progress report to the master."""
         if threading.get_ident() == self._loop_thread:
             if self._core is not None:
@@ -265,10 +265,10 @@ class Worker:
         self._top_up()
         self._maybe_finished()
 
-    def _track(self, fut: asyncio.Future) -> None:
+    def _track(self, fut: asyncio.Future[Any]) -> None:
         self._unconfirmed.add(fut)
 
-        def done(f: asyncio.Future) -> None:
+        def done(f: asyncio.Future[Any]) -> None:
             self._unconfirmed.discard(f)
             if not f.cancelled() and f.exception() is not None:
                 log.warning("master refused a report: %s", f.exception())
