@@ -242,3 +242,22 @@ def test_one_task_per_child_runs_every_task_in_a_fresh_child(pools):
     pool.submit([ltask(f"s{i}", "pid") for i in range(8)])
     results = collector.wait_for(8, timeout=WAIT)
     assert len({value(r) for r in results.values()}) == 8
+
+
+def test_the_hook_decorators_are_public_and_light():
+    import conveyor
+
+    assert conveyor.on_child_start is hooks.on_child_start and conveyor.on_worker_stop is hooks.on_worker_stop
+    from .test_import import HEAVY, _loaded, _run
+
+    doc = _run(f"""
+        import json, sys
+        import conveyor
+
+        @conveyor.on_child_start
+        def connect():
+            pass
+
+        print(json.dumps({{"heavy": {_loaded(HEAVY + ("conveyor.client", "conveyor.worker"))}}}))
+    """)
+    assert doc["heavy"] == []
