@@ -28,6 +28,7 @@ import functools
 import inspect
 import multiprocessing.connection
 import os
+import threading
 import time
 from typing import Any
 
@@ -104,10 +105,12 @@ class _Child:
         self.buf = bytearray()
         self.outbox: list[list[Any]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: int | None = None  # ident of the thread running the loop
         self.stopped: asyncio.Future[None] | None = None
 
     async def serve(self) -> None:
         self.loop = loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self.stopped = loop.create_future()
         loop.add_reader(self.fd, self._readable)
         try:
@@ -232,8 +235,15 @@ class _Child:
             self._stop()  # the parent is gone
 
     def _send_progress(self, report: dict[str, Any]) -> None:
-        # Called in the task's coroutine or in a plain task's thread: send from the loop.
+        """Called in the task's coroutine or in a plain task's thread: send from the loop.
+
+        From a coroutine it is written at once: its answer may join an outbox whose
+        flush is already scheduled, and a report must never trail its task's answer.
+        """
         assert self.loop is not None
+        if threading.get_ident() == self.loop_thread:
+            self._write_progress(report)
+            return
         try:
             self.loop.call_soon_threadsafe(self._write_progress, report)
         except RuntimeError:  # the loop is closed
