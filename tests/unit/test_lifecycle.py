@@ -261,3 +261,24 @@ def test_the_hook_decorators_are_public_and_light():
         print(json.dumps({{"heavy": {_loaded(HEAVY + ("conveyor.client", "conveyor.worker"))}}}))
     """)
     assert doc["heavy"] == []
+
+
+def test_a_replacement_whose_start_hook_fails_is_logged_and_retried_with_backoff(tmp_path, monkeypatch, caplog):
+    flag = tmp_path / "down"
+    monkeypatch.setenv("CONVEYOR_TEST_HOOK_FAIL", str(flag))
+    collector = Collector()
+    pool = ProcessPool(1, ["tests.integration.flakyhook_tasks"], collector,
+                       lifecycle=Lifecycle(max_tasks_per_child=1))
+    pool.start()
+    try:
+        flag.touch()  # the child that runs the first task will not be replaced while this exists
+        pool.submit([job("first", "pid", name="tests.integration.flakyhook_tasks:pid")])
+        first = value(collector.wait_id("first"))
+        wait_until(lambda: any("could not start a replacement pool process: child-start hook "
+                               "tests.integration.flakyhook_tasks.connect_database failed: "
+                               "ConnectionError: database is down" in r.getMessage() for r in caplog.records))
+        pool.submit([job("second", "pid", name="tests.integration.flakyhook_tasks:pid")])
+        flag.unlink()  # the database is back: the next attempt starts a child, which runs the task
+        assert value(collector.wait_id("second")) != first
+    finally:
+        pool.shutdown(wait=False)
