@@ -145,6 +145,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", file: str | None = Non
 
 
 _base_factory: Any = None
+_capture: logging.Formatter | None = None  # set by capture_output: how records enter the ring
 
 
 def _task_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
@@ -154,6 +155,14 @@ def _task_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record.task_id = task.id
         record.task_name = task.name
         record.in_task = True
+        ring = task._output
+        if ring is not None and _capture is not None:
+            # Captured here, not by a handler: a handler on the root logger would silence
+            # logging's last-resort stderr output in processes that configured none.
+            try:
+                ring.write(_capture.format(record) + "\n")
+            except Exception:
+                pass  # a record that cannot be formatted fails again, visibly, in its handler
     return record
 
 
@@ -165,19 +174,6 @@ def install_task_context() -> None:
         return
     _base_factory = factory
     logging.setLogRecordFactory(_task_record_factory)
-
-
-class _CaptureHandler(logging.Handler):
-    """Copies records logged inside a task into that attempt's output ring."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        ring = current_output()
-        if ring is None:
-            return
-        try:
-            ring.write(self.format(record) + "\n")
-        except Exception:
-            self.handleError(record)
 
 
 class _Tee(io.TextIOBase):
@@ -216,17 +212,15 @@ _capturing = False
 
 
 def capture_output(streams: bool) -> None:
-    """Copy what tasks log (and, if ``streams``, print to stdout/stderr) into their
-    attempt's output ring (idempotent). Streams are teed only in pool children: the
+    """Copy what tasks log (records that pass their logger's level) and, if ``streams``,
+    print to stdout/stderr into their attempt's output ring (idempotent). Streams are teed only in pool children: the
     thread pool shares the worker's process, whose stdout is not the tasks' alone."""
-    global _capturing
+    global _capturing, _capture
     if _capturing:
         return
     _capturing = True
     install_task_context()
-    handler = _CaptureHandler()
-    handler.setFormatter(TextFormatter())
-    logging.getLogger().addHandler(handler)
+    _capture = TextFormatter()  # records enter the ring as they are made, whatever the handlers
     if streams:
         sys.stdout = _Tee(sys.stdout)
         sys.stderr = _Tee(sys.stderr)

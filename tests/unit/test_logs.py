@@ -102,6 +102,7 @@ def lpools() -> Iterator[Callable[[str], tuple[object, Collector]]]:
 
 @pytest.mark.parametrize("kind", ["process", "asyncio", "thread"])
 def test_each_pool_sends_the_attempts_output_with_its_result(lpools, kind):
+    handlers = list(logging.getLogger().handlers)
     pool, collector = lpools(kind)
     pool.submit([ltask("ok", "chatty", 5), ltask("bad", "chatty_fail", 6)])
     results = collector.wait_for(2)
@@ -111,6 +112,8 @@ def test_each_pool_sends_the_attempts_output_with_its_result(lpools, kind):
     assert f"[{LT}:chatty_fail(bad)]: about to fail 6" in (bad.output or "")
     if kind == "thread":  # the worker's own stdout is not the tasks' alone: logging only
         assert "printed 5" not in (ok.output or "")
+        # No handler was added: a process that configured none keeps logging's stderr fallback.
+        assert logging.getLogger().handlers == handlers
     else:
         assert "printed 5\n" in (ok.output or "") and "to stderr 5\n" in (ok.output or "")
 
