@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import ssl
 
     from .client.client import Client
+    from .worker.lifecycle import Lifecycle
 
 EXIT_USAGE = 2
 
@@ -228,27 +229,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lifecycle(args: argparse.Namespace) -> Any:
-    """The worker's :class:`~conveyor.worker.lifecycle.Lifecycle` from its flags (None if
-    none is given); CliError for a bad value or a pool that cannot take it."""
-    from .worker.lifecycle import Lifecycle, parse_autoscale
+def _lifecycle(args: argparse.Namespace) -> Lifecycle | None:
+    """The worker's recycling and autoscaling settings from its flags, or a one-line CliError."""
+    from .worker.lifecycle import lifecycle_from_args
 
-    if args.max_tasks_per_child is None and args.max_memory_per_child is None and args.autoscale is None:
-        return None
     try:
-        autoscale = parse_autoscale(args.autoscale) if args.autoscale is not None else None
-        lifecycle = Lifecycle(args.max_tasks_per_child, args.max_memory_per_child, autoscale,
-                              args.autoscale_idle)
+        return lifecycle_from_args(args)
     except ValueError as exc:
-        raise CliError(str(exc).replace("max_tasks_per_child", "--max-tasks-per-child")
-                       .replace("max_memory_per_child", "--max-memory-per-child")
-                       .replace("autoscale_idle", "--autoscale-idle")) from None
-    if args.pool == "thread":
-        raise CliError("--max-tasks-per-child, --max-memory-per-child and --autoscale need child "
-                       "processes: use --pool process (or --pool asyncio for the first two)")
-    if args.pool == "asyncio" and autoscale is not None:
-        raise CliError("--autoscale applies to --pool process (the asyncio pool runs one child)")
-    return lifecycle
+        raise CliError(str(exc)) from None
 
 
 # -- status -----------------------------------------------------------------

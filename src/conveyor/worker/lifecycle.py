@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import argparse
 
 __all__ = ["Lifecycle", "autoscale_target", "parse_autoscale", "rss_bytes", "add_lifecycle_arguments",
+           "lifecycle_from_args",
            "AUTOSCALE_IDLE", "AUTOSCALE_TICK"]
 
 #: Seconds children must have been idle before one is removed by autoscaling.
@@ -132,6 +133,28 @@ def rss_bytes() -> int | None:
         return peak if os.uname().sysname == "Darwin" else peak * 1024
     except (ImportError, OSError):
         return None
+
+
+def lifecycle_from_args(args: argparse.Namespace) -> Lifecycle | None:
+    """The settings of :func:`add_lifecycle_arguments`' flags (and ``--pool``), or None if
+    none is given; ValueError with a one-line message naming the flag otherwise."""
+    if args.max_tasks_per_child is None and args.max_memory_per_child is None and args.autoscale is None:
+        return None
+    try:
+        autoscale = parse_autoscale(args.autoscale) if args.autoscale is not None else None
+        lifecycle = Lifecycle(args.max_tasks_per_child, args.max_memory_per_child, autoscale,
+                              args.autoscale_idle)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("max_tasks_per_child", "--max-tasks-per-child")
+                         .replace("max_memory_per_child", "--max-memory-per-child")
+                         .replace("autoscale_idle", "--autoscale-idle")) from None
+    pool = getattr(args, "pool", "process")
+    if pool == "thread":
+        raise ValueError("--max-tasks-per-child, --max-memory-per-child and --autoscale need child "
+                         "processes: use --pool process (or --pool asyncio for the first two)")
+    if pool == "asyncio" and autoscale is not None:
+        raise ValueError("--autoscale applies to --pool process (the asyncio pool runs one child)")
+    return lifecycle
 
 
 def add_lifecycle_arguments(parser: argparse.ArgumentParser) -> None:
