@@ -29,6 +29,10 @@ _LAZY: dict[str, str] = {
     "current_task": ".context",
     **{name: ".middleware" for name in (
         "Middleware", "SubmitCall", "TaskCall", "add_middleware", "remove_middleware")},
+    "on_child_exit": ".hooks",
+    "on_child_start": ".hooks",
+    "on_worker_start": ".hooks",
+    "on_worker_stop": ".hooks",
     "periodic": ".periodic",
     "task": ".tasks",
     **{name: ".errors" for name in (
@@ -43,7 +47,8 @@ __all__ = [  # the same names as _LAZY, spelled out for linters and readers
     "DependencyFailed", "Middleware", "NotFound", "ProtocolError", "RemoteError", "Retry",
     "SerializationError", "SoftTimeLimitExceeded", "StoreError", "SubmitCall", "TaskCall", "TaskError",
     "TaskFuture", "TaskTimeout", "UnknownTask", "WorkerCrashed", "__version__", "add_middleware",
-    "as_completed", "connect", "current_task", "periodic", "remove_middleware", "task",
+    "as_completed", "connect", "current_task", "on_child_exit", "on_child_start", "on_worker_start",
+    "on_worker_stop", "periodic", "remove_middleware", "task",
 ]
 
 
@@ -97,6 +102,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
         UnknownTask,
         WorkerCrashed,
     )
+    from .hooks import on_child_exit, on_child_start, on_worker_start, on_worker_stop
     from .middleware import Middleware, SubmitCall, TaskCall, add_middleware, remove_middleware
     from .periodic import periodic
     from .tasks import task

@@ -80,6 +80,11 @@ _COMMON = (
     Setting("authkey_file", str, None),
     Setting("log_level", str, "INFO", choices=_LEVELS),
 )
+#: The master's and worker's log destination and format (conveyor.logs).
+_LOGS = (
+    Setting("log_file", str, None),
+    Setting("log_format", str, "text", choices=("text", "json")),
+)
 
 #: What ``[master]`` may hold, with the defaults ``conveyor master`` uses.
 MASTER: dict[str, Setting] = {s.name: s for s in (
@@ -96,6 +101,7 @@ MASTER: dict[str, Setting] = {s.name: s for s in (
     Setting("max_frame_size", int, 64 * 1024 * 1024, check=_positive, rule="positive"),
     Setting("pickle", bool, False),
     *_COMMON,
+    *_LOGS,
 )}
 
 #: What ``[worker]`` may hold, with the defaults ``conveyor worker`` uses.
@@ -110,7 +116,13 @@ WORKER: dict[str, Setting] = {s.name: s for s in (
     Setting("prefetch", int, None, check=_positive, rule="at least 1"),
     Setting("name", str, None),
     Setting("pickle", bool, False),
+    # Pool lifecycle (conveyor.worker.lifecycle; its AUTOSCALE_IDLE is the default here).
+    Setting("max_tasks_per_child", int, None, check=_positive, rule="at least 1"),
+    Setting("max_memory_per_child", int, None, check=_positive, rule="at least 1"),
+    Setting("autoscale", str, None),
+    Setting("autoscale_idle", float, 30.0, check=_positive, rule="positive"),
     *_COMMON,
+    *_LOGS,
 )}
 
 SCHEMAS: dict[str, dict[str, Setting]] = {"master": MASTER, "worker": WORKER}

@@ -25,6 +25,8 @@ class CurrentTask:
     _send: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict)
     _last: float = field(default=0.0, repr=False)
+    #: Where this attempt's output (logging, stdout, stderr) is captured, if it is.
+    _output: OutputRing | None = field(default=None, repr=False)
 
     def progress(self, done: float, total: float | None = None, message: str = "") -> None:
         """Report progress; the client sees it on ``future.progress`` and ``conveyor inspect``.
@@ -43,6 +45,48 @@ class CurrentTask:
         if self._send is not None:
             self._send({"id": self.id, "token": self.token, "done": done, "total": total,
                         "message": str(message)[:500]})
+
+
+class OutputRing:
+    """The last ``limit`` bytes of what one attempt wrote (a ring: older text is dropped).
+
+    Written from the task's own thread or coroutine only, so it needs no lock.
+    """
+
+    __slots__ = ("limit", "_parts", "_size")
+
+    def __init__(self, limit: int = 64 * 1024) -> None:
+        self.limit = limit
+        self._parts: list[str] = []
+        self._size = 0  # characters held; trimmed lazily to keep writes cheap
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        self._parts.append(text)
+        self._size += len(text)
+        if self._size > 2 * self.limit:  # compact now and then, not on every write
+            self._parts = [self.text()]
+            self._size = len(self._parts[0])
+
+    def text(self) -> str:
+        """What was written, cut to its last ``limit`` bytes (UTF-8) at a character boundary."""
+        joined = "".join(self._parts)[-self.limit:]
+        data = joined.encode("utf-8", "replace")
+        if len(data) <= self.limit:
+            return joined
+        return data[-self.limit:].decode("utf-8", "ignore")
+
+
+def current_output() -> OutputRing | None:
+    """The running task's output ring, or None (outside a task, or not captured)."""
+    task = _current.get()
+    return task._output if task is not None else None
+
+
+def peek_current() -> CurrentTask | None:
+    """The running task, or None outside one (for logging, which must never raise)."""
+    return _current.get()
 
 
 def current_task() -> CurrentTask:

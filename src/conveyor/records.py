@@ -63,13 +63,18 @@ class Lease:
 
 @dataclass(slots=True)
 class Outcome:
-    """What a consumer reports for one leased task: a value (ok) or an error."""
+    """What a consumer reports for one leased task: a value (ok) or an error.
+
+    ``output`` is the last part (at most 64 KiB) of what the attempt logged and
+    printed, when the worker captured it.
+    """
 
     id: str
     token: int
     ok: bool
     payload: bytes
     codec: str = "msgpack"
+    output: str | None = None
 
 
 @dataclass(slots=True)

@@ -21,6 +21,8 @@ from .serde import CODECS
 
 MAX_ID = 128
 MAX_NAME = 512
+#: Most characters of an attempt's captured output a result may carry (64 KiB of text).
+MAX_OUTPUT = 64 * 1024
 #: Longest list one request may carry (ids, tasks, results, items).
 MAX_BATCH = 1_000_000
 #: Most items one queue get may ask for.
@@ -210,25 +212,33 @@ def _retry_from_wire(retry: Any, ok: Any) -> RetryDecision | None:
 
 
 def outcome_to_wire(o: Outcome, retry: RetryDecision | dict[str, Any] | None = None) -> list[Any]:
-    """A worker's result: [id, token, ok, payload, codec, retry]."""
+    """A worker's result: [id, token, ok, payload, codec, retry], and ``output`` when captured."""
     if isinstance(retry, RetryDecision):
         retry = retry.to_wire()
-    return [o.id, o.token, o.ok, o.payload, o.codec, retry]
+    item = [o.id, o.token, o.ok, o.payload, o.codec, retry]
+    if o.output is not None:
+        item.append(o.output)
+    return item
 
 
 def outcome_from_wire(item: Any) -> tuple[Outcome, RetryDecision | None]:
-    """Validate a worker's result: [id, token, ok, payload, codec, retry].
+    """Validate a worker's result: [id, token, ok, payload, codec, retry] or
+    [id, token, ok, payload, codec, retry, output].
 
     ``retry`` is None (a final result), ``{"delay": s}`` (run again after s
-    seconds) or ``{"dead": True}`` (retries spent).
+    seconds) or ``{"dead": True}`` (retries spent). ``output`` is the attempt's
+    captured logging and stdout/stderr (a str of at most :data:`MAX_OUTPUT` characters).
     """
-    if not isinstance(item, list) or len(item) != 6:
-        raise ProtocolError("a result must be a list of 6 fields")
-    tid, token, ok, payload, codec, retry = item
+    if not isinstance(item, list) or len(item) not in (6, 7):
+        raise ProtocolError("a result must be a list of 6 fields (7 with its output)")
+    tid, token, ok, payload, codec, retry = item[:6]
+    output = item[6] if len(item) == 7 else None
     decision = _retry_from_wire(retry, ok)
     if not _is_int(token) or not isinstance(ok, bool) or not isinstance(payload, bytes):
         raise ProtocolError("malformed result")
-    return Outcome(_str(tid, "task id", MAX_ID), token, ok, payload, _codec(codec)), decision
+    if output is not None and (not isinstance(output, str) or len(output) > MAX_OUTPUT):
+        raise ProtocolError(f"a result's output must be a string of at most {MAX_OUTPUT} characters")
+    return Outcome(_str(tid, "task id", MAX_ID), token, ok, payload, _codec(codec), output), decision
 
 
 def result_to_wire(r: Result) -> list[Any]:

@@ -17,7 +17,7 @@ import pytest
 from .conftest import ROOT
 
 EXAMPLES = ROOT / "examples"
-NOT_HERE = {"periodic.py", "example_tasks.py", "middleware_tasks.py"}  # tested elsewhere / not a script
+NOT_HERE = {"periodic.py", "example_tasks.py", "middleware_tasks.py", "lifecycle_tasks.py"}  # tested elsewhere / not a script
 
 # script -> lines (substrings, or compiled patterns) its stdout must contain
 EXPECTED: dict[str, list] = {
@@ -76,6 +76,18 @@ EXPECTED: dict[str, list] = {
                            re.compile(r"INFO \[request req-7f3a task \w{8}\] charging order-1: 10\.00"),
                            re.compile(r"INFO \[request req-91bc task \w{8}\] charging order-2: 10\.00"),
                            re.compile(r"INFO \[request - task \w{8}\] charging order-3: 1\.00")],
+    "task_logs.py": ["resize('cat.png') = 'cat.png.thumb.png'",
+                     "broken('notes.txt') failed: ValueError: notes.txt is not an image",
+                     "INFO    conveyor.worker.tasks  Task lifecycle_tasks:resize[ID] started",
+                     "INFO    lifecycle_tasks        resizing cat.png",
+                     re.compile(r"Task lifecycle_tasks:resize\[ID\] succeeded in \d+\.\d{3}s: 'cat\.png\.thumb\.png'"),
+                     "WARNING lifecycle_tasks        cannot read notes.txt",
+                     re.compile(r"Task lifecycle_tasks:broken\[ID\] failed in \d+\.\d{3}s: ValueError: notes\.txt")],
+    "lifecycle.py": [re.compile(r"--max-tasks-per-child 3: 12 tasks ran in \d+ children, at most 3 each"),
+                     "each child opened its connection once (on_child_start): True",
+                     "the child that took 200 MB finished its task (True) and was replaced (True)",
+                     re.compile(r"--autoscale 1,4: 8 one-second tasks ran in [2-4] children"),
+                     "back to one child once idle: True"],
     "dashboard.py": ["metrics: succeeded = 20 failed = 1 workers = 2",
                      "task page shows the error message as text: True"],
 }

@@ -55,7 +55,7 @@ def seen():
 def _run(name: str, *args: Any, headers: dict[str, str] | None = None) -> tuple[bool, Any]:
     registry = Registry.from_modules(["tests.unit.pool_tasks"])
     payload = serde.encode_call(args, {}, "msgpack")
-    ok, out, codec, _ = _execute(registry, name, payload, "msgpack", False,
+    ok, out, codec, _, _ = _execute(registry, name, payload, "msgpack", False,
                                  CurrentTask("t1", name, 3, headers=headers or {}))
     return ok, serde.decode(out, codec) if ok else serde.decode_error(out)
 

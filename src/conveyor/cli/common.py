@@ -8,7 +8,6 @@ a sentence, never a traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -114,10 +113,14 @@ def connect(args: argparse.Namespace, **kw: Any) -> Client:
         raise
 
 
-def setup_logging(level: str | None) -> None:
-    """Log lines on stderr, one per record."""
-    logging.basicConfig(level=getattr(logging, level or "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def setup_logging(level: str | None, fmt: str | None = None, file: str | None = None) -> None:
+    """Log lines on stderr (or appended to ``file``), one per record, as text or json."""
+    from ..logs import setup_logging as setup
+
+    try:
+        setup(level or "INFO", fmt or "text", file)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def parse_bind(text: str) -> tuple[str, int]:

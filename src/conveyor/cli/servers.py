@@ -30,7 +30,9 @@ from ..config import (
     resolve,
 )
 from ..errors import AuthenticationError, StoreError
+from ..logs import add_log_arguments
 from ..serving import DataDirInUse, check_port_free, listen_error, lock_data_dir
+from ..worker.lifecycle import add_lifecycle_arguments
 from .common import (
     NO_AUTHKEY,
     CliError,
@@ -90,7 +92,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     # A store named by a flag beats one from the environment or the file (--store over --data).
     flagged = args.store or args.data
     args = settings("master", args)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format, args.log_file)
     authkey = read_authkey(args.authkey_file)
     host, port = parse_bind(args.bind)
     if not is_loopback(host) and not authkey:
@@ -182,6 +184,7 @@ def add_master_command(sub: Any) -> None:
                    help="accept pickled payloads (trusted networks only)")
     add_config(p)
     add_common(p)
+    add_log_arguments(p)
     p.set_defaults(func=cmd_master)
 
 
@@ -250,11 +253,18 @@ def _reach_master(address: str, authkey: bytes | None, timeout: float, ssl_conte
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run tasks from the given modules for a master until SIGTERM or SIGINT."""
+    from ..hooks import HookFailed
+    from ..worker.lifecycle import lifecycle_from_args
+    from ..worker.pool import PoolStartError
     from ..worker.worker import Worker
     from .common import client_ssl
 
     args = settings("worker", args)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format, args.log_file)
+    try:
+        lifecycle = lifecycle_from_args(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     if not args.modules:
         raise CliError("give the MODULE(s) of tasks to run, on the command line or as modules in [worker]")
     queues, weights = parse_queues(args.queues)
@@ -278,8 +288,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _reach_master(address, authkey, args.connect_timeout, ssl_context)
     worker = Worker(args.modules, address, authkey, queues=queues, weights=weights,
                     concurrency=args.concurrency, pool=args.pool, prefetch=args.prefetch,
-                    allow_pickle=args.pickle, ssl_context=ssl_context, name=args.name)
-    worker.run()
+                    allow_pickle=args.pickle, ssl_context=ssl_context, name=args.name,
+                    lifecycle=lifecycle)
+    try:
+        worker.run()
+    except (HookFailed, PoolStartError) as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 
@@ -302,4 +316,6 @@ def add_worker_command(sub: Any) -> None:
     p.add_argument("--pickle", action="store_true", default=None, help="run pickled payloads (trusted networks only)")
     add_config(p)
     add_common(p)
+    add_log_arguments(p)
+    add_lifecycle_arguments(p)
     p.set_defaults(func=cmd_worker)

@@ -10,7 +10,7 @@ the same loop turn share one message).
 Messages from the parent (msgpack): ``["j", [[id, token, name, payload,
 codec, soft_timeout, timeout], ...]]`` runs jobs, ``["c", id]`` cancels one,
 an empty frame stops the child. To the parent: ``["r", [[id, ok, payload,
-codec, duration], ...]]``, and progress as from a process pool child.
+codec, duration, output], ...]]``, and progress as from a process pool child.
 
 Time limits and cancellation of an ``async def`` task cancel its coroutine
 (the task fails with TaskTimeout or as cancelled); a soft limit raises
@@ -28,16 +28,26 @@ import functools
 import inspect
 import multiprocessing.connection
 import os
+import threading
 import time
 from typing import Any
 
 from .. import loops, middleware, serde
-from ..context import CurrentTask, set_current
+from ..context import CurrentTask, OutputRing, set_current
 from ..errors import SerializationError
 from ..tasks import Registry
-from .child import _MSG_PROGRESS, _MSG_RESULTS, _READ_SIZE, _child_start, _frames_from
+from .child import _MSG_PROGRESS, _MSG_RESULTS, _READ_SIZE, _child_exit, _child_start, _frames_from
 from .coroutine import Interruptible, soft_limit_error
-from .execute import CANCELLED_MESSAGE, CancelledTask, _encode_error, _hooked, _timeout_error
+from .execute import (
+    CANCELLED_MESSAGE,
+    OUTPUT_LIMIT,
+    CancelledTask,
+    _encode_error,
+    _hooked,
+    _output,
+    _timeout_error,
+)
+from .lifecycle import rss_bytes
 
 __all__ = ["MSG_JOBS", "MSG_CANCEL"]
 
@@ -46,15 +56,21 @@ MSG_CANCEL = "c"
 
 
 def _async_child_main(conn: multiprocessing.connection.Connection, modules: list[str],
-                      allow_pickle: bool, concurrency: int = 1) -> None:
+                      allow_pickle: bool, concurrency: int = 1,
+                      settings: dict[str, Any] | None = None) -> None:
     """An asyncio pool child: import the modules once, then run jobs concurrently until
-    told to stop."""
-    registry = _child_start(conn, modules)
+    told to stop (then its ``on_child_exit`` hooks run)."""
+    settings = settings or {}
+    registry = _child_start(conn, modules, settings)
     loop = loops.new_event_loop()
+    child = _Child(conn, registry, allow_pickle, concurrency, bool(settings.get("capture")),
+                   bool(settings.get("memory")))
     try:
-        loop.run_until_complete(_Child(conn, registry, allow_pickle, concurrency).serve())
+        loop.run_until_complete(child.serve())
     finally:
         loop.close()
+    if child.asked_to_stop:
+        _child_exit()
 
 
 class _Run:
@@ -74,8 +90,12 @@ class _Run:
 
 class _Child:
     def __init__(self, conn: multiprocessing.connection.Connection, registry: Registry,
-                 allow_pickle: bool, concurrency: int) -> None:
+                 allow_pickle: bool, concurrency: int, capture: bool = False,
+                 measure_memory: bool = False) -> None:
         self.conn = conn
+        self.capture = capture
+        self.measure_memory = measure_memory
+        self.asked_to_stop = False
         self.fd = conn.fileno()
         self.registry = registry
         self.allow_pickle = allow_pickle
@@ -86,10 +106,12 @@ class _Child:
         self.buf = bytearray()
         self.outbox: list[list[Any]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: int | None = None  # ident of the thread running the loop
         self.stopped: asyncio.Future[None] | None = None
 
     async def serve(self) -> None:
         self.loop = loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self.stopped = loop.create_future()
         loop.add_reader(self.fd, self._readable)
         try:
@@ -115,6 +137,7 @@ class _Child:
             return
         for body in _frames_from(self.buf, chunk):
             if not body:
+                self.asked_to_stop = True
                 self._stop()  # asked to stop (the parent waits until nothing runs)
                 return
             kind, detail = serde.unpackb(body)
@@ -130,6 +153,8 @@ class _Child:
         run = _Run(job_id, name, timeout)
         self.runs[job_id] = run
         current = CurrentTask(job_id, name, token, self._send_progress, headers=headers or {})
+        if self.capture:
+            current._output = OutputRing(OUTPUT_LIMIT)
         # create_task copies this context: each task sets its own current_task().
         run.task = self.loop.create_task(self._run(run, current, payload, codec, soft))
 
@@ -180,7 +205,7 @@ class _Child:
                     run.timed_out = True
             if run.timed_out or run.cancelled:  # it caught the cancellation and returned
                 raise asyncio.CancelledError()
-            answer = [run.id, True, serde.encode(value, codec), codec, duration]
+            answer = [run.id, True, serde.encode(value, codec), codec, duration, _output(current._output)]
             if hooked is not None:
                 middleware.after_task(hooked, value)
         except BaseException as exc:  # a task's failure, whatever it raised
@@ -192,7 +217,7 @@ class _Child:
                 error = exc
             if hooked is not None:
                 middleware.on_failure(hooked, error)
-            answer = [run.id, False, _encode_error(error), serde.MSGPACK, duration]
+            answer = [run.id, False, _encode_error(error), serde.MSGPACK, duration, _output(current._output)]
         finally:
             for timer in timers:
                 timer.cancel()
@@ -212,13 +237,21 @@ class _Child:
         try:
             # The pipe stays blocking: the parent always reads, so a large answer only
             # holds this loop while the parent takes it.
-            self.conn.send_bytes(serde.packb([_MSG_RESULTS, answers]))
+            rss = rss_bytes() if self.measure_memory else None
+            self.conn.send_bytes(serde.packb([_MSG_RESULTS, answers, rss]))
         except OSError:
             self._stop()  # the parent is gone
 
     def _send_progress(self, report: dict[str, Any]) -> None:
-        # Called in the task's coroutine or in a plain task's thread: send from the loop.
+        """Called in the task's coroutine or in a plain task's thread: send from the loop.
+
+        From a coroutine it is written at once: its answer may join an outbox whose
+        flush is already scheduled, and a report must never trail its task's answer.
+        """
         assert self.loop is not None
+        if threading.get_ident() == self.loop_thread:
+            self._write_progress(report)
+            return
         try:
             self.loop.call_soon_threadsafe(self._write_progress, report)
         except RuntimeError:  # the loop is closed

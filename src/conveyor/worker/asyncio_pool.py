@@ -42,7 +42,9 @@ from .child import _exit_description
 from .core import _Entry, log
 from .execute import CANCELLED_MESSAGE, CancelledTask, _failed, _timeout_error
 from .jobs import JobResult, OnResults
+from .lifecycle import Lifecycle
 from .process_pool import ProcessPool, _finalize, _kill, _ProcessCore, _reap, _Slot
+from .tasklog import log_started
 
 __all__ = ["AsyncioPool", "CANCEL_GRACE"]
 
@@ -67,8 +69,11 @@ class _AsyncCore(_ProcessCore):
     like a process pool's children; jobs go to it as soon as it has room."""
 
     def __init__(self, concurrency: int, modules: list[str], on_results: OnResults,
-                 allow_pickle: bool, loop: asyncio.AbstractEventLoop | None, grace: float) -> None:
-        super().__init__(concurrency, modules, on_results, allow_pickle, loop)
+                 allow_pickle: bool, loop: asyncio.AbstractEventLoop | None, grace: float,
+                 lifecycle: Lifecycle | None = None) -> None:
+        if lifecycle is not None and lifecycle.autoscale is not None:
+            raise ValueError("the asyncio pool runs one child: autoscale applies to the process pool")
+        super().__init__(concurrency, modules, on_results, allow_pickle, loop, lifecycle)
         if not isinstance(grace, (int, float)) or isinstance(grace, bool) or grace < 0:
             raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
         self.grace = float(grace)
@@ -77,7 +82,7 @@ class _AsyncCore(_ProcessCore):
         self.kill_reason = ""  # why the pool killed its child, for the other jobs' errors
 
     def _child_target(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
-        return _async_child_main, (self.modules, self.allow_pickle, self.concurrency)
+        return _async_child_main, (self.modules, self.allow_pickle, self.concurrency, self.settings)
 
     # -- the loop side (loop thread only) ----------------------------------------------
     def _dispatch(self) -> None:
@@ -85,14 +90,16 @@ class _AsyncCore(_ProcessCore):
         if not self.pending_jobs:  # only this thread takes jobs; whoever adds some kicks
             return
         slot = self.slots[0]
-        if not slot.attached:
+        if not slot.attached or slot.recycle:
             return
+        left = self.lifecycle.tasks_left(slot.done + len(self.inside))
         with self.cond:
             if self.closing:
                 return
             now = time.monotonic()
             sent: list[_Inside] = []
-            while self.pending_jobs and len(self.inside) < self.concurrency:
+            while self.pending_jobs and len(self.inside) < self.concurrency \
+                    and (left is None or len(sent) < left):
                 inside = _Inside(self.pending_jobs.popleft(), now)
                 self.inside[inside.entry.job.id] = inside
                 sent.append(inside)
@@ -100,6 +107,7 @@ class _AsyncCore(_ProcessCore):
             self.began([inside.entry for inside in sent])
         if not sent:
             return
+        log_started([inside.entry.job for inside in sent])
         assert self.loop is not None
         for inside in sent:
             if inside.entry.timeout is not None:  # the child cancels it at the limit; this is the backstop
@@ -112,13 +120,14 @@ class _AsyncCore(_ProcessCore):
     def _answered(self, slot: _Slot, detail: Any, entries: list[_Entry], results: list[JobResult]) -> None:
         """Answers for some of the jobs the child holds."""
         try:
-            answers = [(str(job_id), bool(ok), bytes(payload), str(codec), float(duration))
-                       for job_id, ok, payload, codec, duration in detail]
+            answers = [(str(job_id), bool(ok), bytes(payload), str(codec), float(duration),
+                        output if isinstance(output, str) else None)
+                       for job_id, ok, payload, codec, duration, output in detail]
         except (ValueError, TypeError):
             log.error("pool process %d sent a malformed answer; replacing it", slot.proc.pid)
             _kill(slot.proc)
             return
-        for job_id, ok, payload, codec, duration in answers:
+        for job_id, ok, payload, codec, duration, output in answers:
             with self.cond:
                 inside = self.inside.pop(job_id, None)
             if inside is None:
@@ -127,7 +136,11 @@ class _AsyncCore(_ProcessCore):
                 inside.timer.cancel()
             job = inside.entry.job
             entries.append(inside.entry)
-            results.append(JobResult(job.id, job.token, ok, payload, codec, duration))
+            results.append(JobResult(job.id, job.token, ok, payload, codec, duration, output))
+            self._count_done(slot, 1)
+
+    def _slot_idle(self, slot: _Slot) -> bool:
+        return not self.inside
 
     def _overdue(self, slot: _Slot, inside: _Inside, why: str) -> None:
         """A job outlived its time limit or its cancel by the grace period: kill the child."""
@@ -223,6 +236,6 @@ class AsyncioPool(ProcessPool):
 
     def __init__(self, concurrency: int, modules: list[str], on_results: OnResults, *,
                  allow_pickle: bool = False, loop: asyncio.AbstractEventLoop | None = None,
-                 grace: float = CANCEL_GRACE) -> None:
-        self._core = _AsyncCore(concurrency, modules, on_results, allow_pickle, loop, grace)
+                 grace: float = CANCEL_GRACE, lifecycle: Lifecycle | None = None) -> None:
+        self._core = _AsyncCore(concurrency, modules, on_results, allow_pickle, loop, grace, lifecycle)
         self._finalizer = weakref.finalize(self, _finalize, self._core)

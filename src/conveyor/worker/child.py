@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import serde
 from ..context import CurrentTask
+from ..hooks import CHILD_EXIT, CHILD_START, HookFailed, run_hooks
 from ..tasks import Registry
 from .execute import _execute, _soft_limit
 
@@ -32,10 +33,33 @@ _HEADER = struct.Struct("!i")  # multiprocessing.Connection's frame header...
 _LONG_HEADER = struct.Struct("!Q")  # ...and its size after a -1 header, for frames over 2 GiB
 
 
-def _child_start(conn: multiprocessing.connection.Connection, modules: list[str]) -> Registry:
+def child_settings(*, capture: bool = True, measure_memory: bool = False) -> dict[str, Any]:
+    """What a pool child is told at start (plain data, it crosses ``spawn``): log as this
+    process does (:func:`conveyor.logs.current_config`), capture each attempt's output,
+    and whether to measure its memory after each batch."""
+    from ..logs import current_config
+
+    config = current_config()
+    return {"log": config.to_list() if config is not None else None, "capture": capture,
+            "memory": measure_memory}
+
+
+def _setup_child_logging(settings: dict[str, Any]) -> None:
+    """Log as the worker does (same level, format and file) and capture tasks' output."""
+    from ..logs import LogConfig, capture_output, setup_logging
+
+    if settings.get("log"):
+        config = LogConfig.from_list(settings["log"])
+        setup_logging(config.level, config.format, config.file)
+    if settings.get("capture"):
+        capture_output(streams=True)
+
+
+def _child_start(conn: multiprocessing.connection.Connection, modules: list[str],
+                 settings: dict[str, Any] | None = None) -> Registry:
     """What every pool child does first: ignore the signals the parent handles, exit
-    with the parent, import the task modules, and tell the parent it is ready (or why
-    not, then exit)."""
+    with the parent, set up logging, import the task modules, run the
+    ``on_child_start`` hooks, and tell the parent it is ready (or why not, then exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop,
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # even when a service manager signals the group
     parent = multiprocessing.parent_process()
@@ -45,10 +69,13 @@ def _child_start(conn: multiprocessing.connection.Connection, modules: list[str]
     try:
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, "")
+        _setup_child_logging(settings or {})
         registry = Registry.from_modules(modules)
+        run_hooks(CHILD_START, stop_on_error=True)
     except BaseException as exc:
+        why = str(exc) if isinstance(exc, HookFailed) else f"{type(exc).__name__}: {exc}"
         try:
-            conn.send_bytes(serde.packb([_MSG_ERROR, f"{type(exc).__name__}: {exc}"]))
+            conn.send_bytes(serde.packb([_MSG_ERROR, why]))
         finally:
             sys.exit(1)
     conn.send_bytes(serde.packb([_MSG_READY, os.getpid()]))
@@ -56,10 +83,19 @@ def _child_start(conn: multiprocessing.connection.Connection, modules: list[str]
 
 
 def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
-                allow_pickle: bool) -> None:
-    """A pool child: import the modules once, then run batches until told to stop."""
+                allow_pickle: bool, settings: dict[str, Any] | None = None) -> None:
+    """A pool child: import the modules once, then run batches until told to stop.
+
+    Each batch's answer is ``["r", results, rss]``: ``rss`` is the child's resident
+    memory in bytes after the batch when the pool measures it (else None).
+    """
     signal.signal(signal.SIGALRM, _soft_limit)
-    registry = _child_start(conn, modules)
+    settings = settings or {}
+    registry = _child_start(conn, modules, settings)
+    capture = bool(settings.get("capture"))
+    measure = bool(settings.get("memory"))
+    if measure:
+        from .lifecycle import rss_bytes
 
     def send_progress(report: dict[str, Any]) -> None:
         try:
@@ -80,14 +116,27 @@ def _child_main(conn: multiprocessing.connection.Connection, modules: list[str],
             frames.extend(_frames_from(buf, chunk))
         data = frames.popleft()
         if not data:
-            return  # asked to stop
+            _child_exit()  # asked to stop
+            return
         results = [_execute(registry, name, payload, codec, allow_pickle,
-                            CurrentTask(tid, name, token, send_progress, headers=headers or {}), soft)
+                            CurrentTask(tid, name, token, send_progress, headers=headers or {}), soft,
+                            capture=capture)
                    for tid, token, name, payload, codec, soft, headers in serde.unpackb(data)]
         try:
-            conn.send_bytes(serde.packb([_MSG_RESULTS, results]))
+            conn.send_bytes(serde.packb([_MSG_RESULTS, results, rss_bytes() if measure else None]))
         except OSError:
             return
+
+
+def _child_exit() -> None:
+    """The parent asked this child to exit: run the ``on_child_exit`` hooks (failures are
+    logged), and flush what they and the tasks printed."""
+    run_hooks(CHILD_EXIT, stop_on_error=False)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _exit_with_parent(sentinel: int) -> None:

@@ -133,9 +133,10 @@ class _Core:
                 self.cond.wait(_TICK)
             return self.take_batch_locked()
 
-    def take_batch_locked(self) -> list[_Entry] | None:
-        """The next batch, or None if nothing is pending or the pool is closing (hold ``cond``)."""
-        if self.closing or not self.pending_jobs:
+    def take_batch_locked(self, most: int | None = None) -> list[_Entry] | None:
+        """The next batch (of at most ``most`` jobs), or None if nothing is pending or the
+        pool is closing (hold ``cond``)."""
+        if self.closing or not self.pending_jobs or (most is not None and most < 1):
             return None
         first = self.pending_jobs.popleft()
         batch = [first]
@@ -143,6 +144,8 @@ class _Core:
                 and self.avg < BATCH_BELOW):
             # Share what is queued among the slots, up to MAX_BATCH each.
             limit = min(MAX_BATCH, max(1, (len(self.pending_jobs) + 1) // self.concurrency))
+            if most is not None:
+                limit = min(limit, most)
             while len(batch) < limit and self.pending_jobs:
                 nxt = self.pending_jobs[0]
                 if nxt.alone or nxt.timeout is not None:

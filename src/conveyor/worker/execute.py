@@ -16,12 +16,14 @@ import time
 from typing import Any
 
 from .. import middleware, serde
-from ..context import CurrentTask, set_current
+from ..context import CurrentTask, OutputRing, set_current
 from ..errors import SerializationError, SoftTimeLimitExceeded, TaskTimeout
 from ..tasks import Registry
 from .jobs import Job, JobResult
 
 CANCELLED_MESSAGE = "task was cancelled"
+#: The most of one attempt's output (logging, stdout, stderr) kept and sent with its outcome.
+OUTPUT_LIMIT = 64 * 1024
 
 
 def _encode_error(exc: BaseException) -> bytes:
@@ -35,8 +37,12 @@ def _encode_error(exc: BaseException) -> bytes:
 def _execute(registry: Registry, name: str, payload: bytes, codec: str,
              allow_pickle: bool, current: CurrentTask | None = None,
              soft_timeout: float | None = None, *,
-             signals: bool = True) -> tuple[bool, bytes, str, float]:
-    """Run one task: ``(ok, payload, codec, duration)``. Never raises.
+             signals: bool = True, capture: bool = False) -> tuple[bool, bytes, str, float, str | None]:
+    """Run one task: ``(ok, payload, codec, duration, output)``. Never raises.
+
+    ``capture``: ``output`` is the last :data:`OUTPUT_LIMIT` bytes of what the
+    task logged or printed meanwhile (see :func:`conveyor.logs.capture_output`);
+    else None.
 
     ``current`` is what ``conveyor.current_task()`` returns meanwhile. A
     ``soft_timeout`` raises SoftTimeLimitExceeded inside the task when it
@@ -46,6 +52,9 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
     waits, in any thread.
     """
     duration = 0.0
+    ring = OutputRing(OUTPUT_LIMIT) if capture and current is not None else None
+    if ring is not None:
+        current._output = ring  # type: ignore[union-attr]
     set_current(current)
     hooked = _hooked(current)
     if hooked is not None:
@@ -75,11 +84,11 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
         encoded = serde.encode(value, codec)
         if hooked is not None:
             middleware.after_task(hooked, value)
-        return True, encoded, codec, duration
+        return True, encoded, codec, duration, _output(ring)
     except BaseException as exc:  # SystemExit from a task is its failure, not ours
         if hooked is not None:
             middleware.on_failure(hooked, exc)
-        return False, _encode_error(exc), serde.MSGPACK, duration
+        return False, _encode_error(exc), serde.MSGPACK, duration, _output(ring)
     finally:
         set_current(None)
 
@@ -89,6 +98,11 @@ def _hooked(current: CurrentTask | None) -> middleware.TaskCall | None:
     if current is None or not middleware.active():
         return None
     return middleware.TaskCall(current.id, current.name, current.token, dict(current.headers))
+def _output(ring: OutputRing | None) -> str | None:
+    """What the attempt wrote (None if not captured; an empty attempt sends nothing)."""
+    if ring is None:
+        return None
+    return ring.text() or None
 
 
 def _run_coroutine(coro: Any, soft_timeout: float | None) -> Any:

@@ -33,7 +33,8 @@ class JobResult:
     ``ok``: ``payload`` is the return value encoded with the job's codec.
     Not ok: ``payload`` is :func:`conveyor.serde.encode_error` (msgpack) and
     ``codec`` is ``"msgpack"``. ``duration`` is how long the function ran in
-    seconds (0 if it never started).
+    seconds (0 if it never started). ``output`` is the last part (at most 64 KiB)
+    of what the attempt logged and printed, where the pool captures it (None if not).
     """
 
     id: str
@@ -42,4 +43,5 @@ class JobResult:
     payload: bytes
     codec: str
     duration: float = 0.0
+    output: str | None = None
 

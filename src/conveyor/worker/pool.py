@@ -47,29 +47,38 @@ from .asyncio_pool import CANCEL_GRACE, AsyncioPool
 from .core import BATCH_BELOW, EWMA_ALPHA, EXIT_TIMEOUT, MAX_BATCH, STARTUP_TIMEOUT
 from .execute import CANCELLED_MESSAGE, CancelledTask
 from .jobs import Job, JobResult, OnProgress, OnResults
-from .process_pool import ProcessPool
+from .lifecycle import Lifecycle
+from .process_pool import PoolStartError, ProcessPool
 from .thread_pool import ThreadPool
 
 __all__ = ["Job", "JobResult", "ProcessPool", "ThreadPool", "AsyncioPool", "make_pool", "POOL_KINDS",
            "CancelledTask", "CANCELLED_MESSAGE", "OnResults", "OnProgress",
            "MAX_BATCH", "BATCH_BELOW", "EWMA_ALPHA", "STARTUP_TIMEOUT", "EXIT_TIMEOUT",
-           "CANCEL_GRACE"]
+           "CANCEL_GRACE", "Lifecycle", "PoolStartError"]
 
 POOL_KINDS = ("process", "thread", "asyncio")
 
 
 def make_pool(kind: str, concurrency: int, modules: list[str], on_results: OnResults, *,
               allow_pickle: bool = False,
-              loop: asyncio.AbstractEventLoop | None = None) -> ProcessPool | ThreadPool:
+              loop: asyncio.AbstractEventLoop | None = None,
+              lifecycle: Lifecycle | None = None) -> ProcessPool | ThreadPool:
     """A pool of ``kind`` "process", "thread" or "asyncio"; ValueError for anything else.
 
     ``loop`` is the event loop a process or asyncio pool drives its children from
-    (see :class:`ProcessPool`); a thread pool ignores it.
+    (see :class:`ProcessPool`); a thread pool ignores it. ``lifecycle`` (recycling,
+    autoscaling) applies to the process pool, and its recycling part to the asyncio
+    pool; a thread pool has no children to replace and refuses it (ValueError).
     """
     if kind == "process":
-        return ProcessPool(concurrency, modules, on_results, allow_pickle=allow_pickle, loop=loop)
+        return ProcessPool(concurrency, modules, on_results, allow_pickle=allow_pickle, loop=loop,
+                           lifecycle=lifecycle)
     if kind == "thread":
+        if lifecycle is not None and lifecycle.active:
+            raise ValueError("the thread pool has no child processes to recycle or scale: "
+                             "use --pool process (or asyncio for recycling)")
         return ThreadPool(concurrency, modules, on_results, allow_pickle=allow_pickle)
     if kind == "asyncio":
-        return AsyncioPool(concurrency, modules, on_results, allow_pickle=allow_pickle, loop=loop)
+        return AsyncioPool(concurrency, modules, on_results, allow_pickle=allow_pickle, loop=loop,
+                           lifecycle=lifecycle)
     raise ValueError(f"unknown pool kind {kind!r}: choose one of {', '.join(POOL_KINDS)}")

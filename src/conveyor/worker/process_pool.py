@@ -28,21 +28,30 @@ from .child import (
     _MSG_ERROR,
     _MSG_PROGRESS,
     _MSG_READY,
+    _MSG_RESULTS,
     _READ_SIZE,
     _child_main,
     _exit_description,
     _frame,
     _frames_from,
+    child_settings,
 )
 from .core import _TICK, EXIT_TIMEOUT, STARTUP_TIMEOUT, _Core, _Entry, _PoolBase, log
 from .execute import CANCELLED_MESSAGE, CancelledTask, _failed, _load_registry, _timeout_error
 from .jobs import JobResult, OnResults
+from .lifecycle import AUTOSCALE_TICK, Lifecycle, autoscale_target
+from .tasklog import log_started
 
-__all__ = ["ProcessPool"]
+__all__ = ["ProcessPool", "PoolStartError"]
 
 
 class _StartFailed(Exception):
     pass
+
+
+class PoolStartError(RuntimeError):
+    """The pool's children could not start (a task module or an ``on_child_start`` hook
+    failed in the child, or it did not start in time); the message says why."""
 
 
 
@@ -55,7 +64,7 @@ class _Slot:
 
     __slots__ = ("index", "proc", "conn", "fd", "sentinel", "attached", "rbuf", "wbuf",
                  "batch", "running", "cancelled", "timed_out", "started", "timer",
-                 "first_start", "start_error")
+                 "first_start", "start_error", "done", "rss", "recycle", "parked")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -74,6 +83,10 @@ class _Slot:
         self.timer: asyncio.TimerHandle | None = None
         self.first_start = threading.Event()
         self.start_error: str | None = None
+        self.done = 0  # tasks this child answered (its recycling count)
+        self.rss: int | None = None  # its resident memory after its last batch, if measured
+        self.recycle: str | None = None  # why it is to be replaced once its batch is answered
+        self.parked = False  # autoscaling runs no child in this slot now
 
 
 _LIVE_CORES: set[_ProcessCore] = set()
@@ -86,10 +99,19 @@ class _ProcessCore(_Core):
     reaping and replacing children happens on helper threads, as they block."""
 
     def __init__(self, concurrency: int, modules: list[str], on_results: OnResults,
-                 allow_pickle: bool, loop: asyncio.AbstractEventLoop | None) -> None:
+                 allow_pickle: bool, loop: asyncio.AbstractEventLoop | None,
+                 lifecycle: Lifecycle | None = None) -> None:
+        self.lifecycle = lifecycle or Lifecycle()
+        if self.lifecycle.autoscale is not None:
+            concurrency = self.lifecycle.autoscale[1]  # slots for MAX children, MIN of them started
         super().__init__(concurrency, modules, on_results, allow_pickle)
         self.ctx = multiprocessing.get_context("spawn")
         self.slots = [_Slot(i) for i in range(concurrency)]
+        if self.lifecycle.autoscale is not None:
+            for slot in self.slots[self.lifecycle.autoscale[0]:]:
+                slot.parked = True
+        self.settings = child_settings(measure_memory=self.lifecycle.max_memory_per_child is not None)
+        self.idle_since: float | None = None  # autoscaling: since when some child is idle
         self.loop = loop
         self.loop_thread: threading.Thread | None = None  # the private loop's thread
         self.loop_ident: int | None = None  # the thread running the loop, once seen
@@ -166,10 +188,11 @@ class _ProcessCore(_Core):
             self.loop_thread = threading.Thread(target=self._run_private_loop, args=(self.loop,),
                                                 daemon=True, name="conveyor-pool-io")
             self.loop_thread.start()
-        for slot in self.slots:
+        first = [slot for slot in self.slots if not slot.parked]
+        for slot in first:
             self._helper(self._first_start, slot)
         errors = []
-        for slot in self.slots:
+        for slot in first:
             slot.first_start.wait(STARTUP_TIMEOUT + 10)
             if slot.start_error:
                 errors.append(slot.start_error)
@@ -177,7 +200,9 @@ class _ProcessCore(_Core):
                 errors.append("a worker process did not start in time")
         if errors:
             self.kill_all()
-            raise RuntimeError(f"pool worker process could not start: {errors[0]}")
+            raise PoolStartError(f"pool worker process could not start: {errors[0]}")
+        if self.lifecycle.autoscale is not None:
+            self._call_soon(self._autoscale_tick)
 
     def _first_start(self, slot: _Slot) -> None:
         try:
@@ -277,6 +302,8 @@ class _ProcessCore(_Core):
         with self.cond:
             self.kicked = False
         self._dispatch()
+        if self.lifecycle.autoscale is not None:
+            self._autoscale()
 
     def _attach(self, slot: _Slot) -> None:
         """A started child: watch its pipe and its sentinel, and give it work."""
@@ -287,6 +314,7 @@ class _ProcessCore(_Core):
         os.set_blocking(slot.fd, False)
         slot.rbuf.clear()
         slot.wbuf.clear()
+        slot.done, slot.rss, slot.recycle = 0, None, None
         loop = self.loop
         assert loop is not None
         loop.add_reader(slot.fd, self._readable, slot)
@@ -316,16 +344,17 @@ class _ProcessCore(_Core):
         if not self.pending_jobs:  # only this thread takes jobs; whoever adds some kicks
             return
         for slot in self.slots:
-            if not slot.attached or slot.batch is not None:
+            if not slot.attached or slot.batch is not None or slot.recycle:
                 continue
             with self.cond:
-                batch = self.take_batch_locked()
+                batch = self.take_batch_locked(self.lifecycle.tasks_left(slot.done))
                 if batch is None:
                     return
                 slot.batch = batch
                 slot.running = {entry.job.id for entry in batch}
                 slot.timed_out = False
             slot.started = time.monotonic()
+            log_started([entry.job for entry in batch])
             timeout = batch[0].timeout if len(batch) == 1 else None
             if timeout is not None:
                 assert self.loop is not None
@@ -405,7 +434,7 @@ class _ProcessCore(_Core):
             eof = True
         for body in frames:
             try:
-                kind, detail = serde.unpackb(body)
+                kind, detail, *more = serde.unpackb(body)
             except (ValueError, TypeError):
                 log.error("pool process %d sent a malformed message; replacing it", slot.proc.pid)
                 _kill(slot.proc)
@@ -414,9 +443,87 @@ class _ProcessCore(_Core):
             if kind == _MSG_PROGRESS:
                 self.progress(detail)
             else:
+                if kind == _MSG_RESULTS and more and isinstance(more[0], int):
+                    slot.rss = more[0]  # measured by the child after this batch
                 self._answered(slot, detail, entries, results)
         if eof and slot.attached:
             self._lost(slot)
+        elif slot.recycle and slot.attached and self._slot_idle(slot):
+            self._recycle(slot)
+
+    def _slot_idle(self, slot: _Slot) -> bool:
+        """The slot's child runs nothing now."""
+        return slot.batch is None
+
+    # -- recycling and autoscaling (loop thread) ------------------------------------------
+    def _count_done(self, slot: _Slot, n: int) -> None:
+        """``n`` more tasks answered by the slot's child: mark it for recycling if it is due."""
+        slot.done += n
+        if self.lifecycle.active:
+            slot.recycle = self.lifecycle.should_recycle(slot.done, slot.rss)
+
+    def _recycle(self, slot: _Slot) -> None:
+        """Ask the slot's child to exit (its exit hooks run) and start a new one in its place."""
+        reason, slot.recycle = slot.recycle, None
+        proc = slot.proc
+        log.info("replacing pool process %s: %s", proc.pid if proc is not None else "?", reason)
+        self._detach(slot)
+        self._helper(self._renew, slot)
+
+    def _renew(self, slot: _Slot) -> None:
+        try:
+            self._retire(slot, graceful=True)
+            if not slot.parked:
+                self._replace(slot)
+        except Exception:
+            log.exception("pool slot %d failed", slot.index)
+
+    def _autoscale_tick(self) -> None:
+        if self.closing or self.loop is None:
+            return
+        self._autoscale()
+        self.loop.call_later(AUTOSCALE_TICK, self._autoscale_tick)
+
+    def _autoscale(self) -> None:
+        """Apply :func:`~.lifecycle.autoscale_target`: start parked slots or park an idle one."""
+        bounds = self.lifecycle.autoscale
+        if bounds is None or self.closing:
+            return
+        now = time.monotonic()
+        live = [slot for slot in self.slots if not slot.parked]
+        busy = sum(1 for slot in live if slot.batch is not None)
+        free = [slot for slot in live if slot.attached and slot.batch is None and not slot.recycle]
+        waiting = len(self.pending_jobs)
+        if not free or waiting:
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = now
+        target = autoscale_target(now, children=len(live), busy=busy, waiting=waiting,
+                                  idle_since=self.idle_since, minimum=bounds[0], maximum=bounds[1],
+                                  idle_after=self.lifecycle.autoscale_idle)
+        if target > len(live):
+            # A parked slot whose child is still being asked to exit waits for the next turn.
+            grow = [slot for slot in self.slots if slot.parked and slot.proc is None][:target - len(live)]
+            if not grow:
+                return
+            log.info("autoscale: starting %d more pool process(es) for %d waiting task(s) (%d -> %d)",
+                     len(grow), waiting, len(live), len(live) + len(grow))
+            for slot in grow:
+                slot.parked = False
+                self._helper(self._replace, slot)
+        elif target < len(live) and free:
+            slot = free[-1]
+            slot.parked = True
+            self.idle_since = now  # the next one goes after another idle period
+            log.info("autoscale: stopping idle pool process %s (%d -> %d)",
+                     slot.proc.pid if slot.proc is not None else "?", len(live), len(live) - 1)
+            self._detach(slot)
+            self._helper(self._renew, slot)
+
+    def children(self) -> int:
+        """Child processes running now (started, not parked or being replaced)."""
+        with self.cond:
+            return sum(1 for slot in self.slots if slot.proc is not None and not slot.parked)
 
     def _answered(self, slot: _Slot, detail: Any, entries: list[_Entry], results: list[JobResult]) -> None:
         """The child answered its batch: add the batch and its results to ``entries`` and
@@ -425,11 +532,13 @@ class _ProcessCore(_Core):
             return
         batch = self._finish(slot)
         try:
-            results += [JobResult(e.job.id, e.job.token, bool(ok), payload, codec, float(duration))
-                        for e, (ok, payload, codec, duration) in zip(batch, detail, strict=True)]
+            results += [JobResult(e.job.id, e.job.token, bool(ok), payload, codec, float(duration),
+                                  output if isinstance(output, str) else None)
+                        for e, (ok, payload, codec, duration, output) in zip(batch, detail, strict=True)]
         except (ValueError, TypeError) as exc:
             results += [_failed(e.job, exc) for e in batch]
         entries += batch
+        self._count_done(slot, len(batch))
 
     def _finish(self, slot: _Slot) -> list[_Entry]:
         """The child answered its batch: it is idle again. Returns the batch."""
@@ -471,7 +580,8 @@ class _ProcessCore(_Core):
             self._retire(slot, graceful=False)
             if batch:
                 self._report_lost(batch, code, cancelled, timed_out, elapsed)
-            self._replace(slot)
+            if not slot.parked:
+                self._replace(slot)
         except Exception:
             log.exception("pool slot %d failed", slot.index)
 
@@ -569,7 +679,7 @@ class _ProcessCore(_Core):
 
     def _child_target(self) -> tuple[Callable[..., None], tuple[Any, ...]]:
         """The function a child runs and its arguments after the pipe."""
-        return _child_main, (self.modules, self.allow_pickle)
+        return _child_main, (self.modules, self.allow_pickle, self.settings)
 
     def _retire(self, slot: _Slot, *, graceful: bool) -> None:
         """Stop and reap the slot's child (asked to exit if ``graceful``, else killed)."""
@@ -671,8 +781,9 @@ class ProcessPool(_PoolBase):
     _core: _ProcessCore
 
     def __init__(self, concurrency: int, modules: list[str], on_results: OnResults, *,
-                 allow_pickle: bool = False, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._core = _ProcessCore(concurrency, modules, on_results, allow_pickle, loop)
+                 allow_pickle: bool = False, loop: asyncio.AbstractEventLoop | None = None,
+                 lifecycle: Lifecycle | None = None) -> None:
+        self._core = _ProcessCore(concurrency, modules, on_results, allow_pickle, loop, lifecycle)
         self._finalizer = weakref.finalize(self, _finalize, self._core)
 
     def start(self) -> None:
@@ -692,6 +803,10 @@ class ProcessPool(_PoolBase):
         """
         self._core.shutdown(wait)
         self._finalizer.detach()
+
+    def children(self) -> int:
+        """How many child processes run now (with ``autoscale``, between MIN and MAX)."""
+        return self._core.children()
 
     def _processes(self) -> list[Any]:
         """The current child process objects (for tests)."""

@@ -12,11 +12,14 @@ import threading
 import weakref
 
 from ..context import CurrentTask
+from ..hooks import CHILD_EXIT, CHILD_START, run_hooks
+from ..logs import capture_output
 from ..options import headers_of
 from ..tasks import Registry
 from .core import _Core, _PoolBase
 from .execute import _execute, _failed, _load_registry, _timeout_error
 from .jobs import JobResult, OnResults
+from .tasklog import log_started
 
 __all__ = ["ThreadPool"]
 
@@ -33,6 +36,10 @@ class _ThreadCore(_Core):
                 raise RuntimeError("the pool was already started")
             self.started = True
         self.registry = _load_registry(self.modules)
+        # Tasks share this process's stdout with the worker: only their logging is captured.
+        capture_output(streams=False)
+        # No children here: the child hooks run once, in this process.
+        run_hooks(CHILD_START, stop_on_error=True)
         for i in range(self.concurrency):
             thread = threading.Thread(target=self._thread_main, daemon=True,
                                       name=f"conveyor-thread-{i}")
@@ -46,18 +53,22 @@ class _ThreadCore(_Core):
             batch = self.take_batch()
             if batch is None:
                 return
+            log_started([entry.job for entry in batch])
             results = []
             for entry in batch:
                 job = entry.job
-                ok, payload, codec, duration = _execute(
+                ok, payload, codec, duration, output = _execute(
                     registry, job.name, job.payload, job.codec, self.allow_pickle,
                     CurrentTask(job.id, job.name, job.token, self.progress,
                                 headers=headers_of(job.options)), entry.soft,
-                    signals=False)  # SIGALRM reaches the main thread only: async tasks only
+                    signals=False,  # SIGALRM reaches the main thread only: async tasks only
+                    capture=True)
                 if entry.timeout is not None and duration > entry.timeout:
-                    results.append(_failed(job, _timeout_error(job.name, entry.timeout), duration))
+                    result = _failed(job, _timeout_error(job.name, entry.timeout), duration)
+                    result.output = output
+                    results.append(result)
                 else:
-                    results.append(JobResult(job.id, job.token, ok, payload, codec, duration))
+                    results.append(JobResult(job.id, job.token, ok, payload, codec, duration, output))
             self.report(batch, results)
 
     def shutdown(self, wait: bool) -> None:
@@ -68,6 +79,7 @@ class _ThreadCore(_Core):
             self.cond.notify_all()
         if wait:
             self.join_threads(None)
+            run_hooks(CHILD_EXIT, stop_on_error=False)
 
 
 def _finalize(core: _Core) -> None:

@@ -30,13 +30,16 @@ from typing import Any
 from .. import loops, middleware, protocol, serde, timing
 from ..auth import as_key
 from ..errors import AuthenticationError, ConnectionLost, RemoteError
+from ..hooks import WORKER_START, WORKER_STOP, run_hooks
 from ..link import AddressesLike, parse_addresses
 from ..link.aio import AsyncLink
 from ..options import headers_of
 from ..periodic import hello_entries
 from ..retries import decide
 from ..serde import MSGPACK, PICKLE
+from .lifecycle import Lifecycle
 from .pool import Job, JobResult, make_pool
+from .tasklog import TaskLog
 
 log = logging.getLogger("conveyor.worker")
 
@@ -47,7 +50,12 @@ class Worker:
     ``queues`` are served in the order given (the first with work wins).
     ``pool`` is "process" (default: a crashing or hung task cannot take the
     worker down) or "thread". ``prefetch`` fixes the credit window instead
-    of adapting it.
+    of adapting it. ``lifecycle`` recycles and autoscales the pool's children
+    (see :mod:`conveyor.worker.lifecycle`; not for the thread pool).
+
+    Each task event is logged under ``conveyor.worker.tasks`` (see
+    :mod:`conveyor.worker.tasklog`); ``on_worker_start`` hooks run once the pool
+    started, ``on_worker_stop`` hooks once it stopped (see :mod:`conveyor.hooks`).
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class Worker:
         ssl_context: ssl.SSLContext | None = None,
         heartbeat: float = 5.0,
         name: str | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         if not modules:
             raise ValueError("a worker needs at least one module of tasks")
@@ -86,6 +95,10 @@ class Worker:
         self.ssl_context = ssl_context
         self.heartbeat = heartbeat
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.lifecycle = lifecycle
+        if lifecycle is not None and lifecycle.autoscale is not None:
+            self.concurrency = lifecycle.autoscale[1]  # credit is sized for the most children
+        self._tasklog = TaskLog(allow_pickle)
         self.completed = 0
         self._pool: Any = None
         self._core: AsyncLink | None = None
@@ -164,8 +177,10 @@ class Worker:
     def _on_connect(self) -> None:
         """A new session: the master released everything we held but did not finish."""
         if self._pool is not None:
-            for job in self._pool.discard_pending():
+            dropped = self._pool.discard_pending()
+            for job in dropped:
                 self._held.pop(job.id, None)
+            self._tasklog.forget([job.id for job in dropped])
         running = self._pool.running() if self._pool is not None else 0
         self._outstanding = running
         if self._stopping:
@@ -193,6 +208,7 @@ class Worker:
             jobs.append(Job(tid, token, name or "", payload, codec, options))
         if not jobs:
             return
+        self._tasklog.received(jobs)
         if self._stopping:
             self._hand_back(jobs)
             return
@@ -220,6 +236,7 @@ class Worker:
     def _hand_back(self, jobs: list[Job]) -> None:
         for job in jobs:
             self._held.pop(job.id, None)
+        self._tasklog.forget([job.id for job in jobs])
         if not jobs or self._core is None:
             return
         self._outstanding -= len(jobs)
@@ -304,6 +321,7 @@ class Worker:
         for r in results:
             if r.id in self._cancelled:
                 self._cancelled.discard(r.id)  # the master already finished it as cancelled
+                self._tasklog.cancelled(r.id)
                 continue
             held = self._held.pop(r.id, None)
             retry = None
@@ -313,7 +331,11 @@ class Worker:
                 if retry is not None and "delay" in retry and middleware.active():
                     middleware.on_retry(middleware.TaskCall(r.id, held[2], r.token, headers_of(held[0])),
                                         error, float(retry["delay"]))
-            self._acks.append([r.id, r.token, r.ok, r.payload, r.codec, retry])
+            ack = [r.id, r.token, r.ok, r.payload, r.codec, retry]
+            if r.output is not None:
+                ack.append(r.output)  # the attempt's captured output (wire.outcome_from_wire)
+            self._acks.append(ack)
+            self._tasklog.finished(r, retry)
         self.completed += len(results)
         self._outstanding -= len(results)
         # Written in this same loop turn: results that arrived together came in one call.
@@ -378,10 +400,15 @@ class Worker:
         self._cold = False
         # A process pool drives its children from this loop: no thread hand-offs per task.
         self._pool = make_pool(self.pool_kind, self.concurrency, self.modules, self._results_from_pool,
-                               allow_pickle=self.allow_pickle, loop=self._loop)
+                               allow_pickle=self.allow_pickle, loop=self._loop, lifecycle=self.lifecycle)
         self._pool.set_progress_callback(self._progress_from_pool)
         self._pool.set_started_callback(self._started_from_pool)
         await self._loop.run_in_executor(None, self._pool.start)
+        try:
+            await self._loop.run_in_executor(None, lambda: run_hooks(WORKER_START, stop_on_error=True))
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal)
@@ -407,6 +434,7 @@ class Worker:
             else:
                 await self._loop.run_in_executor(None, self._pool.shutdown, True)
             await self._core.close()
+            await self._loop.run_in_executor(None, lambda: run_hooks(WORKER_STOP, stop_on_error=False))
             log.info("worker %s stopped after %d task(s)", self.name, self.completed)
 
     async def _connect_first(self) -> None:
