@@ -11,8 +11,8 @@ import pytest
 
 from conveyor.errors import ConnectionLost
 
+from ..waiting import wait_until
 from .conftest import TASKS
-from .test_failures import wait_until
 
 
 def test_many_threads_share_one_client_without_mixing_frames(make_cluster):

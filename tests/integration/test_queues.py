@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ import conveyor
 from conveyor import protocol
 from conveyor.cluster import LocalCluster
 
-from .conftest import ROOT
+from ..waiting import wait_until
+from .conftest import ROOT, running_cluster
 
 # -- roles run in subprocesses -------------------------------------------------
 
@@ -149,10 +151,12 @@ def procs():
                 stream.close()
 
 
-@pytest.fixture
-def master(make_cluster) -> LocalCluster:
-    """A real master process with no workers."""
-    return make_cluster(workers=0).start()
+@pytest.fixture(scope="module")
+def master(tmp_path_factory, request) -> Iterator[LocalCluster]:
+    """A real master process with no workers, shared by the module's tests (each uses its own
+    queue names); a test that kills the master starts its own."""
+    with running_cluster(tmp_path_factory.mktemp("queues"), request, workers=0) as c:
+        yield c
 
 
 @pytest.fixture
@@ -411,18 +415,20 @@ def test_ack_on_get_items_are_not_delivered_again(master, procs, client):
         q.get(timeout=1)  # the dead consumer's five are gone, as with queue.Queue
 
 
-def test_items_survive_master_kill_and_restart(master, client):
-    q = client.queue("durable", ack="task_done")
-    q.put_many(list(range(100)))
-    leased = q.get_many(10)  # got but never acknowledged: they come back too
-    assert leased == list(range(10))
-    master.kill_master(signal.SIGKILL)
-    master.start_master()  # same data directory, same port
-    with master.client() as fresh:
-        fq = fresh.queue("durable")
-        assert fq.qsize() == 100
-    # The old client reconnects by itself and sees the same queue.
-    assert q.get_many(100, timeout=20) == list(range(100))
+def test_items_survive_master_kill_and_restart(make_cluster):
+    master = make_cluster(workers=0).start()  # its own: this test kills it
+    with master.client() as client:
+        q = client.queue("durable", ack="task_done")
+        q.put_many(list(range(100)))
+        leased = q.get_many(10)  # got but never acknowledged: they come back too
+        assert leased == list(range(10))
+        master.kill_master(signal.SIGKILL)
+        master.start_master()  # same data directory, same port
+        with master.client() as fresh:
+            fq = fresh.queue("durable")
+            assert fq.qsize() == 100
+        # The old client reconnects by itself and sees the same queue.
+        assert q.get_many(100, timeout=20) == list(range(100))
 
 
 def test_maxsize_enforced_across_two_producer_processes(master, procs, client):
@@ -545,15 +551,6 @@ def test_idle_consumer_stays_connected_and_keeps_its_item(make_cluster):
         assert qa.join(timeout=5) is True
 
 
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
-
-
 # -- ack="auto": acknowledged at a normal exit, handed back after a crash --------------
 
 
@@ -568,12 +565,12 @@ def _auto_child(address: str, authkey: str, name: str, crash: bool, use_with: bo
 
 @pytest.mark.parametrize("use_with", [False, True], ids=["open-until-exit", "with-block"])
 @pytest.mark.parametrize("crash", [False, True], ids=["returns", "raises"])
-def test_auto_ack_in_a_spawned_child_follows_how_it_ended(make_cluster, crash, use_with):
+def test_auto_ack_in_a_spawned_child_follows_how_it_ended(master, crash, use_with):
     """multiprocessing catches a child's exception itself (no excepthook), then exits through
     atexit: the item must still go back when run() raised, and be acknowledged when it returned."""
     import multiprocessing as mp
 
-    cluster = make_cluster(workers=0).start()
+    cluster = master  # each case has its own queue
     name = f"auto-{crash}-{use_with}"
     with cluster.client() as c:
         q = c.queue(name)
