@@ -69,6 +69,14 @@ def cluster(tmp_path_factory, request):
         yield c
 
 
+@pytest.fixture(scope="module")
+def master(tmp_path_factory, request):
+    """A master with no workers, shared by a module's tests (each uses its own queue names);
+    a test that kills or reconfigures the master starts its own with ``make_cluster``."""
+    with running_cluster(tmp_path_factory.mktemp("master"), request, workers=0) as c:
+        yield c
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -10,6 +10,8 @@ import pytest
 
 import conveyor
 
+from .conftest import running_cluster
+
 TASKS = "tests.unit.pool_tasks"
 WAIT = 60
 
@@ -21,13 +23,13 @@ def wait_until(predicate, timeout=WAIT):
         time.sleep(0.02)
 
 
-@pytest.fixture
-def aio_cluster(make_cluster):
-    """A master and one asyncio-pool worker running 100 tasks at once."""
-    cluster = make_cluster(workers=1, modules=[TASKS], concurrency=100,
-                           worker_args=["--pool", "asyncio"]).start()
-    cluster.wait_for_workers(1)
-    return cluster
+@pytest.fixture(scope="module")
+def aio_cluster(tmp_path_factory, request):
+    """A master and one asyncio-pool worker running 100 tasks at once, shared by the module."""
+    with running_cluster(tmp_path_factory.mktemp("aio"), request, workers=1, modules=[TASKS],
+                         concurrency=100, worker_args=["--pool", "asyncio"]) as cluster:
+        cluster.wait_for_workers(1)
+        yield cluster
 
 
 def test_asyncio_worker_runs_a_hundred_tasks_at_once(aio_cluster):

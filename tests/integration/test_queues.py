@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from conveyor import protocol
 from conveyor.cluster import LocalCluster
 
 from ..waiting import wait_until
-from .conftest import ROOT, running_cluster
+from .conftest import ROOT
 
 # -- roles run in subprocesses -------------------------------------------------
 
@@ -149,14 +148,6 @@ def procs():
         for stream in (p.stdin, p.stdout):
             if stream is not None:
                 stream.close()
-
-
-@pytest.fixture(scope="module")
-def master(tmp_path_factory, request) -> Iterator[LocalCluster]:
-    """A real master process with no workers, shared by the module's tests (each uses its own
-    queue names); a test that kills the master starts its own."""
-    with running_cluster(tmp_path_factory.mktemp("queues"), request, workers=0) as c:
-        yield c
 
 
 @pytest.fixture
