@@ -213,8 +213,10 @@ def test_blocked_put_proceeds_when_a_consumer_makes_room(client, master):
     q = client.queue("bounded-wait", maxsize=1)
     q.put("a")
     with master.client() as other:
-        threading.Timer(0.3, lambda: other.queue("bounded-wait", ack="get").get(timeout=5)).start()
+        taker = threading.Timer(0.3, lambda: other.queue("bounded-wait", ack="get").get(timeout=5))
+        taker.start()
         q.put("b", timeout=10)  # blocks until the other client takes "a"
+        taker.join(10)  # its reply is in before its client closes
     assert q.get(timeout=5) == "b"
 
 
