@@ -87,9 +87,13 @@ def text_of(drv, css: str) -> str:
 
 
 def until(drv, predicate) -> None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(drv, WAIT, poll_frequency=0.1).until(lambda d: predicate())
+    # htmx swaps parts of the page: an element found a moment ago may be gone; look again.
+    WebDriverWait(drv, WAIT, poll_frequency=0.1,
+                  ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                  ).until(lambda d: predicate())
 
 
 def test_overview_counter_moves_while_tasks_run(cluster, dashboards, driver):
