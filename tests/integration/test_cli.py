@@ -24,6 +24,25 @@ def run(*args, env=None, timeout=60):
                           timeout=timeout, env=full_env, cwd=ROOT)
 
 
+def run_many(*commands, env=None, timeout=60) -> list[subprocess.CompletedProcess]:
+    """Run independent ``conveyor`` commands at once (both cores start interpreters), in order."""
+    full_env = {**os.environ, **(env or {})}
+    procs = [subprocess.Popen([sys.executable, "-m", "conveyor", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
+             for args in commands]
+    done = []
+    try:
+        for args, proc in zip(commands, procs):
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return done
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,9 +50,9 @@ def free_port():
 
 
 def test_help_on_every_command():
-    for cmd in ([], ["master"], ["worker"], ["status"], ["submit"], ["demo"]):
-        proc = run(*cmd, "--help")
-        assert proc.returncode == 0 and "usage:" in proc.stdout
+    commands = ([], ["master"], ["worker"], ["status"], ["submit"], ["demo"])
+    for cmd, proc in zip(commands, run_many(*([*cmd, "--help"] for cmd in commands))):
+        assert proc.returncode == 0 and "usage:" in proc.stdout, cmd
 
 
 def test_bad_flag_is_one_line_not_a_traceback():
@@ -111,11 +130,13 @@ def test_submit_passes_every_option_and_keyword_arguments(cluster):
 
 def test_submit_bad_option_is_one_line(cluster):
     env = {"CONVEYOR_AUTHKEY": cluster.authkey.decode()}
-    for flags, fragment in ((["--priority", "high"], "invalid"), (["--eta", "soon"], "eta"),
-                            (["--rate-limit", "fast"], "rate_limit"), (["--timeout", "0"], "timeout"),
-                            (["--countdown", "5", "--eta", "2100-01-01T00:00:00"], "countdown or eta"),
-                            (["--pass-results"], "pass_results")):
-        proc = run("submit", f"{TASKS}:add", "1", "--connect", cluster.address, *flags, env=env)
+    cases = ((["--priority", "high"], "invalid"), (["--eta", "soon"], "eta"),
+             (["--rate-limit", "fast"], "rate_limit"), (["--timeout", "0"], "timeout"),
+             (["--countdown", "5", "--eta", "2100-01-01T00:00:00"], "countdown or eta"),
+             (["--pass-results"], "pass_results"))
+    procs = run_many(*(["submit", f"{TASKS}:add", "1", "--connect", cluster.address, *flags]
+                       for flags, _ in cases), env=env)
+    for (flags, fragment), proc in zip(cases, procs):
         assert proc.returncode in (1, 2), (flags, proc.stderr)
         assert fragment in proc.stderr and proc.stderr.strip().count("\n") == 0, (flags, proc.stderr)
         assert "Traceback" not in proc.stderr

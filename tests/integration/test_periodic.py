@@ -20,6 +20,7 @@ from conveyor.schedule import slot_task_id
 
 from ..waiting import wait_for, wait_until
 from .conftest import ROOT
+from .test_cli import run_many
 
 PTASKS = "tests.integration.ptasks"
 DECLARING = "tests.integration.ptasks_periodic"
@@ -109,8 +110,9 @@ def test_bad_schedules_are_one_line_errors(make_cluster):
         ([], "give exactly one of --cron EXPR or --every SECONDS"),
         (["--every", "5", "--missed", "sometimes"], "missed: must be 'run_once' or 'skip'"),
     ]
-    for flags, message in cases:
-        proc = run("schedule", "add", "bad", f"{PTASKS}:log_slot", *flags, cluster=c)
+    procs = run_many(*(["schedule", "add", "bad", f"{PTASKS}:log_slot", *flags, "--connect", c.address]
+                       for flags, _ in cases), env={"CONVEYOR_AUTHKEY": c.authkey.decode()})
+    for (flags, message), proc in zip(cases, procs):
         assert proc.returncode == 1, (flags, proc.stderr)
         assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     proc = run("schedule", "add", "", f"{PTASKS}:log_slot", "--every", "5", cluster=c)

@@ -18,6 +18,7 @@ import conveyor
 
 from ..waiting import wait_until
 from .conftest import ROOT, TASKS
+from .test_cli import run_many
 from .test_failures import executions
 
 
@@ -214,8 +215,9 @@ def test_cancel_running_task_stops_it_and_worker_goes_on(cluster, tmp_path):
 
 
 def test_unknown_task_id_is_one_line_and_exit_1(cluster):
-    for cmd in ("inspect", "cancel", "retry"):
-        proc = cli(cluster, cmd, "f" * 32)
+    commands = ("inspect", "cancel", "retry")
+    procs = run_many(*([cmd, "f" * 32, "--connect", cluster.address] for cmd in commands), env=cluster.env())
+    for cmd, proc in zip(commands, procs):
         assert proc.returncode == 1, (cmd, proc.stdout, proc.stderr)
         assert proc.stderr.strip() == f"conveyor {cmd}: error: no task {'f' * 32}"
 
