@@ -4,23 +4,16 @@ once, time limits, progress and cancellation end to end."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import time
 
 import pytest
 
 import conveyor
 
+from ..waiting import wait_until
 from .conftest import running_cluster
 
 TASKS = "tests.unit.pool_tasks"
 WAIT = 60
-
-
-def wait_until(predicate, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +46,10 @@ def test_asyncio_worker_time_limits_progress_and_cancel(aio_cluster):
         assert info.value.type_name == "conveyor.errors.TaskTimeout"
         assert soft.result(WAIT) == "cleaned up"
         assert who.result(WAIT) == who.task_id
-        wait_until(lambda: who.progress is not None and who.progress["done"] == 3)
+        assert wait_until(lambda: who.progress is not None and who.progress["done"] == 3, WAIT)
 
         running = client.submit(f"{TASKS}:announce_then_sleep", 60)
-        wait_until(lambda: running.progress is not None)
+        assert wait_until(lambda: running.progress is not None, WAIT)
         assert running.cancel()
         with pytest.raises(cf.CancelledError):
             running.result(WAIT)
