@@ -66,6 +66,7 @@ class LocalCluster:
         self.master: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self._counter = 0
+        self._log_paths: dict[int, Path] = {}
 
     @property
     def address(self) -> str:
@@ -82,7 +83,12 @@ class LocalCluster:
 
     def _log(self, name: str) -> BinaryIO:
         self._counter += 1
-        return open(self.log_dir / f"{self._counter:03d}-{name}.log", "wb")
+        self._last_log = self.log_dir / f"{self._counter:03d}-{name}.log"
+        return open(self._last_log, "wb")
+
+    def log_path(self, proc: subprocess.Popen) -> Path:
+        """The log file of a process this cluster started (its stderr; a worker's stdout too)."""
+        return self._log_paths[proc.pid]
 
     def start_master(self) -> subprocess.Popen[bytes]:
         """Start (or restart, on the same data and port) the master and wait until it listens."""
@@ -90,6 +96,7 @@ class LocalCluster:
                "--data", str(self.data), "--sync", self.sync, *self.master_args]
         with self._log("master") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=self.env(), cwd=self.cwd)
+        self._log_paths[proc.pid] = self._last_log
         self.master = proc
         deadline = time.monotonic() + self.start_timeout
         line = b""
@@ -113,8 +120,15 @@ class LocalCluster:
             cmd += ["--concurrency", str(self.concurrency)]
         with self._log("worker") as err:
             proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=self.env(), cwd=self.cwd)
+        self._log_paths[proc.pid] = self._last_log
         self.workers.append(proc)
         return proc
+
+    def stop_worker(self, proc: subprocess.Popen, grace: float = 10.0) -> None:
+        """Stop one worker started by this cluster (SIGTERM: a warm stop; SIGKILL after ``grace``)."""
+        self._kill(proc, signal.SIGTERM, grace)
+        if proc in self.workers:
+            self.workers.remove(proc)
 
     def start(self) -> LocalCluster:
         """Start the master and the workers."""

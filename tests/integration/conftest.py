@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,12 +37,44 @@ def make_cluster(tmp_path, request):
             print(cluster.logs())
 
 
-@pytest.fixture
-def cluster(make_cluster):
-    """A master and two workers (concurrency 2 each), started and connected."""
-    c = make_cluster(workers=2).start()
-    c.wait_for_workers(2)
-    return c
+@contextmanager
+def running_cluster(base: Path, request: pytest.FixtureRequest, **kwargs) -> Iterator[LocalCluster]:
+    """A started LocalCluster running tests.integration.itasks under ``base``, stopped on exit.
+
+    Its logs are printed if any test failed while it ran.
+    """
+    kwargs.setdefault("modules", [TASKS])
+    kwargs.setdefault("concurrency", 2)
+    c = LocalCluster(cwd=ROOT, log_dir=base / "logs", data=base / "data", **kwargs)
+    failed_before = request.session.testsfailed
+    try:
+        yield c.start()
+    finally:
+        c.stop(grace=5)
+        if request.session.testsfailed > failed_before:
+            print(c.logs())
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, request):
+    """A master and two workers (concurrency 2 each), started once and shared by a module's tests.
+
+    For tests that stop, kill or reconfigure no process: each isolates itself by its own
+    task ids, keys, files and (where it counts tasks) queue names or counts before and
+    after, so the tests of a module cannot see each other's work. A test that needs a
+    fresh master or other flags uses ``make_cluster``.
+    """
+    with running_cluster(tmp_path_factory.mktemp("cluster"), request, workers=2) as c:
+        c.wait_for_workers(2)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory, request):
+    """A master with no workers, shared by a module's tests (each uses its own queue names);
+    a test that kills or reconfigures the master starts its own with ``make_cluster``."""
+    with running_cluster(tmp_path_factory.mktemp("master"), request, workers=0) as c:
+        yield c
 
 
 @pytest.hookimpl(hookwrapper=True)

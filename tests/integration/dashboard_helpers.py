@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,20 +15,13 @@ from dataclasses import dataclass, field
 
 from conveyor.cluster import LocalCluster
 
+from ..waiting import wait_until
 from .conftest import ROOT
+
+__all__ = ["Browser", "Dashboard", "Reply", "run_dashboard_cli", "wait_until"]
 
 _LISTENING = re.compile(r"dashboard listening on (http://\S+)")
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true (True) or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 @dataclass

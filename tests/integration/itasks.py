@@ -71,7 +71,10 @@ def ask_retry(path, delay=0.05):
     return n
 
 
-def hang(seconds=60):
+def hang(seconds=60, started=None):
+    """Sleep ``seconds``; first create the file ``started``, if given, so a test can wait for the start."""
+    if started:
+        open(started, "w").close()
     time.sleep(seconds)
     return "woke"
 

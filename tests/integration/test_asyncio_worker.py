@@ -4,30 +4,25 @@ once, time limits, progress and cancellation end to end."""
 from __future__ import annotations
 
 import concurrent.futures as cf
-import time
 
 import pytest
 
 import conveyor
 
+from ..waiting import wait_until
+from .conftest import running_cluster
+
 TASKS = "tests.unit.pool_tasks"
 WAIT = 60
 
 
-def wait_until(predicate, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def aio_cluster(make_cluster):
-    """A master and one asyncio-pool worker running 100 tasks at once."""
-    cluster = make_cluster(workers=1, modules=[TASKS], concurrency=100,
-                           worker_args=["--pool", "asyncio"]).start()
-    cluster.wait_for_workers(1)
-    return cluster
+@pytest.fixture(scope="module")
+def aio_cluster(tmp_path_factory, request):
+    """A master and one asyncio-pool worker running 100 tasks at once, shared by the module."""
+    with running_cluster(tmp_path_factory.mktemp("aio"), request, workers=1, modules=[TASKS],
+                         concurrency=100, worker_args=["--pool", "asyncio"]) as cluster:
+        cluster.wait_for_workers(1)
+        yield cluster
 
 
 def test_asyncio_worker_runs_a_hundred_tasks_at_once(aio_cluster):
@@ -51,10 +46,10 @@ def test_asyncio_worker_time_limits_progress_and_cancel(aio_cluster):
         assert info.value.type_name == "conveyor.errors.TaskTimeout"
         assert soft.result(WAIT) == "cleaned up"
         assert who.result(WAIT) == who.task_id
-        wait_until(lambda: who.progress is not None and who.progress["done"] == 3)
+        assert wait_until(lambda: who.progress is not None and who.progress["done"] == 3, WAIT)
 
         running = client.submit(f"{TASKS}:announce_then_sleep", 60)
-        wait_until(lambda: running.progress is not None)
+        assert wait_until(lambda: running.progress is not None, WAIT)
         assert running.cancel()
         with pytest.raises(cf.CancelledError):
             running.result(WAIT)

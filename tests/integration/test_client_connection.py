@@ -11,13 +11,13 @@ import pytest
 
 from conveyor.errors import ConnectionLost
 
+from ..waiting import wait_until
 from .conftest import TASKS
-from .test_failures import wait_until
 
 
-def test_many_threads_share_one_client_without_mixing_frames(make_cluster):
+def test_many_threads_share_one_client_without_mixing_frames(master):
     """Threads write their own frames on one socket: every request gets its own answer."""
-    cluster = make_cluster(workers=0).start()
+    cluster = master
     errors: list[BaseException] = []
     with cluster.client() as client:
         q = client.queue("threads", ack="get")
@@ -42,8 +42,8 @@ def test_many_threads_share_one_client_without_mixing_frames(make_cluster):
             q.get_nowait()
 
 
-def test_close_fails_pending_futures(make_cluster):
-    cluster = make_cluster(workers=0).start()  # no worker: the task stays queued
+def test_close_fails_pending_futures(master):
+    cluster = master  # no worker: the task stays queued
     client = cluster.client()
     fut = client.submit(f"{TASKS}:square", 3)
     client.close()
@@ -133,14 +133,14 @@ def _fail_once(core) -> list:
     return failed
 
 
-def test_an_error_handling_a_message_reconnects_instead_of_going_dead(make_cluster, caplog):
+def test_an_error_handling_a_message_reconnects_instead_of_going_dead(master, caplog):
     """A bug in handling one message costs a reconnect (logged), and the request is resent."""
     import asyncio
 
     from conveyor import protocol
     from conveyor.client.core import ClientCore
 
-    cluster = make_cluster(workers=0).start()
+    cluster = master
     with cluster.client() as client:
         failed = _fail_once(client._core)
         assert client._core.request(protocol.PING, {}, timeout=30) == {}  # answered on the new connection

@@ -33,6 +33,15 @@ def dashboards():
         d.stop()
 
 
+@pytest.fixture
+def own_cluster(make_cluster):
+    """A master and two workers for one test: for tests that count every task the master has
+    (the module's other tests share ``cluster``)."""
+    c = make_cluster(workers=2).start()
+    c.wait_for_workers(2)
+    return c
+
+
 def samples(text: str) -> dict[tuple, float]:
     """Metric samples as {(name, sorted label pairs without master): value}."""
     out = {}
@@ -43,10 +52,10 @@ def samples(text: str) -> dict[tuple, float]:
     return out
 
 
-def test_pages_metrics_and_escaping(cluster, dashboards):
-    d = dashboards(cluster)
+def test_pages_metrics_and_escaping(own_cluster, dashboards):
+    d = dashboards(own_cluster)
     b = d.browser()
-    with cluster.client() as c:
+    with own_cluster.client() as c:
         done = [c.submit(f"{TASKS}:square", i) for i in range(7)]
         bad = c.submit(f"{TASKS}:fail", "<script>alert(1)</script>")
         assert [f.result(30) for f in done] == [i * i for i in range(7)]
@@ -109,13 +118,13 @@ def test_pages_metrics_and_escaping(cluster, dashboards):
     assert b.get("/tasks/0123456789abcdef-unknown").status == 404
     assert "Nothing here" in b.get("/tasks/0123456789abcdef-unknown").body
     assert b.get("/no/such/page").status == 404
-    assert cluster.authkey.decode() not in d.log.read_text()
+    assert own_cluster.authkey.decode() not in d.log.read_text()
 
 
-def test_task_list_filters_pages_and_bulk_retry(cluster, dashboards, tmp_path):
-    d = dashboards(cluster)
+def test_task_list_filters_pages_and_bulk_retry(own_cluster, dashboards, tmp_path):
+    d = dashboards(own_cluster)
     b = d.browser()
-    with cluster.client() as c:
+    with own_cluster.client() as c:
         ok = [c.submit(f"{TASKS}:square", i, queue="default") for i in range(60)]
         later = c.submit(f"{TASKS}:square", 1, countdown=3600, queue="later")
         flaky = [c.submit(f"{TASKS}:flaky", str(tmp_path / f"f{i}"), 1, queue="default") for i in range(3)]
@@ -154,20 +163,20 @@ def test_task_list_filters_pages_and_bulk_retry(cluster, dashboards, tmp_path):
     assert confirm.status == 200 and "Retry 3 task(s)" in confirm.body
     done = b.post("/tasks/bulk", [("action", "retry"), ("state", "failed")])
     assert done.status == 200 and "retried 3 of 3 selected task(s)" in done.body
-    with cluster.client() as c:
+    with own_cluster.client() as c:
         assert wait_until(lambda: all(c.inspect(f.task_id)["state"] == "succeeded" for f in flaky))
     # Bulk cancel of the delayed one.
     assert "Cancel 1 task(s)" in b.get("/tasks/bulk?action=cancel&state=delayed").body
     assert "cancelled 1 of 1" in b.post("/tasks/bulk", [("action", "cancel"), ("state", "delayed")]).body
-    with cluster.client() as c:
+    with own_cluster.client() as c:
         assert c.inspect(later.task_id)["state"] == "cancelled"
     assert b.get("/tasks?state=nonsense").status == 400
 
 
-def test_task_and_queue_actions_and_csrf(cluster, dashboards, tmp_path):
-    d = dashboards(cluster)
+def test_task_and_queue_actions_and_csrf(own_cluster, dashboards, tmp_path):
+    d = dashboards(own_cluster)
     b = d.browser()
-    with cluster.client() as c:
+    with own_cluster.client() as c:
         f = c.submit(f"{TASKS}:flaky", str(tmp_path / "f"), 1)
         with pytest.raises(conveyor.TaskError):
             f.result(30)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,11 +44,18 @@ def driver():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,900"):
         opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    # Chromium leaves shared-memory files (org.chromium.Chromium.*) in its TMPDIR: give it a
+    # folder of its own, removed after it quits. A short path: its sockets live there too.
+    scratch = tempfile.mkdtemp(prefix="chromium-")
     try:
-        yield drv
+        drv = webdriver.Chrome(service=Service(chromedriver, env={**os.environ, "TMPDIR": scratch}),
+                               options=opts)
+        try:
+            yield drv
+        finally:
+            drv.quit()
     finally:
-        drv.quit()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -100,9 +101,21 @@ def run_example(name: str, tmp_path) -> subprocess.CompletedProcess:
                           timeout=60, cwd=tmp_path, env=env)
 
 
+@pytest.fixture(scope="module")
+def example_runs(tmp_path_factory):
+    """Every example script started at module start, a few at a time (each waits on its tasks
+    much of the time, so runs overlap well), each in its own folder: name -> its run (a future)."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = {name: pool.submit(run_example, name, tmp_path_factory.mktemp(name.removesuffix(".py")))
+                for name in sorted(EXPECTED)}
+        yield runs
+        for run in runs.values():  # every script ends (or times out) before the module does
+            run.exception()
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_example_runs(name, tmp_path):
-    proc = run_example(name, tmp_path)
+def test_example_runs(name, example_runs):
+    proc = example_runs[name].result()
     report = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, report
     for want in EXPECTED[name]:

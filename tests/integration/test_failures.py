@@ -14,16 +14,8 @@ import pytest
 
 import conveyor
 
+from ..waiting import wait_until
 from .conftest import ROOT, TASKS
-
-
-def wait_until(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def executions(path: Path) -> list[int]:
@@ -137,18 +129,18 @@ def test_hung_worker_past_heartbeat_has_its_tasks_requeued(make_cluster):
             frozen.send_signal(signal.SIGCONT)
 
 
-def test_warm_shutdown_finishes_running_task_and_hands_back_the_rest(make_cluster):
+def test_warm_shutdown_finishes_running_task_and_hands_back_the_rest(make_cluster, tmp_path):
     cluster = make_cluster(workers=1, concurrency=1).start()
     cluster.wait_for_workers(1)
+    started = tmp_path / "started"
     with cluster.client() as client:
-        running = client.submit(f"{TASKS}:sleep", 1.5)
+        running = client.submit(f"{TASKS}:hang", 1.5, str(started))
         queued = [client.submit(f"{TASKS}:square", i) for i in range(5)]
-        assert wait_until(lambda: client.status()["workers"][0]["inflight"] >= 1)
-        time.sleep(0.3)
+        assert wait_until(started.exists)  # running in the pool child
         worker = cluster.workers[0]
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
-        assert running.result(10) == 1.5  # finished and delivered before it exited
+        assert running.result(10) == "woke"  # finished and delivered before it exited
         cluster.start_worker()
         assert [f.result(60) for f in queued] == [i * i for i in range(5)]
 
@@ -183,7 +175,9 @@ def test_second_signal_stops_a_worker_cold_and_its_task_runs_elsewhere(make_clus
         assert wait_until(lambda: client.status()["workers"][0]["inflight"] == 1)
         worker = cluster.workers[0]
         worker.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        # The second signal must find the first one handled (a warm stop under way).
+        log = cluster.log_path(worker)
+        assert wait_until(lambda: "warm shutdown" in log.read_text(errors="replace"))
         worker.send_signal(signal.SIGTERM)
         worker.wait(10)  # cold: it does not wait out the 2 s task
         assert wait_until(lambda: client.status()["queues"]["default"]["ready"] == 1, timeout=20)

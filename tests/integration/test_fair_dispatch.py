@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .test_failures import wait_until
+from ..waiting import wait_until
 
 FAIR = "tests.integration.fair_tasks"
 

@@ -11,8 +11,8 @@ import pytest
 import conveyor
 from conveyor.cluster import LocalCluster
 
+from ..waiting import wait_until
 from .conftest import ROOT
-from .test_failures import wait_until
 
 MW = "tests.integration.mw_tasks"
 

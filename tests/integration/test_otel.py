@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import conveyor  # noqa: E402
 from conveyor.otel import TracingMiddleware  # noqa: E402
 
-from .test_failures import wait_until  # noqa: E402
+from ..waiting import wait_until  # noqa: E402
 
 OT = "tests.integration.otel_tasks"
 

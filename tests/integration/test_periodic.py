@@ -4,6 +4,7 @@ with SIGKILL and restarted, and schedules declared in code by workers."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+import conveyor
 from conveyor.schedule import slot_task_id
 
+from ..waiting import wait_for, wait_until
 from .conftest import ROOT
+from .test_cli import run_many
 
 PTASKS = "tests.integration.ptasks"
 DECLARING = "tests.integration.ptasks_periodic"
@@ -39,16 +43,6 @@ def lines(path: Path) -> list[tuple[str, float]]:
         tid, when = line.split()
         out.append((tid, float(when)))
     return out
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_cli_interval_schedule_runs_each_slot_once(make_cluster, tmp_path):
@@ -84,10 +78,21 @@ def test_cli_interval_schedule_runs_each_slot_once(make_cluster, tmp_path):
 
     proc = run("schedule", "remove", "ticker", cluster=c)
     assert proc.returncode == 0 and proc.stdout.strip() == "removed schedule ticker"
-    time.sleep(0.5)  # a slot enqueued just before the removal may still run
-    count = len(lines(out))
-    time.sleep(1.5)
-    assert len(lines(out)) == count, "the schedule ran after its removal"
+    removed_at = time.time()
+    # No slot after the removal is enqueued. A fence schedule on the same scheduler shows when
+    # it has passed the ticker's next slot: a slot is enqueued under a fixed id by the tick
+    # that reaches it, so by then the ticker's would exist had the removal not taken.
+    next_slot = math.floor(removed_at) + 1
+    fence = tmp_path / "fence"
+    with c.client() as client:
+        client.schedule("fence", f"{PTASKS}:log_slot", str(fence), every=0.25)
+        wait_for(lambda: any(client.inspect(tid)["options"]["slot"] > next_slot for tid, _ in lines(fence)),
+                 10, "the fence schedule to pass the ticker's next slot")
+        with pytest.raises(conveyor.NotFound):
+            client.inspect(slot_task_id("ticker", next_slot))
+        late = [tid for tid, _ in lines(out) if client.inspect(tid)["options"]["slot"] > removed_at]
+        assert late == [], "the schedule ran after its removal"
+        client.unschedule("fence")
     proc = run("schedule", "remove", "ticker", cluster=c)
     assert proc.returncode == 1
     assert proc.stderr == "conveyor schedule: error: no schedule named 'ticker'\n"
@@ -105,8 +110,9 @@ def test_bad_schedules_are_one_line_errors(make_cluster):
         ([], "give exactly one of --cron EXPR or --every SECONDS"),
         (["--every", "5", "--missed", "sometimes"], "missed: must be 'run_once' or 'skip'"),
     ]
-    for flags, message in cases:
-        proc = run("schedule", "add", "bad", f"{PTASKS}:log_slot", *flags, cluster=c)
+    procs = run_many(*(["schedule", "add", "bad", f"{PTASKS}:log_slot", *flags, "--connect", c.address]
+                       for flags, _ in cases), env={"CONVEYOR_AUTHKEY": c.authkey.decode()})
+    for (flags, message), proc in zip(cases, procs):
         assert proc.returncode == 1, (flags, proc.stderr)
         assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     proc = run("schedule", "add", "", f"{PTASKS}:log_slot", "--every", "5", cluster=c)
@@ -122,9 +128,12 @@ def test_slot_runs_once_across_master_sigkill_and_restart(make_cluster, tmp_path
     with c.client() as client:
         client.schedule("restart", f"{PTASKS}:log_slot", str(out), every=2)
     before = wait_for(lambda: lines(out), 6, "a first run")
-    time.sleep(0.3)  # its result is committed: the kill hits between slots
+    with c.client() as client:  # its result is committed: the kill hits between slots
+        assert wait_until(lambda: client.inspect(before[-1][0])["state"] == "succeeded")
     c.kill_master(signal.SIGKILL)
-    time.sleep(2.5)  # at least one slot passes while the master is down
+    # At least one slot (a multiple of 2 s) passes while the master is down.
+    missed_slot = (math.floor(time.time() / 2) + 1) * 2
+    assert wait_until(lambda: time.time() > missed_slot, timeout=5)
     restarted = time.time()
     c.start_master()
     runs = wait_for(lambda: (r := lines(out)) and len(r) >= len(before) + 2 and r, 10,

@@ -20,8 +20,8 @@ import pytest
 import conveyor
 from tests.pg import fresh_postgres_dsn  # noqa: F401 (a fixture)
 
+from ..waiting import wait_until
 from .conftest import ROOT, TASKS
-from .test_failures import wait_until
 
 
 def _with_password(dsn: str, password: str) -> str:

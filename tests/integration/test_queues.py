@@ -24,6 +24,7 @@ import conveyor
 from conveyor import protocol
 from conveyor.cluster import LocalCluster
 
+from ..waiting import wait_until
 from .conftest import ROOT
 
 # -- roles run in subprocesses -------------------------------------------------
@@ -150,12 +151,6 @@ def procs():
 
 
 @pytest.fixture
-def master(make_cluster) -> LocalCluster:
-    """A real master process with no workers."""
-    return make_cluster(workers=0).start()
-
-
-@pytest.fixture
 def client(master):
     with master.client() as c:
         yield c
@@ -218,8 +213,10 @@ def test_blocked_put_proceeds_when_a_consumer_makes_room(client, master):
     q = client.queue("bounded-wait", maxsize=1)
     q.put("a")
     with master.client() as other:
-        threading.Timer(0.3, lambda: other.queue("bounded-wait", ack="get").get(timeout=5)).start()
+        taker = threading.Timer(0.3, lambda: other.queue("bounded-wait", ack="get").get(timeout=5))
+        taker.start()
         q.put("b", timeout=10)  # blocks until the other client takes "a"
+        taker.join(10)  # its reply is in before its client closes
     assert q.get(timeout=5) == "b"
 
 
@@ -411,18 +408,20 @@ def test_ack_on_get_items_are_not_delivered_again(master, procs, client):
         q.get(timeout=1)  # the dead consumer's five are gone, as with queue.Queue
 
 
-def test_items_survive_master_kill_and_restart(master, client):
-    q = client.queue("durable", ack="task_done")
-    q.put_many(list(range(100)))
-    leased = q.get_many(10)  # got but never acknowledged: they come back too
-    assert leased == list(range(10))
-    master.kill_master(signal.SIGKILL)
-    master.start_master()  # same data directory, same port
-    with master.client() as fresh:
-        fq = fresh.queue("durable")
-        assert fq.qsize() == 100
-    # The old client reconnects by itself and sees the same queue.
-    assert q.get_many(100, timeout=20) == list(range(100))
+def test_items_survive_master_kill_and_restart(make_cluster):
+    master = make_cluster(workers=0).start()  # its own: this test kills it
+    with master.client() as client:
+        q = client.queue("durable", ack="task_done")
+        q.put_many(list(range(100)))
+        leased = q.get_many(10)  # got but never acknowledged: they come back too
+        assert leased == list(range(10))
+        master.kill_master(signal.SIGKILL)
+        master.start_master()  # same data directory, same port
+        with master.client() as fresh:
+            fq = fresh.queue("durable")
+            assert fq.qsize() == 100
+        # The old client reconnects by itself and sees the same queue.
+        assert q.get_many(100, timeout=20) == list(range(100))
 
 
 def test_maxsize_enforced_across_two_producer_processes(master, procs, client):
@@ -545,15 +544,6 @@ def test_idle_consumer_stays_connected_and_keeps_its_item(make_cluster):
         assert qa.join(timeout=5) is True
 
 
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
-
-
 # -- ack="auto": acknowledged at a normal exit, handed back after a crash --------------
 
 
@@ -568,12 +558,12 @@ def _auto_child(address: str, authkey: str, name: str, crash: bool, use_with: bo
 
 @pytest.mark.parametrize("use_with", [False, True], ids=["open-until-exit", "with-block"])
 @pytest.mark.parametrize("crash", [False, True], ids=["returns", "raises"])
-def test_auto_ack_in_a_spawned_child_follows_how_it_ended(make_cluster, crash, use_with):
+def test_auto_ack_in_a_spawned_child_follows_how_it_ended(master, crash, use_with):
     """multiprocessing catches a child's exception itself (no excepthook), then exits through
     atexit: the item must still go back when run() raised, and be acknowledged when it returned."""
     import multiprocessing as mp
 
-    cluster = make_cluster(workers=0).start()
+    cluster = master  # each case has its own queue
     name = f"auto-{crash}-{use_with}"
     with cluster.client() as c:
         q = c.queue(name)

@@ -16,8 +16,10 @@ import pytest
 
 import conveyor
 
+from ..waiting import wait_until
 from .conftest import ROOT, TASKS
-from .test_failures import executions, wait_until
+from .test_cli import run_many
+from .test_failures import executions
 
 
 def lines(path: Path) -> list[str]:
@@ -45,13 +47,15 @@ def test_task_that_fails_twice_then_succeeds(cluster, tmp_path):
 
 def test_retries_exhausted_make_a_dead_task_that_retry_and_purge_handle(cluster, tmp_path):
     count = tmp_path / "count"
+    # A queue of its own: the module's other tests make dead tasks too.
+    worker = cluster.start_worker("--queues", "exhausted")
     with cluster.client() as client:
-        fut = client.submit(f"{TASKS}:flaky", str(count), 100, retries=1, retry_backoff=0.01)
+        fut = client.submit(f"{TASKS}:flaky", str(count), 100, retries=1, retry_backoff=0.01, queue="exhausted")
         with pytest.raises(conveyor.TaskError, match="flaky failure 2"):
             fut.result(60)
         info = client.inspect(fut.task_id)
         assert info["state"] == "dead" and len(info["errors"]) == 2
-        listed = client.tasks(state="dead")
+        listed = client.tasks(queue="exhausted", state="dead")
         assert [t["id"] for t in listed] == [fut.task_id]
         proc = cli(cluster, "retry", fut.task_id)
         assert proc.returncode == 0 and "requeued" in proc.stdout
@@ -59,10 +63,11 @@ def test_retries_exhausted_make_a_dead_task_that_retry_and_purge_handle(cluster,
             client.result(fut.task_id, timeout=60)
         assert wait_until(lambda: client.inspect(fut.task_id)["state"] == "dead")
         assert len(executions(count)) == 4  # the budget started again: 2 more attempts
-        proc = cli(cluster, "purge", "--yes")  # bulk commands ask first; no terminal here
+        proc = cli(cluster, "purge", "--queue", "exhausted", "--yes")  # bulk commands ask first; no terminal here
         assert proc.returncode == 0 and "purged 1" in proc.stdout
         with pytest.raises(conveyor.NotFound):
             client.inspect(fut.task_id)
+    cluster.stop_worker(worker)
 
 
 def test_retry_on_chooses_which_exceptions_retry(cluster):
@@ -109,7 +114,8 @@ def test_hung_task_is_stopped_at_its_timeout_and_worker_serves_the_next(cluster)
             fut.result(60)
         assert info.value.type_name == "conveyor.errors.TaskTimeout"
         assert client.submit(f"{TASKS}:square", 6).result(30) == 36
-        assert len(client.status()["workers"]) == 2
+        assert len(client.status()["workers"]) == len(cluster.workers)
+    assert all(w.poll() is None for w in cluster.workers)
 
 
 def test_timeout_follows_retry_rules(cluster):
@@ -127,15 +133,16 @@ def test_soft_time_limit_raises_inside_the_task(cluster):
 
 
 # -- priorities and delays ----------------------------------------------------------
-def test_higher_priority_first_and_fifo_within_a_priority(make_cluster, tmp_path):
-    cluster = make_cluster(workers=0).start()
+def test_higher_priority_first_and_fifo_within_a_priority(cluster, tmp_path):
     log = tmp_path / "order"
     with cluster.client() as client:
-        futures = [client.submit(f"{TASKS}:record", str(log), label, priority=prio)
+        # A queue no worker serves yet: every task is queued before the first is leased.
+        futures = [client.submit(f"{TASKS}:record", str(log), label, priority=prio, queue="by-priority")
                    for label, prio in [(1, 0), (2, 0), (3, 5), (4, 9), (5, 5), (6, 0)]]
-        cluster.start_worker("--concurrency", "1", "--prefetch", "1")
+        worker = cluster.start_worker("--queues", "by-priority", "--concurrency", "1", "--prefetch", "1")
         for f in futures:
             f.result(60)
+    cluster.stop_worker(worker)
     assert executions(log) == [4, 3, 5, 1, 2, 6]
 
 
@@ -163,35 +170,41 @@ def test_delayed_task_survives_master_kill_and_runs_once(make_cluster, tmp_path)
         cluster.kill_master(signal.SIGKILL)
         cluster.start_master()
         assert fut.result(60) == "delayed"
-    time.sleep(0.5)
+        # One lease: a second execution needs a second lease, and a succeeded task gets none.
+        assert client.inspect(fut.task_id)["attempts"] == 1
     runs = lines(log)
     assert len(runs) == 1 and float(runs[0].split()[1]) >= when
 
 
 # -- cancellation -------------------------------------------------------------------
-def test_cancel_queued_and_delayed_tasks(make_cluster, tmp_path):
-    cluster = make_cluster(workers=0).start()
+def test_cancel_queued_and_delayed_tasks(cluster, tmp_path):
     log = tmp_path / "runs"
+    q = "cancel-here"  # no worker serves it until the cancels are done
     with cluster.client() as client:
-        queued = client.submit(f"{TASKS}:record", str(log), 1)
-        delayed = client.submit(f"{TASKS}:record", str(log), 2, countdown=0.5)
-        kept = client.submit(f"{TASKS}:record", str(log), 3)
+        queued = client.submit(f"{TASKS}:record", str(log), 1, queue=q)
+        delayed = client.submit(f"{TASKS}:record", str(log), 2, countdown=0.5, queue=q)
+        kept = client.submit(f"{TASKS}:record", str(log), 3, queue=q)
         assert queued.cancel() and delayed.cancel()
         assert queued.cancelled() and delayed.cancelled()
         with pytest.raises(cf.CancelledError):
             queued.result(5)
         assert client.inspect(queued.task_id)["state"] == "cancelled"
-        cluster.start_worker()
+        # A fence due after the cancelled delayed task: one slot runs the queue in order,
+        # so had the delayed task been promoted it would have run before the fence.
+        fence = client.submit(f"{TASKS}:record", str(log), 4, countdown=0.5, queue=q)
+        worker = cluster.start_worker("--queues", q, "--concurrency", "1", "--prefetch", "1")
         assert kept.result(60) == 3
-        time.sleep(1.0)
-    assert executions(log) == [3]
+        assert fence.result(60) == 4
+        assert client.inspect(delayed.task_id)["state"] == "cancelled"
+    cluster.stop_worker(worker)
+    assert executions(log) == [3, 4]
 
 
 def test_cancel_running_task_stops_it_and_worker_goes_on(cluster, tmp_path):
+    started = tmp_path / "started"
     with cluster.client() as client:
-        fut = client.submit(f"{TASKS}:hang", 60)
-        assert wait_until(lambda: client.inspect(fut.task_id)["state"] == "leased")
-        time.sleep(0.3)
+        fut = client.submit(f"{TASKS}:hang", 60, str(started))
+        assert wait_until(started.exists)  # running in a pool child, not only leased
         proc = cli(cluster, "cancel", fut.task_id)
         assert proc.returncode == 0 and "cancelled" in proc.stdout
         with pytest.raises(cf.CancelledError):
@@ -202,8 +215,9 @@ def test_cancel_running_task_stops_it_and_worker_goes_on(cluster, tmp_path):
 
 
 def test_unknown_task_id_is_one_line_and_exit_1(cluster):
-    for cmd in ("inspect", "cancel", "retry"):
-        proc = cli(cluster, cmd, "f" * 32)
+    commands = ("inspect", "cancel", "retry")
+    procs = run_many(*([cmd, "f" * 32, "--connect", cluster.address] for cmd in commands), env=cluster.env())
+    for cmd, proc in zip(commands, procs):
         assert proc.returncode == 1, (cmd, proc.stdout, proc.stderr)
         assert proc.stderr.strip() == f"conveyor {cmd}: error: no task {'f' * 32}"
 
@@ -290,16 +304,15 @@ def test_rate_limit_is_enforced_across_workers(cluster, tmp_path):
     assert times[-1] - times[0] >= 0.75
 
 
-def test_asyncio_future_of_a_cancelled_task_raises_cancelled(make_cluster):
+def test_asyncio_future_of_a_cancelled_task_raises_cancelled(cluster):
     import asyncio
 
     from conveyor import aio
 
-    cluster = make_cluster(workers=0).start()
-
     async def main():
         async with await aio.connect(cluster.address, cluster.authkey) as client:
-            fut = await client.submit(f"{TASKS}:square", 2, task_id="t-aio-cancel")
+            # A queue no worker serves: the task waits until it is cancelled.
+            fut = await client.submit(f"{TASKS}:square", 2, task_id="t-aio-cancel", queue="parked")
             with cluster.client() as sync:
                 assert sync.cancel("t-aio-cancel")["cancelled"] == ["t-aio-cancel"]
             with pytest.raises(asyncio.CancelledError):
@@ -315,29 +328,29 @@ def test_changed_rate_limit_takes_effect_at_once(cluster):
         assert [f.result(20) for f in faster] == [0, 1, 4]
 
 
-def test_worker_serves_its_queues_in_the_stated_order(make_cluster, tmp_path):
-    cluster = make_cluster(workers=0).start()
+def test_worker_serves_its_queues_in_the_stated_order(cluster, tmp_path):
     log = tmp_path / "order"
     with cluster.client() as client:
-        low = [client.submit(f"{TASKS}:record", str(log), 100 + i, queue="low") for i in range(3)]
-        high = [client.submit(f"{TASKS}:record", str(log), i, queue="high") for i in range(3)]
-        cluster.start_worker("--queues", "high,low", "--concurrency", "1", "--prefetch", "1")
+        low = [client.submit(f"{TASKS}:record", str(log), 100 + i, queue="order-low") for i in range(3)]
+        high = [client.submit(f"{TASKS}:record", str(log), i, queue="order-high") for i in range(3)]
+        worker = cluster.start_worker("--queues", "order-high,order-low", "--concurrency", "1", "--prefetch", "1")
         client.gather(low + high, timeout=60)
+    cluster.stop_worker(worker)
     assert executions(log) == [0, 1, 2, 100, 101, 102]
 
 
-def test_weighted_queues_are_both_served(make_cluster, tmp_path):
-    cluster = make_cluster(workers=0).start()
+def test_weighted_queues_are_both_served(cluster):
     with cluster.client() as client:
-        futures = [client.submit(f"{TASKS}:square", i, queue=q) for i in range(20) for q in ("a", "b")]
-        cluster.start_worker("--queues", "a:3,b:1")
+        futures = [client.submit(f"{TASKS}:square", i, queue=q) for i in range(20) for q in ("wa", "wb")]
+        worker = cluster.start_worker("--queues", "wa:3,wb:1")
         assert sorted(client.gather(futures, timeout=60)) == sorted(i * i for i in range(20) for _ in "ab")
-        worker = client.status()["workers"][0]
-    assert worker["queues"] == ["a", "b"]
+        serving = [w["queues"] for w in client.status()["workers"] if "wa" in w["queues"]]
+    cluster.stop_worker(worker)
+    assert serving == [["wa", "wb"]]
 
 
 def test_retry_every_dead_task_of_a_queue(cluster):
-    cluster.start_worker("--queues", "batch")
+    worker = cluster.start_worker("--queues", "batch")
     with cluster.client() as client:
         dead = [client.submit(f"{TASKS}:fail", f"x{i}", retries=1, retry_backoff=0, queue="batch")
                 for i in range(3)]
@@ -348,3 +361,4 @@ def test_retry_every_dead_task_of_a_queue(cluster):
         assert out.returncode == 0 and out.stdout.count("requeued") == 3
         assert wait_until(lambda: all(len(client.inspect(f.task_id)["errors"]) == 4 for f in dead), timeout=60)
         assert len(client.tasks(queue="batch", state="dead")) == 3
+    cluster.stop_worker(worker)
