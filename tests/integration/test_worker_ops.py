@@ -178,10 +178,11 @@ def test_hooks_run_once_per_child_and_once_per_worker(make_cluster, tmp_path, mo
     assert lines("worker-stop") == [worker_pid]
 
 
-def test_a_failing_child_start_hook_stops_the_worker_with_one_line():
+def test_a_failing_child_start_hook_stops_the_worker_with_one_line(master):
+    # A master to reach: the worker checks it can before it starts its pool.
     proc = subprocess.run([sys.executable, "-m", "conveyor", "worker", "tests.integration.badhook_tasks",
-                           "--concurrency", "1", "--connect", "127.0.0.1:9"],
-                          capture_output=True, text=True, timeout=WAIT, cwd=ROOT)
+                           "--concurrency", "1", "--connect", master.address],
+                          capture_output=True, text=True, timeout=WAIT, cwd=ROOT, env=master.env())
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "conveyor worker: error: pool worker process could not start: child-start hook "
