@@ -86,7 +86,7 @@ class LocalCluster:
         self._last_log = self.log_dir / f"{self._counter:03d}-{name}.log"
         return open(self._last_log, "wb")
 
-    def log_path(self, proc: subprocess.Popen) -> Path:
+    def log_path(self, proc: subprocess.Popen[bytes]) -> Path:
         """The log file of a process this cluster started (its stderr; a worker's stdout too)."""
         return self._log_paths[proc.pid]
 
@@ -124,7 +124,7 @@ class LocalCluster:
         self.workers.append(proc)
         return proc
 
-    def stop_worker(self, proc: subprocess.Popen, grace: float = 10.0) -> None:
+    def stop_worker(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         """Stop one worker started by this cluster (SIGTERM: a warm stop; SIGKILL after ``grace``)."""
         self._kill(proc, signal.SIGTERM, grace)
         if proc in self.workers:

@@ -27,14 +27,15 @@ import threading
 import time
 from typing import Any
 
-from .. import loops, middleware, protocol, serde, timing
+from .. import loops, middleware, protocol, serde, timing, wire
 from ..auth import as_key
-from ..errors import AuthenticationError, ConnectionLost, RemoteError
+from ..errors import AuthenticationError, ConnectionLost, ProtocolError, RemoteError
 from ..hooks import WORKER_START, WORKER_STOP, run_hooks
 from ..link import AddressesLike, parse_addresses
 from ..link.aio import AsyncLink
 from ..options import headers_of
 from ..periodic import hello_entries
+from ..records import Outcome
 from ..retries import decide
 from ..serde import MSGPACK, PICKLE
 from .lifecycle import Lifecycle
@@ -197,15 +198,15 @@ class Worker:
         jobs = []
         for item in msg.fields.get("tasks", ()):
             try:
-                tid, token, name, payload, codec, options, extra = item
-                options, extra = options or {}, extra or {}
-                if "upstream" in extra:
-                    payload = self._with_upstream(payload, codec, extra["upstream"])
-            except (TypeError, ValueError) as exc:
+                task = wire.lease_from_wire(item)
+                payload = task.payload
+                if task.upstream is not None:
+                    payload = self._with_upstream(payload, task.codec, task.upstream)
+            except (ProtocolError, TypeError, ValueError) as exc:
                 log.warning("ignoring a malformed task from the master: %s", exc)
                 continue
-            self._held[tid] = (options, int(extra.get("failures") or 0), name or "")
-            jobs.append(Job(tid, token, name or "", payload, codec, options))
+            self._held[task.id] = (task.options, task.failures, task.name or "")
+            jobs.append(Job(task.id, task.token, task.name or "", payload, task.codec, task.options))
         if not jobs:
             return
         self._tasklog.received(jobs)
@@ -331,10 +332,8 @@ class Worker:
                 if retry is not None and "delay" in retry and middleware.active():
                     middleware.on_retry(middleware.TaskCall(r.id, held[2], r.token, headers_of(held[0])),
                                         error, float(retry["delay"]))
-            ack = [r.id, r.token, r.ok, r.payload, r.codec, retry]
-            if r.output is not None:
-                ack.append(r.output)  # the attempt's captured output (wire.outcome_from_wire)
-            self._acks.append(ack)
+            self._acks.append(wire.outcome_to_wire(Outcome(r.id, r.token, r.ok, r.payload, r.codec, r.output),
+                                                   retry))
             self._tasklog.finished(r, retry)
         self.completed += len(results)
         self._outstanding -= len(results)
