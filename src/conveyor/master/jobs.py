@@ -8,12 +8,14 @@ worker's report (``retry_or_bury``, ``settle_dependents``), after a lease
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde, wire
 from ..options import dependencies_of, passes_results, rate_limit_of
 from ..ratelimit import TokenBucket
-from ..records import FINISHED, LEASED, Lease, Outcome, Result, TaskInfo
+from ..records import FINISHED, LEASED, BulkResult, Lease, Outcome, Result, TaskFilter, TaskInfo
+from . import maintenance
 from .metrics import CANCELLED, DEAD, RETRIED
 from .session import Session
 
@@ -210,6 +212,13 @@ class JobService:
         ctx, store = self.ctx, self.ctx.store
         ids, states = req.ids, req.states
         now = ctx.clock()
+        if not ids and req.queue is not None:
+            # A whole queue: bounded batches, one runner call each (maintenance.py).
+            requeued = await self._requeue_all(TaskFilter(states=tuple(states), queue=req.queue), now)
+            if requeued:
+                ctx.work_added()
+            s.reply(rid, {"requeued": requeued, "skipped": [], "unknown": [], "reasons": {}})
+            return
         requeued = await ctx.runner.call(lambda: store.requeue(now, ids=ids, queue=req.queue, states=states))
         rest = [tid for tid in ids if tid not in set(requeued)]
         infos = await ctx.runner.call(lambda: [store.get(tid) for tid in rest]) if rest else []
@@ -225,9 +234,20 @@ class JobService:
             ctx.work_added()
         s.reply(rid, {"requeued": requeued, "skipped": skipped, "unknown": unknown, "reasons": reasons})
 
+    async def _requeue_all(self, flt: TaskFilter, now: float) -> list[str]:
+        """Requeue every finished task ``flt`` selects, batch by batch; their ids."""
+        ctx, done = self.ctx, []
+        cursor: str | None = None
+        while True:
+            got: BulkResult = await ctx.runner.call(
+                functools.partial(ctx.store.requeue_matching, flt, now, limit=maintenance.BATCH, cursor=cursor))
+            done.extend(got.ids)
+            cursor = got.cursor
+            if cursor is None:
+                return done
+
     async def on_purge(self, s: Session, rid: int, req: wire.Purge) -> None:
-        store = self.ctx.store
-        n = await self.ctx.runner.call(lambda: store.purge(queue=req.queue, states=req.states))
+        n = await maintenance.purge(self.ctx, req.queue, req.states)
         s.reply(rid, {"n": n})
 
     async def on_inspect(self, s: Session, rid: int, req: wire.TaskId) -> None:

@@ -30,7 +30,7 @@ from .. import __version__, loops, protocol, wire
 from ..errors import ProtocolError
 from ..records import QueueStats
 from ..store import Store
-from . import eager
+from . import eager, maintenance
 from .connection import Connection
 from .context import Context, Limits, Routes
 from .dispatch import Dispatcher
@@ -87,7 +87,8 @@ class Master:
         self.results = ResultService(self.ctx, self.jobs)
         self.dispatcher = Dispatcher(self.ctx, self.queue_service, self.jobs)
         self.scheduler = Scheduler(self.ctx)  # periodic schedules (master/scheduler.py)
-        self.reaper = Reaper(self.ctx, drop=self.drop, acked=self.queue_service.joiners_may_be_done)
+        self.reaper = Reaper(self.ctx, drop=self.drop, acked=self.queue_service.joiners_may_be_done,
+                             settled=self.jobs.settle_dependents)
         self.delay_timer = DelayTimer(self.ctx)
         self.routes = merge_routes(self._routes(), self.results.routes(), self.dispatcher.routes(),
                                    self.queue_service.routes(), self.jobs.routes(), self.scheduler.routes())
@@ -135,9 +136,14 @@ class Master:
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         ctx.bind_runner(StoreRunner(self.store, loop, inline=self.store.cheap_commits))
-        released = await ctx.runner.call(self.store.release_all, ctx.clock())
+        # Every recovery sweep in bounded batches (maintenance.py): a deep store does not
+        # make one long transaction, and dependency cascades are cut at CASCADE_LIMIT
+        # per call, the rest continued by the reaper.
+        self.store.cascade_limit = maintenance.CASCADE_LIMIT
+        released = await maintenance.release_all(ctx, ctx.clock())
         if released:
             log.info("recovered %d task(s) that were leased when the master stopped", released)
+        await maintenance.settle_pending(ctx, ctx.clock())
         next_due = await ctx.runner.call(self.store.next_due)
         if next_due is not None:
             ctx.delays.due_at(next_due)
