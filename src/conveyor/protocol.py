@@ -62,7 +62,12 @@ CANCEL = "cancel"  # {ids} -> {cancelled, finished, unknown}; also pushed to the
 RETRY = "retry"  # {ids} or {queue, states} -> {requeued, skipped, unknown}
 PURGE = "purge"  # {queue, states} -> {n}
 INSPECT = "inspect"  # {id} -> {task}
-TASKLIST = "tasks"  # {queue, state, limit, offset} -> {tasks}
+TASKLIST = "tasks"  # {filter..., limit, cursor, newest_first} -> {tasks, cursor}; or {queue, state, limit, offset} -> {tasks}
+#: The filter fields of TASKLIST, COUNT, RETRY_MATCHING and CANCEL_MATCHING: states, queue, name,
+#: id_prefix, key, created_from, created_to (all optional; see records.TaskFilter).
+COUNT = "count"  # {filter..., cap} -> {n, exact}: exact False means "at least n"
+RETRY_MATCHING = "retry_matching"  # {filter...} -> {n, ids (the first MAX_REPLY_IDS)}: requeue finished ones
+CANCEL_MATCHING = "cancel_matching"  # {filter...} -> {n, ids (the first MAX_REPLY_IDS)}: cancel unfinished ones
 PROGRESS = "progress"  # worker push {id, token, done, total, message}; pushed on to subscribers
 # Pushes from the master (request_id 0).
 TASKS = "push_tasks"  # {tasks: [[id, token, name, payload, codec, options, extra]...]}
@@ -83,7 +88,7 @@ SCHED_RUN = "sched_run"  # {name} -> {id, new}: enqueue the schedule's task now;
 #: resubscription after a reconnect).
 REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
                          QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, QLIST, CANCEL, RETRY, PURGE,
-                         INSPECT, TASKLIST, SCHED_ADD, SCHED_LIST, SCHED_DEL, SCHED_RUN})
+                         INSPECT, TASKLIST, COUNT, RETRY_MATCHING, CANCEL_MATCHING, SCHED_ADD, SCHED_LIST, SCHED_DEL, SCHED_RUN})
 #: The ops a worker pushes to the master (request_id 0, never answered).
 PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS})
 #: Every op the master accepts from a peer: its routes serve exactly these.

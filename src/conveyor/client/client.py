@@ -23,7 +23,8 @@ from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
 from ..errors import ConnectionLost, NotFound, task_error
 from ..link import Address, parse_address
-from ..records import DELAYED, READY, WAITING, NewTask, Result
+from ..records import DELAYED, READY, WAITING, NewTask, Result, TaskCount
+from .listing import BULK_TIMEOUT, TaskListing, filter_fields, page_fields
 from .options import make_task, split_options
 from .queues import NetworkQueue, ack_auto_items
 from .schedules import ScheduleMixin
@@ -187,9 +188,9 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         fut: cf.Future[Any] = self._core.request_nowait(op, fields)
         return fut
 
-    def _ask(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """Send a request and wait (30 s at most) for its reply fields."""
-        reply: dict[str, Any] = self._request_future(op, fields).result(30)
+    def _ask(self, op: str, fields: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Send a request and wait (30 s at most, unless told) for its reply fields."""
+        reply: dict[str, Any] = self._request_future(op, fields).result(timeout)
         return reply
 
     def _task(self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -346,11 +347,84 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         return task
 
     def tasks(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-              offset: int = 0) -> list[dict[str, Any]]:
-        """Tasks filtered by queue and state, in submit order, a page at a time."""
-        tasks: list[dict[str, Any]] = self._ask(protocol.TASKLIST, {"queue": queue, "state": state,
-                                                                    "limit": limit, "offset": offset})["tasks"]
-        return tasks
+              offset: int = 0, states: Iterable[str] | None = None, name: str | None = None,
+              id_prefix: str | None = None, key: str | None = None, created_from: float | None = None,
+              created_to: float | None = None, newest_first: bool = False,
+              cursor: str | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` tasks the filter selects, in submit order (``newest_first``: newest first).
+
+        With only ``queue``, ``state`` and ``offset`` it is one page by offset (as
+        before). With any other filter field, ``newest_first`` or a ``cursor`` it
+        reads keyset pages (:meth:`task_page`) until it has ``limit`` tasks or
+        the listing ends; use :meth:`task_page` to keep the cursor.
+        """
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        if not (set(flt) - {"queue"}) and not newest_first and cursor is None:
+            if state is not None:
+                flt["state"] = state
+            tasks: list[dict[str, Any]] = self._ask(protocol.TASKLIST, {**flt, "limit": limit,
+                                                                        "offset": offset})["tasks"]
+            return tasks
+        if state is not None:
+            flt["states"] = [*flt.get("states", []), state]
+        if offset:
+            raise ValueError("offset pages only by queue and state: use cursor with other filters")
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self._ask(protocol.TASKLIST, page_fields(flt, limit - len(out), cursor, newest_first))
+            out.extend(page["tasks"])
+            cursor = page["cursor"]
+            if cursor is None or len(out) >= limit:
+                return out
+
+    def task_page(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                  name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                  created_from: float | None = None, created_to: float | None = None,
+                  limit: int = 50, cursor: str | None = None, newest_first: bool = False) -> TaskListing:
+        """One keyset page of the tasks the filter selects and the cursor of the next
+        (None at the end). A page may be short, even empty, with a cursor: ask again.
+
+        ``states`` (any of them), ``queue``, ``name`` (exact task name), ``id_prefix``,
+        ``key`` (the idempotency key given at submit), ``created_from`` <= submit time
+        < ``created_to``. A bad argument is an error naming it; each page costs the
+        master the same at any depth.
+        """
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        page = self._ask(protocol.TASKLIST, page_fields(flt, limit, cursor, newest_first))
+        return TaskListing(page["tasks"], page["cursor"])
+
+    def count_tasks(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                    name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                    created_from: float | None = None, created_to: float | None = None,
+                    cap: int = 10_000) -> TaskCount:
+        """How many tasks the filter selects (as :meth:`task_page` takes it): exact when
+        ``exact``, else at least ``n`` (counting stopped at ``cap``, or at what one call
+        may examine)."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        reply = self._ask(protocol.COUNT, {**flt, "cap": cap})
+        return TaskCount(int(reply["n"]), bool(reply["exact"]))
+
+    def retry_matching(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                       name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                       created_from: float | None = None, created_to: float | None = None) -> dict[str, Any]:
+        """Send every finished task the filter selects back to its queue (in batches on
+        the master): ``{"n": how many, "ids": the first 1000 of them}``. Tasks whose
+        dependency failed are skipped, as in :meth:`retry`."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        return self._ask(protocol.RETRY_MATCHING, flt, timeout=BULK_TIMEOUT)
+
+    def cancel_matching(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                        name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                        created_from: float | None = None, created_to: float | None = None) -> dict[str, Any]:
+        """Cancel every unfinished task the filter selects (in batches on the master;
+        running ones are stopped, as :meth:`cancel` does): ``{"n", "ids" (the first 1000)}``."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        return self._ask(protocol.CANCEL_MATCHING, flt, timeout=BULK_TIMEOUT)
 
     def gather(self, futures: Iterable[cf.Future[Any]], timeout: float | None = None) -> list[Any]:
         """The results of ``futures`` in order (the first failure raises)."""
