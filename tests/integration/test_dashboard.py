@@ -67,6 +67,10 @@ def test_pages_metrics_and_escaping(cluster, dashboards):
     assert m[("conveyor_tasks_total", (("outcome", "succeeded"), *square))] == 7
     assert m[("conveyor_tasks_total", (("outcome", "submitted"), *fail))] == 1
     assert m[("conveyor_tasks_total", (("outcome", "failed"), *fail))] == 1
+    # The store's own counters: tasks now by state, and outcomes ever (persisted).
+    assert m[("conveyor_stored_tasks", (square[0], ("state", "succeeded"), square[1]))] == 7
+    assert m[("conveyor_task_outcomes_total", (("outcome", "succeeded"), *square))] == 7
+    assert m[("conveyor_task_outcomes_total", (("outcome", "failed"), *fail))] == 1
     assert not any(name == "conveyor_tasks_total" and dict(labels)["outcome"] in ("retried", "dead", "cancelled")
                    for name, labels in m)
     # Eight attempts ran, each timed from its push to its result; each waited in the queue first.
@@ -311,6 +315,10 @@ def test_master_down_then_back(make_cluster, dashboards):
     d = dashboards(cluster)
     b = d.browser()
     assert wait_until(lambda: 'id="workers-count">1<' in b.get("/").body)
+    with cluster.client() as c:
+        assert c.submit(f"{TASKS}:square", 4).result(30) == 16
+    square = (("outcome", "succeeded"), ("queue", "default"), ("task", f"{TASKS}:square"))
+    assert wait_until(lambda: samples(b.get("/metrics").body).get(("conveyor_task_outcomes_total", square)) == 1)
     cluster.kill_master()
     assert wait_until(lambda: "Master unreachable" in b.get("/").body)
     assert "Master unreachable" in b.get("/tasks").body
@@ -321,3 +329,5 @@ def test_master_down_then_back(make_cluster, dashboards):
     assert wait_until(lambda: "Master unreachable" not in b.get("/").body, timeout=60)
     assert b.get("/tasks").status == 200
     assert wait_until(lambda: samples(b.get("/metrics").body)[("conveyor_up", ())] == 1)
+    # The store's outcome counters survived the restart (the master's in-memory ones did not).
+    assert wait_until(lambda: samples(b.get("/metrics").body).get(("conveyor_task_outcomes_total", square)) == 2)

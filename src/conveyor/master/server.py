@@ -331,8 +331,17 @@ class Master:
         s.push(protocol.OK, {}) if rid == 0 else s.reply(rid, {})
 
     async def on_status(self, s: Session, rid: int, req: wire.NoFields) -> None:
-        stats = await self.ctx.runner.call(self.store.stats)
-        s.reply(rid, self.status(stats))
+        store = self.store
+
+        def read() -> tuple[dict[str, QueueStats], dict[str, Any]]:
+            # All three from the store's counters: O(queues x task names), never a scan.
+            return store.stats(), {"tasks": _series(store.task_counts()),
+                                   "outcomes": _series(store.outcome_totals())}
+
+        stats, stored = await self.ctx.runner.call(read)
+        doc = self.status(stats)
+        doc["stored"] = stored
+        s.reply(rid, doc)
 
     def status(self, stats: dict[str, QueueStats]) -> dict[str, Any]:
         """The status document ``conveyor status`` prints (and the dashboard polls)."""
@@ -366,6 +375,21 @@ class Master:
                 "started_at": rec.started_at if rec else None, "pool": rec.pool if rec else None,
                 "loop": rec.loop if rec else None, "done": rec.done if rec else 0,
                 "failed": rec.failed if rec else 0}
+
+
+#: The most (queue, task name, state or outcome) rows status carries per series: a
+#: store with more task names than this sends the largest ones (metrics stay bounded).
+MAX_STORED_SERIES = 2000
+
+
+def _series(counts: dict[tuple[str, str | None, str], int]) -> list[list[Any]]:
+    """Store counters as [queue, task name or None, state or outcome, n] rows, bounded."""
+    rows = [[q, name, what, n] for (q, name, what), n in counts.items()]
+    if len(rows) > MAX_STORED_SERIES:
+        rows.sort(key=lambda r: -r[3])
+        del rows[MAX_STORED_SERIES:]
+    rows.sort(key=lambda r: (r[0], r[1] or "", r[2]))
+    return rows
 
 
 def merge_routes(*tables: Routes) -> Routes:
