@@ -41,7 +41,8 @@ _HEADER = struct.Struct(">I")
 
 # Ops. Requests (request_id > 0) are answered with OK or ERR.
 HELLO = "hello"  # {role, name, host, pid, queues, weights, concurrency, periodic, pool, loop} -> {session, heartbeat}
-SUBMIT = "submit"  # {tasks: [wire task...]} -> {new: int}; results are pushed to the submitter
+SUBMIT = "submit"  # {tasks: [wire task...], subscribe} -> {new: int}; results are pushed to the submitter
+#                   unless subscribe is false (fire-and-forget: nothing is kept for them)
 SUBSCRIBE = "subscribe"  # {ids} -> {}; results of those tasks are pushed when stored
 FETCH = "fetch"  # {ids} -> {results: [wire result...], missing: [id...]}
 STATUS = "status"  # {} -> {queues, workers, gone_workers, counters, rates, schedules, metrics...}

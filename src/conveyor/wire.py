@@ -287,7 +287,11 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
+    """Tasks to store; ``subscribe`` False: the sender does not wait for their results
+    (fire-and-forget: the master keeps nothing for them after the commit)."""
+
     tasks: list[NewTask]
+    subscribe: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,7 +461,10 @@ def decode_hello(f: Fields) -> Hello:
 
 def decode_submit(f: Fields) -> Submit:
     items = _list(f.get("tasks"), "submit: tasks", empty=False)
-    return Submit([task_from_wire(item) for item in items])
+    subscribe = f.get("subscribe", True)
+    if not isinstance(subscribe, bool):
+        raise ProtocolError("submit: subscribe must be true or false")
+    return Submit([task_from_wire(item) for item in items], subscribe)
 
 
 def decode_ids(f: Fields) -> Ids:

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from conveyor import protocol, timing
+from conveyor import protocol, timing, wire
 from conveyor.master import Master, maintenance
 from conveyor.records import DEAD, READY, NewTask, TaskFilter
 from conveyor.store import MemoryStore
@@ -185,3 +185,31 @@ def test_a_purge_names_its_bad_state():
 
     run(store, clock, body)
 
+
+
+def test_a_fire_and_forget_submit_leaves_nothing_behind_on_the_master():
+    store, clock = MaintenanceSpy(), Clock(T0)
+
+    async def body(m: Master) -> None:
+        c = Peer(m)
+        c.hello()
+        forget = [wire.task_to_wire(NewTask(f"{i:032x}", "q", "mod:fn", b"\x90")) for i in range(1, 501)]
+        keep = [wire.task_to_wire(NewTask(f"{i:032x}", "q", "mod:fn", b"\x90")) for i in range(501, 511)]
+        c.feed(frame(protocol.SUBMIT, 2, tasks=forget, subscribe=False))
+        c.feed(frame(protocol.SUBMIT, 3, tasks=keep))
+        replies = c.messages()
+        assert [r.fields["new"] for r in replies] == [500, 10]
+        (session,) = m.sessions.values()
+        assert m.ctx.subs.waiting(session) == 10  # only the ones it waits for
+        # Results of forgotten tasks go nowhere; the kept ones are pushed.
+        w = Peer(m)
+        w.hello(role="worker", queues=["q"], concurrency=1)
+        w.feed(frame(protocol.CREDIT, 0, n=510))
+        pushed = [t for msg in w.messages() if msg.op == protocol.TASKS for t in msg.fields["tasks"]]
+        assert len(pushed) == 510
+        w.feed(frame(protocol.ACK, 2, results=[[t[0], t[1], True, b"\x90", "msgpack", None] for t in pushed]))
+        got = [r[0] for msg in c.messages() if msg.op == protocol.RESULTS for r in msg.fields["results"]]
+        assert sorted(got) == sorted(t[0] for t in keep)
+        assert m.ctx.subs.waiting(session) == 0 and m.ctx.subs.nbytes() == 0
+
+    run(store, clock, body)

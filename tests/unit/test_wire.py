@@ -205,6 +205,8 @@ def test_defaults_where_fields_are_left_out():
     assert wire.decode(protocol.HELLO, {"role": "client", "pid": "12", "name": "n" * 999}).pid is None
     assert len(wire.decode(protocol.HELLO, {"role": "client", "name": "n" * 999}).name) == wire.MAX_PEER_NAME
     assert wire.decode(protocol.ACK, {"results": []}).credit == 0
+    assert wire.decode(protocol.SUBMIT, GOOD[protocol.SUBMIT]).subscribe is True
+    assert wire.decode(protocol.SUBMIT, {**GOOD[protocol.SUBMIT], "subscribe": False}).subscribe is False
     assert wire.decode(protocol.QGET, {"queue": "q"}) == wire.QGet("q", 1, None, False)
     assert wire.decode(protocol.RETRY, {"ids": [TID]}).states == list(wire.RETRYABLE_STATES)
     assert wire.decode(protocol.RETRY, {"queue": "q"}).states == ["dead"]
@@ -292,6 +294,8 @@ BAD = [
     _with(protocol.SUBMIT, tasks=_MISSING),
     _with(protocol.SUBMIT, tasks=[_task(codec="yaml")]),
     _with(protocol.SUBMIT, tasks=[_task()] * TOO_MANY),
+    _with(protocol.SUBMIT, subscribe="no"),
+    _with(protocol.SUBMIT, subscribe=None),
     # ids
     _with(protocol.SUBSCRIBE, ids=TID),
     _with(protocol.SUBSCRIBE, ids=[1]),

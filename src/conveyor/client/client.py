@@ -17,7 +17,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
-from typing import Any
+from typing import Any, Literal, overload
 
 from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
@@ -181,6 +181,15 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         committed.add_done_callback(failed)
         return futures, committed
 
+    def _send_only(self, tasks: list[NewTask]) -> cf.Future[Any]:
+        """Send tasks fire-and-forget (nothing waits for their results); a future for the commit."""
+        if self._closed:
+            raise ConnectionLost("client is closed")
+        from .. import wire
+
+        return self._request_future(protocol.SUBMIT, {"tasks": [wire.task_to_wire(t) for t in tasks],
+                                                      "subscribe": False})
+
     def _request_future(self, op: str, fields: dict[str, Any]) -> cf.Future[Any]:
         """Send a request from any thread; a concurrent future of its reply fields."""
         if self._closed:
@@ -199,31 +208,77 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         return make_task(fn, args, kwargs, **options)
 
     # -- submitting --------------------------------------------------------
-    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> TaskFuture:
+    @overload
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: Literal[True] = ...,
+               **kwargs: Any) -> TaskFuture: ...
+
+    @overload
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: Literal[False],
+               **kwargs: Any) -> str: ...
+
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: bool = True,
+               **kwargs: Any) -> TaskFuture | str:
         """Run ``fn(*args, **kwargs)`` on a worker; returns once the master committed it.
 
         ``fn`` is a module-level function or a ``"module:function"`` string.
         Keyword arguments named like submit options (``queue``, ``priority``,
         ``countdown``, ``timeout``, ``retries``, ``after``, ``key``... every name
         in ``conveyor.options.OPTIONS``) are options; use :meth:`submit_call` to
-        pass such a name to the task itself. A bad option raises ValueError
+        pass such a name (or ``result``) to the task itself. A bad option raises ValueError
         naming it; an argument the codec cannot encode raises TypeError here.
+
+        ``result=False`` is fire-and-forget: it returns the task id (once committed)
+        instead of a future, and neither the master nor this client keeps anything
+        for the task afterwards (no subscription, no future): what to use for a
+        million tasks whose results nobody waits for. :meth:`result` still
+        fetches its result by id later.
         """
         call_kwargs, options = split_options(kwargs)
-        return self.submit_call(fn, args, call_kwargs, **options)
+        return self.submit_call(fn, args, call_kwargs, result=result, **options)
+
+    @overload
+    def submit_call(self, fn: Callable[..., Any] | str, args: Iterable[Any] = (),
+                    kwargs: dict[str, Any] | None = None, *, result: Literal[True] = ...,
+                    **options: Any) -> TaskFuture: ...
+
+    @overload
+    def submit_call(self, fn: Callable[..., Any] | str, args: Iterable[Any] = (),
+                    kwargs: dict[str, Any] | None = None, *, result: Literal[False],
+                    **options: Any) -> str: ...
 
     def submit_call(self, fn: Callable[..., Any] | str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-                    **options: Any) -> TaskFuture:
+                    *, result: bool = True, **options: Any) -> TaskFuture | str:
         """Like :meth:`submit`, with the task's arguments given apart from the options."""
         task = self._task(fn, tuple(args), dict(kwargs or {}), options)
+        if not result:
+            self._send_only([task]).result()
+            return task.id
         futures, committed = self._send([task])
         committed.result()
         return futures[0]
 
-    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], **options: Any) -> list[TaskFuture]:
-        """Submit ``fn(*args)`` for every args in ``arglist`` in batched frames; returns after commit."""
+    @overload
+    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], *,
+                    result: Literal[True] = ..., **options: Any) -> list[TaskFuture]: ...
+
+    @overload
+    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], *,
+                    result: Literal[False], **options: Any) -> list[str]: ...
+
+    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], *,
+                    result: bool = True, **options: Any) -> list[TaskFuture] | list[str]:
+        """Submit ``fn(*args)`` for every args in ``arglist`` in batched frames; returns after commit.
+
+        ``result=False``: fire-and-forget (see :meth:`submit`), the task ids instead of futures.
+        """
         tasks = [self._task(fn, tuple(args), {}, dict(options)) for args in arglist]
         pending: list[cf.Future[Any]] = []
+        if not result:
+            for i in range(0, len(tasks), 1000):
+                pending.append(self._send_only(tasks[i:i + 1000]))
+            for c in pending:
+                c.result()
+            return [t.id for t in tasks]
         futures: list[TaskFuture] = []
         for i in range(0, len(tasks), 1000):
             fs, committed = self._send(tasks[i:i + 1000])

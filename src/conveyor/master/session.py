@@ -71,7 +71,6 @@ class Session:
     concurrency: int = 0
     credit: int = 0
     inflight: dict[str, int] = field(default_factory=dict)  # task id -> lease token
-    subscriptions: set[str] = field(default_factory=set)
     holds_items: bool = False  # has leased plain-queue items: release them when it goes
     last_seen: float = 0.0  # monotonic time of its last bytes (the master's injected clock)
     hold: WriteHold | None = field(default=None, repr=False)  # the master's, while it holds writes
