@@ -29,7 +29,6 @@ from .records import (
     TaskFilter,
 )
 from .serde import CODECS
-from .store import validate
 
 MAX_ID = 128
 MAX_NAME = 512
@@ -544,8 +543,7 @@ def decode_task_id(f: Fields) -> TaskId:
 
 #: The fields of a task filter on the wire (``state``, one state, is the older spelling).
 FILTER_FIELDS = ("states", "state", "queue", "name", "id_prefix", "key", "created_from", "created_to")
-#: The largest cap a ``count`` may ask for, and its default.
-MAX_COUNT_CAP = validate.MAX_COUNT_CAP
+#: A ``count``'s cap when the request names none (at most the stores' MAX_COUNT_CAP).
 DEFAULT_COUNT_CAP = 10_000
 
 
@@ -555,6 +553,8 @@ def task_filter(f: Fields) -> TaskFilter:
     Checked by the stores' own validator (the same rules and messages), here, before
     any store call: bad input never reaches (or scans) the store.
     """
+    from .store import validate  # the master's side only: a client loads no store code
+
     states = f.get("states")
     state = f.get("state")
     if states is None:
@@ -572,6 +572,8 @@ def task_filter(f: Fields) -> TaskFilter:
 
 
 def decode_task_list(f: Fields) -> TaskList:
+    from .store import validate
+
     flt = task_filter(f)
     limit = f.get("limit", 50)
     try:
@@ -595,9 +597,11 @@ def decode_task_list(f: Fields) -> TaskList:
 
 
 def decode_count(f: Fields) -> CountTasks:
+    from .store import validate
+
     cap = f.get("cap", DEFAULT_COUNT_CAP)
     try:
-        validate.check_int("cap", cap, 1, MAX_COUNT_CAP)
+        validate.check_int("cap", cap, 1, validate.MAX_COUNT_CAP)
     except ValueError as exc:
         raise ProtocolError(str(exc)) from None
     return CountTasks(task_filter(f), cap)

@@ -35,23 +35,91 @@ DEFAULT_ADDRESS = "127.0.0.1:7700"
 _NOT_STARTED = frozenset({READY, DELAYED, WAITING})  # what Executor.shutdown(cancel_futures=True) cancels
 
 
+#: The one Condition every TaskFuture waits on: a Condition per future (what
+#: ``concurrent.futures.Future`` makes) is most of its ~1.7 KB, and a client may
+#: hold a million futures. Waiters loop on their own future's state, so a
+#: wake-up meant for another future only costs a re-check.
+_SHARED_CONDITION = threading.Condition()
+_PENDING, _RUNNING = cf._base.PENDING, cf._base.RUNNING
+_CANCELLED, _NOTIFIED, _FINISHED = cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED
+
+
 class TaskFuture(cf.Future[Any]):
     """A ``concurrent.futures.Future`` for one task; ``task_id`` names it on the master.
 
     ``cancel()`` cancels the task on the master (a queued or delayed task never
     runs; a running one is stopped). ``progress`` is the task's latest progress
     report (``{"done", "total", "message"}``) or None.
+
+    Slim: every TaskFuture shares one Condition (see ``_SHARED_CONDITION``), so a
+    held future costs a few hundred bytes, not ~1.7 KB; ``result``/``exception``
+    wait in a loop on their own state. It is still a ``concurrent.futures.Future``:
+    ``concurrent.futures.wait``, ``as_completed`` and ``add_done_callback`` work as usual.
     """
 
     def __init__(self, task_id: str, client: Client | None = None) -> None:
-        super().__init__()
+        # Not Future.__init__: the same fields, with the shared Condition.
+        self._condition = _SHARED_CONDITION
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[cf.Future[Any]], object]] = []
         self.task_id = task_id
         self.progress: dict[str, Any] | None = None
         self._client = client
-        self._progress_callbacks: list[Callable[[TaskFuture], Any]] = []
+        self._progress_callbacks: list[Callable[[TaskFuture], Any]] | None = None
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} {self._state.lower()}>"
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait (holding the shared Condition) until this future is done or cancelled;
+        TimeoutError when ``timeout`` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._state not in (_FINISHED, _CANCELLED, _NOTIFIED):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError()
+            self._condition.wait(remaining)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's value; its exception raised; CancelledError; TimeoutError after ``timeout``."""
+        with self._condition:
+            self._wait(timeout)
+            if self._state != _FINISHED:
+                raise cf.CancelledError()
+            if self._exception is not None:
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # type: ignore[assignment]  # no reference cycle through the traceback
+            return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception (None if it succeeded); CancelledError; TimeoutError after ``timeout``."""
+        with self._condition:
+            self._wait(timeout)
+            if self._state != _FINISHED:
+                raise cf.CancelledError()
+            return self._exception
+
+    def __call__(self, result: Result) -> None:
+        """Resolve from the task's stored result (the client's result callback: the
+        future is its own, so a held future needs no closure besides it)."""
+        if self.done():
+            return
+        if result.state == "cancelled":
+            self._mark_cancelled()
+            return
+        ok, value = decode_result(result, allow_pickle=self._client is not None and self._client.allow_pickle)
+        try:
+            if ok:
+                self.set_result(value)
+            else:
+                self.set_exception(value)
+        except cf.InvalidStateError:
+            pass  # resolved meanwhile by another thread
 
     def cancel(self) -> bool:
         """Cancel the task on the master; True if it is cancelled (now or already)."""
@@ -68,9 +136,9 @@ class TaskFuture(cf.Future[Any]):
     def _mark_cancelled(self) -> None:
         """The master cancelled the task: the future raises CancelledError."""
         with self._condition:
-            if self._state in (cf._base.FINISHED, cf._base.CANCELLED_AND_NOTIFIED):
+            if self._state in (_FINISHED, _NOTIFIED):
                 return
-            self._state = cf._base.CANCELLED_AND_NOTIFIED
+            self._state = _NOTIFIED
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
@@ -78,11 +146,13 @@ class TaskFuture(cf.Future[Any]):
 
     def add_progress_callback(self, fn: Callable[[TaskFuture], Any]) -> None:
         """Call ``fn(future)`` on every progress report (from the client's I/O thread)."""
+        if self._progress_callbacks is None:
+            self._progress_callbacks = []
         self._progress_callbacks.append(fn)
 
     def _on_progress(self, report: dict[str, Any]) -> None:
         self.progress = report
-        for fn in list(self._progress_callbacks):
+        for fn in list(self._progress_callbacks or ()):
             try:
                 fn(self)
             except Exception:
@@ -145,21 +215,8 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     # -- plumbing ----------------------------------------------------------
     def _resolver(self, fut: TaskFuture) -> Callable[[Result], None]:
-        allow = self.allow_pickle
-
-        def resolve(result: Result) -> None:
-            if fut.done():
-                return
-            if result.state == "cancelled":
-                fut._mark_cancelled()
-                return
-            ok, value = decode_result(result, allow_pickle=allow)
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-
-        return resolve
+        """The callback that resolves ``fut`` from its task's result: the future itself."""
+        return fut
 
     def _send(self, tasks: list[NewTask]) -> tuple[list[TaskFuture], cf.Future[Any]]:
         """Send tasks without waiting: their futures, and a future for the commit."""
@@ -234,7 +291,11 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         fetches its result by id later.
         """
         call_kwargs, options = split_options(kwargs)
-        return self.submit_call(fn, args, call_kwargs, result=result, **options)
+        if not result:
+            tid: str = self.submit_call(fn, args, call_kwargs, result=False, **options)
+            return tid
+        fut: TaskFuture = self.submit_call(fn, args, call_kwargs, **options)
+        return fut
 
     @overload
     def submit_call(self, fn: Callable[..., Any] | str, args: Iterable[Any] = (),
@@ -330,7 +391,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
         if not progress:
             return gen()
-        from tqdm import tqdm  # type: ignore[import-untyped]
+        from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
         total = min((len(i) for i in iterables if isinstance(i, Sized)), default=None)
 

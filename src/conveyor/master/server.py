@@ -384,7 +384,7 @@ MAX_STORED_SERIES = 2000
 
 def _series(counts: dict[tuple[str, str | None, str], int]) -> list[list[Any]]:
     """Store counters as [queue, task name or None, state or outcome, n] rows, bounded."""
-    rows = [[q, name, what, n] for (q, name, what), n in counts.items()]
+    rows: list[list[Any]] = [[q, name, what, n] for (q, name, what), n in counts.items()]
     if len(rows) > MAX_STORED_SERIES:
         rows.sort(key=lambda r: -r[3])
         del rows[MAX_STORED_SERIES:]
