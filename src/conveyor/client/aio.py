@@ -7,7 +7,7 @@ import itertools
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 from .. import protocol, serde, wire
 from ..errors import NotFound
@@ -71,14 +71,28 @@ class AsyncClient:
         options.setdefault("codec", self.codec)
         return make_task(fn, args, kwargs, **options)
 
-    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    @overload
+    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: Literal[True] = ...,
+                     **kwargs: Any) -> asyncio.Future[Any]: ...
+
+    @overload
+    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: Literal[False],
+                     **kwargs: Any) -> str: ...
+
+    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: bool = True,
+                     **kwargs: Any) -> asyncio.Future[Any] | str:
         """Submit ``fn(*args, **kwargs)``; returns (after commit) a future of its result.
 
         Submit options (every name in ``conveyor.options.OPTIONS``) are taken
-        from the keywords as in :meth:`conveyor.Client.submit`.
+        from the keywords as in :meth:`conveyor.Client.submit`. ``result=False``
+        is fire-and-forget, as there: the task id (after commit), nothing kept for it.
         """
         call_kwargs, options = split_options(kwargs)
-        futures, committed = self._send([self._task(fn, args, call_kwargs, options)])
+        task = self._task(fn, args, call_kwargs, options)
+        if not result:
+            await self._core.request(protocol.SUBMIT, {"tasks": [wire.task_to_wire(task)], "subscribe": False})
+            return task.id
+        futures, committed = self._send([task])
         await committed
         return futures[0]
 
