@@ -34,8 +34,8 @@ class ResultTracking(LinkState):
     Mixed in before an I/O edge (``AsyncLink``, ``BlockingLink``): it adds
     ``submit_nowait`` and ``watch``, takes RESULTS pushes, and after each
     reconnect resubscribes every task still waiting whose submit was committed
-    (the store has it: nothing accepted is lost) and resubmits the others (a
-    submit still unanswered is resent by the link itself).
+    (the store has it: nothing accepted is lost) and resubmits the others and
+    those with dependencies (a submit still unanswered is resent by the link itself).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -99,10 +99,12 @@ class ResultTracking(LinkState):
                 # Committed: the store has the task now, so after a reconnect a SUBSCRIBE
                 # (its id) is enough. Keeping only the id and the callbacks halves what a
                 # held future costs here and spares a restarted master re-inserting
-                # every waiting task.
+                # every waiting task. Not for a task with dependencies (``after``, the
+                # wire item's last field): resubmitting it is what tells a restarted
+                # master to follow it (to deliver its failure if a dependency fails).
                 for item in items:
                     entry = self._pending.get(item[0])
-                    if entry is not None and entry[0] is item:
+                    if entry is not None and entry[0] is item and not item[8]:
                         self._pending[item[0]] = (None, entry[1])
 
         fut.add_done_callback(settled)
