@@ -8,7 +8,9 @@ For each depth (10k, 100k, 500k, 1M tasks queued by default), in one run:
 - ``client.status()`` time (median of 5);
 - restart: ``kill -9`` of the master, start again on the same data, time until
   a new client's ``status()`` answers;
-- drain rate: 2 workers start; the time from the first result to the 10,000th.
+- drain rate: 2 workers start; the time from the first result to the 10,000th;
+- the same again fire-and-forget (``submit_many(..., result=False)``, row "forget"):
+  no futures held, no subscriptions on the master; drain from its completed counter.
 
 The peer is the tutorial's manager: a ``queue.Queue`` served by a
 ``BaseManager`` (in memory, lost on exit), the same depth put into it, the
@@ -136,7 +138,12 @@ def bench_managers(depth: int) -> dict[str, float]:
             "drain": drain, "restart_s": float("nan"), "client_b": float("nan")}
 
 
-def bench_conveyor(depth: int) -> dict[str, float]:
+def _completed(client) -> int:
+    return int(client.status()["counters"].get("completed", 0))
+
+
+def bench_conveyor(depth: int, forget: bool = False) -> dict[str, float]:
+    """``forget``: fire-and-forget submits (``result=False``): no futures, no subscriptions."""
     with tempfile.TemporaryDirectory() as tmp, \
             LocalCluster(workers=0, data=f"{tmp}/data", log_dir=f"{tmp}/logs") as cluster:
         with cluster.client() as client:
@@ -147,7 +154,8 @@ def bench_conveyor(depth: int) -> dict[str, float]:
             def submit(n: int) -> float:
                 t0 = time.perf_counter()
                 for start in range(0, n, BATCH):
-                    futures.extend(client.submit_many(TASK, [(i,) for i in range(start, start + BATCH)]))
+                    futures.extend(client.submit_many(TASK, [(i,) for i in range(start, start + BATCH)],
+                                                      result=not forget))
                 return n / (time.perf_counter() - t0)
 
             empty_rate = submit(STEP)
@@ -168,11 +176,21 @@ def bench_conveyor(depth: int) -> dict[str, float]:
 
             for _ in range(2):
                 cluster.start_worker()
-            futures[0].result(timeout=600)  # timed from the first result: worker start-up is not drain
-            t0 = time.perf_counter()
-            for f in futures[1:STEP]:
-                f.result(timeout=600)
-            drain = (STEP - 1) / (time.perf_counter() - t0)
+            if forget:  # no futures: the master's completed counter, polled
+                with cluster.client() as probe:
+                    while _completed(probe) == 0:
+                        time.sleep(0.01)
+                    t0 = time.perf_counter()
+                    first = _completed(probe)
+                    while (done := _completed(probe)) < first + STEP - 1:
+                        time.sleep(0.01)
+                    drain = (done - first) / (time.perf_counter() - t0)
+            else:
+                futures[0].result(timeout=600)  # timed from the first result: worker start-up is not drain
+                t0 = time.perf_counter()
+                for f in futures[1:STEP]:
+                    f.result(timeout=600)
+                drain = (STEP - 1) / (time.perf_counter() - t0)
             for w in cluster.workers:  # a cold stop: nobody waits for a million tasks
                 cluster._kill(w)
     return {"rss": rss, "status_ms": status_ms, "submit_empty": empty_rate, "submit_deep": deep_rate,
@@ -189,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     rows = []
     for depth in depths:
-        for name, fn in (("managers", bench_managers), ("conveyor", bench_conveyor)):
+        for name, fn in (("managers", bench_managers), ("conveyor", bench_conveyor),
+                         ("forget", lambda d: bench_conveyor(d, forget=True))):
             r = fn(depth)
             rows.append((depth, name, r))
             print(f"  measured {name} at {depth:,}", flush=True)

@@ -334,10 +334,11 @@ def not_before(values: Mapping[str, Any], now: float) -> float:
 
 
 def key_id(key: str) -> str:
-    """The task id for an idempotency key: one key, one task (the store is idempotent by id)."""
-    import hashlib
+    """The task id for an idempotency key: one key, one task (the store is idempotent by id).
+    The one formula is :func:`conveyor.records.task_id_for_key` (stores filter by key with it)."""
+    from .records import task_id_for_key
 
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+    return task_id_for_key(key)
 
 
 # -- readers: a stored task's options, tolerant of anything ------------------------

@@ -41,7 +41,8 @@ _HEADER = struct.Struct(">I")
 
 # Ops. Requests (request_id > 0) are answered with OK or ERR.
 HELLO = "hello"  # {role, name, host, pid, queues, weights, concurrency, periodic, pool, loop} -> {session, heartbeat}
-SUBMIT = "submit"  # {tasks: [wire task...]} -> {new: int}; results are pushed to the submitter
+SUBMIT = "submit"  # {tasks: [wire task...], subscribe} -> {new: int}; results are pushed to the submitter
+#                   unless subscribe is false (fire-and-forget: nothing is kept for them)
 SUBSCRIBE = "subscribe"  # {ids} -> {}; results of those tasks are pushed when stored
 FETCH = "fetch"  # {ids} -> {results: [wire result...], missing: [id...]}
 STATUS = "status"  # {} -> {queues, workers, gone_workers, counters, rates, schedules, metrics...}
@@ -62,7 +63,12 @@ CANCEL = "cancel"  # {ids} -> {cancelled, finished, unknown}; also pushed to the
 RETRY = "retry"  # {ids} or {queue, states} -> {requeued, skipped, unknown}
 PURGE = "purge"  # {queue, states} -> {n}
 INSPECT = "inspect"  # {id} -> {task}
-TASKLIST = "tasks"  # {queue, state, limit, offset} -> {tasks}
+TASKLIST = "tasks"  # {filter..., limit, cursor, newest_first} -> {tasks, cursor}; or {queue, state, limit, offset} -> {tasks}
+#: The filter fields of TASKLIST, COUNT, RETRY_MATCHING and CANCEL_MATCHING: states, queue, name,
+#: id_prefix, key, created_from, created_to (all optional; see records.TaskFilter).
+COUNT = "count"  # {filter..., cap} -> {n, exact}: exact False means "at least n"
+RETRY_MATCHING = "retry_matching"  # {filter...} -> {n, ids (the first MAX_REPLY_IDS)}: requeue finished ones
+CANCEL_MATCHING = "cancel_matching"  # {filter...} -> {n, ids (the first MAX_REPLY_IDS)}: cancel unfinished ones
 PROGRESS = "progress"  # worker push {id, token, done, total, message}; pushed on to subscribers
 STARTED = "started"  # worker push {leases: [[id, token]...]}: those tasks left its prefetch and began
 # Pushes from the master (request_id 0).
@@ -84,7 +90,7 @@ SCHED_RUN = "sched_run"  # {name} -> {id, new}: enqueue the schedule's task now;
 #: resubscription after a reconnect).
 REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
                          QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, QLIST, CANCEL, RETRY, PURGE,
-                         INSPECT, TASKLIST, SCHED_ADD, SCHED_LIST, SCHED_DEL, SCHED_RUN})
+                         INSPECT, TASKLIST, COUNT, RETRY_MATCHING, CANCEL_MATCHING, SCHED_ADD, SCHED_LIST, SCHED_DEL, SCHED_RUN})
 #: The ops a worker pushes to the master (request_id 0, never answered).
 PEER_PUSH_OPS = frozenset({CREDIT, PROGRESS, STARTED})
 #: Every op the master accepts from a peer: its routes serve exactly these.

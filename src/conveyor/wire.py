@@ -16,7 +16,18 @@ from typing import Any
 
 from . import protocol
 from .errors import ProtocolError
-from .records import CANCELLED, DEAD, FAILED, FINISHED, STATES, Lease, NewTask, Outcome, Result
+from .records import (
+    CANCELLED,
+    DEAD,
+    FAILED,
+    FINISHED,
+    STATES,
+    Lease,
+    NewTask,
+    Outcome,
+    Result,
+    TaskFilter,
+)
 from .serde import CODECS
 
 MAX_ID = 128
@@ -285,7 +296,11 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
+    """Tasks to store; ``subscribe`` False: the sender does not wait for their results
+    (fire-and-forget: the master keeps nothing for them after the commit)."""
+
     tasks: list[NewTask]
+    subscribe: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,10 +399,31 @@ class TaskId:
 
 @dataclass(frozen=True, slots=True)
 class TaskList:
-    queue: str | None
-    state: str | None
+    """A ``tasks`` request: the filter, the page size, and either a keyset ``cursor``
+    (``keyset``: the request carried a ``cursor`` field, None for the first page) or
+    the older ``offset`` paging (requests without a cursor field, kept for old peers)."""
+
+    flt: TaskFilter
     limit: int
     offset: int
+    keyset: bool = False
+    cursor: str | None = None
+    newest_first: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CountTasks:
+    """A ``count`` request: a filter and the most to count before saying "at least"."""
+
+    flt: TaskFilter
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class Matching:
+    """A bulk retry or cancel by filter."""
+
+    flt: TaskFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,7 +475,10 @@ def decode_hello(f: Fields) -> Hello:
 
 def decode_submit(f: Fields) -> Submit:
     items = _list(f.get("tasks"), "submit: tasks", empty=False)
-    return Submit([task_from_wire(item) for item in items])
+    subscribe = f.get("subscribe", True)
+    if not isinstance(subscribe, bool):
+        raise ProtocolError("submit: subscribe must be true or false")
+    return Submit([task_from_wire(item) for item in items], subscribe)
 
 
 def decode_ids(f: Fields) -> Ids:
@@ -521,14 +560,74 @@ def decode_task_id(f: Fields) -> TaskId:
     return TaskId(id_list([f.get("id")], "id")[0])
 
 
-def decode_task_list(f: Fields) -> TaskList:
+#: The fields of a task filter on the wire (``state``, one state, is the older spelling).
+FILTER_FIELDS = ("states", "state", "queue", "name", "id_prefix", "key", "created_from", "created_to")
+#: A ``count``'s cap when the request names none (at most the stores' MAX_COUNT_CAP).
+DEFAULT_COUNT_CAP = 10_000
+
+
+def task_filter(f: Fields) -> TaskFilter:
+    """The :class:`TaskFilter` in a request's fields; ProtocolError naming the bad field.
+
+    Checked by the stores' own validator (the same rules and messages), here, before
+    any store call: bad input never reaches (or scans) the store.
+    """
+    from .store import validate  # the master's side only: a client loads no store code
+
+    states = f.get("states")
     state = f.get("state")
-    if state is not None and state not in STATES:
-        raise ProtocolError(f"state must be one of {', '.join(STATES)}")
-    limit, offset = f.get("limit", 50), f.get("offset", 0)
-    if not _is_int(limit) or not 1 <= limit <= MAX_PAGE or not _is_int(offset) or offset < 0:
-        raise ProtocolError(f"limit must be 1..{MAX_PAGE} and offset >= 0")
-    return TaskList(_opt_queue(f), state, limit, offset)
+    if states is None:
+        states = [] if state is None else [state]
+    elif state is not None:
+        raise ProtocolError("give states or state, not both")
+    if not isinstance(states, list) or len(states) > len(STATES):
+        raise ProtocolError(f"states must be a list of at most {len(STATES)} state names")
+    try:
+        return validate.check_filter(TaskFilter(
+            states=tuple(states), queue=f.get("queue"), name=f.get("name"), id_prefix=f.get("id_prefix"),
+            key=f.get("key"), created_from=f.get("created_from"), created_to=f.get("created_to")))
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+def decode_task_list(f: Fields) -> TaskList:
+    from .store import validate
+
+    flt = task_filter(f)
+    limit = f.get("limit", 50)
+    try:
+        validate.check_int("limit", limit, 1, MAX_PAGE)
+        if "cursor" in f:  # keyset paging
+            if "offset" in f and f["offset"]:
+                raise ValueError("give cursor or offset, not both")
+            newest_first = f.get("newest_first", False)
+            if not isinstance(newest_first, bool):
+                raise ValueError(f"newest_first must be true or false, not {newest_first!r}")
+            validate.check_cursor(f["cursor"])
+            return TaskList(flt, limit, 0, True, f["cursor"], newest_first)
+        offset = validate.check_int("offset", f.get("offset", 0), 0, None)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+    if len(flt.states) > 1 or flt.name or flt.id_prefix or flt.key or flt.created_from is not None \
+            or flt.created_to is not None:
+        raise ProtocolError("offset paging filters by queue and one state only: send a cursor "
+                            "(None for the first page) to filter by more")
+    return TaskList(flt, limit, offset)
+
+
+def decode_count(f: Fields) -> CountTasks:
+    from .store import validate
+
+    cap = f.get("cap", DEFAULT_COUNT_CAP)
+    try:
+        validate.check_int("cap", cap, 1, validate.MAX_COUNT_CAP)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+    return CountTasks(task_filter(f), cap)
+
+
+def decode_matching(f: Fields) -> Matching:
+    return Matching(task_filter(f))
 
 
 def decode_sched_add(f: Fields) -> SchedAdd:
@@ -571,6 +670,9 @@ DECODERS: dict[str, Callable[[Fields], Any]] = {
     protocol.PURGE: decode_purge,
     protocol.INSPECT: decode_task_id,
     protocol.TASKLIST: decode_task_list,
+    protocol.COUNT: decode_count,
+    protocol.RETRY_MATCHING: decode_matching,
+    protocol.CANCEL_MATCHING: decode_matching,
     protocol.SCHED_ADD: decode_sched_add,
     protocol.SCHED_LIST: decode_nothing,
     protocol.SCHED_DEL: decode_name,

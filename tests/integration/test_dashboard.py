@@ -6,6 +6,7 @@ refusal, escaping, 404, the login wall, refusals at start, master down and back.
 
 from __future__ import annotations
 
+import html
 import re
 import time
 import urllib.parse
@@ -75,6 +76,10 @@ def test_pages_metrics_and_escaping(own_cluster, dashboards):
     assert m[("conveyor_tasks_total", (("outcome", "succeeded"), *square))] == 7
     assert m[("conveyor_tasks_total", (("outcome", "submitted"), *fail))] == 1
     assert m[("conveyor_tasks_total", (("outcome", "failed"), *fail))] == 1
+    # The store's own counters: tasks now by state, and outcomes ever (persisted).
+    assert m[("conveyor_stored_tasks", (square[0], ("state", "succeeded"), square[1]))] == 7
+    assert m[("conveyor_task_outcomes_total", (("outcome", "succeeded"), *square))] == 7
+    assert m[("conveyor_task_outcomes_total", (("outcome", "failed"), *fail))] == 1
     assert not any(name == "conveyor_tasks_total" and dict(labels)["outcome"] in ("retried", "dead", "cancelled")
                    for name, labels in m)
     # Eight attempts ran, each timed from its push to its result; each waited in the queue first.
@@ -121,6 +126,10 @@ def test_pages_metrics_and_escaping(own_cluster, dashboards):
     assert own_cluster.authkey.decode() not in d.log.read_text()
 
 
+def _links(body: str) -> list[str]:
+    return re.findall(r'class="task-link" href="/tasks/([^"]+)"', body)
+
+
 def test_task_list_filters_pages_and_bulk_retry(own_cluster, dashboards, tmp_path):
     d = dashboards(own_cluster)
     b = d.browser()
@@ -142,7 +151,7 @@ def test_task_list_filters_pages_and_bulk_retry(own_cluster, dashboards, tmp_pat
     assert both.status == 200 and "4 task(s) match" in both.body and later.task_id in both.body
     only_q = b.get("/tasks?state=failed&state=delayed&queue=default")
     assert "3 task(s) match" in only_q.body and later.task_id not in only_q.body
-    by_name = b.get("/tasks?name=flaky")
+    by_name = b.get("/tasks?" + urllib.parse.urlencode({"name": f"{TASKS}:flaky"}))  # the exact name
     assert "3 task(s) match" in by_name.body
     prefix = ok[0].task_id[:-1]
     by_prefix = b.get("/tasks?" + urllib.parse.urlencode({"prefix": prefix}))
@@ -150,14 +159,19 @@ def test_task_list_filters_pages_and_bulk_retry(own_cluster, dashboards, tmp_pat
     future = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 7200))
     assert "0 task(s) match" in b.get(f"/tasks?since={future}").body
     assert "64 task(s) match" in b.get(f"/tasks?until={future}").body
-    # Pages of 50, newest first by default, oldest first on request.
+    # Pages of 50 by cursor, newest first by default, oldest first on request.
     first = b.get("/tasks")
-    assert "page 1 of 2" in first.body and first.body.count('class="task-link"') == 50
-    second = b.get("/tasks?page=2")
-    assert second.body.count('class="task-link"') == 14
+    assert "64 task(s) match" in first.body and first.body.count('class="task-link"') == 50
+    assert 'rel="prev"' not in first.body
+    next_q = html.unescape(re.search(r'href="/tasks\?([^"]*)" rel="next"', first.body).group(1))
+    second = b.get("/tasks?" + next_q)
+    assert second.body.count('class="task-link"') == 14 and 'rel="next"' not in second.body
+    assert ok[0].task_id in second.body and ok[0].task_id not in first.body  # the oldest is on page 2
+    prev_q = html.unescape(re.search(r'href="/tasks\?([^"]*)" rel="prev"', second.body).group(1))
+    assert _links(b.get("/tasks?" + prev_q).body) == _links(first.body)
     oldest = b.get("/tasks?order=asc")
     assert oldest.body.index(ok[0].task_id) < oldest.body.index(ok[1].task_id)
-    assert ok[0].task_id not in first.body  # newest first: the oldest is on page 2
+    assert b.get("/tasks?cursor=nonsense").status == 400
     # Bulk retry of the failed ones: the confirmation says how many, then it retries them.
     confirm = b.get("/tasks/bulk?action=retry&state=failed")
     assert confirm.status == 200 and "Retry 3 task(s)" in confirm.body
@@ -310,6 +324,10 @@ def test_master_down_then_back(make_cluster, dashboards):
     d = dashboards(cluster)
     b = d.browser()
     assert wait_until(lambda: 'id="workers-count">1<' in b.get("/").body)
+    with cluster.client() as c:
+        assert c.submit(f"{TASKS}:square", 4).result(30) == 16
+    square = (("outcome", "succeeded"), ("queue", "default"), ("task", f"{TASKS}:square"))
+    assert wait_until(lambda: samples(b.get("/metrics").body).get(("conveyor_task_outcomes_total", square)) == 1)
     cluster.kill_master()
     assert wait_until(lambda: "Master unreachable" in b.get("/").body)
     assert "Master unreachable" in b.get("/tasks").body
@@ -320,3 +338,5 @@ def test_master_down_then_back(make_cluster, dashboards):
     assert wait_until(lambda: "Master unreachable" not in b.get("/").body, timeout=60)
     assert b.get("/tasks").status == 200
     assert wait_until(lambda: samples(b.get("/metrics").body)[("conveyor_up", ())] == 1)
+    # The store's outcome counters survived the restart (the master's in-memory ones did not).
+    assert wait_until(lambda: samples(b.get("/metrics").body).get(("conveyor_task_outcomes_total", square)) == 2)

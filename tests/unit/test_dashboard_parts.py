@@ -49,25 +49,31 @@ class Query(dict):
         return default if value is None else (value if isinstance(value, list) else [value])
 
 
-def test_filter_parses_combines_and_round_trips():
-    q = Query(state=["failed", "dead"], queue="q", name="imp", prefix="01ab", since="2026-01-02T03:04:05",
-              order="asc", page="2")
+def test_filter_parses_round_trips_and_pages_by_cursor():
+    q = Query(state=["failed", "dead"], queue="q", name="m:imp", prefix="01ab", key="k1",
+              since="2026-01-02T03:04:05", order="asc", cursor="120", back="-,60")
     f = TaskFilter.from_query(q, q.getall)
-    assert f.states == ("failed", "dead") and not f.newest_first and f.page == 2
-    assert f.since == 1767323045.0
-    task = {"id": "01abcd", "state": "dead", "queue": "q", "name": "mod:import_file", "created_at": 1767323046.0}
-    assert f.matches(task)
-    assert not f.matches({**task, "state": "succeeded"})
-    assert not f.matches({**task, "id": "02"})
-    assert not f.matches({**task, "created_at": 1767323044.0})
+    assert f.states == ("failed", "dead") and not f.newest_first and f.cursor == "120"
+    assert f.since == 1767323045.0 and f.back == ("-", "60")
+    assert f.fields() == {"states": ["failed", "dead"], "queue": "q", "name": "m:imp", "id_prefix": "01ab",
+                          "key": "k1", "created_from": 1767323045.0, "created_to": None}
     again = Query()
     for k, v in f.query():
         again.setdefault(k, []).append(v)
     assert TaskFilter.from_query(again, again.getall) == f
-    with pytest.raises(ValueError, match="state"):
-        TaskFilter.from_query(Query(state="bogus"), Query(state="bogus").getall)
-    with pytest.raises(ValueError, match="since"):
-        TaskFilter.from_query(Query(since="yesterday"), Query().getall)
+    # next remembers where this page started; previous goes back to it, then to the first page
+    nxt = f.next_page("180")
+    assert (nxt.cursor, nxt.back) == ("180", ("-", "60", "120"))
+    assert nxt.previous_page() == f
+    assert f.previous_page().previous_page().cursor is None
+    assert TaskFilter().next_page("50").back == ("-",)
+    # bulk actions touch only the states they can: retry never requeues succeeded tasks
+    assert TaskFilter().action_states("retry") == ("failed", "dead", "cancelled")
+    assert f.action_states("cancel") == () and f.action_states("retry") == ("failed", "dead")
+    for bad, named in [(Query(state="bogus"), "state"), (Query(since="yesterday"), "since"),
+                       (Query(cursor="abc"), "cursor"), (Query(back="x,1"), "back")]:
+        with pytest.raises(ValueError, match=named):
+            TaskFilter.from_query(bad, bad.getall)
 
 
 def test_csrf_token_is_bound_to_its_cookie():

@@ -8,7 +8,7 @@ import pytest
 
 from conveyor import protocol, wire
 from conveyor.errors import ProtocolError
-from conveyor.records import Lease, NewTask, Outcome, Result
+from conveyor.records import Lease, NewTask, Outcome, Result, TaskFilter
 
 TID = "t" * 32
 
@@ -158,6 +158,10 @@ GOOD: dict[str, dict[str, Any]] = {
     protocol.PURGE: {"queue": "q", "states": "dead"},
     protocol.INSPECT: {"id": TID},
     protocol.TASKLIST: {"queue": "q", "state": "ready", "limit": 10, "offset": 0},
+    protocol.COUNT: {"states": ["ready", "dead"], "queue": "q", "name": "m:f", "id_prefix": "01",
+                     "key": "k", "created_from": 1.0, "created_to": 2, "cap": 500},
+    protocol.RETRY_MATCHING: {"states": ["dead"], "queue": "q"},
+    protocol.CANCEL_MATCHING: {"name": "m:f", "created_to": 5.5},
     protocol.SCHED_ADD: {"schedule": {"name": "s"}, "replace": True},
     protocol.SCHED_LIST: {},
     protocol.SCHED_DEL: {"name": "s"},
@@ -186,7 +190,11 @@ def test_every_op_decodes_good_fields_to_its_record():
     assert got[protocol.RETRY] == wire.Retry([TID], None, ["failed"])
     assert got[protocol.PURGE] == wire.Purge("q", ["dead"])
     assert got[protocol.INSPECT] == wire.TaskId(TID)
-    assert got[protocol.TASKLIST] == wire.TaskList("q", "ready", 10, 0)
+    assert got[protocol.TASKLIST] == wire.TaskList(TaskFilter(states=("ready",), queue="q"), 10, 0)
+    assert got[protocol.COUNT] == wire.CountTasks(
+        TaskFilter(("ready", "dead"), "q", "m:f", "01", "k", 1.0, 2), 500)
+    assert got[protocol.RETRY_MATCHING] == wire.Matching(TaskFilter(states=("dead",), queue="q"))
+    assert got[protocol.CANCEL_MATCHING] == wire.Matching(TaskFilter(name="m:f", created_to=5.5))
     assert got[protocol.SCHED_ADD] == wire.SchedAdd({"name": "s"}, True)
     assert got[protocol.SCHED_DEL] == got[protocol.SCHED_RUN] == wire.Name("s")
 
@@ -199,11 +207,61 @@ def test_defaults_where_fields_are_left_out():
     assert wire.decode(protocol.HELLO, {"role": "client", "pid": "12", "name": "n" * 999}).pid is None
     assert len(wire.decode(protocol.HELLO, {"role": "client", "name": "n" * 999}).name) == wire.MAX_PEER_NAME
     assert wire.decode(protocol.ACK, {"results": []}).credit == 0
+    assert wire.decode(protocol.SUBMIT, GOOD[protocol.SUBMIT]).subscribe is True
+    assert wire.decode(protocol.SUBMIT, {**GOOD[protocol.SUBMIT], "subscribe": False}).subscribe is False
     assert wire.decode(protocol.QGET, {"queue": "q"}) == wire.QGet("q", 1, None, False)
     assert wire.decode(protocol.RETRY, {"ids": [TID]}).states == list(wire.RETRYABLE_STATES)
     assert wire.decode(protocol.RETRY, {"queue": "q"}).states == ["dead"]
     assert wire.decode(protocol.PURGE, {}).states == ["dead"]
-    assert wire.decode(protocol.TASKLIST, {}) == wire.TaskList(None, None, 50, 0)
+    assert wire.decode(protocol.TASKLIST, {}) == wire.TaskList(TaskFilter(), 50, 0)
+    assert wire.decode(protocol.COUNT, {}) == wire.CountTasks(TaskFilter(), wire.DEFAULT_COUNT_CAP)
+    assert wire.decode(protocol.RETRY_MATCHING, {}) == wire.Matching(TaskFilter())
+
+
+def test_a_cursor_field_asks_for_keyset_paging_with_every_filter():
+    got = wire.decode(protocol.TASKLIST, {"states": ["ready", "leased"], "name": "m:f", "id_prefix": "ab",
+                                          "key": "k", "created_from": 1, "created_to": 9.5,
+                                          "cursor": None, "newest_first": True, "limit": 1000})
+    assert got == wire.TaskList(TaskFilter(("ready", "leased"), None, "m:f", "ab", "k", 1, 9.5), 1000, 0,
+                                keyset=True, cursor=None, newest_first=True)
+    nxt = wire.decode(protocol.TASKLIST, {"cursor": "12345"})
+    assert (nxt.keyset, nxt.cursor, nxt.newest_first) == (True, "12345", False)
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"cursor": "abc"}, "cursor"),
+    ({"cursor": 12}, "cursor"),
+    ({"cursor": "1", "offset": 5}, "offset"),
+    ({"cursor": None, "newest_first": "yes"}, "newest_first"),
+    ({"cursor": None, "limit": 1_000_000}, "limit"),
+    ({"cursor": None, "limit": 0}, "limit"),
+    ({"cursor": None, "limit": -5}, "limit"),
+    ({"cursor": None, "states": ["lost"]}, "lost"),
+    ({"cursor": None, "states": "ready"}, "states"),
+    ({"cursor": None, "state": "ready", "states": ["ready"]}, "state"),
+    ({"cursor": None, "name": ""}, "name"),
+    ({"cursor": None, "id_prefix": 5}, "id_prefix"),
+    ({"cursor": None, "key": "k" * 1000}, "key"),
+    ({"cursor": None, "created_from": "yesterday"}, "created_from"),
+    ({"cursor": None, "created_from": 5, "created_to": 1}, "created_from"),
+    ({"name": "m:f"}, "cursor"),  # offset paging filters by queue and one state only
+])
+def test_bad_listing_fields_are_refused_naming_the_field(fields, named):
+    with pytest.raises(ProtocolError, match=named):
+        wire.decode(protocol.TASKLIST, fields)
+
+
+@pytest.mark.parametrize("op, fields, named", [
+    (protocol.COUNT, {"cap": 0}, "cap"),
+    (protocol.COUNT, {"cap": 10**9}, "cap"),
+    (protocol.COUNT, {"cap": True}, "cap"),
+    (protocol.COUNT, {"states": ["nope"]}, "nope"),
+    (protocol.RETRY_MATCHING, {"queue": ""}, "queue"),
+    (protocol.CANCEL_MATCHING, {"created_to": float("nan")}, "created_to"),
+])
+def test_bad_count_and_bulk_fields_are_refused_naming_the_field(op, fields, named):
+    with pytest.raises(ProtocolError, match=named):
+        wire.decode(op, fields)
     assert wire.decode(protocol.PROGRESS, {"id": TID, "token": 1, "message": "m" * 999}).message == "m" * 500
 
 
@@ -238,6 +296,8 @@ BAD = [
     _with(protocol.SUBMIT, tasks=_MISSING),
     _with(protocol.SUBMIT, tasks=[_task(codec="yaml")]),
     _with(protocol.SUBMIT, tasks=[_task()] * TOO_MANY),
+    _with(protocol.SUBMIT, subscribe="no"),
+    _with(protocol.SUBMIT, subscribe=None),
     # ids
     _with(protocol.SUBSCRIBE, ids=TID),
     _with(protocol.SUBSCRIBE, ids=[1]),
@@ -311,6 +371,11 @@ BAD = [
     _with(protocol.TASKLIST, offset=-1),
     _with(protocol.TASKLIST, offset="0"),
     _with(protocol.TASKLIST, queue=3),
+    _with(protocol.TASKLIST, cursor="x"),
+    _with(protocol.COUNT, cap=-1),
+    _with(protocol.COUNT, id_prefix=""),
+    _with(protocol.RETRY_MATCHING, states=["ready", 3]),
+    _with(protocol.CANCEL_MATCHING, created_to="soon"),
     # schedules
     _with(protocol.SCHED_ADD, schedule=_MISSING),
     _with(protocol.SCHED_ADD, schedule=["s"]),

@@ -7,14 +7,15 @@ import itertools
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 from .. import protocol, serde, wire
 from ..errors import NotFound
 from ..link import Address
-from ..records import NewTask, Result
+from ..records import NewTask, Result, TaskCount
 from .client import decode_result, resolve_address, resolve_authkey
 from .core import ClientCore
+from .listing import TaskListing, filter_fields, page_fields
 from .options import make_task, split_options
 
 
@@ -70,14 +71,28 @@ class AsyncClient:
         options.setdefault("codec", self.codec)
         return make_task(fn, args, kwargs, **options)
 
-    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    @overload
+    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: Literal[True] = ...,
+                     **kwargs: Any) -> asyncio.Future[Any]: ...
+
+    @overload
+    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: Literal[False],
+                     **kwargs: Any) -> str: ...
+
+    async def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: bool = True,
+                     **kwargs: Any) -> asyncio.Future[Any] | str:
         """Submit ``fn(*args, **kwargs)``; returns (after commit) a future of its result.
 
         Submit options (every name in ``conveyor.options.OPTIONS``) are taken
-        from the keywords as in :meth:`conveyor.Client.submit`.
+        from the keywords as in :meth:`conveyor.Client.submit`. ``result=False``
+        is fire-and-forget, as there: the task id (after commit), nothing kept for it.
         """
         call_kwargs, options = split_options(kwargs)
-        futures, committed = self._send([self._task(fn, args, call_kwargs, options)])
+        task = self._task(fn, args, call_kwargs, options)
+        if not result:
+            await self._core.request(protocol.SUBMIT, {"tasks": [wire.task_to_wire(task)], "subscribe": False})
+            return task.id
+        futures, committed = self._send([task])
         await committed
         return futures[0]
 
@@ -125,6 +140,52 @@ class AsyncClient:
         """Cancel many tasks in one request: ``{"cancelled", "finished", "unknown"}`` id lists."""
         reply: dict[str, list[str]] = await self._core.request(protocol.CANCEL, {"ids": list(task_ids)})
         return reply
+
+    async def tasks(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
+                    offset: int = 0) -> list[dict[str, Any]]:
+        """One page by offset of the tasks of ``queue`` in ``state`` (as :meth:`conveyor.Client.tasks`
+        with those arguments); :meth:`task_page` filters by more and pages by cursor."""
+        fields: dict[str, Any] = {"queue": queue, "state": state, "limit": limit, "offset": offset}
+        tasks: list[dict[str, Any]] = (await self._core.request(protocol.TASKLIST, fields))["tasks"]
+        return tasks
+
+    async def task_page(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                        name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                        created_from: float | None = None, created_to: float | None = None,
+                        limit: int = 50, cursor: str | None = None, newest_first: bool = False) -> TaskListing:
+        """One keyset page of the tasks the filter selects (as :meth:`conveyor.Client.task_page`)."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        page = await self._core.request(protocol.TASKLIST, page_fields(flt, limit, cursor, newest_first))
+        return TaskListing(page["tasks"], page["cursor"])
+
+    async def count_tasks(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                          name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                          created_from: float | None = None, created_to: float | None = None,
+                          cap: int = 10_000) -> TaskCount:
+        """How many tasks the filter selects (as :meth:`conveyor.Client.count_tasks`)."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        reply = await self._core.request(protocol.COUNT, {**flt, "cap": cap})
+        return TaskCount(int(reply["n"]), bool(reply["exact"]))
+
+    async def retry_matching(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                             name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                             created_from: float | None = None,
+                             created_to: float | None = None) -> dict[str, Any]:
+        """Requeue every finished task the filter selects (as :meth:`conveyor.Client.retry_matching`)."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        return await self._core.request(protocol.RETRY_MATCHING, flt)
+
+    async def cancel_matching(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                              name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                              created_from: float | None = None,
+                              created_to: float | None = None) -> dict[str, Any]:
+        """Cancel every unfinished task the filter selects (as :meth:`conveyor.Client.cancel_matching`)."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        return await self._core.request(protocol.CANCEL_MATCHING, flt)
 
     async def queues(self) -> list[dict[str, Any]]:
         """Every network queue with its depth and consumers (as :meth:`conveyor.Client.queues`)."""

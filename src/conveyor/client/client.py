@@ -17,13 +17,14 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
-from typing import Any
+from typing import Any, Literal, overload
 
 from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
 from ..errors import ConnectionLost, NotFound, task_error
 from ..link import Address, parse_address
-from ..records import DELAYED, READY, WAITING, NewTask, Result
+from ..records import DELAYED, READY, WAITING, NewTask, Result, TaskCount
+from .listing import BULK_TIMEOUT, TaskListing, filter_fields, page_fields
 from .options import make_task, split_options
 from .queues import NetworkQueue, ack_auto_items
 from .schedules import ScheduleMixin
@@ -34,23 +35,91 @@ DEFAULT_ADDRESS = "127.0.0.1:7700"
 _NOT_STARTED = frozenset({READY, DELAYED, WAITING})  # what Executor.shutdown(cancel_futures=True) cancels
 
 
+#: The one Condition every TaskFuture waits on: a Condition per future (what
+#: ``concurrent.futures.Future`` makes) is most of its ~1.7 KB, and a client may
+#: hold a million futures. Waiters loop on their own future's state, so a
+#: wake-up meant for another future only costs a re-check.
+_SHARED_CONDITION = threading.Condition()
+_PENDING, _RUNNING = cf._base.PENDING, cf._base.RUNNING
+_CANCELLED, _NOTIFIED, _FINISHED = cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED
+
+
 class TaskFuture(cf.Future[Any]):
     """A ``concurrent.futures.Future`` for one task; ``task_id`` names it on the master.
 
     ``cancel()`` cancels the task on the master (a queued or delayed task never
     runs; a running one is stopped). ``progress`` is the task's latest progress
     report (``{"done", "total", "message"}``) or None.
+
+    Slim: every TaskFuture shares one Condition (see ``_SHARED_CONDITION``), so a
+    held future costs a few hundred bytes, not ~1.7 KB; ``result``/``exception``
+    wait in a loop on their own state. It is still a ``concurrent.futures.Future``:
+    ``concurrent.futures.wait``, ``as_completed`` and ``add_done_callback`` work as usual.
     """
 
     def __init__(self, task_id: str, client: Client | None = None) -> None:
-        super().__init__()
+        # Not Future.__init__: the same fields, with the shared Condition.
+        self._condition = _SHARED_CONDITION
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[cf.Future[Any]], object]] = []
         self.task_id = task_id
         self.progress: dict[str, Any] | None = None
         self._client = client
-        self._progress_callbacks: list[Callable[[TaskFuture], Any]] = []
+        self._progress_callbacks: list[Callable[[TaskFuture], Any]] | None = None
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.task_id} {self._state.lower()}>"
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait (holding the shared Condition) until this future is done or cancelled;
+        TimeoutError when ``timeout`` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._state not in (_FINISHED, _CANCELLED, _NOTIFIED):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError()
+            self._condition.wait(remaining)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's value; its exception raised; CancelledError; TimeoutError after ``timeout``."""
+        with self._condition:
+            self._wait(timeout)
+            if self._state != _FINISHED:
+                raise cf.CancelledError()
+            if self._exception is not None:
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # type: ignore[assignment]  # no reference cycle through the traceback
+            return self._result
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception (None if it succeeded); CancelledError; TimeoutError after ``timeout``."""
+        with self._condition:
+            self._wait(timeout)
+            if self._state != _FINISHED:
+                raise cf.CancelledError()
+            return self._exception
+
+    def __call__(self, result: Result) -> None:
+        """Resolve from the task's stored result (the client's result callback: the
+        future is its own, so a held future needs no closure besides it)."""
+        if self.done():
+            return
+        if result.state == "cancelled":
+            self._mark_cancelled()
+            return
+        ok, value = decode_result(result, allow_pickle=self._client is not None and self._client.allow_pickle)
+        try:
+            if ok:
+                self.set_result(value)
+            else:
+                self.set_exception(value)
+        except cf.InvalidStateError:
+            pass  # resolved meanwhile by another thread
 
     def cancel(self) -> bool:
         """Cancel the task on the master; True if it is cancelled (now or already)."""
@@ -67,9 +136,9 @@ class TaskFuture(cf.Future[Any]):
     def _mark_cancelled(self) -> None:
         """The master cancelled the task: the future raises CancelledError."""
         with self._condition:
-            if self._state in (cf._base.FINISHED, cf._base.CANCELLED_AND_NOTIFIED):
+            if self._state in (_FINISHED, _NOTIFIED):
                 return
-            self._state = cf._base.CANCELLED_AND_NOTIFIED
+            self._state = _NOTIFIED
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
@@ -77,11 +146,13 @@ class TaskFuture(cf.Future[Any]):
 
     def add_progress_callback(self, fn: Callable[[TaskFuture], Any]) -> None:
         """Call ``fn(future)`` on every progress report (from the client's I/O thread)."""
+        if self._progress_callbacks is None:
+            self._progress_callbacks = []
         self._progress_callbacks.append(fn)
 
     def _on_progress(self, report: dict[str, Any]) -> None:
         self.progress = report
-        for fn in list(self._progress_callbacks):
+        for fn in list(self._progress_callbacks or ()):
             try:
                 fn(self)
             except Exception:
@@ -144,21 +215,8 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     # -- plumbing ----------------------------------------------------------
     def _resolver(self, fut: TaskFuture) -> Callable[[Result], None]:
-        allow = self.allow_pickle
-
-        def resolve(result: Result) -> None:
-            if fut.done():
-                return
-            if result.state == "cancelled":
-                fut._mark_cancelled()
-                return
-            ok, value = decode_result(result, allow_pickle=allow)
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-
-        return resolve
+        """The callback that resolves ``fut`` from its task's result: the future itself."""
+        return fut
 
     def _send(self, tasks: list[NewTask]) -> tuple[list[TaskFuture], cf.Future[Any]]:
         """Send tasks without waiting: their futures, and a future for the commit."""
@@ -180,6 +238,15 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         committed.add_done_callback(failed)
         return futures, committed
 
+    def _send_only(self, tasks: list[NewTask]) -> cf.Future[Any]:
+        """Send tasks fire-and-forget (nothing waits for their results); a future for the commit."""
+        if self._closed:
+            raise ConnectionLost("client is closed")
+        from .. import wire
+
+        return self._request_future(protocol.SUBMIT, {"tasks": [wire.task_to_wire(t) for t in tasks],
+                                                      "subscribe": False})
+
     def _request_future(self, op: str, fields: dict[str, Any]) -> cf.Future[Any]:
         """Send a request from any thread; a concurrent future of its reply fields."""
         if self._closed:
@@ -187,9 +254,9 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         fut: cf.Future[Any] = self._core.request_nowait(op, fields)
         return fut
 
-    def _ask(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """Send a request and wait (30 s at most) for its reply fields."""
-        reply: dict[str, Any] = self._request_future(op, fields).result(30)
+    def _ask(self, op: str, fields: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Send a request and wait (30 s at most, unless told) for its reply fields."""
+        reply: dict[str, Any] = self._request_future(op, fields).result(timeout)
         return reply
 
     def _task(self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -198,31 +265,81 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         return make_task(fn, args, kwargs, **options)
 
     # -- submitting --------------------------------------------------------
-    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> TaskFuture:
+    @overload
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: Literal[True] = ...,
+               **kwargs: Any) -> TaskFuture: ...
+
+    @overload
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: Literal[False],
+               **kwargs: Any) -> str: ...
+
+    def submit(self, fn: Callable[..., Any] | str, /, *args: Any, result: bool = True,
+               **kwargs: Any) -> TaskFuture | str:
         """Run ``fn(*args, **kwargs)`` on a worker; returns once the master committed it.
 
         ``fn`` is a module-level function or a ``"module:function"`` string.
         Keyword arguments named like submit options (``queue``, ``priority``,
         ``countdown``, ``timeout``, ``retries``, ``after``, ``key``... every name
         in ``conveyor.options.OPTIONS``) are options; use :meth:`submit_call` to
-        pass such a name to the task itself. A bad option raises ValueError
+        pass such a name (or ``result``) to the task itself. A bad option raises ValueError
         naming it; an argument the codec cannot encode raises TypeError here.
+
+        ``result=False`` is fire-and-forget: it returns the task id (once committed)
+        instead of a future, and neither the master nor this client keeps anything
+        for the task afterwards (no subscription, no future): what to use for a
+        million tasks whose results nobody waits for. :meth:`result` still
+        fetches its result by id later.
         """
         call_kwargs, options = split_options(kwargs)
-        return self.submit_call(fn, args, call_kwargs, **options)
+        if not result:
+            tid: str = self.submit_call(fn, args, call_kwargs, result=False, **options)
+            return tid
+        fut: TaskFuture = self.submit_call(fn, args, call_kwargs, **options)
+        return fut
+
+    @overload
+    def submit_call(self, fn: Callable[..., Any] | str, args: Iterable[Any] = (),
+                    kwargs: dict[str, Any] | None = None, *, result: Literal[True] = ...,
+                    **options: Any) -> TaskFuture: ...
+
+    @overload
+    def submit_call(self, fn: Callable[..., Any] | str, args: Iterable[Any] = (),
+                    kwargs: dict[str, Any] | None = None, *, result: Literal[False],
+                    **options: Any) -> str: ...
 
     def submit_call(self, fn: Callable[..., Any] | str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-                    **options: Any) -> TaskFuture:
+                    *, result: bool = True, **options: Any) -> TaskFuture | str:
         """Like :meth:`submit`, with the task's arguments given apart from the options."""
         task = self._task(fn, tuple(args), dict(kwargs or {}), options)
+        if not result:
+            self._send_only([task]).result()
+            return task.id
         futures, committed = self._send([task])
         committed.result()
         return futures[0]
 
-    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], **options: Any) -> list[TaskFuture]:
-        """Submit ``fn(*args)`` for every args in ``arglist`` in batched frames; returns after commit."""
+    @overload
+    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], *,
+                    result: Literal[True] = ..., **options: Any) -> list[TaskFuture]: ...
+
+    @overload
+    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], *,
+                    result: Literal[False], **options: Any) -> list[str]: ...
+
+    def submit_many(self, fn: Callable[..., Any] | str, arglist: Iterable[Iterable[Any]], *,
+                    result: bool = True, **options: Any) -> list[TaskFuture] | list[str]:
+        """Submit ``fn(*args)`` for every args in ``arglist`` in batched frames; returns after commit.
+
+        ``result=False``: fire-and-forget (see :meth:`submit`), the task ids instead of futures.
+        """
         tasks = [self._task(fn, tuple(args), {}, dict(options)) for args in arglist]
         pending: list[cf.Future[Any]] = []
+        if not result:
+            for i in range(0, len(tasks), 1000):
+                pending.append(self._send_only(tasks[i:i + 1000]))
+            for c in pending:
+                c.result()
+            return [t.id for t in tasks]
         futures: list[TaskFuture] = []
         for i in range(0, len(tasks), 1000):
             fs, committed = self._send(tasks[i:i + 1000])
@@ -274,7 +391,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
         if not progress:
             return gen()
-        from tqdm import tqdm  # type: ignore[import-untyped]
+        from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
         total = min((len(i) for i in iterables if isinstance(i, Sized)), default=None)
 
@@ -346,11 +463,84 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         return task
 
     def tasks(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-              offset: int = 0) -> list[dict[str, Any]]:
-        """Tasks filtered by queue and state, in submit order, a page at a time."""
-        tasks: list[dict[str, Any]] = self._ask(protocol.TASKLIST, {"queue": queue, "state": state,
-                                                                    "limit": limit, "offset": offset})["tasks"]
-        return tasks
+              offset: int = 0, states: Iterable[str] | None = None, name: str | None = None,
+              id_prefix: str | None = None, key: str | None = None, created_from: float | None = None,
+              created_to: float | None = None, newest_first: bool = False,
+              cursor: str | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` tasks the filter selects, in submit order (``newest_first``: newest first).
+
+        With only ``queue``, ``state`` and ``offset`` it is one page by offset (as
+        before). With any other filter field, ``newest_first`` or a ``cursor`` it
+        reads keyset pages (:meth:`task_page`) until it has ``limit`` tasks or
+        the listing ends; use :meth:`task_page` to keep the cursor.
+        """
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        if not (set(flt) - {"queue"}) and not newest_first and cursor is None:
+            if state is not None:
+                flt["state"] = state
+            tasks: list[dict[str, Any]] = self._ask(protocol.TASKLIST, {**flt, "limit": limit,
+                                                                        "offset": offset})["tasks"]
+            return tasks
+        if state is not None:
+            flt["states"] = [*flt.get("states", []), state]
+        if offset:
+            raise ValueError("offset pages only by queue and state: use cursor with other filters")
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self._ask(protocol.TASKLIST, page_fields(flt, limit - len(out), cursor, newest_first))
+            out.extend(page["tasks"])
+            cursor = page["cursor"]
+            if cursor is None or len(out) >= limit:
+                return out
+
+    def task_page(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                  name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                  created_from: float | None = None, created_to: float | None = None,
+                  limit: int = 50, cursor: str | None = None, newest_first: bool = False) -> TaskListing:
+        """One keyset page of the tasks the filter selects and the cursor of the next
+        (None at the end). A page may be short, even empty, with a cursor: ask again.
+
+        ``states`` (any of them), ``queue``, ``name`` (exact task name), ``id_prefix``,
+        ``key`` (the idempotency key given at submit), ``created_from`` <= submit time
+        < ``created_to``. A bad argument is an error naming it; each page costs the
+        master the same at any depth.
+        """
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        page = self._ask(protocol.TASKLIST, page_fields(flt, limit, cursor, newest_first))
+        return TaskListing(page["tasks"], page["cursor"])
+
+    def count_tasks(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                    name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                    created_from: float | None = None, created_to: float | None = None,
+                    cap: int = 10_000) -> TaskCount:
+        """How many tasks the filter selects (as :meth:`task_page` takes it): exact when
+        ``exact``, else at least ``n`` (counting stopped at ``cap``, or at what one call
+        may examine)."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        reply = self._ask(protocol.COUNT, {**flt, "cap": cap})
+        return TaskCount(int(reply["n"]), bool(reply["exact"]))
+
+    def retry_matching(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                       name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                       created_from: float | None = None, created_to: float | None = None) -> dict[str, Any]:
+        """Send every finished task the filter selects back to its queue (in batches on
+        the master): ``{"n": how many, "ids": the first 1000 of them}``. Tasks whose
+        dependency failed are skipped, as in :meth:`retry`."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        return self._ask(protocol.RETRY_MATCHING, flt, timeout=BULK_TIMEOUT)
+
+    def cancel_matching(self, *, states: Iterable[str] | None = None, queue: str | None = None,
+                        name: str | None = None, id_prefix: str | None = None, key: str | None = None,
+                        created_from: float | None = None, created_to: float | None = None) -> dict[str, Any]:
+        """Cancel every unfinished task the filter selects (in batches on the master;
+        running ones are stopped, as :meth:`cancel` does): ``{"n", "ids" (the first 1000)}``."""
+        flt = filter_fields(states=states, queue=queue, name=name, id_prefix=id_prefix, key=key,
+                            created_from=created_from, created_to=created_to)
+        return self._ask(protocol.CANCEL_MATCHING, flt, timeout=BULK_TIMEOUT)
 
     def gather(self, futures: Iterable[cf.Future[Any]], timeout: float | None = None) -> list[Any]:
         """The results of ``futures`` in order (the first failure raises)."""

@@ -3,8 +3,8 @@
 Every request conveyor makes is safe to send twice (submits are idempotent by
 task id), so when the connection drops the link (conveyor.link) reconnects with
 backoff and resends the requests still unanswered, and ``ResultTracking``
-resubmits every task whose result it has not seen: a client whose master
-restarts loses nothing. ``ClientCore`` is the asyncio client's connection;
+resubscribes to every task whose result it has not seen (committed ones are in
+the store: only their ids go again): a client whose master restarts loses nothing. ``ClientCore`` is the asyncio client's connection;
 the sync client's is ``ThreadedCore`` (client/threaded.py).
 """
 
@@ -33,7 +33,9 @@ class ResultTracking(LinkState):
 
     Mixed in before an I/O edge (``AsyncLink``, ``BlockingLink``): it adds
     ``submit_nowait`` and ``watch``, takes RESULTS pushes, and after each
-    reconnect resubmits (or resubscribes) every task still waiting.
+    reconnect resubscribes every task still waiting whose submit was committed
+    (the store has it: nothing accepted is lost) and resubmits the others and
+    those with dependencies (a submit still unanswered is resent by the link itself).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,8 +61,8 @@ class ResultTracking(LinkState):
                         rest.append(item)
             for i in range(0, len(rest), RESUBMIT_BATCH):
                 self._send(protocol.SUBMIT, 0, {"tasks": rest[i:i + RESUBMIT_BATCH]})
-            if watched:
-                self._send(protocol.SUBSCRIBE, 0, {"ids": watched})
+            for i in range(0, len(watched), RESUBMIT_BATCH):
+                self._send(protocol.SUBSCRIBE, 0, {"ids": watched[i:i + RESUBMIT_BATCH]})
 
     def _on_push(self, msg: protocol.Message) -> None:
         if msg.op != protocol.RESULTS:
@@ -88,13 +90,24 @@ class ResultTracking(LinkState):
                 self._add_pending(item[0], item, cb)
         fut = self.request_nowait(protocol.SUBMIT, {"tasks": items})
 
-        def forget_on_error(f: Any) -> None:
-            if f.cancelled() or f.exception() is not None:
-                with self._lock:
+        def settled(f: Any) -> None:
+            with self._lock:
+                if f.cancelled() or f.exception() is not None:
                     for item in items:
                         self._pending.pop(item[0], None)  # the submit failed: its futures got the error
+                    return
+                # Committed: the store has the task now, so after a reconnect a SUBSCRIBE
+                # (its id) is enough. Keeping only the id and the callbacks halves what a
+                # held future costs here and spares a restarted master re-inserting
+                # every waiting task. Not for a task with dependencies (``after``, the
+                # wire item's last field): resubmitting it is what tells a restarted
+                # master to follow it (to deliver its failure if a dependency fails).
+                for item in items:
+                    entry = self._pending.get(item[0])
+                    if entry is not None and entry[0] is item and not item[8]:
+                        self._pending[item[0]] = (None, entry[1])
 
-        fut.add_done_callback(forget_on_error)
+        fut.add_done_callback(settled)
         return fut
 
     def watch(self, task_id: str, callback: ResultCallback) -> Any:

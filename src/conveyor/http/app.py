@@ -28,10 +28,10 @@ from .gateway import Gateway, MasterDown
 from .metrics import build_registry
 from .monitor import POLL_INTERVAL, Monitor
 from .security import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, Guard
-from .tasklist import PAGE_SIZE, TaskFilter, select
+from .tasklist import TaskFilter, apply, count_for, select
 
 log = logging.getLogger("conveyor.dashboard")
-BULK_LIMIT = 10_000  # tasks one bulk action may touch
+BULK_TIMEOUT = 3600.0  # a bulk action runs in batches on the master; the page waits this long
 OPEN_PATHS = ("/login", "/static/")
 
 MONITOR = web.AppKey("monitor", Monitor)
@@ -201,42 +201,48 @@ def _filter(request: web.Request, source: Any = None) -> TaskFilter:
 async def tasks(request: web.Request) -> web.Response:
     flt = _filter(request)
     status = request.app[MONITOR].status
-    sel = await request.app[GATEWAY].call(lambda c: select(c, flt, status), timeout=30)
-    pages = max(1, -(-sel.matched // PAGE_SIZE))
-    return render(request, "tasks.html", flt=flt, sel=sel, pages=pages,
+    sel = await _gateway_call(request, lambda c: select(c, flt), timeout=30)
+    return render(request, "tasks.html", flt=flt, sel=sel,
                   queue_names=sorted((status or {}).get("queues", {})),
-                  prev_q=urlencode(flt.query(page=flt.page - 1)), next_q=urlencode(flt.query(page=flt.page + 1)),
-                  this_q=urlencode(flt.query(page=1)))
+                  prev_q=urlencode(flt.previous_page().query()) if flt.cursor else None,
+                  next_q=urlencode(flt.next_page(sel.cursor).query()) if sel.cursor else None,
+                  this_q=urlencode(flt.query(paging=False)))
+
+
+async def _gateway_call(request: web.Request, fn: Any, timeout: float) -> Any:
+    """A gateway call whose refusal by the master (a bad filter) is a 400 naming the field."""
+    try:
+        return await request.app[GATEWAY].call(fn, timeout=timeout)
+    except RemoteError as exc:
+        if exc.kind == "ProtocolError":
+            raise web.HTTPBadRequest(text=f"bad filter: {exc}") from None
+        raise
+
+
+def _action(value: Any) -> str:
+    if value not in ("retry", "cancel"):
+        raise web.HTTPBadRequest(text="action must be retry or cancel")
+    return str(value)
 
 
 async def bulk_confirm(request: web.Request) -> web.Response:
-    flt = _filter(request)
-    action = request.query.get("action")
-    if action not in ("retry", "cancel"):
-        raise web.HTTPBadRequest(text="action must be retry or cancel")
-    status = request.app[MONITOR].status
-    sel = await request.app[GATEWAY].call(lambda c: select(c, flt, status, scan_limit=BULK_LIMIT), timeout=60)
-    return render(request, "bulk.html", flt=flt, sel=sel, action=action, pairs=flt.query(page=1))
+    flt = _filter(request).first_page()
+    action = _action(request.query.get("action"))
+    count = await _gateway_call(request, lambda c: count_for(c, flt, action), timeout=60)
+    matched = str(count.n) if count.exact else f"at least {count.n}"
+    return render(request, "bulk.html", flt=flt, matched=matched, action=action, pairs=flt.query())
 
 
 async def bulk_apply(request: web.Request) -> web.Response:
     form = await request.post()
-    flt = _filter(request, form)
-    action = form.get("action")
-    if action not in ("retry", "cancel"):
-        raise web.HTTPBadRequest(text="action must be retry or cancel")
-    status = request.app[MONITOR].status
-    gw = request.app[GATEWAY]
-    sel = await gw.call(lambda c: select(c, flt, status, scan_limit=BULK_LIMIT), timeout=60)
-    if action == "retry":
-        out: dict[str, Any] = await gw.call(lambda c: c.retry(sel.ids) if sel.ids else {"requeued": []},
-                                            timeout=60)
-        msg = f"retried {len(out['requeued'])} of {len(sel.ids)} selected task(s)"
-    else:
-        cancelled = await gw.call(lambda c: c.cancel_many(sel.ids)["cancelled"] if sel.ids else [], timeout=60)
-        msg = f"cancelled {len(cancelled)} of {len(sel.ids)} selected task(s)"
+    flt = _filter(request, form).first_page()
+    action = _action(form.get("action"))
+    count = await _gateway_call(request, lambda c: count_for(c, flt, action), timeout=60)
+    done = await _gateway_call(request, lambda c: apply(c, flt, action), timeout=BULK_TIMEOUT)
+    selected = str(count.n) if count.exact else f"at least {count.n}"
+    msg = f"{'retried' if action == 'retry' else 'cancelled'} {done} of {selected} selected task(s)"
     await request.app[MONITOR].poll_once()
-    raise back("/tasks?" + urlencode(flt.query(page=1)), msg)
+    raise back("/tasks?" + urlencode(flt.query()), msg)
 
 
 async def _inspect(request: web.Request, tid: str) -> dict[str, Any]:

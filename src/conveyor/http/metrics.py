@@ -3,7 +3,9 @@
 A scrape never calls the master: the collector reads the status document the
 monitor fetched at most one interval ago. The counters and histograms are the
 master's own (``status()["metrics"]``, kept in its memory since it started: a
-master restart is a counter reset to Prometheus). Labels are bounded: queue
+master restart is a counter reset to Prometheus), and the store's own counters
+(``status()["stored"]``: tasks by state now, outcomes ever; persisted, so they
+survive restarts, as ``conveyor_stored_tasks`` and ``conveyor_task_outcomes_total``). Labels are bounded: queue
 names, task names (the master counts names beyond its 500th as "other"),
 outcomes and states, never task ids.
 """
@@ -82,6 +84,9 @@ class StatusCollector(Collector):
         for key, (name, text) in HISTOGRAMS.items():
             if key in metrics:
                 yield histogram(name, text, self.master, metrics[key])
+        stored = st.get("stored")
+        if stored is not None:
+            yield from self._stored(stored)
         depth = GaugeMetricFamily("conveyor_queue_tasks", "Tasks stored, by queue and state",
                                   labels=["master", "queue", "state"])
         for queue, counts in st.get("queues", {}).items():
@@ -102,6 +107,21 @@ class StatusCollector(Collector):
             g = GaugeMetricFamily(name, text, labels=["master"])
             g.add_metric(label, float(value))
             yield g
+
+
+    def _stored(self, stored: dict[str, Any]) -> Iterator[Metric]:
+        """The store's own counters (persisted: they survive a master restart)."""
+        now = GaugeMetricFamily("conveyor_stored_tasks", "Tasks stored now, by queue, task name and state "
+                                "(from the store's counters)", labels=["master", "queue", "task", "state"])
+        for queue, task, state, n in stored.get("tasks", []):
+            now.add_metric([self.master, queue, task or "", state], float(n))
+        yield now
+        ever = CounterMetricFamily("conveyor_task_outcomes", "Task outcomes ever stored (succeeded, failed, "
+                                   "dead, cancelled, retried), by queue and task name; kept by the store, so "
+                                   "they survive master restarts", labels=["master", "queue", "task", "outcome"])
+        for queue, task, outcome, n in stored.get("outcomes", []):
+            ever.add_metric([self.master, queue, task or "", outcome], float(n))
+        yield ever
 
 
 def build_registry(monitor: Monitor, master: str) -> tuple[CollectorRegistry, Histogram]:

@@ -1,27 +1,37 @@
-"""The tasks list: filters that combine, sorting by submit time, pages, bulk selections.
+"""The tasks list: filters that combine, keyset pages, counts and bulk actions.
 
-The master's ``tasks`` op filters by one queue and one state and pages by
-offset in submit order. The dashboard builds the rest on it, bounded: for each
-state asked for it reads at most ``SCAN_LIMIT`` tasks (the newest ones when
-sorting newest first, found from the state counts in the status document),
-then applies the name, id-prefix and time filters here and merges the states
-by submit time. When a window was full the page says the list is truncated,
-so a narrower filter is needed; nothing is silently dropped.
+Everything is the master's: the filter (several states, queue, task name, id
+prefix, idempotency key, submitted between) goes to its ``tasks`` op with a
+cursor, so a page costs the same at any depth and no window is read and
+filtered here. Pages move by cursor: ``cursor`` is where this page starts and
+``back`` the starts of the pages before it, so "previous" needs no reverse
+scan. How many match comes from the master's ``count`` (exact, or "at least
+N" past its cap); bulk actions go to ``retry_matching``/``cancel_matching``,
+which the master works through in batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from ..client.client import Client
-from ..records import STATES
+from ..records import CANCELLED, DEAD, FAILED, FINISHED, STATES, TaskCount
 
 PAGE_SIZE = 50
-SCAN_LIMIT = 2000  # tasks read from the master per state and request, at most
-BATCH = 1000  # the master's largest page
+#: Keyset calls one page view makes at most to fill a page (a sparse filter gives
+#: short pages with a cursor; past this the page shows what it has and a "next").
+MAX_CALLS = 20
+#: A count stops here and says "at least".
+COUNT_CAP = 100_000
+#: The most earlier-page cursors a link carries ("previous" past them goes to the first page).
+MAX_BACK = 100
+FIRST = "-"  # the start of the first page in ``back``
+#: What a bulk retry requeues when the filter names no state (never succeeded tasks).
+RETRYABLE = (FAILED, DEAD, CANCELLED)
+UNFINISHED = tuple(s for s in STATES if s not in FINISHED)
 
 
 @dataclass(frozen=True)
@@ -30,12 +40,14 @@ class TaskFilter:
 
     states: tuple[str, ...] = ()
     queue: str | None = None
-    name: str | None = None  # substring of the task name
+    name: str | None = None  # the task name, exactly
     prefix: str | None = None  # prefix of the task id
+    key: str | None = None  # the idempotency key given at submit
     since: float | None = None  # submitted at or after (Unix time)
     until: float | None = None  # submitted before (Unix time)
     newest_first: bool = True
-    page: int = 1
+    cursor: str | None = None  # where this page starts (None: the first page)
+    back: tuple[str, ...] = ()  # where the pages before it start (FIRST: the first page)
 
     @classmethod
     def from_query(cls, q: Mapping[str, Any], getall: Any = None) -> TaskFilter:
@@ -45,21 +57,24 @@ class TaskFilter:
         for s in states:
             if s not in STATES:
                 raise ValueError(f"state: {s!r} is not one of {', '.join(STATES)}")
-        try:
-            page = max(1, int(q.get("page") or 1))
-        except ValueError:
-            raise ValueError("page: must be a whole number") from None
         order = q.get("order") or "desc"
         if order not in ("asc", "desc"):
             raise ValueError("order: must be asc or desc")
+        cursor = q.get("cursor") or None
+        if cursor is not None and not _is_cursor(cursor):
+            raise ValueError("cursor: not a cursor from a previous page")
+        back = tuple(b for b in str(q.get("back") or "").split(",") if b)
+        if len(back) > MAX_BACK or not all(b == FIRST or _is_cursor(b) for b in back):
+            raise ValueError("back: not a list of cursors from previous pages")
         return cls(states=states, queue=(q.get("queue") or None), name=(q.get("name") or None),
-                   prefix=(q.get("prefix") or None), since=_time(q.get("since"), "since"),
-                   until=_time(q.get("until"), "until"), newest_first=order == "desc", page=page)
+                   prefix=(q.get("prefix") or None), key=(q.get("key") or None),
+                   since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+                   newest_first=order == "desc", cursor=cursor, back=back)
 
-    def query(self, **override: Any) -> list[tuple[str, str]]:
-        """This filter as query-string pairs (for links to other pages of it)."""
+    def query(self, *, paging: bool = True) -> list[tuple[str, str]]:
+        """This filter as query-string pairs (``paging``: with where the page starts)."""
         pairs = [("state", s) for s in self.states]
-        for key in ("queue", "name", "prefix"):
+        for key in ("queue", "name", "prefix", "key"):
             if getattr(self, key):
                 pairs.append((key, getattr(self, key)))
         for key in ("since", "until"):
@@ -67,29 +82,44 @@ class TaskFilter:
             if value is not None:
                 pairs.append((key, datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%S")))
         pairs.append(("order", "desc" if self.newest_first else "asc"))
-        page = override.get("page", self.page)
-        if page != 1:
-            pairs.append(("page", str(page)))
+        if paging and self.cursor:
+            pairs.append(("cursor", self.cursor))
+        if paging and self.back:
+            pairs.append(("back", ",".join(self.back)))
         return pairs
+
+    def first_page(self) -> TaskFilter:
+        return replace(self, cursor=None, back=())
+
+    def next_page(self, cursor: str) -> TaskFilter:
+        """The page starting at ``cursor``, with this one remembered for "previous"."""
+        return replace(self, cursor=cursor, back=(*self.back, self.cursor or FIRST)[-MAX_BACK:])
+
+    def previous_page(self) -> TaskFilter:
+        if not self.back:
+            return self.first_page()
+        start = self.back[-1]
+        return replace(self, cursor=None if start == FIRST else start, back=self.back[:-1])
 
     def text(self, key: str) -> str:
         """The value of query field ``key`` as a form shows it ('' when unset)."""
         return next((v for k, v in self.query() if k == key), "")
 
-    def matches(self, task: dict[str, Any]) -> bool:
-        """True if ``task`` (a brief task document) passes the local filters."""
-        if self.states and task.get("state") not in self.states:
-            return False
-        if self.queue and task.get("queue") != self.queue:
-            return False
-        if self.name and self.name not in str(task.get("name") or ""):
-            return False
-        if self.prefix and not str(task.get("id", "")).startswith(self.prefix):
-            return False
-        created = task.get("created_at") or 0.0
-        if self.since is not None and created < self.since:
-            return False
-        return not (self.until is not None and created >= self.until)
+    def fields(self, states: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The filter as the client's keyword arguments (``states`` overriding its own)."""
+        chosen = self.states if states is None else states
+        return {"states": list(chosen) or None, "queue": self.queue, "name": self.name,
+                "id_prefix": self.prefix, "key": self.key, "created_from": self.since,
+                "created_to": self.until}
+
+    def action_states(self, action: str) -> tuple[str, ...]:
+        """The states a bulk ``action`` ("retry", "cancel") may touch under this filter."""
+        allowed = RETRYABLE if action == "retry" else UNFINISHED
+        return tuple(s for s in allowed if not self.states or s in self.states)
+
+
+def _is_cursor(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 19
 
 
 def _time(text: Any, name: str) -> float | None:
@@ -112,54 +142,45 @@ def _time(text: Any, name: str) -> float | None:
 
 @dataclass
 class Selection:
-    """The tasks a filter selected: one page of them, how many matched, and whether it is capped."""
+    """One page of the tasks a filter selects, how many match, and the next page's start."""
 
     tasks: list[dict[str, Any]] = field(default_factory=list)
-    matched: int = 0
-    scanned: int = 0
-    truncated: bool = False  # a state had more tasks than SCAN_LIMIT: the counts are lower bounds
-    ids: list[str] = field(default_factory=list)  # every matching id (for bulk actions)
+    count: TaskCount = TaskCount(0, True)
+    cursor: str | None = None  # where the next page starts (None: this is the last)
+
+    @property
+    def matched(self) -> str:
+        """The count as the page says it: "12" or "at least 100000"."""
+        return str(self.count.n) if self.count.exact else f"at least {self.count.n}"
 
 
-def _count(status: dict[str, Any] | None, queue: str | None, state: str | None) -> int | None:
-    """Tasks in ``state`` (None: every state) of ``queue`` (None: every queue), from status."""
-    if status is None:
-        return None
-    queues = status.get("queues", {})
-    chosen = [queues.get(queue, {})] if queue else list(queues.values())
-    states = [state] if state else list(STATES)
-    return sum(int(q.get(s, 0)) for q in chosen for s in states)
-
-
-def select(client: Client, flt: TaskFilter, status: dict[str, Any] | None,
-           scan_limit: int = SCAN_LIMIT) -> Selection:
-    """Read the tasks ``flt`` selects from the master, bounded by ``scan_limit`` per state."""
-    sel = Selection()
-    found: dict[str, dict[str, Any]] = {}
-    for state in flt.states or (None,):
-        start = 0
-        if flt.newest_first:
-            total = _count(status, flt.queue, state)
-            if total is not None and total > scan_limit:
-                start = total - scan_limit
-                sel.truncated = True
-        read = 0
-        while read < scan_limit:
-            want = min(BATCH, scan_limit - read)
-            page = client.tasks(queue=flt.queue, state=state, limit=want, offset=start + read)
-            read += len(page)
-            for t in page:
-                if flt.matches(t):
-                    found[t["id"]] = t
-            if len(page) < want:
-                break
-        else:
-            sel.truncated = True
-        sel.scanned += read
-    ordered = sorted(found.values(), key=lambda t: (t.get("created_at") or 0.0, t["id"]),
-                     reverse=flt.newest_first)
-    sel.matched = len(ordered)
-    sel.ids = [t["id"] for t in ordered]
-    first = (flt.page - 1) * PAGE_SIZE
-    sel.tasks = ordered[first:first + PAGE_SIZE]
+def select(client: Client, flt: TaskFilter, *, page_size: int = PAGE_SIZE) -> Selection:
+    """A page of what ``flt`` selects, from its cursor, and the count of all of it."""
+    sel = Selection(count=client.count_tasks(**flt.fields(), cap=COUNT_CAP))
+    cursor = flt.cursor
+    for _ in range(MAX_CALLS):
+        page = client.task_page(**flt.fields(), limit=page_size - len(sel.tasks), cursor=cursor,
+                                newest_first=flt.newest_first)
+        sel.tasks.extend(page.tasks)
+        cursor = page.cursor
+        if cursor is None or len(sel.tasks) >= page_size:
+            break
+    sel.cursor = cursor
     return sel
+
+
+def count_for(client: Client, flt: TaskFilter, action: str) -> TaskCount:
+    """How many tasks a bulk ``action`` under ``flt`` would touch (exact, or at least)."""
+    states = flt.action_states(action)
+    if not states:
+        return TaskCount(0, True)
+    return client.count_tasks(**flt.fields(states), cap=COUNT_CAP)
+
+
+def apply(client: Client, flt: TaskFilter, action: str) -> int:
+    """Run a bulk ``action`` ("retry", "cancel") on what ``flt`` selects; how many it touched."""
+    states = flt.action_states(action)
+    if not states:
+        return 0
+    act = client.retry_matching if action == "retry" else client.cancel_matching
+    return int(act(**flt.fields(states))["n"])

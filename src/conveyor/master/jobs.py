@@ -8,17 +8,34 @@ worker's report (``retry_or_bury``, ``settle_dependents``), after a lease
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, serde, wire
 from ..options import dependencies_of, passes_results, rate_limit_of
 from ..ratelimit import TokenBucket
-from ..records import FINISHED, LEASED, Lease, Outcome, Result, TaskInfo
+from ..records import (
+    FINISHED,
+    LEASED,
+    BulkResult,
+    Lease,
+    Outcome,
+    Result,
+    TaskCount,
+    TaskFilter,
+    TaskInfo,
+    TaskPage,
+    TaskSummary,
+)
+from . import maintenance
 from .metrics import CANCELLED, DEAD, RETRIED
 from .session import Session
 
 if TYPE_CHECKING:
     from .context import Context, Routes
+
+#: The most ids a bulk reply lists (it always says how many in all).
+MAX_REPLY_IDS = 1000
 
 CANCELLED_ERROR = serde.packb({"type": "concurrent.futures.CancelledError", "message": "task was cancelled",
                                "traceback": ""})
@@ -51,6 +68,9 @@ class JobService:
             protocol.PURGE: self.on_purge,
             protocol.INSPECT: self.on_inspect,
             protocol.TASKLIST: self.on_tasks,
+            protocol.COUNT: self.on_count,
+            protocol.RETRY_MATCHING: self.on_retry_matching,
+            protocol.CANCEL_MATCHING: self.on_cancel_matching,
             protocol.PROGRESS: self.on_progress,
         }
 
@@ -210,6 +230,13 @@ class JobService:
         ctx, store = self.ctx, self.ctx.store
         ids, states = req.ids, req.states
         now = ctx.clock()
+        if not ids and req.queue is not None:
+            # A whole queue: bounded batches, one runner call each (maintenance.py).
+            requeued = await self._requeue_all(TaskFilter(states=tuple(states), queue=req.queue), now)
+            if requeued:
+                ctx.work_added()
+            s.reply(rid, {"requeued": requeued, "skipped": [], "unknown": [], "reasons": {}})
+            return
         requeued = await ctx.runner.call(lambda: store.requeue(now, ids=ids, queue=req.queue, states=states))
         rest = [tid for tid in ids if tid not in set(requeued)]
         infos = await ctx.runner.call(lambda: [store.get(tid) for tid in rest]) if rest else []
@@ -225,9 +252,20 @@ class JobService:
             ctx.work_added()
         s.reply(rid, {"requeued": requeued, "skipped": skipped, "unknown": unknown, "reasons": reasons})
 
+    async def _requeue_all(self, flt: TaskFilter, now: float) -> list[str]:
+        """Requeue every finished task ``flt`` selects, batch by batch; their ids."""
+        ctx, done = self.ctx, []
+        cursor: str | None = None
+        while True:
+            got: BulkResult = await ctx.runner.call(
+                functools.partial(ctx.store.requeue_matching, flt, now, limit=maintenance.BATCH, cursor=cursor))
+            done.extend(got.ids)
+            cursor = got.cursor
+            if cursor is None:
+                return done
+
     async def on_purge(self, s: Session, rid: int, req: wire.Purge) -> None:
-        store = self.ctx.store
-        n = await self.ctx.runner.call(lambda: store.purge(queue=req.queue, states=req.states))
+        n = await maintenance.purge(self.ctx, req.queue, req.states)
         s.reply(rid, {"n": n})
 
     async def on_inspect(self, s: Session, rid: int, req: wire.TaskId) -> None:
@@ -238,10 +276,64 @@ class JobService:
         s.reply(rid, {"task": self.describe(info)})
 
     async def on_tasks(self, s: Session, rid: int, req: wire.TaskList) -> None:
-        store = self.ctx.store
+        store, flt = self.ctx.store, req.flt
+        if req.keyset:
+            page: TaskPage = await self.ctx.runner.call(functools.partial(
+                store.list_page, flt, limit=req.limit, cursor=req.cursor, newest_first=req.newest_first))
+            s.reply(rid, {"tasks": [self.summarize(t) for t in page.tasks], "cursor": page.cursor})
+            return
+        # Offset paging (peers from before cursors): one queue, one state, by offset.
+        state = flt.states[0] if flt.states else None
         infos = await self.ctx.runner.call(
-            lambda: store.list_tasks(queue=req.queue, state=req.state, limit=req.limit, offset=req.offset))
+            lambda: store.list_tasks(queue=flt.queue, state=state, limit=req.limit, offset=req.offset))
         s.reply(rid, {"tasks": [self.describe(i, brief=True) for i in infos]})
+
+    async def on_count(self, s: Session, rid: int, req: wire.CountTasks) -> None:
+        got: TaskCount = await self.ctx.runner.call(
+            functools.partial(self.ctx.store.count_tasks, req.flt, cap=req.cap))
+        s.reply(rid, {"n": got.n, "exact": got.exact})
+
+    async def on_retry_matching(self, s: Session, rid: int, req: wire.Matching) -> None:
+        """Requeue every finished task the filter selects, a batch per runner call."""
+        requeued = await self._requeue_all(req.flt, self.ctx.clock())
+        if requeued:
+            self.ctx.work_added()
+        s.reply(rid, {"n": len(requeued), "ids": requeued[:MAX_REPLY_IDS]})
+
+    async def on_cancel_matching(self, s: Session, rid: int, req: wire.Matching) -> None:
+        """Cancel every unfinished task the filter selects, a batch per runner call; each
+        batch's running tasks are stopped and its subscribers told before the next."""
+        ctx, store, flt = self.ctx, self.ctx.store, req.flt
+        cancelled: list[str] = []
+        cursor: str | None = None
+
+        def batch(after: str | None, now: float) -> tuple[BulkResult, dict[str, TaskInfo | None], dict[str, Result]]:
+            got = store.cancel_matching(flt, now, CANCELLED_ERROR, limit=maintenance.BATCH, cursor=after)
+            # Queue and name of the ones that never ran, for the metrics (the rest are followed).
+            never_ran = {tid: store.get(tid) for tid, before, _ in got.cancelled if before != LEASED}
+            return got, never_ran, store.results(got.ids) if got.ids else {}
+
+        while True:
+            now = ctx.clock()
+            got, never_ran, results = await ctx.runner.call(batch, cursor, now)
+            stop: dict[str, list[str]] = {}
+            for tid, before, owner in got.cancelled:
+                info = never_ran.get(tid)
+                if ctx.metrics.finished(tid, CANCELLED, now) is None and info is not None:
+                    ctx.metrics.count(info.queue, info.name, CANCELLED)
+                if before == LEASED and owner:
+                    stop.setdefault(owner, []).append(tid)
+            self._stop_running(stop)
+            ctx.counters["cancelled"] += len(got.ids)
+            cancelled.extend(got.ids)
+            if results:
+                ctx.subs.deliver(list(results.values()))
+            cursor = got.cursor
+            if cursor is None:
+                break
+        s.reply(rid, {"n": len(cancelled), "ids": cancelled[:MAX_REPLY_IDS]})
+        if cancelled:
+            await self.settle_dependents()
 
     async def on_progress(self, s: Session, rid: int, req: wire.Progress) -> None:
         """A worker's progress report: record it and pass it to the task's subscribers."""
@@ -251,17 +343,36 @@ class JobService:
             sub.push(protocol.PROGRESS, {"id": req.id, **report})
 
     # -- describing tasks --------------------------------------------------
+    def summarize(self, t: TaskSummary) -> dict[str, Any]:
+        """A listed task (plain data): the brief form of :meth:`describe`, from a
+        listing row (no progress or dependencies: those need the full record)."""
+        return {
+            "id": t.id, "queue": t.queue, "name": t.name, "state": t.state, "priority": t.priority,
+            "attempts": t.attempts, "created_at": t.created_at, "not_before": t.not_before or None,
+            "started_at": self._started_at(t.id, t.lease_owner, t.started_at), "finished_at": t.finished_at,
+            "worker": self._worker(t.lease_owner), "failures": t.failures,
+        }
+
+    def _started_at(self, tid: str, owner: str | None, stored: float | None) -> float | None:
+        """When a task began: the store stamps the lease's time, but a worker holding it says
+        when it really started (None while it is only prefetched)."""
+        holder = self.ctx.sessions.get(owner) if owner else None
+        if holder is not None and holder.role == "worker" and tid in holder.inflight:
+            return holder.started_at(tid)
+        return stored
+
+    def _worker(self, owner: str | None) -> dict[str, Any] | None:
+        """Who holds a lease: its session's name, host and pid, or a note that it is gone."""
+        if not owner:
+            return None
+        holder = self.ctx.sessions.get(owner)
+        return ({"name": holder.name, "host": holder.host, "pid": holder.pid} if holder is not None
+                else {"name": f"(gone) {owner[:8]}"})
+
     def describe(self, info: TaskInfo, *, brief: bool = False) -> dict[str, Any]:
         """A task as ``conveyor inspect`` shows it (plain data, safe to print)."""
-        worker = None
-        started_at = info.started_at
-        if info.lease_owner:
-            holder = self.ctx.sessions.get(info.lease_owner)
-            if holder is not None and holder.role == "worker" and info.id in holder.inflight:
-                # The store stamps a lease's time; the worker says when it began (None: prefetched).
-                started_at = holder.started_at(info.id)
-            worker = ({"name": holder.name, "host": holder.host, "pid": holder.pid} if holder is not None
-                      else {"name": f"(gone) {info.lease_owner[:8]}"})
+        worker = self._worker(info.lease_owner)
+        started_at = self._started_at(info.id, info.lease_owner, info.started_at)
         out: dict[str, Any] = {
             "id": info.id, "queue": info.queue, "name": info.name, "state": info.state,
             "priority": info.priority, "attempts": info.attempts, "created_at": info.created_at,

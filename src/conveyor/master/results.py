@@ -3,7 +3,7 @@ requests that store work and take results back (submit, subscribe, fetch,
 ack, return).
 
 A submit is answered only after its commit, and subscribes its sender to
-its tasks' results; a worker's ack stores results (first result wins) and
+its tasks' results (unless it says ``subscribe: false``, fire-and-forget); a worker's ack stores results (first result wins) and
 pushes each to the sessions subscribed to it, straight from the ack.
 """
 
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .. import protocol, wire
 from ..records import DUPLICATE, FAILED, STALE, STORED, SUCCEEDED, NewTask, Outcome, Result
 from ..serde import PICKLE
+from .idset import IdSet
 from .session import Session
 
 if TYPE_CHECKING:
@@ -24,48 +25,68 @@ PICKLE_DISABLED = "the pickle codec is disabled on this master (start it with --
 
 
 class Subscriptions:
-    """Which sessions wait for which task's result, and the delivery of results to them."""
+    """Which sessions wait for which task's result, and the delivery of results to them.
+
+    Kept per session, not per task: each session that waits for results has an
+    :class:`IdSet` of the ids it waits for (8-byte fingerprints, no object per
+    task), so a million tasks submitted with futures held cost the master tens
+    of MB, not hundreds, and a submit with ``result=False`` costs nothing here.
+    A result is looked up in each waiting session's set: O(sessions waiting),
+    which is a handful of clients, never the number of tasks.
+    """
 
     def __init__(self) -> None:
-        self._by_task: dict[str, set[Session]] = {}
+        self._by_session: dict[Session, IdSet] = {}
 
     def subscribe(self, s: Session, tid: str) -> None:
-        self._by_task.setdefault(tid, set()).add(s)
-        s.subscriptions.add(tid)
+        ids = self._by_session.get(s)
+        if ids is None:
+            ids = self._by_session[s] = IdSet()
+        ids.add(tid)
 
     def unsubscribe(self, s: Session, tid: str) -> None:
-        subs = self._by_task.get(tid)
-        if subs is not None:
-            subs.discard(s)
-            if not subs:
-                del self._by_task[tid]
-        s.subscriptions.discard(tid)
+        ids = self._by_session.get(s)
+        if ids is not None:
+            ids.discard(tid)
+            if not ids:
+                del self._by_session[s]
 
     def drop(self, s: Session) -> None:
         """A session went away: it waits for nothing any more."""
-        for tid in list(s.subscriptions):
-            self.unsubscribe(s, tid)
+        self._by_session.pop(s, None)
 
     def watched(self, tid: str) -> bool:
         """True if some session waits for ``tid``'s result."""
-        return tid in self._by_task
+        return any(tid in ids for ids in self._by_session.values())
 
     def subscribers(self, tid: str) -> frozenset[Session]:
         """The sessions waiting for ``tid``'s result (progress reports go to them too)."""
-        return frozenset(self._by_task.get(tid, ()))
+        return frozenset(s for s, ids in self._by_session.items() if tid in ids)
+
+    def waiting(self, s: Session) -> int:
+        """How many results ``s`` waits for."""
+        ids = self._by_session.get(s)
+        return len(ids) if ids is not None else 0
+
+    def nbytes(self) -> int:
+        """The memory of every session's subscription table (for status and tests)."""
+        return sum(ids.nbytes() for ids in self._by_session.values())
 
     def deliver(self, results: list[Result]) -> None:
         """Push each result to the sessions subscribed to it, one frame per session."""
+        if not self._by_session:
+            return
         batches: dict[Session, list[list[object]]] = {}
         for r in results:
-            subs = self._by_task.pop(r.id, None)
-            if not subs:
-                continue
-            item = wire.result_to_wire(r)
-            for sub in subs:
-                sub.subscriptions.discard(r.id)
-                batches.setdefault(sub, []).append(item)
+            item = None
+            for sub, ids in self._by_session.items():
+                if ids.discard(r.id):
+                    if item is None:
+                        item = wire.result_to_wire(r)
+                    batches.setdefault(sub, []).append(item)
         for sub, items in batches.items():
+            if not self._by_session.get(sub, True):
+                del self._by_session[sub]  # it waits for nothing now
             sub.push(protocol.RESULTS, {"results": items})
 
 
@@ -91,13 +112,15 @@ class ResultService:
             s.error(rid, "SerializationError", PICKLE_DISABLED)
             return
         now = ctx.clock()
-        for t in tasks:
-            ctx.subs.subscribe(s, t.id)
+        if req.subscribe:  # fire-and-forget submits (subscribe False) cost nothing here
+            for t in tasks:
+                ctx.subs.subscribe(s, t.id)
         try:
             new = await ctx.runner.call(ctx.store.enqueue, tasks, now)
         except Exception:
-            for t in tasks:
-                ctx.subs.unsubscribe(s, t.id)
+            if req.subscribe:
+                for t in tasks:
+                    ctx.subs.unsubscribe(s, t.id)
             raise
         s.reply(rid, {"new": sum(new)})
         ctx.counters["submitted"] += sum(new)

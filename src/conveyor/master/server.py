@@ -30,7 +30,7 @@ from .. import __version__, loops, protocol, wire
 from ..errors import ProtocolError
 from ..records import QueueStats
 from ..store import Store
-from . import eager
+from . import eager, maintenance
 from .connection import Connection
 from .context import Context, Limits, Routes
 from .dispatch import Dispatcher
@@ -87,7 +87,8 @@ class Master:
         self.results = ResultService(self.ctx, self.jobs)
         self.dispatcher = Dispatcher(self.ctx, self.queue_service, self.jobs)
         self.scheduler = Scheduler(self.ctx)  # periodic schedules (master/scheduler.py)
-        self.reaper = Reaper(self.ctx, drop=self.drop, acked=self.queue_service.joiners_may_be_done)
+        self.reaper = Reaper(self.ctx, drop=self.drop, acked=self.queue_service.joiners_may_be_done,
+                             settled=self.jobs.settle_dependents)
         self.delay_timer = DelayTimer(self.ctx)
         self.routes = merge_routes(self._routes(), self.results.routes(), self.dispatcher.routes(),
                                    self.queue_service.routes(), self.jobs.routes(), self.scheduler.routes())
@@ -135,9 +136,14 @@ class Master:
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         ctx.bind_runner(StoreRunner(self.store, loop, inline=self.store.cheap_commits))
-        released = await ctx.runner.call(self.store.release_all, ctx.clock())
+        # Every recovery sweep in bounded batches (maintenance.py): a deep store does not
+        # make one long transaction, and dependency cascades are cut at CASCADE_LIMIT
+        # per call, the rest continued by the reaper.
+        self.store.cascade_limit = maintenance.CASCADE_LIMIT
+        released = await maintenance.release_all(ctx, ctx.clock())
         if released:
             log.info("recovered %d task(s) that were leased when the master stopped", released)
+        await maintenance.settle_pending(ctx, ctx.clock())
         next_due = await ctx.runner.call(self.store.next_due)
         if next_due is not None:
             ctx.delays.due_at(next_due)
@@ -325,8 +331,17 @@ class Master:
         s.push(protocol.OK, {}) if rid == 0 else s.reply(rid, {})
 
     async def on_status(self, s: Session, rid: int, req: wire.NoFields) -> None:
-        stats = await self.ctx.runner.call(self.store.stats)
-        s.reply(rid, self.status(stats))
+        store = self.store
+
+        def read() -> tuple[dict[str, QueueStats], dict[str, Any]]:
+            # All three from the store's counters: O(queues x task names), never a scan.
+            return store.stats(), {"tasks": _series(store.task_counts()),
+                                   "outcomes": _series(store.outcome_totals())}
+
+        stats, stored = await self.ctx.runner.call(read)
+        doc = self.status(stats)
+        doc["stored"] = stored
+        s.reply(rid, doc)
 
     def status(self, stats: dict[str, QueueStats]) -> dict[str, Any]:
         """The status document ``conveyor status`` prints (and the dashboard polls)."""
@@ -362,6 +377,21 @@ class Master:
                 "started_at": rec.started_at if rec else None, "pool": rec.pool if rec else None,
                 "loop": rec.loop if rec else None, "done": rec.done if rec else 0,
                 "failed": rec.failed if rec else 0}
+
+
+#: The most (queue, task name, state or outcome) rows status carries per series: a
+#: store with more task names than this sends the largest ones (metrics stay bounded).
+MAX_STORED_SERIES = 2000
+
+
+def _series(counts: dict[tuple[str, str | None, str], int]) -> list[list[Any]]:
+    """Store counters as [queue, task name or None, state or outcome, n] rows, bounded."""
+    rows: list[list[Any]] = [[q, name, what, n] for (q, name, what), n in counts.items()]
+    if len(rows) > MAX_STORED_SERIES:
+        rows.sort(key=lambda r: -r[3])
+        del rows[MAX_STORED_SERIES:]
+    rows.sort(key=lambda r: (r[0], r[1] or "", r[2]))
+    return rows
 
 
 def merge_routes(*tables: Routes) -> Routes:

@@ -74,7 +74,6 @@ class Session:
     # Leases the worker reported started (task id -> (token, wall-clock start)); entries
     # whose lease has since left ``inflight`` are pruned by :meth:`running`.
     started: dict[str, tuple[int, float]] = field(default_factory=dict)
-    subscriptions: set[str] = field(default_factory=set)
     holds_items: bool = False  # has leased plain-queue items: release them when it goes
     last_seen: float = 0.0  # monotonic time of its last bytes (the master's injected clock)
     hold: WriteHold | None = field(default=None, repr=False)  # the master's, while it holds writes

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .. import timing
+from . import maintenance
 from .session import Session
 
 if TYPE_CHECKING:
@@ -50,8 +51,7 @@ class DelayTimer:
             return None
         if times.next_due > now:
             return min(times.next_due - now, timing.TIMER_TICK_MAX)
-        queues = await ctx.runner.call(ctx.store.promote_due, now)
-        times.next_due = await ctx.runner.call(ctx.store.next_due)
+        queues, times.next_due = await maintenance.promote_due(ctx, now)
         for q in queues:
             ctx.queues.changed(q)
         if queues:
@@ -75,13 +75,18 @@ class Reaper:
     """Closes silent sessions, extends live leases, expires lost ones, purges old results.
 
     ``drop`` forgets a session (and hands its leases back); ``acked`` is called
-    each step so parked joins notice acknowledgements made elsewhere.
+    each step so parked joins notice acknowledgements made elsewhere; ``settled``
+    after each batch of dependency cascades continued here (it delivers the
+    dependents failed and dispatches those freed). Every store sweep runs in
+    bounded batches (:mod:`.maintenance`), so other requests are served between them.
     """
 
-    def __init__(self, ctx: Context, *, drop: Callable[[Session], None], acked: Callable[[], None]) -> None:
+    def __init__(self, ctx: Context, *, drop: Callable[[Session], None], acked: Callable[[], None],
+                 settled: Callable[[], Awaitable[None]] | None = None) -> None:
         self.ctx = ctx
         self.drop = drop
         self.acked = acked
+        self.settled = settled
         limits, start = ctx.limits, ctx.monotonic()
         self.extend = timing.Cadence(timing.extend_every(limits.lease_for), start)
         self.expire = timing.Cadence(timing.EXPIRE_EVERY, start)
@@ -112,15 +117,16 @@ class Reaper:
                 await ctx.runner.call(self._extend, owners, now, durable=False)
         self.acked()
         if self.expire.due(mono):
-            expired = await ctx.runner.call(ctx.store.expire_leases, now)
+            expired = await maintenance.expire_leases(ctx, now)
             if expired:
                 log.warning("%d lease(s) expired and went back to their queues", len(expired))
                 ctx.metrics.expired(expired)
                 ctx.work_added()
         if self.purge.due(mono):
-            n = await ctx.runner.call(ctx.store.purge_finished, now - ctx.limits.result_ttl)
+            n = await maintenance.purge_finished(ctx, now - ctx.limits.result_ttl)
             if n:
                 log.info("purged %d finished task(s) older than the result TTL", n)
+        await maintenance.settle_pending(ctx, now, after_batch=self.settled)
 
     def _extend(self, owners: list[str], now: float) -> None:
         for owner in owners:
