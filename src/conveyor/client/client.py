@@ -17,6 +17,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED  # for mark_cancelled()
 from typing import Any
 
 from .. import protocol, serde
@@ -60,16 +61,17 @@ class TaskFuture(cf.Future[Any]):
             return False
         outcome = self._client.cancel(self.task_id)
         if self.task_id in outcome["cancelled"]:
-            self._mark_cancelled()
+            self.mark_cancelled()
             return True
         return self.cancelled()
 
-    def _mark_cancelled(self) -> None:
-        """The master cancelled the task: the future raises CancelledError."""
+    def mark_cancelled(self) -> None:
+        """The master cancelled the task: the future raises CancelledError (the stdlib's
+        ``cancel()`` cannot say so for a future already running)."""
         with self._condition:
-            if self._state in (cf._base.FINISHED, cf._base.CANCELLED_AND_NOTIFIED):
+            if self._state in (FINISHED, CANCELLED_AND_NOTIFIED):
                 return
-            self._state = cf._base.CANCELLED_AND_NOTIFIED
+            self._state = CANCELLED_AND_NOTIFIED
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
@@ -79,7 +81,8 @@ class TaskFuture(cf.Future[Any]):
         """Call ``fn(future)`` on every progress report (from the client's I/O thread)."""
         self._progress_callbacks.append(fn)
 
-    def _on_progress(self, report: dict[str, Any]) -> None:
+    def record_progress(self, report: dict[str, Any]) -> None:
+        """A progress report from the master: kept on ``progress``, then the callbacks run."""
         self.progress = report
         for fn in list(self._progress_callbacks):
             try:
@@ -150,7 +153,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             if fut.done():
                 return
             if result.state == "cancelled":
-                fut._mark_cancelled()
+                fut.mark_cancelled()
                 return
             ok, value = decode_result(result, allow_pickle=allow)
             if ok:
@@ -180,16 +183,27 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         committed.add_done_callback(failed)
         return futures, committed
 
-    def _request_future(self, op: str, fields: dict[str, Any]) -> cf.Future[Any]:
-        """Send a request from any thread; a concurrent future of its reply fields."""
+    def request(self, op: str, fields: dict[str, Any]) -> cf.Future[Any]:
+        """Send a protocol request from any thread, without waiting; a concurrent future of
+        its reply fields (queues, schedules and managers speak to the master through it)."""
         if self._closed:
             raise ConnectionLost("client is closed")
         fut: cf.Future[Any] = self._core.request_nowait(op, fields)
         return fut
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: the client sends nothing more."""
+        return self._closed
+
+    @property
+    def connected(self) -> bool:
+        """True while the link to the master is up (it reconnects by itself when it drops)."""
+        return bool(self._core.connected)
+
     def _ask(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Send a request and wait (30 s at most) for its reply fields."""
-        reply: dict[str, Any] = self._request_future(op, fields).result(30)
+        reply: dict[str, Any] = self.request(op, fields).result(30)
         return reply
 
     def _task(self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -312,7 +326,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         if msg.op == protocol.PROGRESS:
             fut = self._futures.get(str(msg.fields.get("id")))
             if fut is not None:
-                fut._on_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
+                fut.record_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
 
     # -- job control -------------------------------------------------------
     def cancel(self, task_id: str) -> dict[str, list[str]]:
@@ -469,7 +483,7 @@ class ConveyorExecutor(cf.Executor):
         """Cancel on the master the tasks of ``futures`` still waiting to run (ready, delayed
         or waiting on dependencies); a task a worker already holds keeps running, as in
         ``concurrent.futures``. States are asked for all at once, then one cancel request."""
-        asks = [(f, self._client._request_future(protocol.INSPECT, {"id": f.task_id}))
+        asks = [(f, self._client.request(protocol.INSPECT, {"id": f.task_id}))
                 for f in futures if not f.done()]
         ids = []
         for fut, ask in asks:
@@ -481,11 +495,11 @@ class ConveyorExecutor(cf.Executor):
                 ids.append(fut.task_id)
         if not ids:
             return
-        outcome = self._client._request_future(protocol.CANCEL, {"ids": ids}).result(30)
+        outcome = self._client.request(protocol.CANCEL, {"ids": ids}).result(30)
         cancelled = set(outcome["cancelled"])
         for fut, _ in asks:
             if fut.task_id in cancelled:
-                fut._mark_cancelled()
+                fut.mark_cancelled()
 
 
 def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str | None = None,
