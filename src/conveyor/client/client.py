@@ -288,7 +288,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
         if not progress:
             return gen()
-        from tqdm import tqdm  # type: ignore[import-untyped]
+        from tqdm import tqdm
 
         total = min((len(i) for i in iterables if isinstance(i, Sized)), default=None)
 
