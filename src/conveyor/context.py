@@ -25,8 +25,9 @@ class CurrentTask:
     _send: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict)
     _last: float = field(default=0.0, repr=False)
-    #: Where this attempt's output (logging, stdout, stderr) is captured, if it is.
-    _output: OutputRing | None = field(default=None, repr=False)
+    #: Where this attempt's output (logging, stdout, stderr) is captured, or None when it is
+    #: not; set by the worker before the task starts, written by conveyor.logs' capture.
+    output: OutputRing | None = field(default=None, repr=False)
 
     def progress(self, done: float, total: float | None = None, message: str = "") -> None:
         """Report progress; the client sees it on ``future.progress`` and ``conveyor inspect``.
@@ -81,7 +82,7 @@ class OutputRing:
 def current_output() -> OutputRing | None:
     """The running task's output ring, or None (outside a task, or not captured)."""
     task = _current.get()
-    return task._output if task is not None else None
+    return task.output if task is not None else None
 
 
 def peek_current() -> CurrentTask | None:

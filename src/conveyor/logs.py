@@ -155,7 +155,7 @@ def _task_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record.task_id = task.id
         record.task_name = task.name
         record.in_task = True
-        ring = task._output
+        ring = task.output
         if ring is not None and _capture is not None:
             # Captured here, not by a handler: a handler on the root logger would silence
             # logging's last-resort stderr output in processes that configured none.

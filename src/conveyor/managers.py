@@ -389,7 +389,7 @@ def _shared_client(address: tuple[str, int], authkey: bytes) -> Client:
     key = (os.getpid(), address, authkey)
     with _clients_lock:
         client = _clients.get(key)
-        if client is None or client._closed:
+        if client is None or client.closed:
             client = _clients[key] = _connect(address, authkey)
         return client
 
@@ -442,7 +442,7 @@ class QueueProxy(NetworkQueue):
         if self._to_ack:
             self._send_acks()
         try:
-            cfut = self._client._request_future(op, fields)
+            cfut = self._client.request(op, fields)
         except ConnectionLost as exc:
             raise self._gone(exc) from None
         deadline = None if wait is None else time.monotonic() + wait
@@ -455,7 +455,7 @@ class QueueProxy(NetworkQueue):
                 return reply
             except (TimeoutError, cf.TimeoutError):
                 now = time.monotonic()
-                if self._client._core.connected:
+                if self._client.connected:
                     down_since = None
                 else:
                     down_since = down_since or now
@@ -476,7 +476,14 @@ class QueueProxy(NetworkQueue):
         return MasterGone(f"the manager's master at {self._address[0]}:{self._address[1]} is gone{why}: "
                           f"queue {self.name!r} cannot be used")
 
-    def _uses(self, client: Client) -> bool:
+    def forget_parent_items(self) -> None:
+        """In a child made by fork: drop what the parent got and has not acknowledged (the
+        parent acknowledges it), and the acknowledgements it had in flight."""
+        self._lock = threading.Lock()  # another parent thread may have held it at the fork
+        self._unacked.clear()
+        self._acks = []
+
+    def uses_client(self, client: Client) -> bool:
         return self._client_obj is client and self._pid == os.getpid()  # never opens a connection
 
     def __repr__(self) -> str:
@@ -495,19 +502,17 @@ _live_proxies: weakref.WeakSet[QueueProxy] = weakref.WeakSet()
 def _forget_parent_items() -> None:
     """In a child made by fork: the items the parent got are the parent's to acknowledge."""
     for proxy in list(_live_proxies):
-        proxy._lock = threading.Lock()  # another parent thread may have held it at the fork
-        proxy._unacked.clear()
-        proxy._acks = []
+        proxy.forget_parent_items()
 
 
 def _ack_at_process_exit() -> None:
     """multiprocessing's exit hook: a ``Process`` child made by fork leaves with ``os._exit``,
     skipping atexit, so the ack="auto" promise (acknowledged at a normal exit) is kept here."""
     exc = sys.exc_info()[1]  # set when run() raised: this hook runs in a finally clause
-    if _queues._crashed or (exc is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None))):
+    if _queues.crashing() or (exc is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None))):
         return
     for proxy in list(_live_proxies):
-        proxy._ack_outstanding()
+        proxy.ack_outstanding()
 
 
 def _register_exit_ack(_: object) -> None:
@@ -561,9 +566,9 @@ class _State:
 def _finalize(state: _State) -> None:
     if os.getpid() != state.pid:  # a child made by fork: the master and connection are the parent's
         return
-    if not _queues._crashed:  # a normal exit acknowledges what was got, as ack="auto" promises
+    if not _queues.crashing():  # a normal exit acknowledges what was got, as ack="auto" promises
         for proxy in list(state.proxies):
-            proxy._ack_outstanding()
+            proxy.ack_outstanding()
         if state.process is not None and state.client is not None:
             _drain(state)
     if state.client is not None:
@@ -588,7 +593,7 @@ def _drain(state: _State) -> None:
         if remaining <= 0:
             return
         try:
-            futures = [state.client._request_future(protocol.QSIZE, {"queue": n}) for n in names]
+            futures = [state.client.request(protocol.QSIZE, {"queue": n}) for n in names]
             if not any(f.result(remaining)["leased"] for f in futures):
                 return
         except Exception:  # the master went away, or did not answer in time

@@ -462,13 +462,13 @@ def test_parked_puts_survive_a_session_dropping(master, client):
     q.put_many(range(maxsize))
     producers = [master.client() for _ in range(parked)]
     try:
-        puts = [p._request_future(protocol.QPUT, {"queue": q.name, "items": [q._encode(i)],
+        puts = [p.request(protocol.QPUT, {"queue": q.name, "items": [q._encode(i)],
                                                   "maxsize": maxsize, "timeout": 3})
                 for i, p in enumerate(producers)]
         # Requests on one connection are handled in order: a ping answered after a put
         # means the master has handled that put, and it is parked on the full queue.
         for p in producers:
-            p._request_future(protocol.PING, {}).result(15)
+            p.request(protocol.PING, {}).result(15)
         assert not any(f.done() for f in puts)
         bystander = master.client()
         assert len(client.queue(q.name, ack="get").get_many(maxsize)) == maxsize  # room for all

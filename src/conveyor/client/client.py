@@ -17,6 +17,13 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
+from concurrent.futures._base import (  # the states a slim future shares with cf.Future
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    PENDING,
+    RUNNING,
+)
 from typing import Any, Literal, overload
 
 from .. import protocol, serde
@@ -40,8 +47,8 @@ _NOT_STARTED = frozenset({READY, DELAYED, WAITING})  # what Executor.shutdown(ca
 #: hold a million futures. Waiters loop on their own future's state, so a
 #: wake-up meant for another future only costs a re-check.
 _SHARED_CONDITION = threading.Condition()
-_PENDING, _RUNNING = cf._base.PENDING, cf._base.RUNNING
-_CANCELLED, _NOTIFIED, _FINISHED = cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED
+_PENDING, _RUNNING = PENDING, RUNNING
+_CANCELLED, _NOTIFIED, _FINISHED = CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 
 
 class TaskFuture(cf.Future[Any]):
@@ -110,7 +117,7 @@ class TaskFuture(cf.Future[Any]):
         if self.done():
             return
         if result.state == "cancelled":
-            self._mark_cancelled()
+            self.mark_cancelled()
             return
         ok, value = decode_result(result, allow_pickle=self._client is not None and self._client.allow_pickle)
         try:
@@ -129,12 +136,13 @@ class TaskFuture(cf.Future[Any]):
             return False
         outcome = self._client.cancel(self.task_id)
         if self.task_id in outcome["cancelled"]:
-            self._mark_cancelled()
+            self.mark_cancelled()
             return True
         return self.cancelled()
 
-    def _mark_cancelled(self) -> None:
-        """The master cancelled the task: the future raises CancelledError."""
+    def mark_cancelled(self) -> None:
+        """The master cancelled the task: the future raises CancelledError (the stdlib's
+        ``cancel()`` cannot say so for a future already running)."""
         with self._condition:
             if self._state in (_FINISHED, _NOTIFIED):
                 return
@@ -150,7 +158,8 @@ class TaskFuture(cf.Future[Any]):
             self._progress_callbacks = []
         self._progress_callbacks.append(fn)
 
-    def _on_progress(self, report: dict[str, Any]) -> None:
+    def record_progress(self, report: dict[str, Any]) -> None:
+        """A progress report from the master: kept on ``progress``, then the callbacks run."""
         self.progress = report
         for fn in list(self._progress_callbacks or ()):
             try:
@@ -244,19 +253,30 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             raise ConnectionLost("client is closed")
         from .. import wire
 
-        return self._request_future(protocol.SUBMIT, {"tasks": [wire.task_to_wire(t) for t in tasks],
-                                                      "subscribe": False})
+        return self.request(protocol.SUBMIT, {"tasks": [wire.task_to_wire(t) for t in tasks],
+                                              "subscribe": False})
 
-    def _request_future(self, op: str, fields: dict[str, Any]) -> cf.Future[Any]:
-        """Send a request from any thread; a concurrent future of its reply fields."""
+    def request(self, op: str, fields: dict[str, Any]) -> cf.Future[Any]:
+        """Send a protocol request from any thread, without waiting; a concurrent future of
+        its reply fields (queues, schedules and managers speak to the master through it)."""
         if self._closed:
             raise ConnectionLost("client is closed")
         fut: cf.Future[Any] = self._core.request_nowait(op, fields)
         return fut
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: the client sends nothing more."""
+        return self._closed
+
+    @property
+    def connected(self) -> bool:
+        """True while the link to the master is up (it reconnects by itself when it drops)."""
+        return bool(self._core.connected)
+
     def _ask(self, op: str, fields: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Send a request and wait (30 s at most, unless told) for its reply fields."""
-        reply: dict[str, Any] = self._request_future(op, fields).result(timeout)
+        reply: dict[str, Any] = self.request(op, fields).result(timeout)
         return reply
 
     def _task(self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -391,7 +411,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
         if not progress:
             return gen()
-        from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+        from tqdm import tqdm
 
         total = min((len(i) for i in iterables if isinstance(i, Sized)), default=None)
 
@@ -429,7 +449,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         if msg.op == protocol.PROGRESS:
             fut = self._futures.get(str(msg.fields.get("id")))
             if fut is not None:
-                fut._on_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
+                fut.record_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
 
     # -- job control -------------------------------------------------------
     def cancel(self, task_id: str) -> dict[str, list[str]]:
@@ -659,7 +679,7 @@ class ConveyorExecutor(cf.Executor):
         """Cancel on the master the tasks of ``futures`` still waiting to run (ready, delayed
         or waiting on dependencies); a task a worker already holds keeps running, as in
         ``concurrent.futures``. States are asked for all at once, then one cancel request."""
-        asks = [(f, self._client._request_future(protocol.INSPECT, {"id": f.task_id}))
+        asks = [(f, self._client.request(protocol.INSPECT, {"id": f.task_id}))
                 for f in futures if not f.done()]
         ids = []
         for fut, ask in asks:
@@ -671,11 +691,11 @@ class ConveyorExecutor(cf.Executor):
                 ids.append(fut.task_id)
         if not ids:
             return
-        outcome = self._client._request_future(protocol.CANCEL, {"ids": ids}).result(30)
+        outcome = self._client.request(protocol.CANCEL, {"ids": ids}).result(30)
         cancelled = set(outcome["cancelled"])
         for fut, _ in asks:
             if fut.task_id in cancelled:
-                fut._mark_cancelled()
+                fut.mark_cancelled()
 
 
 def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str | None = None,

@@ -86,13 +86,13 @@ class NetworkQueue:
     def __repr__(self) -> str:
         return f"<NetworkQueue {self.name!r} on {self._client.address}>"
 
-    def _uses(self, client: Client) -> bool:
+    def uses_client(self, client: Client) -> bool:
         """True if this queue talks through ``client``."""
         return self._client is client
 
     def _send_qack(self, items: list[Any]) -> cf.Future[Any]:
         """Acknowledge ``items`` (without waiting); exit and close wait for it."""
-        fut = self._client._request_future(protocol.QACK, {"items": items})
+        fut = self._client.request(protocol.QACK, {"items": items})
         _ACKS_IN_FLIGHT.add(fut)
         return fut
 
@@ -116,7 +116,7 @@ class NetworkQueue:
         """A request's reply, waiting at most ``wait`` seconds (None: forever)."""
         if self._to_ack:
             self._send_acks()  # acknowledgements made before this request travel before it
-        cfut = self._client._request_future(op, fields)
+        cfut = self._client.request(op, fields)
         try:
             reply: dict[str, Any] = cfut.result(_MAX_WAIT if wait is None else wait)
             return reply
@@ -130,7 +130,7 @@ class NetworkQueue:
             return
         items = cfut.result().get("items") or []
         if items:
-            self._client._request_future(protocol.RETURN, {"leases": [[i[0], i[1]] for i in items]})
+            self._client.request(protocol.RETURN, {"leases": [[i[0], i[1]] for i in items]})
 
     def _encode(self, item: Any) -> list[Any]:
         return [new_id(), serde.encode(item, self.codec), self.codec]
@@ -242,7 +242,9 @@ class NetworkQueue:
             if not self._to_ack and all(f.done() for f in pending):
                 return
 
-    def _ack_outstanding(self) -> None:
+    def ack_outstanding(self) -> None:
+        """Acknowledge, and wait up to 5 s for, every item got and not yet acknowledged
+        (an ``ack="auto"`` queue's promise at a normal exit)."""
         with self._lock:
             items = self._to_ack + list(self._unacked)
             self._to_ack = []
@@ -302,6 +304,12 @@ def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> Non
     (_previous_hook or sys.__excepthook__)(kind, value, tb)
 
 
+def crashing() -> bool:
+    """True once an uncaught exception is ending this process (or its multiprocessing
+    ``run()``): then ack="auto" items are not acknowledged, so the master hands them out again."""
+    return _crashed
+
+
 def _note_run_outcome() -> None:
     """In a multiprocessing child, in the finally clause around ``run()``: an exception
     leaving ``run()`` is visible here, where sys.excepthook never sees it (multiprocessing
@@ -339,8 +347,8 @@ def ack_auto_items(client: Client) -> None:
     and wait a little for acknowledgements still travelling."""
     if not _crashed:
         for q in list(_AUTO_QUEUES):
-            if q._uses(client):
-                q._ack_outstanding()
+            if q.uses_client(client):
+                q.ack_outstanding()
     cf.wait(list(_ACKS_IN_FLIGHT), 5)
 
 
@@ -348,5 +356,5 @@ def _ack_at_exit() -> None:
     if _crashed:
         return
     for q in list(_AUTO_QUEUES):
-        q._ack_outstanding()
+        q.ack_outstanding()
     cf.wait(list(_ACKS_IN_FLIGHT), 5)

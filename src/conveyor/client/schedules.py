@@ -15,10 +15,10 @@ RUN_ONCE = "run_once"  # conveyor.schedule.RUN_ONCE, without importing croniter 
 
 
 class ScheduleMixin:
-    """Schedule methods; the class mixing this in provides ``_request_future`` and ``codec``."""
+    """Schedule methods; the class mixing this in provides ``request`` and ``codec``."""
 
     codec: str
-    _request_future: Callable[[str, dict[str, Any]], cf.Future[Any]]
+    request: Callable[[str, dict[str, Any]], cf.Future[Any]]
 
     def schedule(self, name: str, fn: Callable[..., Any] | str, /, *args: Any, cron: str | None = None,
                  every: float | None = None, tz: str = "UTC", queue: str | None = None,
@@ -42,20 +42,20 @@ class ScheduleMixin:
                               queue=default_queue if queue is None else queue, missed=missed,
                               codec=self.codec, options=options)
         fields = {"schedule": sched.to_wire(), "replace": bool(replace)}
-        reply = self._request_future(protocol.SCHED_ADD, fields).result(TIMEOUT)
+        reply = self.request(protocol.SCHED_ADD, fields).result(TIMEOUT)
         schedule: dict[str, Any] = reply["schedule"]
         return schedule
 
     def schedules(self) -> list[dict[str, Any]]:
         """Every schedule on the master: name, task, queue, cron/every, tz, missed,
         source ("code" or "cli"), args, last_slot and next_slot (Unix times)."""
-        schedules: list[dict[str, Any]] = self._request_future(protocol.SCHED_LIST, {}).result(TIMEOUT)["schedules"]
+        schedules: list[dict[str, Any]] = self.request(protocol.SCHED_LIST, {}).result(TIMEOUT)["schedules"]
         return schedules
 
     def unschedule(self, name: str) -> None:
         """Remove schedule ``name`` (tasks it already enqueued still run); NotFound if unknown.
         A schedule declared in code comes back when a worker with its module connects."""
-        self._request_future(protocol.SCHED_DEL, {"name": name}).result(TIMEOUT)
+        self.request(protocol.SCHED_DEL, {"name": name}).result(TIMEOUT)
 
     def run_schedule(self, name: str) -> dict[str, Any]:
         """Enqueue schedule ``name``'s task now, outside its timing: ``{"id", "new"}``.
@@ -64,5 +64,5 @@ class ScheduleMixin:
         later ones). ``schedules()`` shows it as the schedule's ``last_run_now``.
         NotFound for an unknown name.
         """
-        reply: dict[str, Any] = self._request_future(protocol.SCHED_RUN, {"name": name}).result(TIMEOUT)
+        reply: dict[str, Any] = self.request(protocol.SCHED_RUN, {"name": name}).result(TIMEOUT)
         return reply

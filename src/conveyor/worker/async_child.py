@@ -154,7 +154,7 @@ class _Child:
         self.runs[job_id] = run
         current = CurrentTask(job_id, name, token, self._send_progress, headers=headers or {})
         if self.capture:
-            current._output = OutputRing(OUTPUT_LIMIT)
+            current.output = OutputRing(OUTPUT_LIMIT)
         # create_task copies this context: each task sets its own current_task().
         run.task = self.loop.create_task(self._run(run, current, payload, codec, soft))
 
@@ -205,7 +205,7 @@ class _Child:
                     run.timed_out = True
             if run.timed_out or run.cancelled:  # it caught the cancellation and returned
                 raise asyncio.CancelledError()
-            answer = [run.id, True, serde.encode(value, codec), codec, duration, _output(current._output)]
+            answer = [run.id, True, serde.encode(value, codec), codec, duration, _output(current.output)]
             if hooked is not None:
                 middleware.after_task(hooked, value)
         except BaseException as exc:  # a task's failure, whatever it raised
@@ -217,7 +217,7 @@ class _Child:
                 error = exc
             if hooked is not None:
                 middleware.on_failure(hooked, error)
-            answer = [run.id, False, _encode_error(error), serde.MSGPACK, duration, _output(current._output)]
+            answer = [run.id, False, _encode_error(error), serde.MSGPACK, duration, _output(current.output)]
         finally:
             for timer in timers:
                 timer.cancel()

@@ -54,7 +54,7 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
     duration = 0.0
     ring = OutputRing(OUTPUT_LIMIT) if capture and current is not None else None
     if ring is not None:
-        current._output = ring  # type: ignore[union-attr]
+        current.output = ring  # type: ignore[union-attr]
     set_current(current)
     hooked = _hooked(current)
     if hooked is not None:
