@@ -6,9 +6,9 @@ Run it from anywhere::
 
 The worker is started with ``--log-format json --log-file PATH`` (the master
 takes the same flags). Each task event is one line under the logger
-``conveyor.worker.tasks``: received, started, succeeded in how long with its
+``conveyor.worker.tasks``: started, succeeded in how long with its
 result, failed with the error, retry in how long, timed out, crashed,
-cancelled. A record that a task logs itself carries ``task_id`` and
+cancelled (and, at DEBUG, received). A record that a task logs itself carries ``task_id`` and
 ``task_name`` too, and the last 64 KiB of what each attempt logged and printed
 is sent to the master with its outcome. In text format (the default) the lines
 read ``... INFO conveyor.worker.tasks: Task lifecycle_tasks:resize[ID] succeeded in 0.001s: 'cat.png.thumb.png'``.
