@@ -8,8 +8,9 @@ In one run:
 - overview load: the median time of ``GET /`` and of the live partial the
   page refreshes (``/partials/overview``), and of ``client.status()`` itself;
 - throughput: 2 workers run ``--tasks`` no-op tasks with no tab open, then
-  with ten "tabs" (threads fetching the overview partial every 2 s and the
-  chart history on load, as the page does), alternating, ``--rounds`` times each;
+  with ten "tabs" (processes that load the page and its chart history, then
+  fetch the live partial every 2 s, as the page does), alternating,
+  ``--rounds`` times each;
 - the peer: the multiprocessing.managers pattern's throughput on the same
   tasks in the same run (bench/throughput.py's), for scale.
 
@@ -20,15 +21,16 @@ In one run:
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from throughput import bench_managers
 
@@ -56,30 +58,39 @@ def _median_ms(fn, n: int = 10) -> float:
     return statistics.median(times) * 1000
 
 
+def _tab(url: str, stop: Any, fetches: Any) -> None:
+    """One browser tab on the overview: loads the page and its history, then polls the partial."""
+    _get(url + "/")
+    _get(url + "/api/history")
+    while not stop.wait(POLL):
+        _get(url + "/partials/overview")
+        with fetches.get_lock():
+            fetches.value += 1
+
+
 class _Tabs:
-    """``n`` browser tabs on the overview: each loads the page and its history, then polls the partial."""
+    """``n`` tabs, in a process of their own (as browsers are): the client measuring
+    throughput shares no interpreter with them."""
 
     def __init__(self, url: str, n: int) -> None:
-        self.url, self.stop = url, threading.Event()
-        self.threads = [threading.Thread(target=self._tab, daemon=True) for _ in range(n)]
-        self.requests = 0
+        ctx = multiprocessing.get_context("spawn")
+        self.stop, self.fetches = ctx.Event(), ctx.Value("i", 0)
+        self.procs = [ctx.Process(target=_tab, args=(url, self.stop, self.fetches), daemon=True)
+                      for _ in range(n)]
 
-    def _tab(self) -> None:
-        _get(self.url + "/")
-        _get(self.url + "/api/history")
-        while not self.stop.wait(POLL):
-            _get(self.url + "/partials/overview")
-            self.requests += 1
+    @property
+    def requests(self) -> int:
+        return int(self.fetches.value)
 
     def __enter__(self) -> _Tabs:
-        for t in self.threads:
-            t.start()
+        for p in self.procs:
+            p.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        for t in self.threads:
-            t.join(30)
+        for p in self.procs:
+            p.join(30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.rounds):
                     alone.append(run())
                     with _Tabs(url, TABS) as t:
-                        time.sleep(POLL)  # every tab has loaded its page
+                        time.sleep(POLL + 1)  # every tab has started and loaded its page
                         tabs.append(run())
                     print(f"  round: alone {alone[-1]:,.0f}/s, with tabs {tabs[-1]:,.0f}/s "
                           f"({t.requests} partial fetches)", flush=True)
