@@ -79,6 +79,7 @@ class Outcome:
     # when it reported it began, kept in the task's attempt history.
     worker: dict[str, Any] | None = None
     started_at: float | None = None
+    ended: str | None = None  # an attempt outcome more precise than failed (timed out, crashed)
 
 
 # How an attempt ended, as kept in its AttemptRecord.
@@ -142,7 +143,7 @@ def attempt_record(number: int, owner: str | None, leased_at: float | None, now:
 
 def note_of(outcome: Outcome) -> AttemptNote:
     """The AttemptNote an Outcome carries (its worker, start and output)."""
-    return AttemptNote(outcome.worker, outcome.started_at, outcome.output)
+    return AttemptNote(outcome.worker, outcome.started_at, outcome.output, outcome.ended)
 
 
 @dataclass(slots=True)

@@ -151,8 +151,9 @@ class Store(abc.ABC):
         task's error history; with ``error=None`` the attempt is not counted as a
         failure (a deferral, e.g. by a rate limit). False (and nothing changes) if
         ``token`` does not hold the lease. A dead task's dependents fail. The
-        attempt joins the task's history (retried, failed or deferred unless
-        ``note.outcome`` says more, e.g. timed out)."""
+        attempt joins the task's history (retried, failed, or deferred when given
+        a ``note``, unless ``note.outcome`` says more, e.g. timed out); a deferral
+        with no error and no note (a rate limit, before any worker ran it) does not."""
 
     @abc.abstractmethod
     def release(self, leases: Sequence[tuple[str, int]], now: float, *,

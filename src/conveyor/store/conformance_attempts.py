@@ -85,12 +85,15 @@ class AttemptsConformance:
         store.nack("d", d.token, T0 + 1, error=b"last", dead=True,
                    note=AttemptNote(W1, outcome="timed out"))
         r = lease(store, "r")
-        store.nack("r", r.token, T0 + 1, delay=5)
+        store.nack("r", r.token, T0 + 1)  # a rate limit's deferral: no attempt ran
+        assert log(store, "r") == []
+        r = lease(store, "r", now=T0 + 10)
+        store.nack("r", r.token, T0 + 11, note=AttemptNote(output="deferred itself"))
         assert [(a.outcome, a.error, a.worker) for a in log(store, "f")] == \
             [(ATTEMPT_FAILED, b"boom", W1)]
         assert [(a.outcome, a.error) for a in log(store, "d")] == [("timed out", b"last")]
-        assert [(a.outcome, a.error, a.worker) for a in log(store, "r")] == \
-            [(ATTEMPT_DEFERRED, None, None)]
+        assert [(a.number, a.outcome, a.error, a.output) for a in log(store, "r")] == \
+            [(2, ATTEMPT_DEFERRED, None, "deferred itself")]
 
     def test_a_stale_report_adds_no_attempt(self, store: Store) -> None:
         store.enqueue(own("a"), T0)

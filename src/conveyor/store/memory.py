@@ -584,7 +584,8 @@ class MemoryStore(Store):
                 return False
             self._touch(rec)
             ended = ATTEMPT_FAILED if dead else ATTEMPT_DEFERRED if error is None else ATTEMPT_RETRIED
-            self._end_attempt(rec, now, ended, note, error)
+            if error is not None or note is not None or dead:  # a bare deferral never ran
+                self._end_attempt(rec, now, ended, note, error)
             if error is not None:
                 rec.errors.append(bytes(error))
                 if not dead:

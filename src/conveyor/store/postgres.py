@@ -811,8 +811,9 @@ class PostgresStore(Store):
             if held is None:
                 return False
             ended = ATTEMPT_FAILED if dead else ATTEMPT_DEFERRED if err is None else ATTEMPT_RETRIED
-            self._write_attempts([(task_id, attempt_record(int(token), held[0], held[1], now,
-                                                           ended, note, err))])
+            if err is not None or note is not None or dead:  # a bare deferral never ran
+                self._write_attempts([(task_id, attempt_record(int(token), held[0], held[1], now,
+                                                               ended, note, err))])
             if dead:
                 row = self._x(
                     f"UPDATE tasks SET state = 'dead', errors = {history}, result_ok = false, "

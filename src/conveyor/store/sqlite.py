@@ -687,8 +687,9 @@ class SQLiteStore(Store):
                 return False
             seq, blob, queue, name, owner, leased_at = row
             ended = ATTEMPT_FAILED if dead else ATTEMPT_DEFERRED if error is None else ATTEMPT_RETRIED
-            _write_attempts(conn, [(task_id, attempt_record(token, owner, leased_at, now, ended,
-                                                            note, error))])
+            if error is not None or note is not None or dead:  # a bare deferral never ran
+                _write_attempts(conn, [(task_id, attempt_record(token, owner, leased_at, now,
+                                                                ended, note, error))])
             self._note(queue, name, LEASED, DEAD if dead else DELAYED if delay > 0 else READY)
             if error is not None and not dead:
                 self._note_retry(queue, name)
