@@ -145,9 +145,9 @@ class AttemptsConformance:
         for i in range(n):
             got = lease(store, "a", now=T0 + i)
             store.nack("a", got.token, T0 + i, error=f"e{i}".encode())
-        got = log(store, "a")
-        assert [a.number for a in got] == list(range(n - ATTEMPTS_KEPT + 1, n + 1))
-        assert got[-1].error == f"e{n - 1}".encode()
+        kept = log(store, "a")
+        assert [a.number for a in kept] == list(range(n - ATTEMPTS_KEPT + 1, n + 1))
+        assert kept[-1].error == f"e{n - 1}".encode()
 
     def test_attempts_roll_back_with_their_transaction(self, store: Store) -> None:
         store.enqueue(own("a"), T0)
