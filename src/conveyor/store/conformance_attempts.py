@@ -104,6 +104,17 @@ class AttemptsConformance:
         assert store.complete([Outcome("a", first.token, False, b"late")], T0 + 102) == ["stale"]
         assert [a.outcome for a in log(store, "a")] == [ATTEMPT_LOST]
 
+    def test_a_late_success_replaces_the_record_of_its_lost_attempt(self, store: Store) -> None:
+        store.enqueue(own("a"), T0)
+        first = lease(store, "a", owner="s1")
+        store.expire_leases(T0 + 100)
+        lease(store, "a", owner="s2", now=T0 + 101)
+        done = Outcome("a", first.token, True, b"v", output="late", worker=W1)
+        assert store.complete([done], T0 + 102) == ["stored"]
+        got = log(store, "a")
+        assert [(a.number, a.outcome, a.output) for a in got] == \
+            [(1, ATTEMPT_SUCCEEDED, "late")]
+
     def test_lost_leases_by_expiry_owner_release_and_restart(self, store: Store) -> None:
         store.enqueue(own("e", "o", "r", "all"), T0)
         lease(store, "e", owner="s1")

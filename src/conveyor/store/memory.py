@@ -158,6 +158,16 @@ class _Rec:
                       self.result_codec or "msgpack", self.state, self.finished_at)
 
 
+def _add_attempt(rec: _Rec, record: AttemptRecord) -> None:
+    """Add ``record`` to ``rec``'s history (replacing an earlier record of the same
+    attempt, as a late report does, like the SQL stores' upsert) and keep the last
+    ATTEMPTS_KEPT attempts, in attempt order."""
+    kept = [a for a in rec.history if a.number != record.number]
+    kept.append(record)
+    kept.sort(key=lambda a: a.number)
+    rec.history = tuple(kept[-ATTEMPTS_KEPT:])
+
+
 class _Undo:
     """What one open transaction level changed, as it was before the change.
 
@@ -529,9 +539,8 @@ class MemoryStore(Store):
                      error: bytes | None = None) -> None:
         """Add the attempt that holds ``rec``'s lease to its history (call after
         ``_touch``, before the lease is dropped); the last ATTEMPTS_KEPT are kept."""
-        record = attempt_record(rec.attempts, rec.lease_owner, rec.started_at, now, outcome,
-                                note, error)
-        rec.history = (*rec.history[-(ATTEMPTS_KEPT - 1):], record)
+        _add_attempt(rec, attempt_record(rec.attempts, rec.lease_owner, rec.started_at, now,
+                                               outcome, note, error))
 
     def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
         """Store results; STORED, DUPLICATE, STALE or UNKNOWN for each outcome."""
@@ -549,7 +558,7 @@ class MemoryStore(Store):
                     if rec.state == LEASED and o.token == rec.attempts:
                         self._end_attempt(rec, now, ATTEMPT_SUCCEEDED, note_of(o))
                     else:  # an earlier attempt's late success: its lease ended already
-                        rec.history = (*rec.history[-(ATTEMPTS_KEPT - 1):], attempt_record(
+                        _add_attempt(rec, attempt_record(
                             o.token, None, None, now, ATTEMPT_SUCCEEDED, note_of(o)))
                     self._finish(rec, SUCCEEDED, True, o.payload, o.codec, now)
                     out.append(STORED)
