@@ -116,3 +116,14 @@ def test_a_worker_killed_mid_task_leaves_a_lost_attempt_and_the_next_succeeds_el
     assert log[0]["worker"] == workers[holder]
     assert log[1]["worker"]["pid"] != holder and log[1]["worker"] in workers.values()
     assert log[0]["error"] is None and log[0]["finished_at"] <= log[1]["finished_at"]
+
+
+def test_an_attempt_stopped_by_its_time_limit_is_marked_timed_out(make_cluster):
+    cluster = make_cluster(workers=1).start()
+    cluster.wait_for_workers(1)
+    with cluster.client() as client:
+        fut = client.submit(f"{TASKS}:hang", 60, timeout=0.5)
+        assert wait_until(lambda: client.inspect(fut.task_id)["state"] == "failed", timeout=60)
+        [a] = client.inspect(fut.task_id)["attempt_log"]
+    assert a["outcome"] == "timed out"
+    assert a["error"]["type"] == "conveyor.errors.TaskTimeout"
