@@ -75,6 +75,75 @@ class Outcome:
     payload: bytes
     codec: str = "msgpack"
     output: str | None = None
+    # Filled in by the master (never sent on the wire): who ran the attempt and
+    # when it reported it began, kept in the task's attempt history.
+    worker: dict[str, Any] | None = None
+    started_at: float | None = None
+    ended: str | None = None  # an attempt outcome more precise than failed (timed out, crashed)
+
+
+# How an attempt ended, as kept in its AttemptRecord.
+ATTEMPT_SUCCEEDED = "succeeded"
+ATTEMPT_FAILED = "failed"  # the task failed for good (failed or dead)
+ATTEMPT_RETRIED = "retried"  # failed, and the task was given another attempt
+ATTEMPT_DEFERRED = "deferred"  # handed back without a failure (e.g. a rate limit)
+ATTEMPT_TIMED_OUT = "timed out"
+ATTEMPT_CRASHED = "crashed"
+ATTEMPT_CANCELLED = "cancelled"
+ATTEMPT_LOST = "lost lease"  # the lease expired or its worker went away
+ATTEMPT_RELEASED = "released"  # the worker handed it back unstarted (warm shutdown)
+ATTEMPTS_KEPT = 20  # attempt records kept per task: the last ones
+MAX_ATTEMPT_OUTPUT = 64 * 1024  # characters of output kept per attempt (the last ones)
+
+
+@dataclass(slots=True)
+class AttemptNote:
+    """What the master knows about an attempt that ends, for its AttemptRecord:
+    the worker that ran it (``name``/``host``/``pid``), when the worker reported
+    it began, what it printed, and (optionally) a more precise outcome."""
+
+    worker: dict[str, Any] | None = None
+    started_at: float | None = None
+    output: str | None = None
+    outcome: str | None = None
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One attempt of a task, as stored when it ended (``Store.get`` fills
+    ``TaskInfo.attempt_log`` with the last ``ATTEMPTS_KEPT``, oldest first).
+
+    ``number`` is the attempt's fencing token; ``owner`` the lease owner (a
+    session id); ``worker`` its name/host/pid when the master knew them;
+    ``error`` the encoded error (as ``TaskInfo.errors`` holds it), ``output``
+    the last ``MAX_ATTEMPT_OUTPUT`` characters it logged and printed.
+    """
+
+    number: int
+    owner: str | None
+    worker: dict[str, Any] | None
+    leased_at: float | None
+    started_at: float | None
+    finished_at: float
+    outcome: str
+    error: bytes | None = None
+    output: str | None = None
+
+
+def attempt_record(number: int, owner: str | None, leased_at: float | None, now: float,
+                   outcome: str, note: AttemptNote | None, error: bytes | None = None) -> AttemptRecord:
+    """The record of an attempt ending now: ``note`` (when given) adds what the
+    master knows; its output is cut to the last ``MAX_ATTEMPT_OUTPUT`` characters."""
+    note = note or AttemptNote()
+    output = note.output[-MAX_ATTEMPT_OUTPUT:] if note.output else None
+    return AttemptRecord(number, owner, dict(note.worker) if note.worker else None, leased_at,
+                         note.started_at, now, note.outcome or outcome,
+                         bytes(error) if error is not None else None, output)
+
+
+def note_of(outcome: Outcome) -> AttemptNote:
+    """The AttemptNote an Outcome carries (its worker, start and output)."""
+    return AttemptNote(outcome.worker, outcome.started_at, outcome.output, outcome.ended)
 
 
 @dataclass(slots=True)
@@ -110,6 +179,11 @@ class TaskInfo:
     result: Result | None
     after: list[str] = field(default_factory=list)
     progress: dict[str, Any] | None = None
+    # Filled by Store.get (left empty by listings): the last attempts, oldest
+    # first, and the task's arguments as submitted (``codec`` names their encoding).
+    attempt_log: list[AttemptRecord] = field(default_factory=list)
+    payload: bytes | None = None
+    codec: str = "msgpack"
 
 
 @dataclass(slots=True)

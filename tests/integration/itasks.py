@@ -123,3 +123,39 @@ def norm2(p):
 
 def apply(fn, value):
     return fn(value)
+
+
+def noisy_flaky(path, fail_times):
+    """Print and log a line naming the attempt, fail the first ``fail_times`` attempts
+    (counted in a file), then return "done" (attempt history and output tests)."""
+    import logging
+    import sys
+
+    n = len(open(path).read().split()) if os.path.exists(path) else 0
+    record(path, n)
+    print(f"printed by attempt {n + 1} <script>x</script>")
+    print(f"stderr of attempt {n + 1}", file=sys.stderr)
+    logging.getLogger("noisy").warning("logged by attempt %d", n + 1)
+    if n < fail_times:
+        raise ValueError(f"noisy failure {n + 1}")
+    return "done"
+
+
+def chatty(n_bytes):
+    """Print ``n_bytes`` of output in 1 KiB lines, then an end marker."""
+    line = "y" * 1023
+    for _ in range(n_bytes // 1024):
+        print(line)
+    print("the end")
+    return n_bytes
+
+
+def hang_first(path, started):
+    """The first attempt (no ``path`` yet) creates ``path`` and ``started`` and hangs;
+    later attempts return "second" (a worker is killed under the first)."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        open(started, "w").close()
+        time.sleep(120)
+        return "first"
+    return "second"

@@ -42,9 +42,10 @@ class MaintenanceSpy(MemoryStore):
         self.calls.append(("release_all", limit))
         return super().release_all(now, limit=limit)
 
-    def expire_leases(self, now: float, *, limit: int | None = None) -> list[str]:
+    def expire_leases(self, now: float, *, limit: int | None = None,
+                      workers: Any = None) -> list[str]:
         self.calls.append(("expire_leases", limit))
-        return super().expire_leases(now, limit=limit)
+        return super().expire_leases(now, limit=limit, workers=workers)
 
     def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
         self.calls.append(("promote_due", limit))

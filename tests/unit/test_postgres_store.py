@@ -23,6 +23,7 @@ from conveyor.errors import StoreError
 from conveyor.records import FAILED, SUCCEEDED, QueueStats, TaskFilter
 from conveyor.store import STORED, open_store
 from conveyor.store.conformance import T0, StoreConformance, after, fail, ok, task
+from conveyor.store.conformance_attempts import AttemptsConformance
 from conveyor.store.conformance_counts import CountsConformance, assert_counts_match
 from conveyor.store.dsn import redact, scrub
 from tests.pg import fresh_postgres_dsn, postgres_dsn  # noqa: F401 (fixtures)
@@ -39,7 +40,7 @@ from conveyor.store.postgres_schema import (  # noqa: E402
 )
 
 
-class TestPostgresStore(StoreConformance, CountsConformance):
+class TestPostgresStore(StoreConformance, CountsConformance, AttemptsConformance):
     @pytest.fixture
     def store(self, postgres_dsn: str) -> Iterator[PostgresStore]:  # noqa: F811
         s = PostgresStore(postgres_dsn)

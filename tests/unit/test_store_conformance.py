@@ -19,10 +19,11 @@ from conveyor.store import (
     open_store,
 )
 from conveyor.store.conformance import StoreConformance
+from conveyor.store.conformance_attempts import AttemptsConformance
 from conveyor.store.conformance_counts import CountsConformance
 
 
-class TestMemoryStore(StoreConformance, CountsConformance):
+class TestMemoryStore(StoreConformance, CountsConformance, AttemptsConformance):
     @pytest.fixture
     def store(self):
         s = MemoryStore()
@@ -32,7 +33,7 @@ class TestMemoryStore(StoreConformance, CountsConformance):
             s.close()
 
 
-class TestSQLiteStore(StoreConformance, CountsConformance):
+class TestSQLiteStore(StoreConformance, CountsConformance, AttemptsConformance):
     @pytest.fixture(params=["normal", "full"])
     def store(self, request, tmp_path):
         s = SQLiteStore(tmp_path / "data", sync=request.param)

@@ -66,7 +66,10 @@ def format_task(t: dict[str, Any]) -> str:
         else:
             e = result["error"]
             lines.append(f"error     {e['type']}: {e['message']}")
-    for i, e in enumerate(_failures(t), 1):
+    if t.get("attempt_log"):
+        lines += _attempt_lines(t["attempt_log"])
+        return "\n".join(lines)
+    for i, e in enumerate(_failures(t), 1):  # a master without attempt records: the errors
         by = _worker(e.get("worker")) if isinstance(e.get("worker"), dict) else e.get("worker")
         lines.append(f"\nattempt {i} failed{f' on {by}' if by else ''}: {e['type']}: {e['message']}")
         if e.get("traceback"):
@@ -74,6 +77,28 @@ def format_task(t: dict[str, Any]) -> str:
         if e.get("output"):
             lines.append("output:\n" + str(e["output"]).rstrip())
     return "\n".join(lines)
+
+
+# Attempt outcomes that are failures of the task's code: printed "failed (outcome)".
+_FAILED_OUTCOMES = {"retried": "failed (retried)", "failed": "failed"}
+
+
+def _attempt_lines(log: list[dict[str, Any]]) -> list[str]:
+    """Each attempt: how it ended and on which worker, its error traceback, times and output."""
+    lines: list[str] = []
+    for a in log:
+        how = _FAILED_OUTCOMES.get(a["outcome"], a["outcome"])
+        by = _worker(a.get("worker"))
+        e = a.get("error")
+        head = f"\nattempt {a['number']} {how}{f' on {by}' if by else ''}"
+        lines.append(f"{head}: {e['type']}: {e['message']}" if e else head)
+        if e and e.get("traceback"):
+            lines.append(e["traceback"].rstrip())
+        lines.append(f"leased {_when_ms(a.get('leased_at'))}  started {_when_ms(a.get('started_at'))}"
+                     f"  finished {_when_ms(a.get('finished_at'))}")
+        if a.get("output"):
+            lines.append("output:\n" + str(a["output"]).rstrip())
+    return lines
 
 
 def _failures(t: dict[str, Any]) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from ..records import (
     TaskPage,
     TaskSummary,
 )
-from . import maintenance
+from . import attempts, maintenance
 from .metrics import CANCELLED, DEAD, RETRIED
 from .session import Session
 
@@ -82,10 +82,12 @@ class JobService:
         def apply() -> tuple[list[tuple[str, float]], dict[str, Result]]:
             again, dead = [], []
             for o, decision in retrying:
+                note = attempts.note_failure(o)
                 if decision.dead:
-                    if store.nack(o.id, o.token, now, error=o.payload, dead=True):
+                    if store.nack(o.id, o.token, now, error=o.payload, dead=True, note=note):
                         dead.append(o.id)
-                elif store.nack(o.id, o.token, now, delay=decision.delay, error=o.payload):
+                elif store.nack(o.id, o.token, now, delay=decision.delay, error=o.payload,
+                                note=note):
                     again.append((o.id, decision.delay))
             return again, store.results(dead) if dead else {}
 
@@ -269,11 +271,15 @@ class JobService:
         s.reply(rid, {"n": n})
 
     async def on_inspect(self, s: Session, rid: int, req: wire.TaskId) -> None:
-        info = await self.ctx.runner.call(self.ctx.store.get, req.id)
+        store = self.ctx.store
+        info, dependents = await self.ctx.runner.call(
+            lambda: (store.get(req.id), store.dependents(req.id, attempts.DEPENDENTS_SHOWN)))
         if info is None:
             s.error(rid, "NotFound", f"no task {req.id}")
             return
-        s.reply(rid, {"task": self.describe(info)})
+        task = self.describe(info)
+        task["dependents"] = dependents
+        s.reply(rid, {"task": task})
 
     async def on_tasks(self, s: Session, rid: int, req: wire.TaskList) -> None:
         store, flt = self.ctx.store, req.flt
@@ -384,6 +390,8 @@ class JobService:
             return out
         out["options"] = {k: v for k, v in info.options.items() if k != "after"}
         out["errors"] = [serde.decode_error(e) for e in info.errors]
+        out["attempt_log"] = [attempts.describe_attempt(a) for a in info.attempt_log]
+        out.update(attempts.describe_args(info.payload, info.codec))
         if info.result is not None:
             r = info.result
             out["result"] = ({"ok": True, "value": _payload_preview(r.payload, r.codec)} if r.ok

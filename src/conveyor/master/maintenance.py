@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from . import attempts
+
 if TYPE_CHECKING:
     from .context import Context
 
@@ -38,8 +40,10 @@ async def release_all(ctx: Context, now: float) -> int:
 async def expire_leases(ctx: Context, now: float) -> list[str]:
     """Hand back every task whose lease deadline passed by ``now``; their ids."""
     expired: list[str] = []
+    workers = attempts.workers_by_owner(ctx.sessions.values())  # who held each lease
     while True:
-        got: list[str] = await ctx.runner.call(lambda: ctx.store.expire_leases(now, limit=BATCH))
+        got: list[str] = await ctx.runner.call(
+            lambda: ctx.store.expire_leases(now, limit=BATCH, workers=workers))
         expired.extend(got)
         if len(got) < BATCH:
             return expired

@@ -12,8 +12,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import protocol, wire
-from ..records import DUPLICATE, FAILED, STALE, STORED, SUCCEEDED, NewTask, Outcome, Result
+from ..records import (
+    DUPLICATE,
+    FAILED,
+    STALE,
+    STORED,
+    SUCCEEDED,
+    AttemptNote,
+    NewTask,
+    Outcome,
+    Result,
+)
 from ..serde import PICKLE
+from . import attempts
 from .idset import IdSet
 from .session import Session
 
@@ -174,6 +185,7 @@ class ResultService:
             s.credit += req.credit
             ctx.wake.set()
         for o, _ in req.outcomes:
+            attempts.note_outcome(s, o)  # before the lease leaves inflight (its start goes with it)
             s.inflight.pop(o.id, None)
         outcomes = [o for o, retry in req.outcomes if retry is None]
         retrying = [(o, retry) for o, retry in req.outcomes if retry is not None]
@@ -220,7 +232,8 @@ class ResultService:
         for tid, _ in req.pairs:
             s.inflight.pop(tid, None)
         self.ctx.metrics.forget(tid for tid, _ in req.pairs)
-        n = await self.ctx.runner.call(self.ctx.store.release, req.pairs, self.ctx.clock())
+        n = await self.ctx.runner.call(lambda: self.ctx.store.release(
+            req.pairs, self.ctx.clock(), note=AttemptNote(attempts.worker_of(s))))
         s.reply(rid, {"n": n})
         if n:
             self.ctx.work_added()

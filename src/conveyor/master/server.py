@@ -28,9 +28,9 @@ from typing import Any
 
 from .. import __version__, loops, protocol, wire
 from ..errors import ProtocolError
-from ..records import QueueStats
+from ..records import AttemptNote, QueueStats
 from ..store import Store
-from . import eager, maintenance
+from . import attempts, eager, maintenance
 from .connection import Connection
 from .context import Context, Limits, Routes
 from .dispatch import Dispatcher
@@ -226,7 +226,9 @@ class Master:
                 log.info("worker %s (%s) disconnected with %d task(s) in flight",
                          s.name, s.peer, len(s.inflight))
             self.ctx.metrics.forget(s.inflight)  # handed back unfinished: no run to time
-            self.ctx.after_release(self.ctx.runner.call(self.store.release_owner, s.id, self.ctx.clock()))
+            note = AttemptNote(attempts.worker_of(s)) if s.role == "worker" else None
+            self.ctx.after_release(self.ctx.runner.call(
+                lambda: self.store.release_owner(s.id, self.ctx.clock(), note=note)))
             s.inflight.clear()
 
     # -- messages ----------------------------------------------------------

@@ -29,11 +29,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..records import (  # re-exported: the store interface speaks in these records
     ALL_TASKS,
+    ATTEMPTS_KEPT,
     CANCELLED,
     DEAD,
     DELAYED,
@@ -50,6 +51,8 @@ from ..records import (  # re-exported: the store interface speaks in these reco
     SUCCEEDED,
     UNKNOWN,
     WAITING,
+    AttemptNote,
+    AttemptRecord,
     BulkResult,
     Lease,
     NewTask,
@@ -65,7 +68,7 @@ from ..records import (  # re-exported: the store interface speaks in these reco
 from .validate import FINISHED_STATES, check_listing
 
 __all__ = [
-    "ALL_TASKS", "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED",
+    "ALL_TASKS", "ATTEMPTS_KEPT", "AttemptNote", "AttemptRecord", "CANCELLED", "DEAD", "DELAYED", "DUPLICATE", "FAILED", "FINISHED", "LEASED",
     "OUTCOMES", "READY", "RETRIED", "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
     "BulkResult", "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskCount", "TaskFilter",
     "TaskInfo", "TaskPage", "TaskSummary", "Store", "dependency_failed_error",
@@ -134,32 +137,45 @@ class Store(abc.ABC):
         A success is stored from any attempt if the task has no result yet (the
         first stored result wins). A failure is stored only from the attempt
         that holds the lease now; from any other it is STALE. A stored result
-        makes the task succeeded or failed and ends its lease.
+        makes the task succeeded or failed and ends its lease, and adds the
+        attempt to the task's history (its worker, start and output from the
+        Outcome) in the same transaction.
         """
 
     @abc.abstractmethod
     def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
-             error: bytes | None = None, dead: bool = False) -> bool:
+             error: bytes | None = None, dead: bool = False,
+             note: AttemptNote | None = None) -> bool:
         """Give a leased task back after a failed attempt: to ready (or delayed by
         ``delay`` seconds), or to dead. ``error`` (when given) is appended to the
         task's error history; with ``error=None`` the attempt is not counted as a
         failure (a deferral, e.g. by a rate limit). False (and nothing changes) if
-        ``token`` does not hold the lease. A dead task's dependents fail."""
+        ``token`` does not hold the lease. A dead task's dependents fail. The
+        attempt joins the task's history (retried, failed, or deferred when given
+        a ``note``, unless ``note.outcome`` says more, e.g. timed out); a deferral
+        with no error and no note (a rate limit, before any worker ran it) does not."""
 
     @abc.abstractmethod
-    def release(self, leases: Sequence[tuple[str, int]], now: float) -> int:
+    def release(self, leases: Sequence[tuple[str, int]], now: float, *,
+                note: AttemptNote | None = None) -> int:
         """Hand leased tasks back to ready without a result (a worker's warm shutdown).
 
         Only pairs whose token still holds the lease count; returns how many did.
+        Each such attempt joins its task's history as released (``note``: the worker).
         """
 
     @abc.abstractmethod
-    def release_owner(self, owner: str, now: float) -> list[str]:
-        """Hand back every task leased to ``owner`` (its connection dropped); their ids."""
+    def release_owner(self, owner: str, now: float, *,
+                      note: AttemptNote | None = None) -> list[str]:
+        """Hand back every task leased to ``owner`` (its connection dropped); their ids.
+
+        Each attempt joins its task's history as a lost lease (``note``: the worker).
+        """
 
     @abc.abstractmethod
     def release_all(self, now: float, *, limit: int | None = None) -> int:
         """Hand back every leased task (master start-up: no lease survives a restart).
+        Each attempt joins its task's history as a lost lease.
 
         With ``limit`` (1..validate.MAX_BATCH), at most that many per call, each call
         one short transaction: call until it returns less than the limit.
@@ -170,8 +186,12 @@ class Store(abc.ABC):
         """Push the lease deadline of every task ``owner`` holds to ``now + lease_for``."""
 
     @abc.abstractmethod
-    def expire_leases(self, now: float, *, limit: int | None = None) -> list[str]:
+    def expire_leases(self, now: float, *, limit: int | None = None,
+                      workers: Mapping[str, dict[str, Any]] | None = None) -> list[str]:
         """Hand back every task whose lease deadline passed; their ids.
+
+        Each attempt joins its task's history as a lost lease, with the worker
+        ``workers`` gives for its lease owner (session id), if any.
 
         With ``limit``, the earliest deadlines first, at most that many per call:
         call until fewer than the limit come back.
@@ -201,6 +221,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get(self, task_id: str) -> TaskInfo | None:
         """Everything stored about one task, or None."""
+
+    @abc.abstractmethod
+    def dependents(self, task_id: str, limit: int = 100) -> list[str]:
+        """Ids of at most ``limit`` (1..validate.MAX_BATCH) tasks whose ``after``
+        names ``task_id``, in id order (an index lookup, never a scan of every task)."""
 
     @abc.abstractmethod
     def cancel(self, task_id: str, now: float, error: bytes) -> tuple[str, str | None] | None:

@@ -13,12 +13,20 @@ import contextlib
 import heapq
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .. import serde
 from ..records import (
     ALL_TASKS,
+    ATTEMPT_CANCELLED,
+    ATTEMPT_DEFERRED,
+    ATTEMPT_FAILED,
+    ATTEMPT_LOST,
+    ATTEMPT_RELEASED,
+    ATTEMPT_RETRIED,
+    ATTEMPT_SUCCEEDED,
+    ATTEMPTS_KEPT,
     CANCELLED,
     DEAD,
     DELAYED,
@@ -33,6 +41,8 @@ from ..records import (
     SUCCEEDED,
     UNKNOWN,
     WAITING,
+    AttemptNote,
+    AttemptRecord,
     Lease,
     NewTask,
     Outcome,
@@ -43,6 +53,8 @@ from ..records import (
     TaskInfo,
     TaskPage,
     TaskSummary,
+    attempt_record,
+    note_of,
     task_id_for_key,
 )
 from . import paging
@@ -74,6 +86,9 @@ class _Rec:
         # ids this task waits for; ``dependents`` (a list or None) the tasks waiting for
         # it, in enqueue order. ``progress`` is the last progress report, msgpack.
         "after", "dependents", "progress",
+        # ``history``: the last ATTEMPTS_KEPT attempt records, oldest first
+        # (replaced, never changed in place, so snapshots share it).
+        "history",
     )
     seq: int
     id: str
@@ -98,13 +113,14 @@ class _Rec:
     after: tuple[str, ...]
     dependents: list[str] | None
     progress: bytes | None
+    history: tuple[AttemptRecord, ...]
 
     def copy(self) -> _Rec:
         """A snapshot for the undo log: the lists changed in place are copied too.
 
         Every lease and result snapshots the record it changes, so this is on
         the hot path: one assignment per slot is about four times faster than a
-        getattr/setattr loop over ``__slots__``. ``options`` and ``after`` are
+        getattr/setattr loop over ``__slots__``. ``options``, ``after`` and ``history`` are
         replaced, never changed in place, so they are shared. (A unit test checks
         that every slot is copied.)
         """
@@ -130,6 +146,7 @@ class _Rec:
         other.result_codec = self.result_codec
         other.after = self.after
         other.progress = self.progress
+        other.history = self.history
         other.errors = list(self.errors)
         other.dependents = list(self.dependents) if self.dependents else self.dependents
         return other
@@ -139,6 +156,16 @@ class _Rec:
             return None  # (a finished task always has its finish time)
         return Result(self.id, bool(self.result_ok), self.result_payload or b"",
                       self.result_codec or "msgpack", self.state, self.finished_at)
+
+
+def _add_attempt(rec: _Rec, record: AttemptRecord) -> None:
+    """Add ``record`` to ``rec``'s history (replacing an earlier record of the same
+    attempt, as a late report does, like the SQL stores' upsert) and keep the last
+    ATTEMPTS_KEPT attempts, in attempt order."""
+    kept = [a for a in rec.history if a.number != record.number]
+    kept.append(record)
+    kept.sort(key=lambda a: a.number)
+    rec.history = tuple(kept[-ATTEMPTS_KEPT:])
 
 
 class _Undo:
@@ -370,6 +397,7 @@ class MemoryStore(Store):
                 rec.after = ()
                 rec.dependents = None
                 rec.progress = None
+                rec.history = ()
                 undo.setdefault(t.id, None)
                 self._records[t.id] = rec
                 if t.after:
@@ -506,6 +534,14 @@ class MemoryStore(Store):
         rec.finished_at = now
         self._move(rec, state)
 
+    @staticmethod
+    def _end_attempt(rec: _Rec, now: float, outcome: str, note: AttemptNote | None,
+                     error: bytes | None = None) -> None:
+        """Add the attempt that holds ``rec``'s lease to its history (call after
+        ``_touch``, before the lease is dropped); the last ATTEMPTS_KEPT are kept."""
+        _add_attempt(rec, attempt_record(rec.attempts, rec.lease_owner, rec.started_at, now,
+                                               outcome, note, error))
+
     def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
         """Store results; STORED, DUPLICATE, STALE or UNKNOWN for each outcome."""
         out: list[str] = []
@@ -518,11 +554,19 @@ class MemoryStore(Store):
                 elif rec.state in FINISHED_STATES:
                     out.append(DUPLICATE)
                 elif o.ok and 1 <= o.token <= rec.attempts:
+                    self._touch(rec)
+                    if rec.state == LEASED and o.token == rec.attempts:
+                        self._end_attempt(rec, now, ATTEMPT_SUCCEEDED, note_of(o))
+                    else:  # an earlier attempt's late success: its lease ended already
+                        _add_attempt(rec, attempt_record(
+                            o.token, None, None, now, ATTEMPT_SUCCEEDED, note_of(o)))
                     self._finish(rec, SUCCEEDED, True, o.payload, o.codec, now)
                     out.append(STORED)
                     if rec.dependents:
                         ended.append(rec)
                 elif not o.ok and rec.state == LEASED and o.token == rec.attempts:
+                    self._touch(rec)
+                    self._end_attempt(rec, now, ATTEMPT_FAILED, note_of(o), o.payload)
                     self._finish(rec, FAILED, False, o.payload, o.codec, now)
                     out.append(STORED)
                     if rec.dependents:
@@ -540,13 +584,17 @@ class MemoryStore(Store):
         return rec
 
     def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
-             error: bytes | None = None, dead: bool = False) -> bool:
+             error: bytes | None = None, dead: bool = False,
+             note: AttemptNote | None = None) -> bool:
         """Give a leased task back to ready, delayed or dead; False if ``token`` is stale."""
         with self.transaction():
             rec = self._holds(task_id, token)
             if rec is None:
                 return False
             self._touch(rec)
+            ended = ATTEMPT_FAILED if dead else ATTEMPT_DEFERRED if error is None else ATTEMPT_RETRIED
+            if error is not None or note is not None or dead:  # a bare deferral never ran
+                self._end_attempt(rec, now, ended, note, error)
             if error is not None:
                 rec.errors.append(bytes(error))
                 if not dead:
@@ -567,26 +615,35 @@ class MemoryStore(Store):
         self._touch(rec)
         self._move(rec, READY)
 
-    def release(self, leases: Sequence[tuple[str, int]], now: float) -> int:
+    def _hand_back(self, rec: _Rec, now: float, outcome: str = ATTEMPT_LOST,
+                   note: AttemptNote | None = None) -> None:
+        """End the attempt holding ``rec``'s lease with ``outcome`` and make it ready."""
+        self._touch(rec)
+        self._end_attempt(rec, now, outcome, note)
+        self._move(rec, READY)
+
+    def release(self, leases: Sequence[tuple[str, int]], now: float, *,
+                note: AttemptNote | None = None) -> int:
         """Hand back the leases whose token still holds; how many did."""
         n = 0
         with self.transaction():
             for task_id, token in leases:
                 rec = self._holds(task_id, token)
                 if rec is not None:
-                    self._requeue(rec)
+                    self._hand_back(rec, now, ATTEMPT_RELEASED, note)
                     n += 1
         return n
 
     def _sorted_recs(self, ids: Sequence[str] | set[str]) -> list[_Rec]:
         return sorted((self._records[i] for i in ids), key=lambda r: r.seq)
 
-    def release_owner(self, owner: str, now: float) -> list[str]:
+    def release_owner(self, owner: str, now: float, *,
+                      note: AttemptNote | None = None) -> list[str]:
         """Hand back every task leased to ``owner``; their ids in enqueue order."""
         with self.transaction():
             recs = self._sorted_recs(self._owners.get(owner, ()))
             for rec in recs:
-                self._requeue(rec)
+                self._hand_back(rec, now, ATTEMPT_LOST, note)
             return [rec.id for rec in recs]
 
     def release_all(self, now: float, *, limit: int | None = None) -> int:
@@ -596,7 +653,7 @@ class MemoryStore(Store):
             ids = [i for owned in self._owners.values() for i in owned]
             recs = self._sorted_recs(ids)[:limit]
             for rec in recs:
-                self._requeue(rec)
+                self._hand_back(rec, now)
             return len(recs)
 
     def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
@@ -611,7 +668,8 @@ class MemoryStore(Store):
                 self._push_deadline(rec)
             return len(owned)
 
-    def expire_leases(self, now: float, *, limit: int | None = None) -> list[str]:
+    def expire_leases(self, now: float, *, limit: int | None = None,
+                      workers: Mapping[str, dict[str, Any]] | None = None) -> list[str]:
         """Hand back every task whose lease deadline is at or before ``now`` (at most
         ``limit``, earliest first)."""
         check_limit(limit)
@@ -624,7 +682,8 @@ class MemoryStore(Store):
                 if rec is None or rec.state != LEASED or rec.attempts != token \
                         or rec.lease_deadline != deadline:
                     continue  # extended, finished or handed back since
-                self._requeue(rec)
+                worker = workers.get(rec.lease_owner or "") if workers else None
+                self._hand_back(rec, now, ATTEMPT_LOST, AttemptNote(worker) if worker else None)
                 out.append(task_id)
         return out
 
@@ -673,10 +732,12 @@ class MemoryStore(Store):
         """Everything stored about one task, or None."""
         with self._lock:
             rec = self._records.get(task_id)
-            return None if rec is None else self._info(rec)
+            return None if rec is None else self._info(rec, with_log=True)
 
     @staticmethod
-    def _info(rec: _Rec) -> TaskInfo:
+    def _info(rec: _Rec, *, with_log: bool = False) -> TaskInfo:
+        """The TaskInfo of ``rec``; its attempt log only ``with_log`` (``get``), as
+        the other stores fill it."""
         return TaskInfo(
             id=rec.id, queue=rec.queue, name=rec.name, state=rec.state,
             priority=rec.priority, attempts=rec.attempts, created_at=rec.created_at,
@@ -685,7 +746,15 @@ class MemoryStore(Store):
             finished_at=rec.finished_at, options=dict(rec.options),
             errors=list(rec.errors), result=rec.result(), after=list(rec.after),
             progress=serde.unpackb(rec.progress) if rec.progress is not None else None,
+            attempt_log=list(rec.history) if with_log else [], payload=rec.payload, codec=rec.codec,
         )
+
+    def dependents(self, task_id: str, limit: int = 100) -> list[str]:
+        """Ids of at most ``limit`` tasks waiting on ``task_id``, in id order."""
+        check_int("limit", limit, 1, MAX_BATCH)
+        with self._lock:
+            rec = self._records.get(task_id)
+            return sorted(rec.dependents)[:limit] if rec is not None and rec.dependents else []
 
     def cancel(self, task_id: str, now: float, error: bytes) -> tuple[str, str | None] | None:
         """Cancel an unfinished task; (its state before, its lease owner) or None if unknown."""
@@ -697,6 +766,9 @@ class MemoryStore(Store):
             if before in FINISHED_STATES:
                 return before, None
             owner = rec.lease_owner if before == LEASED else None
+            if before == LEASED:
+                self._touch(rec)
+                self._end_attempt(rec, now, ATTEMPT_CANCELLED, None)
             self._finish(rec, CANCELLED, False, error, "msgpack", now)
             if rec.dependents:
                 self._settle(rec.id, CANCELLED, now)

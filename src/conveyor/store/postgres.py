@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -56,6 +56,14 @@ from .. import serde
 from ..errors import StoreError
 from ..records import (
     ALL_TASKS,
+    ATTEMPT_CANCELLED,
+    ATTEMPT_DEFERRED,
+    ATTEMPT_FAILED,
+    ATTEMPT_LOST,
+    ATTEMPT_RELEASED,
+    ATTEMPT_RETRIED,
+    ATTEMPT_SUCCEEDED,
+    ATTEMPTS_KEPT,
     CANCELLED,
     DEAD,
     DELAYED,
@@ -70,6 +78,8 @@ from ..records import (
     SUCCEEDED,
     UNKNOWN,
     WAITING,
+    AttemptNote,
+    AttemptRecord,
     Lease,
     NewTask,
     Outcome,
@@ -80,6 +90,8 @@ from ..records import (
     TaskInfo,
     TaskPage,
     TaskSummary,
+    attempt_record,
+    note_of,
     task_id_for_key,
 )
 from . import paging
@@ -109,7 +121,7 @@ _FINISHED_SQL = "('succeeded', 'failed', 'dead', 'cancelled')"
 _INFO_COLUMNS = (
     "id, queue, name, state, priority, attempts, created_at, not_before, lease_owner, "
     "lease_deadline, started_at, finished_at, options, errors, result_ok, result_payload, "
-    "result_codec, progress"
+    "result_codec, progress, payload, codec"
 )
 _Key = tuple[str, str, str, str]  # ("counts" | "totals", queue, name or "", state or outcome)
 _SUMMARY_COLUMNS = ("t.seq, t.id, t.queue, t.name, t.state, t.priority, t.attempts, "
@@ -148,10 +160,24 @@ def _options(blob: bytes | None) -> dict[str, Any]:
     return serde.unpackb(blob) if blob else {}
 
 
+_ATTEMPT_COLUMNS = ("number, owner, worker, leased_at, started_at, finished_at, outcome, error, "
+                    "output")
+_NoteFor = Callable[[str | None], AttemptNote | None]  # lease owner -> what the master knows
+
+
+def _attempt(row: Sequence[Any]) -> AttemptRecord:
+    number, owner, worker, leased_at, started_at, finished_at, outcome, error, output = row
+    return AttemptRecord(number, owner, serde.unpackb(worker) if worker else None, leased_at,
+                         started_at, finished_at, outcome,
+                         bytes(error) if error is not None else None, output)
+
+
 def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
-    """A TaskInfo from a row of ``_INFO_COLUMNS`` and the task's dependencies."""
+    """A TaskInfo from a row of ``_INFO_COLUMNS`` and the task's dependencies (its
+    attempt log is left to ``get``)."""
     (tid, queue, name, state, priority, attempts, created_at, not_before, owner, deadline,
-     started_at, finished_at, options, errors, ok, payload, codec, progress) = row
+     started_at, finished_at, options, errors, ok, payload, codec, progress, args,
+     args_codec) = row
     result = None
     if state in FINISHED_STATES:
         result = Result(tid, bool(ok), bytes(payload or b""), codec or "msgpack", state, finished_at)
@@ -162,6 +188,7 @@ def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
         options=_options(options), errors=[bytes(e) for e in errors or []],
         result=result, after=after,
         progress=serde.unpackb(progress) if progress is not None else None,
+        payload=bytes(args), codec=args_codec,
     )
 
 
@@ -682,6 +709,32 @@ class PostgresStore(Store):
             self._settle([(x.id, SUCCEEDED) for x in got], now)
         return got
 
+    def _write_attempts(self, rows: Sequence[tuple[str, AttemptRecord]]) -> None:
+        """Store ended attempts (a late report of the same attempt replaces it) and
+        drop each task's attempts older than the last ATTEMPTS_KEPT."""
+        if not rows:
+            return
+        cols: list[list[Any]] = [[] for _ in range(10)]
+        for tid, a in rows:
+            for col, value in zip(cols, (tid, a.number, a.owner,
+                                         serde.packb(a.worker) if a.worker else None,
+                                         a.leased_at, a.started_at, a.finished_at, a.outcome,
+                                         a.error, a.output)):
+                col.append(value)
+        self._x(f"INSERT INTO attempts (task_id, {_ATTEMPT_COLUMNS}) SELECT * FROM unnest("
+                "%s::text[], %s::int[], %s::text[], %s::bytea[], %s::float8[], %s::float8[], "
+                "%s::float8[], %s::text[], %s::bytea[], %s::text[]) "
+                "ON CONFLICT (task_id, number) DO UPDATE SET owner = excluded.owner, "
+                "worker = excluded.worker, leased_at = excluded.leased_at, "
+                "started_at = excluded.started_at, finished_at = excluded.finished_at, "
+                "outcome = excluded.outcome, error = excluded.error, output = excluded.output",
+                cols)
+        old = [(tid, a.number - ATTEMPTS_KEPT) for tid, a in rows if a.number > ATTEMPTS_KEPT]
+        if old:
+            self._x("DELETE FROM attempts a USING unnest(%s::text[], %s::int[]) AS u(id, n) "
+                    "WHERE a.task_id = u.id AND a.number <= u.n",
+                    ([t for t, _ in old], [n for _, n in old]))
+
     def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
         """Store results; STORED, DUPLICATE, STALE or UNKNOWN for each outcome."""
         if not outcomes:
@@ -691,8 +744,9 @@ class PostgresStore(Store):
             # Locked: a concurrent complete of the same task waits, then sees it finished.
             current: dict[str, list[Any]] = {
                 row[1]: [row[0], *row[2:]] for row in self._x(
-                    "SELECT seq, id, state, attempts, queue, name FROM tasks WHERE id = ANY(%s) "
-                    "ORDER BY seq FOR UPDATE", (ids,)).fetchall()}
+                    "SELECT seq, id, state, attempts, queue, name, lease_owner, started_at "
+                    "FROM tasks WHERE id = ANY(%s) ORDER BY seq FOR UPDATE", (ids,)).fetchall()}
+            ended_attempts: list[tuple[str, AttemptRecord]] = []
             out: list[str] = []
             cols: list[list[Any]] = [[], [], [], [], []]  # seq, state, ok, payload, codec
             ended: list[tuple[str, str]] = []
@@ -701,7 +755,7 @@ class PostgresStore(Store):
                 if cur is None:
                     out.append(UNKNOWN)
                     continue
-                seq, state, attempts, queue, name = cur
+                seq, state, attempts, queue, name, owner, leased_at = cur
                 if state in FINISHED_STATES:
                     out.append(DUPLICATE)
                     continue
@@ -713,10 +767,16 @@ class PostgresStore(Store):
                     out.append(STALE)
                     continue
                 out.append(STORED)
+                holder = state == LEASED and o.token == attempts  # the attempt holding the lease
+                ended_attempts.append((o.id, attempt_record(
+                    o.token, owner if holder else None, leased_at if holder else None, now,
+                    ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
+                    None if o.ok else o.payload)))
                 self._note(queue, name, state, cur[1])
                 for col, value in zip(cols, (seq, cur[1], bool(o.ok), bytes(o.payload), o.codec)):
                     col.append(value)
                 ended.append((o.id, cur[1]))
+            self._write_attempts(ended_attempts)
             if ended:
                 store = ("UPDATE tasks t SET state = u.state, result_ok = u.ok, "
                          "result_payload = u.payload, result_codec = u.codec, finished_at = %s, "
@@ -738,13 +798,22 @@ class PostgresStore(Store):
         return out
 
     def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
-             error: bytes | None = None, dead: bool = False) -> bool:
+             error: bytes | None = None, dead: bool = False,
+             note: AttemptNote | None = None) -> bool:
         """Give a leased task back to ready, delayed or dead; False if ``token`` is stale."""
         err = None if error is None else bytes(error)
         history = "errors || %s::bytea[]"  # the error history, this attempt's error appended
         fence = "WHERE id = %s AND state = 'leased' AND attempts = %s"
         extra = [] if err is None else [err]
         with self.transaction():
+            held = self._x(f"SELECT lease_owner, started_at FROM tasks {fence} FOR UPDATE",
+                           (task_id, int(token))).fetchone()
+            if held is None:
+                return False
+            ended = ATTEMPT_FAILED if dead else ATTEMPT_DEFERRED if err is None else ATTEMPT_RETRIED
+            if err is not None or note is not None or dead:  # a bare deferral never ran
+                self._write_attempts([(task_id, attempt_record(int(token), held[0], held[1], now,
+                                                               ended, note, err))])
             if dead:
                 row = self._x(
                     f"UPDATE tasks SET state = 'dead', errors = {history}, result_ok = false, "
@@ -772,33 +841,42 @@ class PostgresStore(Store):
                 self._note_retry(row[0], row[1])  # another attempt after a failure
             return row is not None
 
-    def release(self, leases: Sequence[tuple[str, int]], now: float) -> int:
+    def release(self, leases: Sequence[tuple[str, int]], now: float, *,
+                note: AttemptNote | None = None) -> int:
         """Hand back the leases whose token still holds; how many did."""
         if not leases:
             return 0
-        with self.transaction():
-            rows = self._x(
-                f"UPDATE tasks t SET {_RETURN_TO_READY} FROM unnest(%s::text[], %s::int[]) "
-                "AS u(id, token) WHERE t.id = u.id AND t.state = 'leased' AND t.attempts = u.token "
-                "RETURNING t.queue, t.name",
-                ([i for i, _ in leases], [int(tok) for _, tok in leases])).fetchall()
-            for queue, name in rows:
-                self._note(queue, name, LEASED, READY)
-        return len(rows)
+        return len(self._return_to_ready(
+            "(id, attempts) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
+            ([i for i, _ in leases], [int(tok) for _, tok in leases]), now, ATTEMPT_RELEASED,
+            lambda _owner: note))
 
-    def _return_to_ready(self, condition: str, params: tuple[Any, ...]) -> list[str]:
-        """Hand back the leased tasks matching ``condition``; their ids in enqueue order."""
+    def _return_to_ready(self, condition: str, params: tuple[Any, ...], now: float,
+                         outcome: str = ATTEMPT_LOST, note_for: _NoteFor | None = None) -> list[str]:
+        """Hand back the leased tasks matching ``condition``, ending their attempts
+        with ``outcome`` (``note_for(owner)``: what the master knows of each);
+        their ids in enqueue order."""
         with self.transaction():
-            rows = self._x(f"UPDATE tasks SET {_RETURN_TO_READY} "
-                           f"WHERE state = 'leased' AND {condition} RETURNING seq, id, queue, name",
-                           params).fetchall()
+            # The CTE reads (and locks) each lease as it was, for its attempt record.
+            rows = self._x(
+                "WITH old AS (SELECT seq, attempts, lease_owner, started_at FROM tasks "
+                f"WHERE state = 'leased' AND {condition} FOR UPDATE) "
+                f"UPDATE tasks t SET {_RETURN_TO_READY} FROM old "
+                "WHERE t.seq = old.seq AND t.state = 'leased' "
+                "RETURNING t.seq, t.id, t.queue, t.name, old.attempts, old.lease_owner, "
+                "old.started_at", params).fetchall()
             for r in rows:
                 self._note(r[2], r[3], LEASED, READY)
+            self._write_attempts([(r[1], attempt_record(
+                r[4], r[5], r[6], now, outcome, note_for(r[5]) if note_for else None))
+                for r in rows])
         return [r[1] for r in sorted(rows)]
 
-    def release_owner(self, owner: str, now: float) -> list[str]:
+    def release_owner(self, owner: str, now: float, *,
+                      note: AttemptNote | None = None) -> list[str]:
         """Hand back every task leased to ``owner``; their ids in enqueue order."""
-        return self._return_to_ready("lease_owner = %s", (owner,))
+        return self._return_to_ready("lease_owner = %s", (owner,), now, ATTEMPT_LOST,
+                                     lambda _owner: note)
 
     def release_all(self, now: float, *, limit: int | None = None) -> int:
         """Hand back every leased task (at most ``limit``, earliest deadline first, then
@@ -809,11 +887,11 @@ class PostgresStore(Store):
         """
         check_limit(limit)
         if limit is None:
-            return len(self._return_to_ready("true", ()))
+            return len(self._return_to_ready("true", (), now))
         # The outer ``state = 'leased'`` is checked again on a row another writer changed.
         return len(self._return_to_ready(
             "seq IN (SELECT seq FROM tasks WHERE state = 'leased' "
-            "ORDER BY lease_deadline, seq LIMIT %s)", (int(limit),)))
+            "ORDER BY lease_deadline, seq LIMIT %s)", (int(limit),), now))
 
     def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
         """Set the deadline of every lease ``owner`` holds to ``now + lease_for``."""
@@ -822,14 +900,22 @@ class PostgresStore(Store):
                            "WHERE state = 'leased' AND lease_owner = %s",
                            (now + lease_for, owner)).rowcount
 
-    def expire_leases(self, now: float, *, limit: int | None = None) -> list[str]:
+    def expire_leases(self, now: float, *, limit: int | None = None,
+                      workers: Mapping[str, dict[str, Any]] | None = None) -> list[str]:
         """Hand back every task whose lease deadline is at or before ``now`` (the ``limit``
         earliest, when given: call again until fewer come back); their ids."""
         check_limit(limit)
+
+        def note_for(owner: str | None) -> AttemptNote | None:
+            worker = workers.get(owner or "") if workers else None
+            return AttemptNote(worker) if worker else None
+
         if limit is None:
-            return self._return_to_ready("lease_deadline <= %s", (now,))
+            return self._return_to_ready("lease_deadline <= %s", (now,), now, ATTEMPT_LOST,
+                                         note_for)
         due = _FIRST_DUE.format(col="lease_deadline", part="state = 'leased'", op="<=")
-        return self._return_to_ready(f"lease_deadline <= %s AND {due}", (now, int(limit), now))
+        return self._return_to_ready(f"lease_deadline <= %s AND {due}", (now, int(limit), now),
+                                     now, ATTEMPT_LOST, note_for)
 
     def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
         """Make delayed tasks with ``not_before <= now`` ready (at most ``limit``, earliest
@@ -874,18 +960,34 @@ class PostgresStore(Store):
                 return None
             after = [r[0] for r in self._x(
                 "SELECT depends_on FROM deps WHERE task_id = %s ORDER BY seq", (task_id,))]
-        return _info(row, after)
+            log = [_attempt(r) for r in self._x(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE task_id = %s ORDER BY number",
+                (task_id,))]
+        info = _info(row, after)
+        info.attempt_log = log
+        return info
+
+    def dependents(self, task_id: str, limit: int = 100) -> list[str]:
+        """Ids of at most ``limit`` tasks waiting on ``task_id`` (the deps_on index)."""
+        check_int("limit", limit, 1, MAX_BATCH)
+        with self._reading():
+            return [r[0] for r in self._x(
+                "SELECT task_id FROM deps WHERE depends_on = %s ORDER BY task_id LIMIT %s",
+                (task_id, int(limit)))]
 
     def cancel(self, task_id: str, now: float, error: bytes) -> tuple[str, str | None] | None:
         """Cancel an unfinished task; (its state before, its lease owner) or None if unknown."""
         with self.transaction():
-            row = self._x("SELECT seq, state, lease_owner, queue, name FROM tasks WHERE id = %s "
-                          "FOR UPDATE", (task_id,)).fetchone()
+            row = self._x("SELECT seq, state, lease_owner, queue, name, attempts, started_at "
+                          "FROM tasks WHERE id = %s FOR UPDATE", (task_id,)).fetchone()
             if row is None:
                 return None
-            seq, state, owner, queue, name = row
+            seq, state, owner, queue, name, attempts, leased_at = row
             if state in FINISHED_STATES:
                 return state, None
+            if state == LEASED:
+                self._write_attempts([(task_id, attempt_record(
+                    attempts, owner, leased_at, now, ATTEMPT_CANCELLED, None))])
             self._x("UPDATE tasks SET state = 'cancelled', result_ok = false, result_payload = %s, "
                     "result_codec = 'msgpack', finished_at = %s, lease_owner = NULL, "
                     "lease_deadline = NULL WHERE seq = %s", (bytes(error), now, seq))
@@ -940,6 +1042,7 @@ class PostgresStore(Store):
             gone = [r[0] for r in rows]
             self._x("DELETE FROM deps WHERE task_id = ANY(%s) OR depends_on = ANY(%s)",
                     (gone, gone))
+            self._x("DELETE FROM attempts WHERE task_id = ANY(%s)", (gone,))
         return len(rows)
 
     def purge(self, *, queue: str | None = None, states: Sequence[str] = (DEAD,),

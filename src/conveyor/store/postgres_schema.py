@@ -143,8 +143,27 @@ INSERT INTO totals SELECT queue, coalesce(name, ''), state, count(*) FROM tasks
     WHERE state IN ('succeeded', 'failed', 'dead', 'cancelled') GROUP BY 1, 2, 3
 """
 
+# One row per ended attempt of a task (the last ATTEMPTS_KEPT of each are kept),
+# written in the transaction that ends the attempt and deleted with the task
+# (as SQLite's schema 5). ``worker`` is msgpack (name, host, pid) or NULL.
+_V3 = """
+CREATE TABLE attempts (
+    task_id     text COLLATE "C" NOT NULL,
+    number      integer NOT NULL,
+    owner       text,
+    worker      bytea,
+    leased_at   double precision,
+    started_at  double precision,
+    finished_at double precision NOT NULL,
+    outcome     text NOT NULL,
+    error       bytea,
+    output      text,
+    PRIMARY KEY (task_id, number)
+)
+"""
+
 #: Every table the store owns (tests empty them between tests).
-TABLES = ("tasks", "deps", "schedules", "counts", "totals", "unsettled")
+TABLES = ("tasks", "deps", "schedules", "counts", "totals", "unsettled", "attempts")
 
 
 def _run(cur: psycopg.Cursor[tuple[Any, ...]], script: str) -> None:
@@ -161,6 +180,10 @@ def _to_v2(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
     _run(cur, _V2)
 
 
+def _to_v3(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+    _run(cur, _V3)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step: ``apply`` takes a database at ``version - 1`` to ``version``."""
@@ -174,6 +197,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tasks, deps, schedules and the version table", _to_v1),
     Migration(2, "counts and totals tables (built from one scan), the (state, seq) index, "
                  "unsettled, bytewise ids", _to_v2),
+    Migration(3, "the attempts table (each task's last attempts: worker, times, outcome, output)",
+              _to_v3),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))

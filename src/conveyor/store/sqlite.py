@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,14 @@ from .. import serde
 from ..errors import StoreError
 from ..records import (
     ALL_TASKS,
+    ATTEMPT_CANCELLED,
+    ATTEMPT_DEFERRED,
+    ATTEMPT_FAILED,
+    ATTEMPT_LOST,
+    ATTEMPT_RELEASED,
+    ATTEMPT_RETRIED,
+    ATTEMPT_SUCCEEDED,
+    ATTEMPTS_KEPT,
     CANCELLED,
     DEAD,
     DELAYED,
@@ -42,6 +50,8 @@ from ..records import (
     SUCCEEDED,
     UNKNOWN,
     WAITING,
+    AttemptNote,
+    AttemptRecord,
     Lease,
     NewTask,
     Outcome,
@@ -52,6 +62,8 @@ from ..records import (
     TaskInfo,
     TaskPage,
     TaskSummary,
+    attempt_record,
+    note_of,
     task_id_for_key,
 )
 from . import paging
@@ -90,7 +102,7 @@ _INFO_COLUMNS = (
     "id, queue, name, state, priority, attempts, created_at, not_before, lease_owner, "
     "lease_deadline, started_at, finished_at, options, errors, result_ok, result_payload, "
     "result_codec"
-)
+)  # (get and list_tasks add ", progress, payload, codec")
 
 _RETURN_TO_READY = "state = 'ready', lease_owner = NULL, lease_deadline = NULL"
 _SUMMARY_COLUMNS = ("t.seq, t.id, t.queue, t.name, t.state, t.priority, t.attempts, t.errors, "
@@ -119,10 +131,40 @@ def _summary(row: Sequence[Any]) -> tuple[int, TaskSummary]:
                             started_at, finished_at, owner)
 
 
+_ATTEMPT_COLUMNS = ("number, owner, worker, leased_at, started_at, finished_at, outcome, error, "
+                    "output")
+
+
+def _attempt_row(task_id: str, a: AttemptRecord) -> tuple[Any, ...]:
+    return (task_id, a.number, a.owner, serde.packb(a.worker) if a.worker else None,
+            a.leased_at, a.started_at, a.finished_at, a.outcome, a.error, a.output)
+
+
+def _write_attempts(conn: sqlite3.Connection, rows: Sequence[tuple[str, AttemptRecord]]) -> None:
+    """Store ended attempts (a late report of the same attempt replaces it) and
+    drop each task's attempts older than the last ATTEMPTS_KEPT."""
+    if not rows:
+        return
+    conn.executemany(f"INSERT OR REPLACE INTO attempts (task_id, {_ATTEMPT_COLUMNS}) "
+                     f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     [_attempt_row(tid, a) for tid, a in rows])
+    conn.executemany("DELETE FROM attempts WHERE task_id = ? AND number <= ?",
+                     [(tid, a.number - ATTEMPTS_KEPT) for tid, a in rows
+                      if a.number > ATTEMPTS_KEPT])
+
+
+def _attempt(row: Sequence[Any]) -> AttemptRecord:
+    number, owner, worker, leased_at, started_at, finished_at, outcome, error, output = row
+    return AttemptRecord(number, owner, serde.unpackb(worker) if worker else None, leased_at,
+                         started_at, finished_at, outcome, error, output)
+
+
 def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
-    """A TaskInfo from a row of ``_INFO_COLUMNS, progress`` and the task's dependencies."""
+    """A TaskInfo from a row of ``_INFO_COLUMNS, progress, payload, codec`` and the task's
+    dependencies (its attempt log is left to ``get``)."""
     (tid, queue, name, state, priority, attempts, created_at, not_before, owner, deadline,
-     started_at, finished_at, options, errors, ok, payload, codec, progress) = row
+     started_at, finished_at, options, errors, ok, payload, codec, progress, args,
+     args_codec) = row
     result = None
     if state in FINISHED_STATES:
         result = Result(tid, bool(ok), payload or b"", codec or "msgpack", state, finished_at)
@@ -133,6 +175,7 @@ def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
         options=_options(options), errors=serde.unpackb(errors) if errors else [],
         result=result, after=after,
         progress=serde.unpackb(progress) if progress is not None else None,
+        payload=bytes(args), codec=args_codec,
     )
 
 
@@ -579,13 +622,15 @@ class SQLiteStore(Store):
             return []
         with self.transaction():
             conn = self.conn
-            current: dict[str, list[Any]] = {}  # id -> [seq, state, attempts, queue, name]
+            # id -> [seq, state, attempts, queue, name, lease owner, leased at]
+            current: dict[str, list[Any]] = {}
             ids = list({o.id: None for o in outcomes})
             for part in _chunks(ids):
-                for seq, task_id, state, attempts, queue, name in conn.execute(
-                        f"SELECT seq, id, state, attempts, queue, name FROM tasks "
-                        f"WHERE id IN ({_marks(len(part))})", part):
-                    current[task_id] = [seq, state, attempts, queue, name]
+                for seq, task_id, state, attempts, queue, name, owner, leased_at in conn.execute(
+                        f"SELECT seq, id, state, attempts, queue, name, lease_owner, started_at "
+                        f"FROM tasks WHERE id IN ({_marks(len(part))})", part):
+                    current[task_id] = [seq, state, attempts, queue, name, owner, leased_at]
+            ended_attempts: list[tuple[str, AttemptRecord]] = []
             out: list[str] = []
             updates = []
             linked = self._has_deps  # dependents to settle afterwards, if any task has some
@@ -596,7 +641,7 @@ class SQLiteStore(Store):
                 if cur is None:
                     out.append(UNKNOWN)
                     continue
-                seq, state, attempts, queue, name = cur
+                seq, state, attempts, queue, name, owner, leased_at = cur
                 if state in FINISHED_STATES:
                     out.append(DUPLICATE)
                     continue
@@ -608,6 +653,11 @@ class SQLiteStore(Store):
                     out.append(STALE)
                     continue
                 out.append(STORED)
+                holder = state == LEASED and o.token == attempts  # the attempt holding the lease
+                ended_attempts.append((o.id, attempt_record(
+                    o.token, owner if holder else None, leased_at if holder else None, now,
+                    ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
+                    None if o.ok else o.payload)))
                 moved[(queue, name, state, cur[1])] = moved.get((queue, name, state, cur[1]), 0) + 1
                 updates.append((cur[1], 1 if o.ok else 0, bytes(o.payload), o.codec, now, seq))
                 if linked:
@@ -616,6 +666,7 @@ class SQLiteStore(Store):
                 "UPDATE tasks SET state = ?, result_ok = ?, result_payload = ?, result_codec = ?, "
                 "finished_at = ?, lease_owner = NULL, lease_deadline = NULL WHERE seq = ?",
                 updates)
+            _write_attempts(conn, ended_attempts)
             for (queue, name, state, new), n in moved.items():
                 self._note(queue, name, state, new, n)
             if ended:
@@ -623,17 +674,22 @@ class SQLiteStore(Store):
         return out
 
     def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
-             error: bytes | None = None, dead: bool = False) -> bool:
+             error: bytes | None = None, dead: bool = False,
+             note: AttemptNote | None = None) -> bool:
         """Give a leased task back to ready, delayed or dead; False if ``token`` is stale."""
         with self.transaction():
             conn = self.conn
             row = conn.execute(
-                "SELECT seq, errors, queue, name FROM tasks "
+                "SELECT seq, errors, queue, name, lease_owner, started_at FROM tasks "
                 "WHERE id = ? AND state = 'leased' AND attempts = ?",
                 (task_id, token)).fetchone()
             if row is None:
                 return False
-            seq, blob, queue, name = row
+            seq, blob, queue, name, owner, leased_at = row
+            ended = ATTEMPT_FAILED if dead else ATTEMPT_DEFERRED if error is None else ATTEMPT_RETRIED
+            if error is not None or note is not None or dead:  # a bare deferral never ran
+                _write_attempts(conn, [(task_id, attempt_record(token, owner, leased_at, now,
+                                                                ended, note, error))])
             self._note(queue, name, LEASED, DEAD if dead else DELAYED if delay > 0 else READY)
             if error is not None and not dead:
                 self._note_retry(queue, name)
@@ -658,37 +714,46 @@ class SQLiteStore(Store):
                              (blob, seq))
             return True
 
-    def release(self, leases: Sequence[tuple[str, int]], now: float) -> int:
+    def release(self, leases: Sequence[tuple[str, int]], now: float, *,
+                note: AttemptNote | None = None) -> int:
         """Hand back the leases whose token still holds; how many did."""
         if not leases:
             return 0
         n = 0
         with self.transaction():
             for task_id, token in leases:
-                row = self.conn.execute(
-                    f"UPDATE tasks SET {_RETURN_TO_READY} "
-                    "WHERE id = ? AND state = 'leased' AND attempts = ? RETURNING queue, name",
-                    (task_id, int(token))).fetchone()
-                if row is not None:
-                    self._note(row[0], row[1], LEASED, READY)
-                    n += 1
+                n += len(self._return_to_ready(
+                    "id = ? AND attempts = ?", (task_id, int(token)), now, ATTEMPT_RELEASED,
+                    lambda _owner: note))
         return n
 
-    def _return_to_ready(self, condition: str, params: tuple[Any, ...]) -> list[str]:
-        """Hand back the leased tasks matching ``condition``; their ids in enqueue order."""
+    def _return_to_ready(self, condition: str, params: tuple[Any, ...], now: float,
+                         outcome: str = ATTEMPT_LOST,
+                         note_for: Any = None) -> list[str]:
+        """Hand back the leased tasks matching ``condition``, ending their attempts
+        with ``outcome`` (``note_for(owner)``: what the master knows of each);
+        their ids in enqueue order."""
         with self.transaction():
-            rows = self.conn.execute(
-                f"UPDATE tasks SET {_RETURN_TO_READY} "
-                f"WHERE state = 'leased' AND {condition} RETURNING seq, id, queue, name",
-                params).fetchall()
+            conn = self.conn
+            rows = conn.execute(
+                f"SELECT seq, id, queue, name, attempts, lease_owner, started_at FROM tasks "
+                f"WHERE state = 'leased' AND {condition}", params).fetchall()
+            for part in _chunks(rows):
+                conn.execute(f"UPDATE tasks SET {_RETURN_TO_READY} "
+                             f"WHERE seq IN ({_marks(len(part))})", [r[0] for r in part])
             for r in rows:
                 self._note(r[2], r[3], LEASED, READY)
+            _write_attempts(conn, [(r[1], attempt_record(
+                r[4], r[5], r[6], now, outcome, note_for(r[5]) if note_for else None))
+                for r in rows])
         rows.sort()
         return [r[1] for r in rows]
 
-    def release_owner(self, owner: str, now: float) -> list[str]:
+    def release_owner(self, owner: str, now: float, *,
+                      note: AttemptNote | None = None) -> list[str]:
         """Hand back every task leased to ``owner``; their ids in enqueue order."""
-        return self._return_to_ready("lease_owner = ?", (owner,))
+        return self._return_to_ready("lease_owner = ?", (owner,), now, ATTEMPT_LOST,
+                                     lambda _owner: note)
 
     def release_all(self, now: float, *, limit: int | None = None) -> int:
         """Hand back every leased task (at most ``limit``); how many.
@@ -701,7 +766,7 @@ class SQLiteStore(Store):
         if limit is not None:
             condition = (f"seq IN (SELECT seq FROM tasks INDEXED BY tasks_deadline "
                          f"WHERE state = 'leased' ORDER BY lease_deadline LIMIT {int(limit)})")
-        return len(self._return_to_ready(condition, ()))
+        return len(self._return_to_ready(condition, (), now))
 
     def extend_owner(self, owner: str, now: float, lease_for: float) -> int:
         """Set the deadline of every lease ``owner`` holds to ``now + lease_for``."""
@@ -710,16 +775,22 @@ class SQLiteStore(Store):
                 "UPDATE tasks SET lease_deadline = ? WHERE state = 'leased' AND lease_owner = ?",
                 (now + lease_for, owner)).rowcount
 
-    def expire_leases(self, now: float, *, limit: int | None = None) -> list[str]:
+    def expire_leases(self, now: float, *, limit: int | None = None,
+                      workers: Mapping[str, dict[str, Any]] | None = None) -> list[str]:
         """Hand back every task whose lease deadline is at or before ``now`` (the ``limit``
         earliest, when given: call again until fewer come back); their ids."""
         check_limit(limit)
+
+        def note_for(owner: str | None) -> AttemptNote | None:
+            worker = workers.get(owner or "") if workers else None
+            return AttemptNote(worker) if worker else None
+
         if limit is None:
-            return self._return_to_ready("lease_deadline <= ?", (now,))
+            return self._return_to_ready("lease_deadline <= ?", (now,), now, ATTEMPT_LOST, note_for)
         return self._return_to_ready(
             "seq IN (SELECT seq FROM tasks INDEXED BY tasks_deadline "
             "WHERE state = 'leased' AND lease_deadline <= ? "
-            f"ORDER BY lease_deadline LIMIT {int(limit)})", (now,))
+            f"ORDER BY lease_deadline LIMIT {int(limit)})", (now,), now, ATTEMPT_LOST, note_for)
 
     def promote_due(self, now: float, *, limit: int | None = None) -> list[str]:
         """Make delayed tasks with ``not_before <= now`` ready (at most ``limit``, earliest
@@ -763,25 +834,41 @@ class SQLiteStore(Store):
     def get(self, task_id: str) -> TaskInfo | None:
         """Everything stored about one task, or None."""
         with self._reading() as conn:
-            row = conn.execute(f"SELECT {_INFO_COLUMNS}, progress FROM tasks WHERE id = ?",
+            row = conn.execute(f"SELECT {_INFO_COLUMNS}, progress, payload, codec FROM tasks WHERE id = ?",
                                (task_id,)).fetchone()
             if row is None:
                 return None
             after = [r[0] for r in conn.execute(
                 "SELECT depends_on FROM deps WHERE task_id = ? ORDER BY rowid", (task_id,))]
-        return _info(row, after)
+            log = [_attempt(r) for r in conn.execute(
+                f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE task_id = ? ORDER BY number",
+                (task_id,))]
+        info = _info(row, after)
+        info.attempt_log = log
+        return info
+
+    def dependents(self, task_id: str, limit: int = 100) -> list[str]:
+        """Ids of at most ``limit`` tasks waiting on ``task_id`` (the deps_on index)."""
+        check_int("limit", limit, 1, MAX_BATCH)
+        with self._reading() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT task_id FROM deps WHERE depends_on = ? ORDER BY task_id LIMIT ?",
+                (task_id, int(limit)))]
 
     def cancel(self, task_id: str, now: float, error: bytes) -> tuple[str, str | None] | None:
         """Cancel an unfinished task; (its state before, its lease owner) or None if unknown."""
         with self.transaction():
             conn = self.conn
-            row = conn.execute("SELECT seq, state, lease_owner, queue, name FROM tasks WHERE id = ?",
-                               (task_id,)).fetchone()
+            row = conn.execute("SELECT seq, state, lease_owner, queue, name, attempts, started_at "
+                               "FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
-            seq, state, owner, queue, name = row
+            seq, state, owner, queue, name, attempts, leased_at = row
             if state in FINISHED_STATES:
                 return state, None
+            if state == LEASED:
+                _write_attempts(conn, [(task_id, attempt_record(
+                    attempts, owner, leased_at, now, ATTEMPT_CANCELLED, None))])
             self._note(queue, name, state, CANCELLED)
             conn.execute(
                 "UPDATE tasks SET state = 'cancelled', result_ok = 0, result_payload = ?, "
@@ -842,9 +929,10 @@ class SQLiteStore(Store):
         conn = self.conn
         doomed = conn.execute(f"SELECT seq, id FROM tasks WHERE {where}", params).fetchall()
         for part in _chunks(doomed):
+            ids = [r[1] for r in part]
+            marks = _marks(len(ids))
+            conn.execute(f"DELETE FROM attempts WHERE task_id IN ({marks})", ids)
             if self._has_deps:
-                ids = [r[1] for r in part]
-                marks = _marks(len(ids))
                 conn.execute(f"DELETE FROM deps WHERE task_id IN ({marks})", ids)
                 conn.execute(f"DELETE FROM deps WHERE depends_on IN ({marks})", ids)
             for queue, name, state in conn.execute(
@@ -885,7 +973,7 @@ class SQLiteStore(Store):
         if state is not None:
             where.append("state = ?")
             params.append(state)
-        sql = f"SELECT {_INFO_COLUMNS}, progress FROM tasks"
+        sql = f"SELECT {_INFO_COLUMNS}, progress, payload, codec FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._reading() as conn:

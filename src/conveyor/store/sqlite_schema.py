@@ -129,6 +129,26 @@ INSERT INTO totals SELECT queue, coalesce(name, ''), state, count(*) FROM tasks
 """
 
 
+# One row per ended attempt of a task (the last ATTEMPTS_KEPT of each are kept),
+# written in the transaction that ends the attempt; deleted with the task.
+# ``worker`` is msgpack (name, host, pid) or NULL when the master did not know it.
+_ATTEMPTS = """
+CREATE TABLE IF NOT EXISTS attempts (
+    task_id     TEXT    NOT NULL,
+    number      INTEGER NOT NULL,
+    owner       TEXT,
+    worker      BLOB,
+    leased_at   REAL,
+    started_at  REAL,
+    finished_at REAL    NOT NULL,
+    outcome     TEXT    NOT NULL,
+    error       BLOB,
+    output      TEXT,
+    PRIMARY KEY (task_id, number)
+) WITHOUT ROWID
+"""
+
+
 def _run(conn: sqlite3.Connection, script: str) -> None:
     """Execute each statement of ``script`` (executescript would commit the transaction)."""
     for statement in script.split(";"):
@@ -155,6 +175,10 @@ def _to_v4(conn: sqlite3.Connection) -> None:
     _run(conn, _COUNTS)
 
 
+def _to_v5(conn: sqlite3.Connection) -> None:
+    _run(conn, _ATTEMPTS)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step: ``apply`` takes a database at ``version - 1`` to ``version``."""
@@ -169,6 +193,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "the schedules table", _to_v2),
     Migration(3, "task dependencies (deps) and tasks.progress", _to_v3),
     Migration(4, "counts and totals tables (built from one scan), the (state, seq) index, unsettled", _to_v4),
+    Migration(5, "the attempts table (each task's last attempts: worker, times, outcome, output)", _to_v5),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
