@@ -27,14 +27,20 @@ CASCADE_LIMIT = 500
 SETTLE_BATCH = 500
 
 
-async def release_all(ctx: Context, now: float) -> int:
-    """Hand back every lease left from before a restart; how many."""
+async def _count_batches(ctx: Context, batch: Callable[[], int]) -> int:
+    """Run ``batch`` (one store call of at most BATCH rows, each its own runner call, so
+    other requests are served between them) until one comes back short; the rows in all."""
     total = 0
     while True:
-        n: int = await ctx.runner.call(lambda: ctx.store.release_all(now, limit=BATCH))
+        n: int = await ctx.runner.call(batch)
         total += n
         if n < BATCH:
             return total
+
+
+async def release_all(ctx: Context, now: float) -> int:
+    """Hand back every lease left from before a restart; how many."""
+    return await _count_batches(ctx, lambda: ctx.store.release_all(now, limit=BATCH))
 
 
 async def expire_leases(ctx: Context, now: float) -> list[str]:
@@ -51,22 +57,12 @@ async def expire_leases(ctx: Context, now: float) -> list[str]:
 
 async def purge_finished(ctx: Context, before: float) -> int:
     """Delete the finished tasks that finished before ``before``; how many."""
-    total = 0
-    while True:
-        n: int = await ctx.runner.call(lambda: ctx.store.purge_finished(before, limit=BATCH))
-        total += n
-        if n < BATCH:
-            return total
+    return await _count_batches(ctx, lambda: ctx.store.purge_finished(before, limit=BATCH))
 
 
 async def purge(ctx: Context, queue: str | None, states: Sequence[str]) -> int:
     """Delete the tasks in ``states`` (of ``queue``, or of all); how many."""
-    total = 0
-    while True:
-        n: int = await ctx.runner.call(lambda: ctx.store.purge(queue=queue, states=states, limit=BATCH))
-        total += n
-        if n < BATCH:
-            return total
+    return await _count_batches(ctx, lambda: ctx.store.purge(queue=queue, states=states, limit=BATCH))
 
 
 async def promote_due(ctx: Context, now: float) -> tuple[set[str], float | None]:
