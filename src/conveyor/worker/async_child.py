@@ -34,7 +34,6 @@ from typing import Any
 
 from .. import loops, middleware, serde
 from ..context import CurrentTask, OutputRing, set_current
-from ..errors import SerializationError
 from ..tasks import Registry
 from .child import _MSG_PROGRESS, _MSG_RESULTS, _READ_SIZE, _child_exit, _child_start, _frames_from
 from .coroutine import Interruptible, soft_limit_error
@@ -45,6 +44,7 @@ from .execute import (
     _encode_error,
     _hooked,
     _output,
+    _prepare,
     _timeout_error,
 )
 from .lifecycle import rss_bytes
@@ -181,10 +181,7 @@ class _Child:
         if hooked is not None:
             middleware.before_task(hooked)
         try:
-            if codec not in serde.CODECS:
-                raise SerializationError(f"unknown codec {codec!r}: this worker knows {', '.join(serde.CODECS)}")
-            fn = self.registry.resolve(run.name)
-            args, kwargs = serde.decode_call(payload, codec, allow_pickle=self.allow_pickle)
+            fn, args, kwargs = _prepare(self.registry, run.name, payload, codec, self.allow_pickle)
             start = time.perf_counter()
             try:
                 if inspect.iscoroutinefunction(fn):

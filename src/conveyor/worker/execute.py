@@ -13,6 +13,7 @@ import inspect
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import middleware, serde
@@ -60,10 +61,7 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
     if hooked is not None:
         middleware.before_task(hooked)
     try:
-        if codec not in serde.CODECS:
-            raise SerializationError(f"unknown codec {codec!r}: this worker knows {', '.join(serde.CODECS)}")
-        fn = registry.resolve(name)
-        args, kwargs = serde.decode_call(payload, codec, allow_pickle=allow_pickle)
+        fn, args, kwargs = _prepare(registry, name, payload, codec, allow_pickle)
         start = time.perf_counter()
         try:
             if inspect.iscoroutinefunction(fn):
@@ -91,6 +89,17 @@ def _execute(registry: Registry, name: str, payload: bytes, codec: str,
         return False, _encode_error(exc), serde.MSGPACK, duration, _output(ring)
     finally:
         set_current(None)
+
+
+def _prepare(registry: Registry, name: str, payload: bytes, codec: str,
+             allow_pickle: bool) -> tuple[Callable[..., Any], list[Any], dict[str, Any]]:
+    """The task's function and its decoded arguments; raises (UnknownTask, SerializationError)
+    what the task then fails with. Every pool kind goes through here."""
+    if codec not in serde.CODECS:
+        raise SerializationError(f"unknown codec {codec!r}: this worker knows {', '.join(serde.CODECS)}")
+    fn = registry.resolve(name)
+    args, kwargs = serde.decode_call(payload, codec, allow_pickle=allow_pickle)
+    return fn, args, kwargs
 
 
 def _hooked(current: CurrentTask | None) -> middleware.TaskCall | None:
