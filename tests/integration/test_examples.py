@@ -98,7 +98,7 @@ def run_example(name: str, tmp_path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     # From a foreign directory: the scripts must find their tasks by themselves.
     return subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path, env=env)
+                          timeout=100, cwd=tmp_path, env=env)
 
 
 @pytest.fixture(scope="module")

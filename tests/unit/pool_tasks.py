@@ -36,6 +36,13 @@ def sleep(seconds):
     return seconds
 
 
+def touch_then_block(path, seconds):
+    """A plain def task: create ``path`` (so a test sees it started), then block its thread."""
+    open(path, "w").close()
+    time.sleep(seconds)
+    return seconds
+
+
 def returns_object():
     """Return something msgpack cannot encode."""
     return object()

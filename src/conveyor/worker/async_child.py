@@ -160,8 +160,12 @@ class _Child:
 
     def _cancel(self, job_id: str) -> None:
         run = self.runs.get(job_id)
-        if run is not None and run.waiter is not None and run.task is not None:
-            run.cancelled = True
+        if run is None:
+            return
+        # Marked even before its coroutine started (the cancel can arrive in the same read as
+        # the job): _run checks the mark before it calls the task.
+        run.cancelled = True
+        if run.waiter is not None and run.task is not None:
             run.task.cancel()
         # A plain def task cannot be stopped: the parent kills this child after its grace.
 
@@ -182,6 +186,8 @@ class _Child:
             middleware.before_task(hooked)
         try:
             fn, args, kwargs = _prepare(self.registry, run.name, payload, codec, self.allow_pickle)
+            if run.cancelled:  # cancelled before it started
+                raise asyncio.CancelledError()
             start = time.perf_counter()
             try:
                 if inspect.iscoroutinefunction(fn):
