@@ -27,10 +27,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__, loops, protocol, wire
-from ..errors import ProtocolError
+from ..errors import ProtocolError, StoreError
 from ..records import AttemptNote, QueueStats
 from ..store import Store
-from . import attempts, eager, maintenance
+from . import attempts, eager, maintenance, storefaults
 from .connection import Connection
 from .context import Context, Limits, Routes
 from .dispatch import Dispatcher
@@ -98,6 +98,10 @@ class Master:
         self._conns: set[Connection] = set()  # open connections, authenticated or not
         self._stopping = False
         self._closed = asyncio.Event()
+        #: The store error the master stopped on (a corrupt store met at run time), else None.
+        self.fatal: BaseException | None = None
+        self.faults = storefaults.FaultLog(log)  # store faults, said once per cause per interval
+        self._unfilter: Callable[[], None] | None = None
 
     # -- configuration, as the services see it --------------------------------
     @property
@@ -136,6 +140,12 @@ class Master:
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         ctx.bind_runner(StoreRunner(self.store, loop, inline=self.store.cheap_commits))
+        # A corrupt store stops the master (from whichever thread met it: the loop's, or a store thread).
+        def on_fatal(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(self._fatal, exc)
+
+        ctx.runner.on_fatal = on_fatal
+        self._unfilter = storefaults.install_filter(self.faults)
         # Every recovery sweep in bounded batches (maintenance.py): a deep store does not
         # make one long transaction, and dependency cascades are cut at CASCADE_LIMIT
         # per call, the rest continued by the reaper.
@@ -153,9 +163,34 @@ class Master:
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        for coro in (self.reaper.run(), self.delay_timer.run(), self.scheduler.run()):
-            self._tasks.append(asyncio.create_task(coro))
+        for run in (self.reaper.run, self.delay_timer.run, self.scheduler.run):
+            self._tasks.append(asyncio.create_task(self._keep_running(run)))
         log.info("master listening on %s:%d (store: %s)", self.host, self.port, type(self.store).__name__)
+
+    async def _keep_running(self, run: Callable[[], Any]) -> None:
+        """Run a background loop; after a store fault (a full disk), say so and start it again.
+
+        Without this one failed sweep or lease extension would end the reaper for good,
+        and the master would stop noticing silent workers once the disk had room again.
+        """
+        while True:
+            try:
+                await run()
+                return
+            except StoreError as exc:
+                if storefaults.is_fatal(exc):
+                    return  # the runner reported it: the master is stopping
+                self.faults.error(f"loop:{storefaults.fault_key(exc)}",
+                                  f"{getattr(run, '__qualname__', run)} failed: {exc}; trying again")
+                await asyncio.sleep(1.0)
+
+    def _fatal(self, exc: BaseException) -> None:
+        """The store is corrupt: say so in one line and stop (the CLI exits non-zero)."""
+        if self.fatal is not None or self._stopping:
+            return
+        self.fatal = exc
+        log.critical("stopping: %s", exc)
+        asyncio.ensure_future(self.close())
 
     @property
     def address(self) -> tuple[str, int]:
@@ -188,6 +223,9 @@ class Master:
             if self.ctx.started:
                 self.ctx.runner.close()
         finally:
+            if self._unfilter is not None:
+                self._unfilter()
+                self._unfilter = None
             self._closed.set()
 
     # -- connections (the ConnectionHost of connection.py) -----------------
@@ -263,14 +301,32 @@ class Master:
             elif ctx.runner.end():
                 self.hold.release(last=s)
             else:
-                self._commit_failed()
+                self._commit_failed(s, events)
 
-    def _commit_failed(self) -> None:
+    def _commit_failed(self, s: Session, events: Sequence[object]) -> None:
         """The commit of a read's store calls failed: none of it happened. Its replies and
-        pushes are dropped and their sessions closed; clients resend on reconnect."""
-        log.error("a commit failed: closing the connections it would have answered")
-        for held in self.hold.drop():
-            self.drop(held)
+        pushes are dropped and their sessions closed.
+
+        When the store said why (a full disk, an I/O error), the requests of the read are
+        first answered with that error, so their callers raise it instead of resending
+        them on reconnect (which would fail the same way, forever); meanwhile the runner
+        runs calls one by one, each failing alone (see runner.DEGRADED_FOR).
+        """
+        exc = self.ctx.runner.failure
+        held = self.hold.drop()
+        if isinstance(exc, StoreError):
+            if storefaults.is_fatal(exc):
+                return  # the master is stopping (_fatal)
+            self.faults.error(f"commit:{storefaults.fault_key(exc)}",
+                              f"a commit failed, nothing of it was stored: {exc}")
+            for ev in events:
+                if isinstance(ev, protocol.Message) and ev.rid:
+                    s.error(ev.rid, type(exc).__name__, str(exc))
+            s.uncork()  # the errors leave before the close
+        else:
+            log.error("a commit failed: closing the connections it would have answered")
+        for session in held:
+            self.drop(session)
 
     def _handle(self, s: Session, events: Sequence[object]) -> None:
         for ev in events:

@@ -69,6 +69,7 @@ from ..records import (
 from . import paging
 from . import schedules as sched
 from .base import Store, dependency_failed_error
+from .check import classify, corrupt, quick_check
 from .sqlite_schema import SCHEMA_VERSION, check, migrate
 from .validate import (
     FINISHED_STATES,
@@ -226,13 +227,18 @@ class SQLiteStore(Store):
             if conn is not None:
                 conn.close()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
+                raise classify(exc, self.path, f"cannot open store at {self.path}") from None
             raise
         self._conn = conn
 
     def _setup(self, conn: sqlite3.Connection) -> None:
         where = str(self.path)
         check(conn, where)  # before anything else: a foreign or newer file is left as it is
+        # Damage is caught here, not by the first request that meets it: a master that
+        # started would spin on it (quick at any size: see store/check.py).
+        report = quick_check(conn, self.path)
+        if not report.ok:
+            raise corrupt(self.path, "; ".join(report.problems[:3]), f"cannot open store at {self.path}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"cannot open store at {self.path}: WAL journal mode unavailable ({mode})")
@@ -384,7 +390,8 @@ class SQLiteStore(Store):
                 raise self._error(exc) from exc
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
-        return StoreError(f"store at {self.path} failed: {exc}")
+        # Classified (StoreFull, StoreIOError, StoreCorrupt): the master treats each its own way.
+        return classify(exc, self.path)
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
