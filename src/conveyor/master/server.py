@@ -17,6 +17,7 @@ by :mod:`conveyor.wire` before its handler runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -45,6 +46,8 @@ from .timers import DelayTimer, Reaper
 log = logging.getLogger("conveyor.master")
 
 DEFAULT_PORT = 7700
+#: Seconds before a worker's results that a store fault (a full disk) refused are tried again.
+ACK_RETRY = 1.0
 
 
 class Master:
@@ -319,10 +322,11 @@ class Master:
                 return  # the master is stopping (_fatal)
             self.faults.error(f"commit:{storefaults.fault_key(exc)}",
                               f"a commit failed, nothing of it was stored: {exc}")
-            for ev in events:
-                if isinstance(ev, protocol.Message) and ev.rid:
-                    s.error(ev.rid, type(exc).__name__, str(exc))
-            s.uncork()  # the errors leave before the close
+            if s.role != "worker":  # a worker keeps its results and resends them on reconnect
+                for ev in events:
+                    if isinstance(ev, protocol.Message) and ev.rid:
+                        s.error(ev.rid, type(exc).__name__, str(exc))
+                s.uncork()  # the errors leave before the close
         else:
             log.error("a commit failed: closing the connections it would have answered")
         for session in held:
@@ -343,29 +347,54 @@ class Master:
             # first store call before it, so one connection's requests reach the store in
             # order. Only a handler that has to wait (for a commit) becomes a Task.
             try:
-                task = eager.start(handler(s, ev.rid, wire.decode(ev.op, ev.fields)))
-            except asyncio.CancelledError:
-                continue
+                record = wire.decode(ev.op, ev.fields)
             except Exception as exc:
                 self._handler_failed(s, ev.rid, exc)
                 continue
-            if task is not None:
-                task.add_done_callback(functools.partial(self._handler_done, s=s, rid=ev.rid))
+            self._start(s, ev.rid, ev.op, record)
 
-    def _handler_done(self, task: asyncio.Task[Any], *, s: Session, rid: int) -> None:
+    def _start(self, s: Session, rid: int, op: str, record: Any) -> None:
+        """Run the handler of ``op`` for one decoded request."""
+        try:
+            task = eager.start(self.routes[op](s, rid, record))
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self._handler_failed(s, rid, exc, op, record)
+            return
+        if task is not None:
+            task.add_done_callback(functools.partial(self._handler_done, s=s, rid=rid, op=op, record=record))
+
+    def _handler_done(self, task: asyncio.Task[Any], *, s: Session, rid: int, op: str = "",
+                      record: Any = None) -> None:
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None:
-            self._handler_failed(s, rid, exc)
+            self._handler_failed(s, rid, exc, op, record)
 
-    def _handler_failed(self, s: Session, rid: int, exc: BaseException) -> None:
+    def _handler_failed(self, s: Session, rid: int, exc: BaseException, op: str = "",
+                        record: Any = None) -> None:
+        if op == protocol.ACK and isinstance(record, wire.Ack) and storefaults.is_store_fault(exc):
+            # A worker forgets results the master refused: instead of an error, its results
+            # wait here, unanswered, and are tried again (the worker resends them itself if
+            # the connection drops meanwhile). Their credit counted the first time.
+            self.faults.error(f"ack:{storefaults.fault_key(exc)}",
+                              f"results from {s.peer} not stored, trying again in {ACK_RETRY:g}s: {exc}")
+            again = dataclasses.replace(record, credit=0)
+            asyncio.get_running_loop().call_later(ACK_RETRY, self._retry, s, rid, op, again)
+            return
         if isinstance(exc, ProtocolError):
             log.warning("bad request from %s: %s", s.peer, exc)
             s.error(rid, "ProtocolError", str(exc))
         else:
             log.error("request from %s failed", s.peer, exc_info=exc)
             s.error(rid, type(exc).__name__, str(exc))
+
+    def _retry(self, s: Session, rid: int, op: str, record: Any) -> None:
+        """Handle a request again that a store fault failed (while its session lives)."""
+        if not s.closed and s.id in self.sessions and not self._stopping:
+            self._start(s, rid, op, record)
 
     # -- the master's own routes: hello, ping, status ----------------------
     def _routes(self) -> Routes:

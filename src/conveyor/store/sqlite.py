@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import serde
-from ..errors import StoreError
+from ..errors import StoreError, StoreFull
 from ..records import (
     ALL_TASKS,
     ATTEMPT_CANCELLED,
@@ -84,6 +84,8 @@ from .validate import (
 )
 
 DB_NAME = "conveyor.db"
+#: Bytes a WAL file is cut back to after each checkpoint (PRAGMA journal_size_limit).
+WAL_SIZE_LIMIT = 1 << 20
 SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
 __all__ = ["DB_NAME", "SCHEMA_VERSION", "SYNC_MODES", "SQLiteStore"]
 
@@ -242,6 +244,13 @@ class SQLiteStore(Store):
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"cannot open store at {self.path}: WAL journal mode unavailable ({mode})")
+        # A WAL left by a killed master holds up to ~4 MiB of pages (the autocheckpoint size)
+        # that new commits could only append to: on a nearly full disk every commit after the
+        # restart failed. Fold it into the database and truncate it before anything writes;
+        # journal_size_limit also gives the space back after every later checkpoint.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        with contextlib.suppress(sqlite3.OperationalError):  # disk still too full: commits will say so
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -325,7 +334,10 @@ class SQLiteStore(Store):
                             conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+                error = self._error(exc)
+                if depth == 0 and isinstance(error, StoreFull):
+                    self._reclaim(conn)
+                raise error from exc
             finally:
                 if relax:
                     with contextlib.suppress(sqlite3.Error):
@@ -388,6 +400,18 @@ class SQLiteStore(Store):
                 yield self.conn
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
+
+    @staticmethod
+    def _reclaim(conn: sqlite3.Connection) -> None:
+        """After a commit failed on a full disk: fold the WAL into the database and truncate it.
+
+        The WAL holds every page changed since the last checkpoint, often many versions of
+        the same page; once folded, its space is free again and the next commit can fit.
+        (Fails quietly when even the database cannot grow: the next commit says so.)
+        """
+        with contextlib.suppress(sqlite3.Error):
+            if not conn.in_transaction:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         # Classified (StoreFull, StoreIOError, StoreCorrupt): the master treats each its own way.
