@@ -209,3 +209,37 @@ def _submit_id_or_none(client: Client) -> str | None:
         return client.submit(SQUARE, 1, result=False)
     except StoreFull:
         return None
+
+
+# -- the parts ---------------------------------------------------------------------------
+
+def test_the_fault_log_says_each_cause_once_per_interval_with_the_count_it_held_back(caplog):
+    from conveyor.master.storefaults import FaultLog
+
+    now = [0.0]
+    faults = FaultLog(logging.getLogger("conveyor.master"), interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="conveyor.master"):
+        said = [faults.error("full", "disk full") for _ in range(1000)]
+        assert faults.error("io", "I/O error")  # another cause is said at once
+        now[0] = 10.5
+        assert faults.error("full", "disk full")
+    assert said.count(True) == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "disk full", "I/O error", "disk full (999 more like it in the last 10s not logged)"]
+
+
+def test_sqlite_errors_are_told_apart_by_their_code():
+    from conveyor.errors import StoreCorrupt, StoreError, StoreIOError
+    from conveyor.store.check import classify
+
+    def error(text: str, code: int) -> sqlite3.Error:
+        exc = sqlite3.OperationalError(text)
+        exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+        return exc
+
+    where = Path("/data/conveyor.db")
+    assert type(classify(error("database or disk is full", 13), where)) is StoreFull
+    assert type(classify(error("disk I/O error", 10 | (4 << 8)), where)) is StoreIOError  # SQLITE_IOERR_READ
+    corrupt = classify(error("database disk image is malformed", 11), where)
+    assert type(corrupt) is StoreCorrupt and "conveyor store recover /data NEW_DIR" in str(corrupt)
+    assert type(classify(error("database is locked", 5), where)) is StoreError

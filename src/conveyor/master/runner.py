@@ -204,7 +204,7 @@ class StoreRunner:
             self._committed(started)
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
             self._fault(exc)
-            if len(batch) > 1 and is_store_fault(exc):
+            if len(batch) > 1 and not self.off_loop and is_store_fault(exc):
                 # A full disk fails the writes, not the reads that shared their commit: each
                 # call again, alone, so status, fetches and inspection are still answered.
                 return [outcome for call in batch for outcome in self._run([call])]

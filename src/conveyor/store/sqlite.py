@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -209,6 +210,7 @@ class SQLiteStore(Store):
         # name, state) -> delta, written to ``counts``/``totals`` just before COMMIT.
         self._deltas: list[dict[_Key, int]] = []
         self._conn: sqlite3.Connection | None = None
+        self._reclaimed = 0.0  # monotonic time of the last WAL checkpoint after a full disk
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"cannot open store at {self.path}: {self.directory} is not a directory")
         try:
@@ -401,14 +403,18 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
 
-    @staticmethod
-    def _reclaim(conn: sqlite3.Connection) -> None:
+    def _reclaim(self, conn: sqlite3.Connection) -> None:
         """After a commit failed on a full disk: fold the WAL into the database and truncate it.
 
         The WAL holds every page changed since the last checkpoint, often many versions of
         the same page; once folded, its space is free again and the next commit can fit.
-        (Fails quietly when even the database cannot grow: the next commit says so.)
+        (Fails quietly when even the database cannot grow: the next commit says so.) At most
+        once a second: while the disk stays full, every commit fails.
         """
+        now = time.monotonic()
+        if now - self._reclaimed < 1.0:
+            return
+        self._reclaimed = now
         with contextlib.suppress(sqlite3.Error):
             if not conn.in_transaction:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
