@@ -33,6 +33,32 @@ class StoreError(ConveyorError):
     """The store cannot be opened or written (unwritable or corrupt data directory)."""
 
 
+class StoreFull(StoreError):
+    """The store could not commit because its disk is full: nothing of the request happened.
+
+    The master keeps running and serving reads; the next commit after space is
+    freed succeeds. A client raises it for a submit or put the master could not commit.
+    """
+
+
+class StoreIOError(StoreError):
+    """The store could not commit because the disk failed (an I/O error): nothing of the request happened."""
+
+
+class StoreCorrupt(StoreError):
+    """The store's file is damaged ("database disk image is malformed").
+
+    The master refuses to start on such a file and stops if it meets one at
+    run time; ``conveyor store recover DIR NEW_DIR`` salvages what is readable.
+    """
+
+
+#: The master-side StoreError types a client raises as themselves (an error reply's ``type``).
+STORE_ERRORS: dict[str, type[StoreError]] = {
+    cls.__name__: cls for cls in (StoreError, StoreFull, StoreIOError, StoreCorrupt)
+}
+
+
 class SerializationError(ConveyorError, TypeError):
     """A value cannot be encoded with the codec in use (raised at submit, never later)."""
 

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .schedule import add_schedule_commands
     from .servers import add_master_command, add_worker_command
     from .status import add_status_command
+    from .store import add_store_commands
     from .submit import add_submit_command
 
     parser = Parser(prog="conveyor", description="A durable distributed task queue: master, workers, clients.")
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_submit_command(sub)
     add_job_commands(sub)  # cancel, retry, purge, inspect, tasks
     add_schedule_commands(sub)  # conveyor schedule add|list|remove
+    add_store_commands(sub)  # conveyor store check|recover
     add_dashboard_command(sub, add_connect, add_common, cmd_dashboard)
 
     p = sub.add_parser("demo", help="start a master and workers, square 10,000 numbers, print a summary")

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .. import __version__, loops, timing
@@ -119,6 +120,8 @@ def cmd_master(args: argparse.Namespace) -> int:
     # The lock before the store: the store keeps its file locked, and a second master
     # must hear who holds the directory, not wait on SQLite's lock.
     locked = data is not None and on_disk and _lock_data_dir(data)
+    if getattr(args, "check", False) and data is not None and on_disk:
+        _thorough_check(data)
     try:
         store = open_store(data, sync=args.sync)
     except StoreError as exc:
@@ -136,6 +139,9 @@ def cmd_master(args: argparse.Namespace) -> int:
             await master.start()
         except OSError as exc:
             raise CliError(listen_error(host, port, exc)) from None
+        except StoreError as exc:  # met by the recovery sweeps at start (a corrupt page, a full disk)
+            await master.close()
+            raise CliError(str(exc)) from None
         if not authkey:
             # Once it serves (a refusal stays one line): loopback only, but every local
             # user and process can then submit, and have workers run, tasks.
@@ -148,13 +154,35 @@ def cmd_master(args: argparse.Namespace) -> int:
               f"{'tls' if ssl_ctx else 'tcp'}://{host}:{master.port} "
               f"(store: {shown}, sync: {args.sync})", flush=True)
         await master.serve_forever()
+        if master.fatal is not None:  # a corrupt store met at run time: logged once, as it stopped
+            stopped_on.append(master.fatal)
+            return
         logging.getLogger("conveyor.master").info("master stopped")
 
+    stopped_on: list[BaseException] = []
     try:
         loops.run(run())
     finally:
         store.close()
+    if stopped_on:
+        if args.log_file:  # the line went to the log file: stderr hears it too
+            print(f"conveyor master: stopping: {stopped_on[0]}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def _thorough_check(data: str) -> None:
+    """``--check``: PRAGMA integrity_check of an existing store before it is opened; CliError if damaged."""
+    from ..store.check import integrity_check, what_to_do
+    from ..store.sqlite import DB_NAME
+
+    path = os.path.join(data, DB_NAME)
+    if not os.path.exists(path):
+        return
+    report = integrity_check(Path(path))
+    if not report.ok:
+        raise CliError(f"store at {path} is corrupt ({'; '.join(report.problems[:3])}): {what_to_do(data)}")
+    log.info("store at %s passed integrity_check in %.1fs", path, report.seconds)
 
 
 def add_master_command(sub: Any) -> None:
@@ -182,6 +210,9 @@ def add_master_command(sub: Any) -> None:
     p.add_argument("--max-frame-size", type=int, help="largest frame accepted, in bytes (default 64 MiB)")
     p.add_argument("--pickle", action="store_true", default=None,
                    help="accept pickled payloads (trusted networks only)")
+    p.add_argument("--check", action="store_true", default=False,
+                   help="check the whole store (PRAGMA integrity_check: reads every page) before serving; "
+                        "without it the start runs a quick check bounded in time")
     add_config(p)
     add_common(p)
     add_log_arguments(p)

@@ -18,7 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import protocol, timing
-from ..errors import AuthenticationError, ConnectionLost, NotFound, RemoteError, SerializationError
+from ..errors import (
+    STORE_ERRORS,
+    AuthenticationError,
+    ConnectionLost,
+    NotFound,
+    RemoteError,
+    SerializationError,
+)
 from .address import Address, AddressesLike, parse_addresses
 from .opening import Opening, hello_fields
 from .policy import Failure, Reconnect, failure_kind
@@ -207,4 +214,7 @@ def remote_error(fields: dict[str, Any]) -> Exception:
         return ValueError(message)
     if kind == "NotFound":
         return NotFound(message)
+    store_error = STORE_ERRORS.get(kind)
+    if store_error is not None:  # the master could not commit it (disk full, I/O error, corrupt store)
+        return store_error(message)
     return RemoteError(kind, message)

@@ -25,6 +25,11 @@ Where a store runs its calls depends on what it says it is
   serving pings, heartbeats and everything that needs no store. Calls made
   while a batch is in flight become the next batch, the same group commit.
   Such a runner is never inline: a call cannot return at once.
+
+When commits fail (a full disk, an I/O error) an inline runner stops being inline for
+:data:`DEGRADED_FOR` seconds: each call then fails alone, through its future, so the
+master answers each request with the error instead of closing the connections a failed
+shared commit would have answered. A corrupt store is reported to :attr:`StoreRunner.on_fatal`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from ..store.base import Store
+from .storefaults import is_fatal, is_store_fault
+
+#: Seconds an inline runner runs calls in batches after a store write failed (see above).
+DEGRADED_FOR = 5.0
 
 
 class _Call(NamedTuple):
@@ -63,7 +72,8 @@ class StoreRunner:
         self.off_loop = store.blocking_io
         # inline: with nothing queued, run a call at once in its own commit. Worth it
         # when commits are cheap (no fsync): it saves the loop turns a deferred batch costs.
-        self.inline = inline and not self.off_loop
+        self._inline = inline and not self.off_loop
+        self._degraded_until = 0.0  # monotonic time until which calls run in batches (a write failed)
         self._loop = loop
         self._max_batch = max_batch
         self._pending: list[_Call] = []
@@ -82,6 +92,24 @@ class StoreRunner:
         #: Told how long each transaction took, from its start to its commit (seconds):
         #: the master's store commit time histogram. Called on whichever thread committed.
         self.on_commit: Callable[[float], None] | None = None
+        #: Told of a store error the master cannot go on with (a corrupt file); on any thread.
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        #: Why the last commit of :meth:`end` failed (None after one that succeeded).
+        self.failure: BaseException | None = None
+
+    @property
+    def inline(self) -> bool:
+        """True while a call with nothing queued runs at once (cheap commits, no recent write failure)."""
+        return self._inline and time.monotonic() >= self._degraded_until
+
+    def _fault(self, exc: BaseException) -> None:
+        """A call or a commit failed with ``exc``: stop on corruption, run in batches for a while
+        after a write failure."""
+        if is_fatal(exc):
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+        elif is_store_fault(exc) and self._inline:
+            self._degraded_until = time.monotonic() + DEGRADED_FOR
 
     def _committed(self, started: float) -> None:
         self.commits += 1
@@ -105,8 +133,11 @@ class StoreRunner:
             return True
         try:
             batch.__exit__(None, None, None)
-        except Exception:
+        except Exception as exc:
+            self.failure = exc
+            self._fault(exc)
             return False
+        self.failure = None
         self._committed(self._batch_started)
         return True
 
@@ -140,6 +171,7 @@ class StoreRunner:
                         value = fn(*args)
                     self._committed(started)
             except Exception as exc:
+                self._fault(exc)
                 fut.set_exception(exc)
             else:
                 fut.set_result(value)
@@ -167,9 +199,15 @@ class StoreRunner:
                     try:
                         outcomes.append((call.future, True, call.fn(*call.args)))
                     except Exception as exc:  # that call fails (and is rolled back); the others commit
+                        self._fault(exc)
                         outcomes.append((call.future, False, exc))
             self._committed(started)
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
+            self._fault(exc)
+            if len(batch) > 1 and not self.off_loop and is_store_fault(exc):
+                # A full disk fails the writes, not the reads that shared their commit: each
+                # call again, alone, so status, fetches and inspection are still answered.
+                return [outcome for call in batch for outcome in self._run([call])]
             outcomes = [(call.future, False, exc) for call in batch]
         return outcomes
 

@@ -17,6 +17,7 @@ by :mod:`conveyor.wire` before its handler runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -27,10 +28,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import __version__, loops, protocol, wire
-from ..errors import ProtocolError
+from ..errors import ProtocolError, StoreError
 from ..records import AttemptNote, QueueStats
 from ..store import Store
-from . import attempts, eager, maintenance
+from . import attempts, eager, maintenance, storefaults
 from .connection import Connection
 from .context import Context, Limits, Routes
 from .dispatch import Dispatcher
@@ -45,6 +46,8 @@ from .timers import DelayTimer, Reaper
 log = logging.getLogger("conveyor.master")
 
 DEFAULT_PORT = 7700
+#: Seconds before a worker's results that a store fault (a full disk) refused are tried again.
+ACK_RETRY = 1.0
 
 
 class Master:
@@ -98,6 +101,10 @@ class Master:
         self._conns: set[Connection] = set()  # open connections, authenticated or not
         self._stopping = False
         self._closed = asyncio.Event()
+        #: The store error the master stopped on (a corrupt store met at run time), else None.
+        self.fatal: BaseException | None = None
+        self.faults = storefaults.FaultLog(log)  # store faults, said once per cause per interval
+        self._unfilter: Callable[[], None] | None = None
 
     # -- configuration, as the services see it --------------------------------
     @property
@@ -136,6 +143,12 @@ class Master:
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         ctx.bind_runner(StoreRunner(self.store, loop, inline=self.store.cheap_commits))
+        # A corrupt store stops the master (from whichever thread met it: the loop's, or a store thread).
+        def on_fatal(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(self._fatal, exc)
+
+        ctx.runner.on_fatal = on_fatal
+        self._unfilter = storefaults.install_filter(self.faults)
         # Every recovery sweep in bounded batches (maintenance.py): a deep store does not
         # make one long transaction, and dependency cascades are cut at CASCADE_LIMIT
         # per call, the rest continued by the reaper.
@@ -153,9 +166,34 @@ class Master:
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        for coro in (self.reaper.run(), self.delay_timer.run(), self.scheduler.run()):
-            self._tasks.append(asyncio.create_task(coro))
+        for run in (self.reaper.run, self.delay_timer.run, self.scheduler.run):
+            self._tasks.append(asyncio.create_task(self._keep_running(run)))
         log.info("master listening on %s:%d (store: %s)", self.host, self.port, type(self.store).__name__)
+
+    async def _keep_running(self, run: Callable[[], Any]) -> None:
+        """Run a background loop; after a store fault (a full disk), say so and start it again.
+
+        Without this one failed sweep or lease extension would end the reaper for good,
+        and the master would stop noticing silent workers once the disk had room again.
+        """
+        while True:
+            try:
+                await run()
+                return
+            except StoreError as exc:
+                if storefaults.is_fatal(exc):
+                    return  # the runner reported it: the master is stopping
+                self.faults.error(f"loop:{storefaults.fault_key(exc)}",
+                                  f"{getattr(run, '__qualname__', run)} failed: {exc}; trying again")
+                await asyncio.sleep(1.0)
+
+    def _fatal(self, exc: BaseException) -> None:
+        """The store is corrupt: say so in one line and stop (the CLI exits non-zero)."""
+        if self.fatal is not None or self._stopping:
+            return
+        self.fatal = exc
+        log.critical("stopping: %s", exc)
+        asyncio.ensure_future(self.close())
 
     @property
     def address(self) -> tuple[str, int]:
@@ -188,6 +226,9 @@ class Master:
             if self.ctx.started:
                 self.ctx.runner.close()
         finally:
+            if self._unfilter is not None:
+                self._unfilter()
+                self._unfilter = None
             self._closed.set()
 
     # -- connections (the ConnectionHost of connection.py) -----------------
@@ -263,14 +304,33 @@ class Master:
             elif ctx.runner.end():
                 self.hold.release(last=s)
             else:
-                self._commit_failed()
+                self._commit_failed(s, events)
 
-    def _commit_failed(self) -> None:
+    def _commit_failed(self, s: Session, events: Sequence[object]) -> None:
         """The commit of a read's store calls failed: none of it happened. Its replies and
-        pushes are dropped and their sessions closed; clients resend on reconnect."""
-        log.error("a commit failed: closing the connections it would have answered")
-        for held in self.hold.drop():
-            self.drop(held)
+        pushes are dropped and their sessions closed.
+
+        When the store said why (a full disk, an I/O error), the requests of the read are
+        first answered with that error, so their callers raise it instead of resending
+        them on reconnect (which would fail the same way, forever); meanwhile the runner
+        runs calls one by one, each failing alone (see runner.DEGRADED_FOR).
+        """
+        exc = self.ctx.runner.failure
+        held = self.hold.drop()
+        if isinstance(exc, StoreError):
+            if storefaults.is_fatal(exc):
+                return  # the master is stopping (_fatal)
+            self.faults.error(f"commit:{storefaults.fault_key(exc)}",
+                              f"a commit failed, nothing of it was stored: {exc}")
+            if s.role != "worker":  # a worker keeps its results and resends them on reconnect
+                for ev in events:
+                    if isinstance(ev, protocol.Message) and ev.rid:
+                        s.error(ev.rid, type(exc).__name__, str(exc))
+                s.uncork()  # the errors leave before the close
+        else:
+            log.error("a commit failed: closing the connections it would have answered")
+        for session in held:
+            self.drop(session)
 
     def _handle(self, s: Session, events: Sequence[object]) -> None:
         for ev in events:
@@ -287,29 +347,54 @@ class Master:
             # first store call before it, so one connection's requests reach the store in
             # order. Only a handler that has to wait (for a commit) becomes a Task.
             try:
-                task = eager.start(handler(s, ev.rid, wire.decode(ev.op, ev.fields)))
-            except asyncio.CancelledError:
-                continue
+                record = wire.decode(ev.op, ev.fields)
             except Exception as exc:
                 self._handler_failed(s, ev.rid, exc)
                 continue
-            if task is not None:
-                task.add_done_callback(functools.partial(self._handler_done, s=s, rid=ev.rid))
+            self._start(s, ev.rid, ev.op, record)
 
-    def _handler_done(self, task: asyncio.Task[Any], *, s: Session, rid: int) -> None:
+    def _start(self, s: Session, rid: int, op: str, record: Any) -> None:
+        """Run the handler of ``op`` for one decoded request."""
+        try:
+            task = eager.start(self.routes[op](s, rid, record))
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self._handler_failed(s, rid, exc, op, record)
+            return
+        if task is not None:
+            task.add_done_callback(functools.partial(self._handler_done, s=s, rid=rid, op=op, record=record))
+
+    def _handler_done(self, task: asyncio.Task[Any], *, s: Session, rid: int, op: str = "",
+                      record: Any = None) -> None:
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None:
-            self._handler_failed(s, rid, exc)
+            self._handler_failed(s, rid, exc, op, record)
 
-    def _handler_failed(self, s: Session, rid: int, exc: BaseException) -> None:
+    def _handler_failed(self, s: Session, rid: int, exc: BaseException, op: str = "",
+                        record: Any = None) -> None:
+        if op == protocol.ACK and isinstance(record, wire.Ack) and storefaults.is_store_fault(exc):
+            # A worker forgets results the master refused: instead of an error, its results
+            # wait here, unanswered, and are tried again (the worker resends them itself if
+            # the connection drops meanwhile). Their credit counted the first time.
+            self.faults.error(f"ack:{storefaults.fault_key(exc)}",
+                              f"results from {s.peer} not stored, trying again in {ACK_RETRY:g}s: {exc}")
+            again = dataclasses.replace(record, credit=0)
+            asyncio.get_running_loop().call_later(ACK_RETRY, self._retry, s, rid, op, again)
+            return
         if isinstance(exc, ProtocolError):
             log.warning("bad request from %s: %s", s.peer, exc)
             s.error(rid, "ProtocolError", str(exc))
         else:
             log.error("request from %s failed", s.peer, exc_info=exc)
             s.error(rid, type(exc).__name__, str(exc))
+
+    def _retry(self, s: Session, rid: int, op: str, record: Any) -> None:
+        """Handle a request again that a store fault failed (while its session lives)."""
+        if not s.closed and s.id in self.sessions and not self._stopping:
+            self._start(s, rid, op, record)
 
     # -- the master's own routes: hello, ping, status ----------------------
     def _routes(self) -> Routes:

@@ -19,13 +19,14 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import serde
-from ..errors import StoreError
+from ..errors import StoreError, StoreFull
 from ..records import (
     ALL_TASKS,
     ATTEMPT_CANCELLED,
@@ -69,6 +70,7 @@ from ..records import (
 from . import paging
 from . import schedules as sched
 from .base import Store, dependency_failed_error
+from .check import classify, corrupt, quick_check
 from .sqlite_schema import SCHEMA_VERSION, check, migrate
 from .validate import (
     FINISHED_STATES,
@@ -83,6 +85,8 @@ from .validate import (
 )
 
 DB_NAME = "conveyor.db"
+#: Bytes a WAL file is cut back to after each checkpoint (PRAGMA journal_size_limit).
+WAL_SIZE_LIMIT = 1 << 20
 SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
 __all__ = ["DB_NAME", "SCHEMA_VERSION", "SYNC_MODES", "SQLiteStore"]
 
@@ -206,6 +210,7 @@ class SQLiteStore(Store):
         # name, state) -> delta, written to ``counts``/``totals`` just before COMMIT.
         self._deltas: list[dict[_Key, int]] = []
         self._conn: sqlite3.Connection | None = None
+        self._reclaimed = 0.0  # monotonic time of the last WAL checkpoint after a full disk
         if self.directory.exists() and not self.directory.is_dir():
             raise StoreError(f"cannot open store at {self.path}: {self.directory} is not a directory")
         try:
@@ -226,16 +231,28 @@ class SQLiteStore(Store):
             if conn is not None:
                 conn.close()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
+                raise classify(exc, self.path, f"cannot open store at {self.path}") from None
             raise
         self._conn = conn
 
     def _setup(self, conn: sqlite3.Connection) -> None:
         where = str(self.path)
         check(conn, where)  # before anything else: a foreign or newer file is left as it is
+        # Damage is caught here, not by the first request that meets it: a master that
+        # started would spin on it (quick at any size: see store/check.py).
+        report = quick_check(conn, self.path)
+        if not report.ok:
+            raise corrupt(self.path, "; ".join(report.problems[:3]), f"cannot open store at {self.path}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"cannot open store at {self.path}: WAL journal mode unavailable ({mode})")
+        # A WAL left by a killed master holds up to ~4 MiB of pages (the autocheckpoint size)
+        # that new commits could only append to: on a nearly full disk every commit after the
+        # restart failed. Fold it into the database and truncate it before anything writes;
+        # journal_size_limit also gives the space back after every later checkpoint.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        with contextlib.suppress(sqlite3.OperationalError):  # disk still too full: commits will say so
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -319,7 +336,10 @@ class SQLiteStore(Store):
                             conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+                error = self._error(exc)
+                if depth == 0 and isinstance(error, StoreFull):
+                    self._reclaim(conn)
+                raise error from exc
             finally:
                 if relax:
                     with contextlib.suppress(sqlite3.Error):
@@ -383,8 +403,25 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
 
+    def _reclaim(self, conn: sqlite3.Connection) -> None:
+        """After a commit failed on a full disk: fold the WAL into the database and truncate it.
+
+        The WAL holds every page changed since the last checkpoint, often many versions of
+        the same page; once folded, its space is free again and the next commit can fit.
+        (Fails quietly when even the database cannot grow: the next commit says so.) At most
+        once a second: while the disk stays full, every commit fails.
+        """
+        now = time.monotonic()
+        if now - self._reclaimed < 1.0:
+            return
+        self._reclaimed = now
+        with contextlib.suppress(sqlite3.Error):
+            if not conn.in_transaction:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def _error(self, exc: sqlite3.Error) -> StoreError:
-        return StoreError(f"store at {self.path} failed: {exc}")
+        # Classified (StoreFull, StoreIOError, StoreCorrupt): the master treats each its own way.
+        return classify(exc, self.path)
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
