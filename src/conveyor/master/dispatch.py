@@ -217,7 +217,9 @@ class Dispatcher:
         """
         ctx = self.ctx
         plan: list[Planned] = list(self.queue_service.plan())
-        workers = [w for w in ctx.sessions.values() if w.role == "worker" and not w.closed and w.credit > 0]
+        # A worker that does not read what it is sent (output_paused) gets nothing more until it does.
+        workers = [w for w in ctx.sessions.values()
+                   if w.role == "worker" and not w.closed and w.credit > 0 and not w.output_paused]
         if workers:
             # Rotate who is served first, so no worker always gets the head of the queue.
             self._rotate = rotate = (self._rotate + 1) % len(workers)
