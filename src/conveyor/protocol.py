@@ -127,10 +127,58 @@ def encode_frame(op: str, rid: int, fields: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes | memoryview) -> Message:
-    """Decode one frame body into a Message, or raise ProtocolError."""
+#: Frames from this size up are decoded with an allowance of containers (server side).
+#: Below it, even the worst frame (empty arrays, ~70 bytes of memory per byte) costs
+#: under 20 MB for the moment it is decoded, and the hooks that count containers
+#: (~0.5 us each) stay off the everyday batches of small tasks.
+GUARD_FROM = 256 * 1024
+#: A guarded frame may hold one container (array or map) per this many bytes, plus
+#: :data:`CONTAINER_SLACK`. Real requests spend 18 bytes or more per container (a
+#: submitted task is a 9-field list with an options map and ~60 bytes); a frame of empty
+#: arrays (1 byte each, ~70 bytes of memory each) is what this stops.
+BYTES_PER_CONTAINER = 8
+CONTAINER_SLACK = 1024
+
+
+class _Expansion(Exception):
+    """A guarded frame holds more containers than its size allows."""
+
+
+def _limits(size: int, guarded: bool) -> dict[str, int]:
+    """msgpack's own limits tied to the frame's size: nothing inside a frame can be
+    longer than the frame, so a forged length cannot make msgpack allocate ahead."""
+    items = size // 4 if guarded else size  # a guarded array's items take >= 4 bytes each
+    return {"max_bin_len": size, "max_str_len": size, "max_ext_len": size,
+            "max_array_len": items, "max_map_len": items // 2 if guarded else size}
+
+
+def decode_body(body: bytes | memoryview, *, guarded: bool = False) -> Message:
+    """Decode one frame body into a Message, or raise ProtocolError.
+
+    ``guarded`` (the master's side) bounds what a large frame may expand into:
+    array and map lengths to a quarter of its bytes, and the number of containers
+    to one per :data:`BYTES_PER_CONTAINER` bytes, so a frame costs at most a small
+    multiple of its size in memory. Nesting depth is bounded by msgpack itself.
+    """
+    size = len(body)
+    guard = guarded and size >= GUARD_FROM
+    kwargs: dict[str, Any] = _limits(size, guard)
+    if guard:
+        left = [size // BYTES_PER_CONTAINER + CONTAINER_SLACK]
+
+        def counted(value: Any) -> Any:
+            left[0] -= 1
+            if left[0] < 0:
+                raise _Expansion
+            return value
+
+        kwargs["list_hook"] = counted
+        kwargs["object_hook"] = counted
     try:
-        value = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        value = msgpack.unpackb(body, raw=False, strict_map_key=False, **kwargs)
+    except _Expansion:
+        raise ProtocolError(f"frame of {size} bytes holds more than "
+                            f"{size // BYTES_PER_CONTAINER + CONTAINER_SLACK} arrays and maps") from None
     except Exception as exc:  # msgpack raises several types for garbage
         raise ProtocolError(f"undecodable frame: {exc}") from None
     if (
@@ -142,6 +190,41 @@ def decode_body(body: bytes | memoryview) -> Message:
     ):
         raise ProtocolError("frame is not [op, request_id, fields]")
     return Message(value[0], value[1], value[2])
+
+
+class OversizeFrame(FrameTooLarge):
+    """A frame announced more bytes than the connection accepts.
+
+    ``rid`` is the request id read from the start of its body when the bytes
+    that came with the length held it (None otherwise): the master answers that
+    request with an error, so the peer fails it instead of resending it.
+    """
+
+    def __init__(self, size: int, limit: int, rid: int | None) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the maximum of {limit}")
+        self.size = size
+        self.limit = limit
+        self.rid = rid
+
+
+def peek_request_id(prefix: bytes | memoryview) -> int | None:
+    """The request id of a frame body from its first bytes (``[op, rid, ...``), if they hold it."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(prefix) or 1)
+    try:
+        unpacker.feed(prefix)
+        if unpacker.read_array_header() != 3:
+            return None
+        op = unpacker.unpack()
+        rid = unpacker.unpack()
+    except Exception:  # too few bytes, or not a frame
+        return None
+    if isinstance(op, str) and isinstance(rid, int) and not isinstance(rid, bool) and rid > 0:
+        return rid
+    return None
+
+
+#: How many bytes of an oversized frame's body are looked at for its request id.
+_PEEK = 64
 
 
 class Connection:
@@ -208,22 +291,40 @@ class Connection:
         pos = 0
         end = len(buf)
         limit = self.max_frame_size
+        guarded = self.role == "server"
         view = memoryview(buf)
         try:
             while end - pos >= 4:
                 (size,) = _HEADER.unpack_from(buf, pos)
                 if size > limit:
                     self.state = "closed"
-                    raise FrameTooLarge(f"frame of {size} bytes exceeds the maximum of {limit}")
+                    rid = peek_request_id(bytes(view[pos + 4: pos + 4 + _PEEK])) if end - pos > 4 else None
+                    raise OversizeFrame(size, limit, rid)
                 if end - pos - 4 < size:
                     break
-                events.append(decode_body(view[pos + 4: pos + 4 + size]))
+                events.append(decode_body(view[pos + 4: pos + 4 + size], guarded=guarded))
                 pos += 4 + size
         finally:
             view.release()
         if pos:
             del buf[:pos]
         return events
+
+    def partial_frame(self) -> int:
+        """The announced size of the frame being received (0 when none is under way).
+
+        Only meaningful after the handshake: the master reserves that many bytes of
+        its budget for partial frames before it reads on (master/backpressure.py).
+        """
+        if not self.authenticated or len(self._buf) < 4:
+            return 0
+        size: int = _HEADER.unpack_from(self._buf, 0)[0]
+        return size + 4
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet made into events."""
+        return len(self._buf)
 
     def _handshake(self) -> list[Event]:
         buf = self._buf

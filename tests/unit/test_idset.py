@@ -40,6 +40,8 @@ def test_a_drained_set_gives_its_memory_back_and_a_full_one_costs_a_few_bytes_a_
 
 
 class FakeSession:
+    output_paused = False  # its peer reads: results are pushed (master/backpressure.py)
+
     def __init__(self) -> None:
         self.pushed: list[tuple[str, dict]] = []
 

@@ -88,7 +88,13 @@ class ResultTracking(LinkState):
         with self._lock:
             for item, cb in zip(items, callbacks):
                 self._add_pending(item[0], item, cb)
-        fut = self.request_nowait(protocol.SUBMIT, {"tasks": items})
+        try:
+            fut = self.request_nowait(protocol.SUBMIT, {"tasks": items})
+        except BaseException:  # refused unsent (over the master's frame limit): nothing to resubmit
+            with self._lock:
+                for item in items:
+                    self._pending.pop(item[0], None)
+            raise
 
         def settled(f: Any) -> None:
             with self._lock:

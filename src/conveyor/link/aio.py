@@ -113,6 +113,7 @@ class AsyncLink(LinkState):
         assert opening.welcome is not None
         self.session = opening.welcome.session
         self.heartbeat = opening.welcome.ping_every
+        self.send_limit = opening.welcome.max_frame or self.max_frame_size  # requests over it fail unsent
         self._conn = opening.connection
         self._writer = writer
         self._liveness = Liveness(self.heartbeat, self._clock())
@@ -151,7 +152,7 @@ class AsyncLink(LinkState):
                 await self._read_loop(reader)
             except (ConnectionError, OSError, ssl.SSLError, ProtocolError) as exc:
                 if not self._closing:
-                    log.warning("connection to %s lost: %s", self.address, exc)
+                    self.limited.warning(f"lost {self.address}", "connection to %s lost: %s", self.address, exc)
             except Exception:  # a bug handling a message: a fresh connection, not a dead one
                 log.exception("connection to %s: unexpected error; reconnecting", self.address)
             finally:
@@ -169,7 +170,7 @@ class AsyncLink(LinkState):
                         return
                     await asyncio.sleep(delay)
                     continue
-                log.info("reconnected to %s", self.address)
+                self.limited.info(f"reconnected {self.address}", "reconnected to %s", self.address)
                 self.plan.succeeded()
                 break
 

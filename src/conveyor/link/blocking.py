@@ -204,6 +204,7 @@ class BlockingLink(LinkState):
         assert opening.welcome is not None
         self.session = opening.welcome.session
         self.heartbeat = opening.welcome.ping_every
+        self.send_limit = opening.welcome.max_frame or self.max_frame_size  # requests over it fail unsent
         self._liveness = Liveness(self.heartbeat, self._clock())
         return transport, opening.connection, opening.early
 
@@ -218,7 +219,7 @@ class BlockingLink(LinkState):
                 self._read_loop(transport, conn)
             except (ConnectionError, OSError, ssl.SSLError, ProtocolError) as exc:
                 if not self._closing:
-                    log.warning("connection to %s lost: %s", self.address, exc)
+                    self.limited.warning(f"lost {self.address}", "connection to %s lost: %s", self.address, exc)
             except Exception:  # a bug handling a message: a fresh connection, not a dead one
                 log.exception("connection to %s: unexpected error; reconnecting", self.address)
             with self._wlock, self._lock:
@@ -240,7 +241,7 @@ class BlockingLink(LinkState):
                             new.close()
                             return
                         self._transport, self._conn = new, conn
-                    log.info("reconnected to %s", self.address)
+                    self.limited.info(f"reconnected {self.address}", "reconnected to %s", self.address)
                     self.plan.succeeded()
                     self._resend()
                 break

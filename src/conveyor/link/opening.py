@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol, timing
-from ..errors import ConnectionLost, RemoteError
+from ..errors import ConnectionLost, FrameTooLarge, RemoteError
 from .address import Address
 
 
@@ -26,12 +26,27 @@ def hello_fields(role: str, extra: dict[str, Any] | None = None) -> dict[str, An
     return {"role": role, "host": socket.gethostname(), "pid": os.getpid(), **(extra or {})}
 
 
+def check_request_size(op: str, frame: bytes, limit: int) -> None:
+    """Refuse, before it is sent, a request larger than the master accepts.
+
+    A master closes a connection that announces a frame over its limit; a
+    request resent after every reconnect would loop forever, so it fails here,
+    in the caller, naming both sizes. ``limit`` is the largest frame body.
+    """
+    size = len(frame) - 4  # the length prefix is not counted
+    if size > limit:
+        raise FrameTooLarge(f"{op} request of {size} bytes exceeds the master's frame limit of {limit} bytes; "
+                            "it was not sent (split it, or raise the master's --max-frame-size)")
+
+
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """The master's answer to HELLO: the session it opened and how often to ping it."""
+    """The master's answer to HELLO: the session it opened, how often to ping it, and the
+    largest frame body it accepts (None from a master that does not say)."""
 
     session: str | None
     ping_every: float
+    max_frame: int | None = None
 
 
 class Opening:
@@ -123,6 +138,9 @@ class Opening:
         master_timeout = reply.fields.get("heartbeat")
         if not isinstance(master_timeout, (int, float)) or isinstance(master_timeout, bool):
             master_timeout = None
+        max_frame = reply.fields.get("max_frame")
+        if not isinstance(max_frame, int) or isinstance(max_frame, bool) or max_frame <= 0:
+            max_frame = None
         self.welcome = Welcome(session if isinstance(session, str) else None,
-                               timing.ping_interval(self.heartbeat, master_timeout))
+                               timing.ping_interval(self.heartbeat, master_timeout), max_frame)
         self.state = "done"

@@ -10,11 +10,21 @@ previous delay as arguments: only the I/O edges read a clock or sleep.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Sequence
 
 from .. import timing
 from ..errors import AuthenticationError, ConnectionLost, RemoteError
+from ..ratelimit_log import RateLimitedLog
 from .address import Address
+
+log = logging.getLogger("conveyor.link")
+
+
+def reconnect_log() -> RateLimitedLog:
+    """The log of a link's lines that repeat while a master is away or refuses it (lost,
+    reconnected, failed attempts): one per kind and address per interval, with a count."""
+    return RateLimitedLog(log)
 
 
 class Failure(enum.Enum):

@@ -22,13 +22,14 @@ from ..errors import (
     STORE_ERRORS,
     AuthenticationError,
     ConnectionLost,
+    FrameTooLarge,
     NotFound,
     RemoteError,
     SerializationError,
 )
 from .address import Address, AddressesLike, parse_addresses
-from .opening import Opening, hello_fields
-from .policy import Failure, Reconnect, failure_kind
+from .opening import Opening, check_request_size, hello_fields
+from .policy import Failure, Reconnect, failure_kind, reconnect_log
 
 log = logging.getLogger("conveyor.link")
 
@@ -73,7 +74,11 @@ class LinkState:
         self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat
         self.max_frame_size = max_frame_size
+        #: The largest request body the master accepts: its own word once connected
+        #: (the hello answer), our own limit until then.
+        self.send_limit = max_frame_size
         self.on_message = on_message
+        self.limited = reconnect_log()  # reconnect loops log one line per interval, not per attempt
         #: The session the master opened for the current (or last) connection.
         self.session: str | None = None
         self._lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -123,15 +128,30 @@ class LinkState:
             self._fail_all(AuthenticationError("authentication failed"))
             return None
         if kind is Failure.LOUD:
-            log.warning("reconnecting to %s failed: %s: %s", self.address, type(exc).__name__, exc)
+            self.limited.warning(f"reconnect failed {self.address}", "reconnecting to %s failed: %s: %s",
+                            self.address, type(exc).__name__, exc)
         return self.plan.failed()
 
     # -- after a reconnect -----------------------------------------------------
     def _resend(self) -> None:
-        """After a (re)connect: resend every unanswered request."""
+        """After a (re)connect: resend every unanswered request (one over the master's
+        frame limit fails instead: it would only be refused again)."""
+        refused: list[tuple[AnyFuture, Exception]] = []
         with self._lock:
-            for rid, (op, fields, _fut) in list(self._requests.items()):
-                self._send(op, rid, fields)
+            target = self._target()
+            for rid, (op, fields, fut) in list(self._requests.items()):
+                frame = protocol.encode_frame(op, rid, fields)
+                try:
+                    check_request_size(op, frame, self.send_limit)
+                except FrameTooLarge as too_large:
+                    del self._requests[rid]
+                    refused.append((fut, too_large))
+                    continue
+                self._send_to(target, frame)
+        for fut, error in refused:
+            with contextlib.suppress(*_InvalidState):
+                if not fut.done():
+                    fut.set_exception(error)
 
     # -- incoming --------------------------------------------------------------
     def _on_message(self, msg: protocol.Message) -> None:
@@ -179,13 +199,16 @@ class LinkState:
         """Send a request (now, or on reconnect) and return the future of its reply fields."""
         if self._closing:
             raise ConnectionLost("client is closed")
-        fut = self._new_future()
         with self._lock:
             rid = next(self._rids)
+        frame = protocol.encode_frame(op, rid, fields)
+        check_request_size(op, frame, self.send_limit)  # never sent, never resent: fails here
+        fut = self._new_future()
+        with self._lock:
             self._requests[rid] = (op, fields, fut)
             target = self._target()
         if target is not None:
-            self._send_to(target, protocol.encode_frame(op, rid, fields))
+            self._send_to(target, frame)
         return fut
 
 
@@ -217,4 +240,6 @@ def remote_error(fields: dict[str, Any]) -> Exception:
     store_error = STORE_ERRORS.get(kind)
     if store_error is not None:  # the master could not commit it (disk full, I/O error, corrupt store)
         return store_error(message)
+    if kind == "FrameTooLarge":  # an oversized request: failed, not resent
+        return FrameTooLarge(message)
     return RemoteError(kind, message)

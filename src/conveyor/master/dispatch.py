@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Union
 
 from .. import protocol, wire
+from ..ratelimit_log import RateLimitedLog
 from ..records import Lease
 from . import eager
 from .session import Session
@@ -136,6 +137,7 @@ class Dispatcher:
         self.jobs = jobs
         self.task: asyncio.Task[None] | None = None  # the running pass, if it had to wait
         self.stopping = False
+        self.limited = RateLimitedLog(log)  # a pass that fails fails again on the next wake: one line per interval
         self._rotate = 0
         ctx.wake.bind(self.dispatch_now)
 
@@ -160,7 +162,7 @@ class Dispatcher:
         try:
             task = eager.start(self._dispatch())
         except Exception:
-            log.exception("dispatch failed")
+            self.limited.error("dispatch failed", "dispatch failed", exc_info=True)
             return
         if task is not None:
             self.task = task
@@ -169,7 +171,7 @@ class Dispatcher:
     def _dispatch_done(self, task: asyncio.Task[None]) -> None:
         self.task = None
         if not task.cancelled() and task.exception() is not None:
-            log.error("dispatch failed", exc_info=task.exception())
+            self.limited.error("dispatch failed", "dispatch failed", exc_info=task.exception())
 
     async def _dispatch(self) -> None:
         """Dispatch passes while one is due: one runs at a time, a wake meanwhile makes another."""
@@ -217,7 +219,9 @@ class Dispatcher:
         """
         ctx = self.ctx
         plan: list[Planned] = list(self.queue_service.plan())
-        workers = [w for w in ctx.sessions.values() if w.role == "worker" and not w.closed and w.credit > 0]
+        # A worker that does not read what it is sent (output_paused) gets nothing more until it does.
+        workers = [w for w in ctx.sessions.values()
+                   if w.role == "worker" and not w.closed and w.credit > 0 and not w.output_paused]
         if workers:
             # Rotate who is served first, so no worker always gets the head of the queue.
             self._rotate = rotate = (self._rotate + 1) % len(workers)

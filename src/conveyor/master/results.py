@@ -24,7 +24,7 @@ from ..records import (
     Result,
 )
 from ..serde import PICKLE
-from . import attempts
+from . import attempts, backpressure
 from .idset import IdSet
 from .session import Session
 
@@ -84,7 +84,12 @@ class Subscriptions:
         return sum(ids.nbytes() for ids in self._by_session.values())
 
     def deliver(self, results: list[Result]) -> None:
-        """Push each result to the sessions subscribed to it, one frame per session."""
+        """Push each result to the sessions subscribed to it, one frame per session.
+
+        A session whose peer does not read (``output_paused``) gets nothing pushed:
+        its results stay in the store, noted by id, and are read back and pushed
+        once it drained (master/backpressure.py).
+        """
         if not self._by_session:
             return
         batches: dict[Session, list[list[object]]] = {}
@@ -92,13 +97,18 @@ class Subscriptions:
             item = None
             for sub, ids in self._by_session.items():
                 if ids.discard(r.id):
+                    if sub.output_paused:
+                        backpressure.defer(sub, r.id)
+                        batches.setdefault(sub, [])
+                        continue
                     if item is None:
                         item = wire.result_to_wire(r)
                     batches.setdefault(sub, []).append(item)
         for sub, items in batches.items():
             if not self._by_session.get(sub, True):
                 del self._by_session[sub]  # it waits for nothing now
-            sub.push(protocol.RESULTS, {"results": items})
+            if items:
+                sub.push(protocol.RESULTS, {"results": items})
 
 
 class ResultService:

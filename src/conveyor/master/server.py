@@ -29,9 +29,10 @@ from typing import Any
 
 from .. import __version__, loops, protocol, wire
 from ..errors import ProtocolError, StoreError
+from ..ratelimit_log import RateLimitedLog
 from ..records import AttemptNote, QueueStats
 from ..store import Store
-from . import attempts, eager, maintenance, storefaults
+from . import attempts, backpressure, eager, maintenance, storefaults
 from .connection import Connection
 from .context import Context, Limits, Routes
 from .dispatch import Dispatcher
@@ -74,6 +75,7 @@ class Master:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         queues: dict[str, int] | None = None,
+        frame_budget: int = backpressure.PARTIAL_BUDGET,
     ) -> None:
         self.store = store
         self.authkey = authkey or b""
@@ -82,6 +84,11 @@ class Master:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.max_frame_size = max_frame_size
+        # The bytes of partially received frames all connections may hold (master/backpressure.py).
+        self.budget = backpressure.FrameBudget(frame_budget)
+        # Errors that repeat (a full disk fails every request; refused peers come back):
+        # one line per kind per interval, with the count of those held back.
+        self.limited = RateLimitedLog(log)
         self.ctx = Context(store, Limits(lease_for, heartbeat_timeout, result_ttl, allow_pickle),
                            clock=clock, monotonic=monotonic)
         self.started_at = clock()
@@ -251,6 +258,12 @@ class Master:
         self.sessions[s.id] = s
         return s
 
+    def drained(self, s: Session) -> None:
+        """``s``'s peer read what was waiting: push the results held back, and tasks again."""
+        backpressure.redeliver(self.ctx, s)
+        if s.role == "worker" and s.credit > 0:
+            self.ctx.wake.set()
+
     def drop(self, s: Session) -> None:
         """Forget a session; hand its leases back and end its subscriptions."""
         s.close()
@@ -328,7 +341,7 @@ class Master:
                         s.error(ev.rid, type(exc).__name__, str(exc))
                 s.uncork()  # the errors leave before the close
         else:
-            log.error("a commit failed: closing the connections it would have answered")
+            self.limited.error("commit failed", "a commit failed: closing the connections it would have answered")
         for session in held:
             self.drop(session)
 
@@ -385,10 +398,11 @@ class Master:
             asyncio.get_running_loop().call_later(ACK_RETRY, self._retry, s, rid, op, again)
             return
         if isinstance(exc, ProtocolError):
-            log.warning("bad request from %s: %s", s.peer, exc)
+            self.limited.warning("bad request", "bad request from %s: %s", s.peer, exc)
             s.error(rid, "ProtocolError", str(exc))
         else:
-            log.error("request from %s failed", s.peer, exc_info=exc)
+            # Keyed by the error's type: a failing store fails every request the same way.
+            self.limited.error(f"request failed {type(exc).__name__}", "request from %s failed", s.peer, exc_info=exc)
             s.error(rid, type(exc).__name__, str(exc))
 
     def _retry(self, s: Session, rid: int, op: str, record: Any) -> None:
@@ -410,8 +424,9 @@ class Master:
             self.ctx.roster.joined(s.id, self.ctx.clock(), req.pool, req.loop)
             log.info("worker %s connected from %s (queues %s, concurrency %d)",
                      s.name, s.peer, ",".join(s.queues), s.concurrency)
-        s.reply(rid, {"session": s.id, "version": __version__,
-                      "heartbeat": self.heartbeat_timeout, "pickle": self.allow_pickle})
+        # max_frame: the largest frame body it accepts; a peer refuses a larger request itself.
+        s.reply(rid, {"session": s.id, "version": __version__, "heartbeat": self.heartbeat_timeout,
+                      "pickle": self.allow_pickle, "max_frame": self.max_frame_size})
 
     async def on_ping(self, s: Session, rid: int, req: wire.NoFields) -> None:
         # Answered even as a push (rid 0): the answer is the peer's proof we are alive.

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import protocol
+from .backpressure import Backlog
 
 
 class Writer(Protocol):
@@ -78,6 +79,10 @@ class Session:
     last_seen: float = 0.0  # monotonic time of its last bytes (the master's injected clock)
     hold: WriteHold | None = field(default=None, repr=False)  # the master's, while it holds writes
     closed: bool = False
+    # Its transport holds too much unsent (its peer does not read): nothing more is pushed
+    # to it, and results for it wait in the store, noted in ``backlog`` (master/backpressure.py).
+    output_paused: bool = False
+    backlog: Backlog = field(default_factory=Backlog, repr=False)
     # While corked, frames collect here and go out in one write (one send syscall) on uncork.
     _corked: list[bytes] | None = field(default=None, repr=False)
 
