@@ -194,6 +194,10 @@ def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
     )
 
 
+class _IdTaken(Exception):
+    """A batch's fast insert met an id that exists: undo it and take the careful path."""
+
+
 class SQLiteStore(Store):
     """The durable :class:`Store`: one SQLite database ``conveyor.db`` in ``path``.
 
@@ -430,6 +434,8 @@ class SQLiteStore(Store):
                 if cur.rowcount == 1:
                     self._note(t.queue, t.name, None, state)
                 return [cur.rowcount == 1]
+            if not any(t.after for t in tasks) and self._insert_all_new(tasks, now):
+                return [True] * len(tasks)
             existing: set[str] = set()
             ids = [t.id for t in tasks]
             for part in _chunks(ids):
@@ -450,6 +456,21 @@ class SQLiteStore(Store):
                 self._note(t.queue, t.name, None, state)
             conn.executemany(_INSERT_TASK, rows)
         return out
+
+    def _insert_all_new(self, tasks: Sequence[NewTask], now: float) -> bool:
+        """Insert a batch whose ids are all new (the common case) without looking them up
+        first; False, with nothing changed, if any id was there already (or twice in it)."""
+        rows = [_task_row(t, DELAYED if t.not_before > now else READY, now) for t in tasks]
+        try:
+            with self.transaction():  # nested, so a savepoint: undone if an id was taken
+                inserted = self.conn.executemany(_INSERT_TASK + " ON CONFLICT (id) DO NOTHING", rows).rowcount
+                if inserted != len(rows):
+                    raise _IdTaken
+                for t, row in zip(tasks, rows):
+                    self._note(t.queue, t.name, None, row[3])
+        except _IdTaken:
+            return False
+        return True
 
     def _enqueue_linked(self, conn: sqlite3.Connection, tasks: Sequence[NewTask],
                         existing: set[str], now: float) -> list[bool]:
