@@ -1,7 +1,8 @@
-"""SQLite keeps a first attempt that succeeded with no output in its task's row
+"""SQLite's per-task fast paths. It keeps a first attempt that succeeded with no output in its task's row
 (``tasks.attempt``) instead of an attempts row: the history every reader sees is
 the same as the memory store's, through a requeue, a later attempt and a purge,
-and a file made at schema version 5 gains the column."""
+a file made at schema version 5 gains the column; and a batch of new ids is
+inserted without a lookup, undone when one exists."""
 
 from __future__ import annotations
 
@@ -135,5 +136,29 @@ def test_purged_tasks_take_their_row_attempt_along(tmp_path, purge):
         assert s.get("a") is None
         s.enqueue([task("a", "a")], T0 + 3)  # the id again: a new task, no history
         assert s.get("a").attempt_log == []
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("savepoints", [True, False])
+def test_a_batch_meeting_an_existing_id_is_undone_and_inserted_carefully(tmp_path, savepoints):
+    """enqueue inserts a batch of new ids without looking them up; one that exists undoes
+    that insert (a savepoint, even inside the master's one-call transaction) and the
+    careful path stores only the new ones, counted once."""
+    from conveyor.store.conformance_counts import assert_counts_match
+
+    s = SQLiteStore(tmp_path)
+    try:
+        assert s.enqueue([task("a", payload=b"first")], T0) == [True]
+        with s.transaction(savepoints=savepoints):
+            assert s.enqueue([task("b"), task("a", payload=b"second"), task("c"), task("b")], T0) == \
+                [True, False, True, False]
+        assert s.get("a").payload == b"first"
+        assert sorted(x.id for x in s.lease("q", 10, "w", T0, 30)) == ["a", "b", "c"]
+        assert_counts_match(s)
+        with s.transaction(savepoints=savepoints):
+            assert s.enqueue([task("d"), task("e")], T0) == [True, True]
+        assert_counts_match(s)
+        assert s.stats()["q"].ready == 2
     finally:
         s.close()
