@@ -83,8 +83,7 @@ def one_round(n_tasks: int, worker_log_level: str | None) -> dict[str, float]:
     """Start a cluster and a client, run one map, return µs of CPU per task by process kind."""
     worker_args = ["--log-level", worker_log_level] if worker_log_level else []
     with tempfile.TemporaryDirectory() as tmp, \
-            LocalCluster(workers=2, data=f"{tmp}/data", log_dir=f"{tmp}/logs",
-                         worker_args=worker_args) as cluster:
+            LocalCluster(workers=2, data=f"{tmp}/data", worker_args=worker_args) as cluster:
         cluster.wait_for_workers(2)
         client = subprocess.Popen([sys.executable, __file__, "--client", cluster.address, str(n_tasks)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=cluster.env(), text=True)
