@@ -127,15 +127,23 @@ class Metrics:
         when it was due if it was delayed or retried; a task whose id carries
         no creation time and that was never delayed gives no wait sample.
         """
-        followed, due_at, observe = self._followed, self._due, self.wait.observe
+        # Called for every task pushed: Histogram.observe and _name inlined for the common case.
+        followed, due_at, names = self._followed, self._due, self.names
+        wait = self.wait
+        bounds, buckets = wait.bounds, wait.counts
         for x in leases:
-            due = due_at.pop(x.id, None) if due_at else None  # most tasks were never delayed
-            ready = max(due or 0.0, created_at(x.id, now) or 0.0)
+            tid = x.id
+            due = due_at.pop(tid, None) if due_at else None  # most tasks were never delayed
+            ready = max(due or 0.0, created_at(tid, now) or 0.0)
             if ready:
-                observe(now - ready)
+                value = max(0.0, now - ready)
+                buckets[bisect.bisect_left(bounds, value)] += 1
+                wait.sum += value
+                wait.count += 1
             if len(followed) >= MAX_FOLLOWED:
                 del followed[next(iter(followed))]
-            followed[x.id] = Followed(x.queue, self._name(x.name), now)
+            name = x.name
+            followed[tid] = Followed(x.queue, name if name and name in names else self._name(name), now)
 
     def finished(self, tid: str, outcome: str, now: float) -> Followed | None:
         """A leased task's attempt ended with ``outcome`` at ``now``: count it, time its run.

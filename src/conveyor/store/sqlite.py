@@ -157,6 +157,21 @@ def _write_attempts(conn: sqlite3.Connection, rows: Sequence[tuple[str, AttemptR
                       if a.number > ATTEMPTS_KEPT])
 
 
+def _in_row(o: Outcome, holder: bool) -> bool:
+    """Whether an outcome's attempt is kept in its task's row (``tasks.attempt``), not as an
+    attempts row: a first attempt, holding the lease, that succeeded with no output. Its
+    record is then the task's only one and is rebuilt exactly from the row (owner, worker
+    and worker-reported start in ``attempt``; leased and finished times in the row's own)."""
+    return holder and o.ok and o.token == 1 and not o.output and o.ended is None
+
+
+def _row_attempt(blob: bytes, leased_at: float | None, finished_at: float) -> AttemptRecord:
+    """The record :func:`_in_row` kept in a task's row, as ``attempt_record`` made it."""
+    owner, worker, started_at = serde.unpackb(blob)
+    return AttemptRecord(1, owner, worker or None, leased_at, started_at, finished_at,
+                         ATTEMPT_SUCCEEDED, None, None)
+
+
 def _attempt(row: Sequence[Any]) -> AttemptRecord:
     number, owner, worker, leased_at, started_at, finished_at, outcome, error, output = row
     return AttemptRecord(number, owner, serde.unpackb(worker) if worker else None, leased_at,
@@ -181,6 +196,10 @@ def _info(row: Sequence[Any], after: list[str]) -> TaskInfo:
         progress=serde.unpackb(progress) if progress is not None else None,
         payload=bytes(args), codec=args_codec,
     )
+
+
+class _IdTaken(Exception):
+    """A batch's fast insert met an id that exists: undo it and take the careful path."""
 
 
 class SQLiteStore(Store):
@@ -452,6 +471,8 @@ class SQLiteStore(Store):
                 if cur.rowcount == 1:
                     self._note(t.queue, t.name, None, state)
                 return [cur.rowcount == 1]
+            if not any(t.after for t in tasks) and self._insert_all_new(tasks, now):
+                return [True] * len(tasks)
             existing: set[str] = set()
             ids = [t.id for t in tasks]
             for part in _chunks(ids):
@@ -472,6 +493,21 @@ class SQLiteStore(Store):
                 self._note(t.queue, t.name, None, state)
             conn.executemany(_INSERT_TASK, rows)
         return out
+
+    def _insert_all_new(self, tasks: Sequence[NewTask], now: float) -> bool:
+        """Insert a batch whose ids are all new (the common case) without looking them up
+        first; False, with nothing changed, if any id was there already (or twice in it)."""
+        rows = [_task_row(t, DELAYED if t.not_before > now else READY, now) for t in tasks]
+        try:
+            with self.transaction():  # nested, so a savepoint: undone if an id was taken
+                inserted = self.conn.executemany(_INSERT_TASK + " ON CONFLICT (id) DO NOTHING", rows).rowcount
+                if inserted != len(rows):
+                    raise _IdTaken
+                for t, row in zip(tasks, rows):
+                    self._note(t.queue, t.name, None, row[3])
+        except _IdTaken:
+            return False
+        return True
 
     def _enqueue_linked(self, conn: sqlite3.Connection, tasks: Sequence[NewTask],
                         existing: set[str], now: float) -> list[bool]:
@@ -691,17 +727,21 @@ class SQLiteStore(Store):
                     continue
                 out.append(STORED)
                 holder = state == LEASED and o.token == attempts  # the attempt holding the lease
-                ended_attempts.append((o.id, attempt_record(
-                    o.token, owner if holder else None, leased_at if holder else None, now,
-                    ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
-                    None if o.ok else o.payload)))
+                in_row = None
+                if _in_row(o, holder):
+                    in_row = serde.packb([owner, o.worker or None, o.started_at])
+                else:
+                    ended_attempts.append((o.id, attempt_record(
+                        o.token, owner if holder else None, leased_at if holder else None, now,
+                        ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
+                        None if o.ok else o.payload)))
                 moved[(queue, name, state, cur[1])] = moved.get((queue, name, state, cur[1]), 0) + 1
-                updates.append((cur[1], 1 if o.ok else 0, bytes(o.payload), o.codec, now, seq))
+                updates.append((cur[1], 1 if o.ok else 0, bytes(o.payload), o.codec, now, in_row, seq))
                 if linked:
                     ended.append((o.id, cur[1]))
             conn.executemany(
                 "UPDATE tasks SET state = ?, result_ok = ?, result_payload = ?, result_codec = ?, "
-                "finished_at = ?, lease_owner = NULL, lease_deadline = NULL WHERE seq = ?",
+                "finished_at = ?, lease_owner = NULL, lease_deadline = NULL, attempt = ? WHERE seq = ?",
                 updates)
             _write_attempts(conn, ended_attempts)
             for (queue, name, state, new), n in moved.items():
@@ -871,8 +911,8 @@ class SQLiteStore(Store):
     def get(self, task_id: str) -> TaskInfo | None:
         """Everything stored about one task, or None."""
         with self._reading() as conn:
-            row = conn.execute(f"SELECT {_INFO_COLUMNS}, progress, payload, codec FROM tasks WHERE id = ?",
-                               (task_id,)).fetchone()
+            row = conn.execute(f"SELECT {_INFO_COLUMNS}, progress, payload, codec, attempt FROM tasks "
+                               f"WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
             after = [r[0] for r in conn.execute(
@@ -880,7 +920,10 @@ class SQLiteStore(Store):
             log = [_attempt(r) for r in conn.execute(
                 f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE task_id = ? ORDER BY number",
                 (task_id,))]
+        *row, in_row = row
         info = _info(row, after)
+        if in_row is not None:  # the only attempt, kept in the row (see _in_row)
+            log = [_row_attempt(in_row, info.started_at, info.finished_at or 0.0), *log]
         info.attempt_log = log
         return info
 
@@ -920,7 +963,7 @@ class SQLiteStore(Store):
         wanted = finished_states(states, "requeue")
         if not wanted or (not ids and queue is None):
             return []
-        columns = "seq, id, queue, state, not_before, options, errors, name"
+        columns = "seq, id, queue, state, not_before, options, errors, name, attempt, started_at, finished_at"
         with self.transaction():
             conn = self.conn
             rows: list[Any] = []
@@ -935,7 +978,8 @@ class SQLiteStore(Store):
                     f"AND state IN ({_marks(len(wanted))}) ORDER BY seq",
                     (queue, *wanted)).fetchall()
             out: list[str] = []
-            for seq, task_id, task_queue, state, not_before, options, errors, name in rows:
+            for (seq, task_id, task_queue, state, not_before, options, errors, name, in_row, leased_at,
+                 finished_at) in rows:
                 if state not in wanted or (queue is not None and task_queue != queue):
                     continue
                 target = DELAYED if not_before > now else READY
@@ -950,10 +994,12 @@ class SQLiteStore(Store):
                         target = WAITING
                 opts = _options(options)
                 opts["retry_base"] = len(serde.unpackb(errors)) if errors else 0
+                if in_row is not None:  # its first attempt, kept in the row: an attempts row now
+                    _write_attempts(conn, [(task_id, _row_attempt(in_row, leased_at, finished_at))])
                 conn.execute(
                     "UPDATE tasks SET state = ?, options = ?, result_ok = NULL, "
                     "result_payload = NULL, result_codec = NULL, finished_at = NULL, "
-                    "progress = NULL WHERE seq = ?", (target, serde.packb(opts), seq))
+                    "progress = NULL, attempt = NULL WHERE seq = ?", (target, serde.packb(opts), seq))
                 self._note(task_queue, name, state, target)
                 out.append(task_id)
             return out

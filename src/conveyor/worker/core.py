@@ -66,6 +66,9 @@ class _Core:
     def submit(self, jobs: list[Job]) -> None:
         entries = []
         for job in jobs:
+            if not job.options:  # most tasks: no time limits to read
+                entries.append(_Entry(job, None))
+                continue
             soft = soft_timeout_of(job.options)
             entries.append(_Entry(job, timeout_of(job.options), soft, soft is not None))
         with self.cond:

@@ -18,6 +18,10 @@ DEBUG (a task that starts at once would otherwise cost a third line: about
 Each record carries ``task_id`` and ``task_name`` (the JSON format's fields).
 A result's repr is cut to :data:`RESULT_REPR_LIMIT` characters; nothing is
 decoded for these lines unless INFO is enabled.
+
+The lines of one batch (the jobs a pool started together, the results that
+arrived together) go out through :func:`conveyor.logs.log_lines`: one write for
+the lot when only the worker's own handler would see them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 from typing import Any
 
 from .. import serde
+from ..logs import LogLine, log_lines
 from .jobs import Job, JobResult
 
 __all__ = ["TaskLog", "RESULT_REPR_LIMIT", "log"]
@@ -53,18 +58,16 @@ class TaskLog:
         self.allow_pickle = allow_pickle
         self._names: dict[str, str] = {}
 
-    def _emit(self, level: int, task_id: str, message: str, *args: Any) -> None:
+    def _line(self, level: int, task_id: str, message: str, *args: Any) -> LogLine:
         name = self._names.get(task_id, "?")
-        log.log(level, "Task %s[%s] " + message, name, task_id, *args,
-                extra={"task_id": task_id, "task_name": name})
+        return level, "Task %s[%s] " + message, (name, task_id, *args), task_id, name
 
     def received(self, jobs: list[Job]) -> None:
         """The master sent these jobs."""
         for job in jobs:
             self._names[job.id] = job.name
         if log.isEnabledFor(logging.DEBUG):
-            for job in jobs:
-                self._emit(logging.DEBUG, job.id, "received")
+            log_lines(log, [self._line(logging.DEBUG, job.id, "received") for job in jobs])
 
     def forget(self, task_ids: list[str]) -> None:
         """Jobs handed back unstarted (a warm stop, a new session): no line, no memory."""
@@ -73,35 +76,48 @@ class TaskLog:
 
     def cancelled(self, task_id: str) -> None:
         """The master cancelled a job this worker held."""
-        self._emit(logging.INFO, task_id, "cancelled")
+        log_lines(log, [self._line(logging.INFO, task_id, "cancelled")])
         self._names.pop(task_id, None)
 
     def finished(self, result: JobResult, retry: dict[str, Any] | None) -> None:
         """A job's outcome, as reported to the master (``retry`` is the retry decision)."""
-        try:
-            if result.ok:
-                if log.isEnabledFor(logging.INFO):
-                    self._emit(logging.INFO, result.id, "succeeded in %.3fs: %s", result.duration,
-                               self._value_repr(result))
-                return
-            error = serde.decode_error(result.payload)
-            kind = _short_type(error["type"])
-            message = _bounded(error["message"], MESSAGE_LIMIT)
-            if kind == "CancelledTask":
-                self._emit(logging.INFO, result.id, "cancelled")
-            elif kind == "TaskTimeout":
-                self._emit(logging.WARNING, result.id, "timed out after %.3fs: %s", result.duration, message)
-            elif kind == "WorkerCrashed":
-                self._emit(logging.WARNING, result.id, "crashed after %.3fs: %s", result.duration, message)
-            elif retry is not None and "delay" in retry:
-                self._emit(logging.INFO, result.id, "retry in %gs (failed in %.3fs): %s: %s",
-                           retry["delay"], result.duration, kind, message)
-            else:
-                dead = " (no retries left)" if retry is not None and retry.get("dead") else ""
-                self._emit(logging.WARNING, result.id, "failed in %.3fs%s: %s: %s", result.duration,
-                           dead, kind, message)
-        finally:
-            self._names.pop(result.id, None)
+        self.finished_many([(result, retry)])
+
+    def finished_many(self, done: list[tuple[JobResult, dict[str, Any] | None]]) -> None:
+        """Outcomes reported together (each with its retry decision): their lines in one go."""
+        lines: list[LogLine] = []
+        info = log.isEnabledFor(logging.INFO)
+        for result, retry in done:
+            try:
+                line = self._outcome_line(result, retry, info)
+                if line is not None:
+                    lines.append(line)
+            finally:
+                self._names.pop(result.id, None)
+        if lines:
+            log_lines(log, lines)
+
+    def _outcome_line(self, result: JobResult, retry: dict[str, Any] | None, info: bool) -> LogLine | None:
+        if result.ok:
+            if not info:
+                return None
+            return self._line(logging.INFO, result.id, "succeeded in %.3fs: %s", result.duration,
+                              self._value_repr(result))
+        error = serde.decode_error(result.payload)
+        kind = _short_type(error["type"])
+        message = _bounded(error["message"], MESSAGE_LIMIT)
+        if kind == "CancelledTask":
+            return self._line(logging.INFO, result.id, "cancelled")
+        if kind == "TaskTimeout":
+            return self._line(logging.WARNING, result.id, "timed out after %.3fs: %s", result.duration, message)
+        if kind == "WorkerCrashed":
+            return self._line(logging.WARNING, result.id, "crashed after %.3fs: %s", result.duration, message)
+        if retry is not None and "delay" in retry:
+            return self._line(logging.INFO, result.id, "retry in %gs (failed in %.3fs): %s: %s",
+                              retry["delay"], result.duration, kind, message)
+        dead = " (no retries left)" if retry is not None and retry.get("dead") else ""
+        return self._line(logging.WARNING, result.id, "failed in %.3fs%s: %s: %s", result.duration,
+                          dead, kind, message)
 
     def _value_repr(self, result: JobResult) -> str:
         try:
@@ -114,6 +130,5 @@ class TaskLog:
 def log_started(jobs: list[Job]) -> None:
     """A pool handed these jobs to a child or thread (called by every pool kind)."""
     if log.isEnabledFor(logging.INFO):
-        for job in jobs:
-            log.info("Task %s[%s] started", job.name, job.id,
-                     extra={"task_id": job.id, "task_name": job.name})
+        log_lines(log, [(logging.INFO, "Task %s[%s] started", (job.name, job.id), job.id, job.name)
+                        for job in jobs])

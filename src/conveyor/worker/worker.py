@@ -319,6 +319,7 @@ class Worker:
         with self._starts_lock:
             for r in results:
                 self._running_since.pop(r.id, None)
+        done: list[tuple[JobResult, dict[str, Any] | None]] = []  # their log lines, written together
         for r in results:
             if r.id in self._cancelled:
                 self._cancelled.discard(r.id)  # the master already finished it as cancelled
@@ -334,7 +335,8 @@ class Worker:
                                         error, float(retry["delay"]))
             self._acks.append(wire.outcome_to_wire(Outcome(r.id, r.token, r.ok, r.payload, r.codec, r.output),
                                                    retry))
-            self._tasklog.finished(r, retry)
+            done.append((r, retry))
+        self._tasklog.finished_many(done)
         self.completed += len(results)
         self._outstanding -= len(results)
         # Written in this same loop turn: results that arrived together came in one call.
