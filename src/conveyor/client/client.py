@@ -90,8 +90,18 @@ class TaskFuture(cf.Future[Any]):
                 raise TimeoutError()
             self._condition.wait(remaining)
 
+    def _read_until_done(self, timeout: float | None) -> float | None:
+        """Read the connection on this thread until this future is done, if no other
+        thread reads it (no hand-off from the reader thread); the timeout left."""
+        if self._state not in (_PENDING, _RUNNING) or self._client is None:
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._client.wait_until(self.done, timeout)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
     def result(self, timeout: float | None = None) -> Any:
         """The task's value; its exception raised; CancelledError; TimeoutError after ``timeout``."""
+        timeout = self._read_until_done(timeout)
         with self._condition:
             self._wait(timeout)
             if self._state != _FINISHED:
@@ -105,6 +115,7 @@ class TaskFuture(cf.Future[Any]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception (None if it succeeded); CancelledError; TimeoutError after ``timeout``."""
+        timeout = self._read_until_done(timeout)
         with self._condition:
             self._wait(timeout)
             if self._state != _FINISHED:
@@ -264,6 +275,24 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         fut: cf.Future[Any] = self._core.request_nowait(op, fields)
         return fut
 
+    def wait(self, fut: cf.Future[Any], timeout: float | None = None) -> Any:
+        """``fut.result(timeout)`` for a future of this client's requests; the calling thread
+        reads the reply itself when no other thread is reading (no thread hand-off)."""
+        return self._core.wait(fut, timeout)
+
+    def wait_until(self, done: Callable[[], bool], timeout: float | None = None) -> None:
+        """Read the connection on this thread until ``done()`` or ``timeout``, if no other
+        thread reads it; returns early otherwise (then wait on what ``done`` watches)."""
+        self._core.wait_reading(done, timeout)
+
+    def requests(self, requests: list[tuple[str, dict[str, Any]]]) -> list[cf.Future[Any]]:
+        """Send several protocol requests in one write, in order, without waiting: the
+        futures of their replies (the master reads them together: one commit)."""
+        if self._closed:
+            raise ConnectionLost("client is closed")
+        futures: list[cf.Future[Any]] = self._core.requests_nowait(requests)
+        return futures
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` ran: the client sends nothing more."""
@@ -276,7 +305,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     def _ask(self, op: str, fields: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Send a request and wait (30 s at most, unless told) for its reply fields."""
-        reply: dict[str, Any] = self.request(op, fields).result(timeout)
+        reply: dict[str, Any] = self.wait(self.request(op, fields), timeout)
         return reply
 
     def _task(self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -332,10 +361,10 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         """Like :meth:`submit`, with the task's arguments given apart from the options."""
         task = self._task(fn, tuple(args), dict(kwargs or {}), options)
         if not result:
-            self._send_only([task]).result()
+            self.wait(self._send_only([task]))
             return task.id
         futures, committed = self._send([task])
-        committed.result()
+        self.wait(committed)
         return futures[0]
 
     @overload
@@ -358,7 +387,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             for i in range(0, len(tasks), 1000):
                 pending.append(self._send_only(tasks[i:i + 1000]))
             for c in pending:
-                c.result()
+                self.wait(c)
             return [t.id for t in tasks]
         futures: list[TaskFuture] = []
         for i in range(0, len(tasks), 1000):
@@ -366,7 +395,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             futures.extend(fs)
             pending.append(committed)
         for c in pending:
-            c.result()
+            self.wait(c)
         return futures
 
     def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], chunksize: int | None = None,

@@ -112,18 +112,34 @@ class NetworkQueue:
             pass
 
     # -- plumbing ----------------------------------------------------------
-    def _request(self, op: str, fields: dict[str, Any], wait: float | None) -> dict[str, Any]:
-        """A request's reply, waiting at most ``wait`` seconds (None: forever)."""
-        if self._to_ack:
-            self._send_acks()  # acknowledgements made before this request travel before it
-        cfut = self._client.request(op, fields)
+    def _request(self, op: str, fields: dict[str, Any], wait: float | None,
+                 acks: list[list[Any]] | None = None) -> dict[str, Any]:
+        """A request's reply, waiting at most ``wait`` seconds (None: forever); ``acks``
+        (and ``task_done`` calls not sent yet) are acknowledged just before it."""
+        cfut = self._send_request(op, fields, acks)
         try:
-            reply: dict[str, Any] = cfut.result(_MAX_WAIT if wait is None else wait)
+            reply: dict[str, Any] = self._client.wait(cfut, _MAX_WAIT if wait is None else wait)
             return reply
         except (TimeoutError, cf.TimeoutError):
             if op == protocol.QGET:  # items leased to us after we gave up go back
                 cfut.add_done_callback(self._give_back)
             raise
+
+    def _send_request(self, op: str, fields: dict[str, Any], acks: list[list[Any]] | None) -> cf.Future[Any]:
+        """Send a request, and before it, in the same write, the acknowledgements made before
+        it (``task_done`` calls not sent yet, and ``acks``): the master handles both in one
+        commit and answers both in one write. The future of the request's reply."""
+        with self._lock:
+            items = self._to_ack + (acks or [])
+            self._to_ack = []
+        if not items:
+            return self._client.request(op, fields)
+        qack, cfut = self._client.requests([(protocol.QACK, {"items": items}), (op, fields)])
+        _ACKS_IN_FLIGHT.add(qack)
+        with self._lock:
+            self._acks = [f for f in self._acks if not f.done()]
+            self._acks.append(qack)
+        return cfut
 
     def _give_back(self, cfut: cf.Future[Any]) -> None:
         if cfut.cancelled() or cfut.exception() is not None:
@@ -180,14 +196,13 @@ class NetworkQueue:
         wait = _check_timeout(block, timeout)
         fields: dict[str, Any] = {"queue": self.name, "max": max_items, "timeout": wait,
                                   "ack": self.ack == "get"}
-        if self.ack == "auto":
+        previous: list[list[Any]] = []
+        if self.ack == "auto":  # coming back for more acknowledges what it got before
             with self._lock:
                 previous = list(self._unacked)
                 self._unacked.clear()
-            if previous:
-                self._send_qack(previous)
         try:
-            reply = self._request(protocol.QGET, fields, None if wait is None else wait + _GRACE)
+            reply = self._request(protocol.QGET, fields, None if wait is None else wait + _GRACE, previous)
         except (TimeoutError, cf.TimeoutError):
             raise stdqueue.Empty from None
         items = reply.get("items") or []
