@@ -602,15 +602,20 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         return status
 
     def queue(self, name: str, maxsize: int = 0, *, ack: str = "task_done",
-              codec: str | None = None) -> NetworkQueue:
+              codec: str | None = None, prefetch: int = 1) -> NetworkQueue:
         """A durable network queue with the ``queue.Queue`` interface (see conveyor.client.queues).
 
         ``ack`` is "task_done" (default: ``task_done()`` acknowledges; an item
         whose consumer dies first is delivered again), "get" (acknowledged
         when handed out) or "auto" (acknowledged when the consumer comes back
         for the next item or exits normally).
+
+        ``prefetch=N`` (with "task_done" or "auto"): one ``get`` leases up to N items,
+        the next ``get`` calls take them from memory; items never taken go back to
+        the queue on ``release_prefetched()``, close, disconnect or death (see
+        conveyor.client.queues). Default 1: nothing prefetched.
         """
-        return NetworkQueue(self, name, maxsize, ack=ack, codec=codec)
+        return NetworkQueue(self, name, maxsize, ack=ack, codec=codec, prefetch=prefetch)
 
     def queues(self) -> list[dict[str, Any]]:
         """Every network queue (declared on the master, or used since it started), by name:
