@@ -8,11 +8,13 @@ Both in the same run, on this machine:
 - item-by-item throughput: the same with put() / get() only, once with
   ``ack="task_done"`` (get + task_done per item) and once with ``ack="auto"``
   (what the ``conveyor.managers`` drop-in uses: get only);
+- the same item by item again with consumer prefetch (``--prefetch``, default 32:
+  ``c.queue(name, ack=..., prefetch=32)``; each get() still returns one item);
 - latency: one item at a time, put then get, p50 and p99, per ack mode.
 
 The managers queue keeps nothing; conveyor's is in its SQLite store.
 
-    python bench/queues.py [--items 20000] [--samples 500] [--sync normal|full]
+    python bench/queues.py [--items 20000] [--samples 500] [--sync normal|full] [--prefetch 32]
 """
 
 from __future__ import annotations
@@ -79,11 +81,11 @@ def _cv_producer(address, authkey, name, start, n, batched, barrier):
                 q.put(i)
 
 
-def _cv_consumer(address, authkey, name, n, batched, ack, out, barrier):
+def _cv_consumer(address, authkey, name, n, batched, ack, prefetch, out, barrier):
     import conveyor
 
     with conveyor.connect(address, authkey) as c:
-        q = c.queue(name, ack=ack)
+        q = c.queue(name, ack=ack, prefetch=prefetch)
         barrier.wait()
         total = got = 0
         while got < n:
@@ -138,19 +140,21 @@ def bench_managers(items: int, samples: int) -> dict[str, float]:
     return r
 
 
-def bench_conveyor(items: int, samples: int, sync: str) -> dict[str, float]:
+def bench_conveyor(items: int, samples: int, sync: str, prefetch: int) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(workers=0, data=f"{tmp}/data", sync=sync) as cl:
         r: dict[str, float] = {}
-        for mode, batched, ack in (("batched", True, "task_done"), ("task_done", False, "task_done"),
-                                   ("auto", False, "auto")):
+        runs = [("batched", True, "task_done", 1), ("task_done", False, "task_done", 1), ("auto", False, "auto", 1)]
+        if prefetch > 1:
+            runs += [("task_done_pf", False, "task_done", prefetch), ("auto_pf", False, "auto", prefetch)]
+        for mode, batched, ack, pf in runs:
             out, barrier = ctx.Queue(), ctx.Barrier(5)
             name = f"bench-{mode}"
             shares = _split(items, 2)
             procs = [ctx.Process(target=_cv_producer,
                                  args=(cl.address, cl.authkey, name, sum(shares[:i]), s, batched, barrier))
                      for i, s in enumerate(shares)]
-            procs += [ctx.Process(target=_cv_consumer, args=(cl.address, cl.authkey, name, s, batched, ack, out, barrier))
+            procs += [ctx.Process(target=_cv_consumer, args=(cl.address, cl.authkey, name, s, batched, ack, pf, out, barrier))
                       for s in shares]
             elapsed, total = _run(procs, out, 2, barrier)
             assert total == sum(range(items)), (total, sum(range(items)))
@@ -181,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--sync", choices=["normal", "full"], default="normal")
+    parser.add_argument("--prefetch", type=int, default=32, help="consumer prefetch for the extra item-by-item "
+                                                                   "runs (1: skip them)")
     args = parser.parse_args(argv)
     print(f"{args.items} items, 2 producers + 2 consumers; {args.samples} latency samples; "
           f"python {sys.version.split()[0]}", flush=True)
     peer = bench_managers(args.items, args.samples)
-    ours = bench_conveyor(args.items, args.samples, args.sync)
+    ours = bench_conveyor(args.items, args.samples, args.sync, args.prefetch)
     print(f"\n{'':34}{'batched/s':>11}{'task_done/s':>12}{'auto/s':>9}{'p50 td':>8}{'p50 auto':>9}")
     for name, r in (("multiprocessing.managers queue", peer), (f"conveyor queue (sync {args.sync})", ours)):
         print(f"{name:34}{r['batched']:>11,.0f}{r['task_done']:>12,.0f}{r['auto']:>9,.0f}"
@@ -194,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     for ack in ("task_done", "auto"):
         print(f"  ack={ack}: item-by-item throughput {ours[ack] / peer[ack]:.2f}x (target >= 1), "
               f"put+get p50 {ours[f'p50_{ack}'] / peer[f'p50_{ack}']:.2f}x (target <= 2)")
+        if f"{ack}_pf" in ours:
+            print(f"  ack={ack}, prefetch={args.prefetch}: item-by-item {ours[f'{ack}_pf']:,.0f}/s, "
+                  f"{ours[f'{ack}_pf'] / peer[ack]:.2f}x")
     return 0
 
 
