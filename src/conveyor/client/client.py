@@ -14,7 +14,6 @@ import os
 import ssl
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures._base import (  # the states a slim future shares with cf.Future
@@ -229,7 +228,6 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             connect_timeout=connect_timeout, hello={"name": name or f"client-{os.getpid()}"},
             on_message=self._on_push,
         )
-        self._futures: weakref.WeakValueDictionary[str, TaskFuture] = weakref.WeakValueDictionary()
         self._closed = False
         self._core.connect()
 
@@ -245,7 +243,6 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         futures = [TaskFuture(t.id, self) for t in tasks]
         for f in futures:
             f.set_running_or_notify_cancel()
-            self._futures[f.task_id] = f
         committed = self._core.submit_nowait(tasks, [self._resolver(f) for f in futures])
 
         def failed(c: cf.Future[Any]) -> None:
@@ -463,7 +460,6 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         fetched = self._core.request(protocol.FETCH, {"ids": [task_id]})
         fut = TaskFuture(task_id, self)
         fut.set_running_or_notify_cancel()
-        self._futures[task_id] = fut
         if fetched["results"]:
             from .. import wire
 
@@ -476,9 +472,9 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     def _on_push(self, msg: protocol.Message) -> None:
         if msg.op == protocol.PROGRESS:
-            fut = self._futures.get(str(msg.fields.get("id")))
-            if fut is not None:
-                fut.record_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
+            for fut in self._core.waiting(str(msg.fields.get("id"))):  # the futures are the callbacks
+                if isinstance(fut, TaskFuture):
+                    fut.record_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
 
     # -- job control -------------------------------------------------------
     def cancel(self, task_id: str) -> dict[str, list[str]]:
@@ -651,8 +647,8 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         self._closed = True
         self._core.close()
         lost = ConnectionLost("client closed")
-        for fut in list(self._futures.values()):
-            if not fut.done():
+        for fut in self._core.waiting():  # the futures of tasks whose results never came
+            if isinstance(fut, TaskFuture) and not fut.done():
                 try:
                     fut.set_exception(lost)
                 except cf.InvalidStateError:
