@@ -164,6 +164,7 @@ class NetworkQueue:
         with self._lock:
             self._acks = [f for f in self._acks if not f.done()]
             self._acks.append(qack)
+        qack.add_done_callback(self._send_later_acks)  # acks made while it travels follow it
         return cfut
 
     def _give_back(self, cfut: cf.Future[Any]) -> None:

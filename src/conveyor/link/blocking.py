@@ -150,6 +150,10 @@ class BlockingLink(LinkState):
         # The reading role: one thread at a time reads the socket and handles what came
         # (a waiting caller, or the reader thread). Taken before _wlock and _lock, never after.
         self._rlock = threading.Lock()
+        # Told (under its lock) when a caller lets the read role go: the reader thread waits
+        # on it instead of on _rlock, so it never takes the role from under a caller that
+        # comes back for its next reply (a submit's commit, then the task's result).
+        self._released = threading.Condition(threading.Lock())
         self._clock = clock
         self._transport: _Plain | None = None
         self._conn: protocol.Connection | None = None
@@ -286,15 +290,18 @@ class BlockingLink(LinkState):
                 if liveness.silent(now):
                     raise ConnectionLost(f"master at {self.address} silent for {liveness.silent_for(now):.0f}s")
                 continue
-            # A caller waiting for a reply may hold the read role (and read this itself):
-            # wait for it, but no longer than the next ping is due.
-            if not self._rlock.acquire(timeout=max(0.001, liveness.until_ping(self._clock()))):
+            if self._rlock.acquire(blocking=False):
+                try:
+                    if poller.poll(0):  # not taken by a caller meanwhile
+                        self._read_once(transport, conn)
+                finally:
+                    self._rlock.release()
                 continue
-            try:
-                if poller.poll(0):  # not taken by that caller meanwhile
-                    self._read_once(transport, conn)
-            finally:
-                self._rlock.release()
+            # A caller waiting for a reply holds the read role and reads this itself: wait
+            # until it lets go (then read what it left), but no longer than the next ping.
+            with self._released:
+                if self._rlock.locked():
+                    self._released.wait(max(0.001, liveness.until_ping(self._clock())))
 
     def _read_once(self, transport: _Plain, conn: protocol.Connection) -> None:
         """Read what is there and handle its messages; holding the read role."""
@@ -339,7 +346,9 @@ class BlockingLink(LinkState):
                     transport.shutdown()
                     return
         finally:
-            self._rlock.release()
+            with self._released:
+                self._rlock.release()
+                self._released.notify_all()
 
     # -- requests ----------------------------------------------------------
     @property
