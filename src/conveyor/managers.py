@@ -432,17 +432,16 @@ class QueueProxy(NetworkQueue):
         self._client_obj = client
         self._pid = os.getpid()
 
-    def _request(self, op: str, fields: dict[str, Any], wait: float | None) -> dict[str, Any]:
+    def _request(self, op: str, fields: dict[str, Any], wait: float | None,
+                 acks: list[list[Any]] | None = None) -> dict[str, Any]:
         """As NetworkQueue's, but a master that is gone fails the call (MasterGone), as the stdlib's
         proxies fail, instead of a get that times out as ``queue.Empty`` or a put that waits for ever.
 
         A master that comes back within ``timing.PROXY_MASTER_GRACE`` seconds
         (restarted on its data directory) is waited for: nothing is lost then.
         """
-        if self._to_ack:
-            self._send_acks()
         try:
-            cfut = self._client.request(op, fields)
+            cfut = self._send_request(op, fields, acks)
         except ConnectionLost as exc:
             raise self._gone(exc) from None
         deadline = None if wait is None else time.monotonic() + wait
@@ -451,7 +450,7 @@ class QueueProxy(NetworkQueue):
             now = time.monotonic()
             step = timing.PROXY_POLL if deadline is None else max(0.0, min(timing.PROXY_POLL, deadline - now))
             try:
-                reply: dict[str, Any] = cfut.result(step)
+                reply: dict[str, Any] = self._client.wait(cfut, step)
                 return reply
             except (TimeoutError, cf.TimeoutError):
                 now = time.monotonic()

@@ -30,7 +30,7 @@ def test_result_false_returns_ids_after_commit_and_the_results_can_be_fetched_la
         one = client.submit(SQUARE, 7, result=False)
         many = client.submit_many(SQUARE, [(i,) for i in range(20)], result=False)
         assert isinstance(one, str) and len(many) == 20 and all(isinstance(t, str) for t in many)
-        assert not client._futures  # nothing held for them on this side either
+        assert not client._core.waiting()  # nothing held for them on this side either
         assert client.result(one, timeout=30) == 49  # fetched by id, when asked
         assert [client.result(t, timeout=30) for t in many] == [i * i for i in range(20)]
         with pytest.raises(NotFound):
@@ -60,8 +60,9 @@ def test_held_futures_resolve_after_a_master_restart_by_resubscription(make_clus
     with c.client() as client:
         futures = client.submit_many(SQUARE, [(i,) for i in range(n)])
         held = client._core._pending
-        # Once the commits' callbacks ran, only ids (and callbacks) are kept.
-        assert wait_until(lambda: all(item is None for item, _ in list(held.values())))
+        # Once the commits' callbacks ran, only ids (and callbacks) are kept: no wire task.
+        assert len(held) == n
+        assert wait_until(lambda: not any(isinstance(entry, tuple) for entry in list(held.values())))
         c.kill_master()
         c.start_master()
         c.start_worker()

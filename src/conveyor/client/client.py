@@ -14,7 +14,6 @@ import os
 import ssl
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures._base import (  # the states a slim future shares with cf.Future
@@ -90,8 +89,18 @@ class TaskFuture(cf.Future[Any]):
                 raise TimeoutError()
             self._condition.wait(remaining)
 
+    def _read_until_done(self, timeout: float | None) -> float | None:
+        """Read the connection on this thread until this future is done, if no other
+        thread reads it (no hand-off from the reader thread); the timeout left."""
+        if self._state not in (_PENDING, _RUNNING) or self._client is None:
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._client.wait_until(self.done, timeout)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
     def result(self, timeout: float | None = None) -> Any:
         """The task's value; its exception raised; CancelledError; TimeoutError after ``timeout``."""
+        timeout = self._read_until_done(timeout)
         with self._condition:
             self._wait(timeout)
             if self._state != _FINISHED:
@@ -105,6 +114,7 @@ class TaskFuture(cf.Future[Any]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception (None if it succeeded); CancelledError; TimeoutError after ``timeout``."""
+        timeout = self._read_until_done(timeout)
         with self._condition:
             self._wait(timeout)
             if self._state != _FINISHED:
@@ -218,7 +228,6 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             connect_timeout=connect_timeout, hello={"name": name or f"client-{os.getpid()}"},
             on_message=self._on_push,
         )
-        self._futures: weakref.WeakValueDictionary[str, TaskFuture] = weakref.WeakValueDictionary()
         self._closed = False
         self._core.connect()
 
@@ -234,7 +243,6 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         futures = [TaskFuture(t.id, self) for t in tasks]
         for f in futures:
             f.set_running_or_notify_cancel()
-            self._futures[f.task_id] = f
         committed = self._core.submit_nowait(tasks, [self._resolver(f) for f in futures])
 
         def failed(c: cf.Future[Any]) -> None:
@@ -264,6 +272,24 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         fut: cf.Future[Any] = self._core.request_nowait(op, fields)
         return fut
 
+    def wait(self, fut: cf.Future[Any], timeout: float | None = None) -> Any:
+        """``fut.result(timeout)`` for a future of this client's requests; the calling thread
+        reads the reply itself when no other thread is reading (no thread hand-off)."""
+        return self._core.wait(fut, timeout)
+
+    def wait_until(self, done: Callable[[], bool], timeout: float | None = None) -> None:
+        """Read the connection on this thread until ``done()`` or ``timeout``, if no other
+        thread reads it; returns early otherwise (then wait on what ``done`` watches)."""
+        self._core.wait_reading(done, timeout)
+
+    def requests(self, requests: list[tuple[str, dict[str, Any]]]) -> list[cf.Future[Any]]:
+        """Send several protocol requests in one write, in order, without waiting: the
+        futures of their replies (the master reads them together: one commit)."""
+        if self._closed:
+            raise ConnectionLost("client is closed")
+        futures: list[cf.Future[Any]] = self._core.requests_nowait(requests)
+        return futures
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` ran: the client sends nothing more."""
@@ -276,7 +302,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     def _ask(self, op: str, fields: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Send a request and wait (30 s at most, unless told) for its reply fields."""
-        reply: dict[str, Any] = self.request(op, fields).result(timeout)
+        reply: dict[str, Any] = self.wait(self.request(op, fields), timeout)
         return reply
 
     def _task(self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -332,10 +358,10 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         """Like :meth:`submit`, with the task's arguments given apart from the options."""
         task = self._task(fn, tuple(args), dict(kwargs or {}), options)
         if not result:
-            self._send_only([task]).result()
+            self.wait(self._send_only([task]))
             return task.id
         futures, committed = self._send([task])
-        committed.result()
+        self.wait(committed)
         return futures[0]
 
     @overload
@@ -358,7 +384,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             for i in range(0, len(tasks), 1000):
                 pending.append(self._send_only(tasks[i:i + 1000]))
             for c in pending:
-                c.result()
+                self.wait(c)
             return [t.id for t in tasks]
         futures: list[TaskFuture] = []
         for i in range(0, len(tasks), 1000):
@@ -366,7 +392,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
             futures.extend(fs)
             pending.append(committed)
         for c in pending:
-            c.result()
+            self.wait(c)
         return futures
 
     def map(self, fn: Callable[..., Any] | str, *iterables: Iterable[Any], chunksize: int | None = None,
@@ -434,7 +460,6 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         fetched = self._core.request(protocol.FETCH, {"ids": [task_id]})
         fut = TaskFuture(task_id, self)
         fut.set_running_or_notify_cancel()
-        self._futures[task_id] = fut
         if fetched["results"]:
             from .. import wire
 
@@ -447,9 +472,9 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     def _on_push(self, msg: protocol.Message) -> None:
         if msg.op == protocol.PROGRESS:
-            fut = self._futures.get(str(msg.fields.get("id")))
-            if fut is not None:
-                fut.record_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
+            for fut in self._core.waiting(str(msg.fields.get("id"))):  # the futures are the callbacks
+                if isinstance(fut, TaskFuture):
+                    fut.record_progress({k: msg.fields.get(k) for k in ("done", "total", "message")})
 
     # -- job control -------------------------------------------------------
     def cancel(self, task_id: str) -> dict[str, list[str]]:
@@ -573,15 +598,20 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         return status
 
     def queue(self, name: str, maxsize: int = 0, *, ack: str = "task_done",
-              codec: str | None = None) -> NetworkQueue:
+              codec: str | None = None, prefetch: int = 1) -> NetworkQueue:
         """A durable network queue with the ``queue.Queue`` interface (see conveyor.client.queues).
 
         ``ack`` is "task_done" (default: ``task_done()`` acknowledges; an item
         whose consumer dies first is delivered again), "get" (acknowledged
         when handed out) or "auto" (acknowledged when the consumer comes back
         for the next item or exits normally).
+
+        ``prefetch=N`` (with "task_done" or "auto"): one ``get`` leases up to N items,
+        the next ``get`` calls take them from memory; items never taken go back to
+        the queue on ``release_prefetched()``, close, disconnect or death (see
+        conveyor.client.queues). Default 1: nothing prefetched.
         """
-        return NetworkQueue(self, name, maxsize, ack=ack, codec=codec)
+        return NetworkQueue(self, name, maxsize, ack=ack, codec=codec, prefetch=prefetch)
 
     def queues(self) -> list[dict[str, Any]]:
         """Every network queue (declared on the master, or used since it started), by name:
@@ -617,8 +647,8 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         self._closed = True
         self._core.close()
         lost = ConnectionLost("client closed")
-        for fut in list(self._futures.values()):
-            if not fut.done():
+        for fut in self._core.waiting():  # the futures of tasks whose results never came
+            if isinstance(fut, TaskFuture) and not fut.done():
                 try:
                     fut.set_exception(lost)
                 except cf.InvalidStateError:

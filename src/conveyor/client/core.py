@@ -40,8 +40,12 @@ class ResultTracking(LinkState):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # task id -> (wire task, or None when only watched; the callbacks waiting for its result)
-        self._pending: dict[str, tuple[list[Any] | None, list[ResultCallback]]] = {}
+        # task id -> what waits for its result: ``(wire task, callbacks)`` while the task
+        # must be resubmitted after a reconnect (its submit not committed yet, or it has
+        # dependencies), else the callbacks alone (resubscribed by id). Callbacks are one
+        # callback, or a list of several. A client may hold a million of these: no tuple
+        # and no list per task in the common case keeps each small (and the GC's passes short).
+        self._pending: dict[str, Any] = {}
 
     def _resend(self) -> None:
         """After a (re)connect: resend unanswered requests, then resubmit pending tasks."""
@@ -53,12 +57,12 @@ class ResultTracking(LinkState):
                     resent_ids.update(t[0] for t in fields["tasks"])
             rest: list[list[Any]] = []
             watched: list[str] = []
-            for tid, (item, _) in self._pending.items():
+            for tid, entry in self._pending.items():
                 if tid not in resent_ids:
-                    if item is None:
-                        watched.append(tid)
+                    if isinstance(entry, tuple):
+                        rest.append(entry[0])
                     else:
-                        rest.append(item)
+                        watched.append(tid)
             for i in range(0, len(rest), RESUBMIT_BATCH):
                 self._send(protocol.SUBMIT, 0, {"tasks": rest[i:i + RESUBMIT_BATCH]})
             for i in range(0, len(watched), RESUBMIT_BATCH):
@@ -76,7 +80,7 @@ class ResultTracking(LinkState):
                 continue
             with self._lock:
                 entry = self._pending.pop(result.id, None)
-            for callback in entry[1] if entry is not None else ():
+            for callback in _callbacks(entry):
                 try:
                     callback(result)
                 except Exception:  # a user callback must not kill the connection
@@ -110,8 +114,8 @@ class ResultTracking(LinkState):
                 # master to follow it (to deliver its failure if a dependency fails).
                 for item in items:
                     entry = self._pending.get(item[0])
-                    if entry is not None and entry[0] is item and not item[8]:
-                        self._pending[item[0]] = (None, entry[1])
+                    if isinstance(entry, tuple) and entry[0] is item and not item[8]:
+                        self._pending[item[0]] = entry[1]
 
         fut.add_done_callback(settled)
         return fut
@@ -126,11 +130,29 @@ class ResultTracking(LinkState):
         """Remember who waits for a task's result (several may: one key, one task)."""
         entry = self._pending.get(task_id)
         if entry is None:
-            self._pending[task_id] = (item, [callback])
+            self._pending[task_id] = callback if item is None else (item, callback)
             return
-        entry[1].append(callback)
-        if entry[0] is None and item is not None:
-            self._pending[task_id] = (item, entry[1])
+        known, callbacks = entry if isinstance(entry, tuple) else (None, entry)
+        callbacks = [*callbacks, callback] if isinstance(callbacks, list) else [callbacks, callback]
+        if known is None:
+            known = item
+        self._pending[task_id] = callbacks if known is None else (known, callbacks)
+
+    def waiting(self, task_id: str | None = None) -> list[ResultCallback]:
+        """The callbacks waiting for ``task_id``'s result (None: for every task's)."""
+        with self._lock:
+            if task_id is not None:
+                return _callbacks(self._pending.get(task_id))
+            return [cb for entry in self._pending.values() for cb in _callbacks(entry)]
+
+
+def _callbacks(entry: Any) -> list[ResultCallback]:
+    """The callbacks of a ``_pending`` entry (None: none)."""
+    if entry is None:
+        return []
+    if isinstance(entry, tuple):
+        entry = entry[1]
+    return list(entry) if isinstance(entry, list) else [entry]
 
 
 class ClientCore(ResultTracking, AsyncLink):

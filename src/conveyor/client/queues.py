@@ -13,6 +13,15 @@ depends on ``ack``:
   calls ``task_done()``, or its process exits normally; redelivered if the
   process dies or exits with an uncaught exception. This is what
   ``conveyor.managers`` proxies use.
+
+``prefetch=N`` (N > 1, with ``"task_done"`` or ``"auto"`` only; RabbitMQ's
+``basic.qos``) lets one ``get`` lease up to N items in one round trip and
+hand the others to the next ``get`` calls from memory. It is sound because
+a prefetched item stays leased to this consumer, not acknowledged: one never
+handed out goes back to the queue when the consumer releases it
+(:meth:`NetworkQueue.release_prefetched`), closes, disconnects or dies.
+Meanwhile it is not in ``qsize()`` and no other consumer gets it; the
+default (1) prefetches nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
     from .client import Client
 
 ACK_MODES = ("task_done", "get", "auto")
+MAX_PREFETCH = 1000
 _GRACE = 2.0  # how long past its timeout a get waits for the master's own answer
 _MAX_WAIT = threading.TIMEOUT_MAX
 
@@ -62,17 +72,26 @@ class NetworkQueue:
     """
 
     def __init__(self, client: Client, name: str, maxsize: int = 0, *, ack: str = "task_done",
-                 codec: str | None = None) -> None:
+                 codec: str | None = None, prefetch: int = 1) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("queue name must be a non-empty string")
         if ack not in ACK_MODES:
             raise ValueError(f"ack must be one of {', '.join(ACK_MODES)}, not {ack!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 1 <= prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch must be an integer from 1 to {MAX_PREFETCH}, not {prefetch!r}")
+        if prefetch > 1 and ack == "get":
+            # An item acknowledged as the master hands it out would be lost with this
+            # process while it waits here, never handed to get(): only leases are sound.
+            raise ValueError("prefetch needs ack='task_done' or ack='auto' (with ack='get' a prefetched "
+                             "item would be acknowledged before any get() took it)")
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError("maxsize must be an integer")
         self._client = client
         self.name = name
         self.maxsize = maxsize
         self.ack = ack
+        self.prefetch = prefetch
+        self._prefetched: deque[list[Any]] = deque()  # leased, not yet handed out: [id, token, payload, codec]
         self.codec = serde.check_codec(codec or client.codec)
         self._allow_pickle = self.codec == serde.PICKLE
         self._unacked: deque[list[Any]] = deque()  # [id, token] in the order got
@@ -82,6 +101,8 @@ class NetworkQueue:
         if ack == "auto":
             _AUTO_QUEUES.add(self)
             _watch_exit()
+        if prefetch > 1:
+            _PREFETCHING.add(self)
 
     def __repr__(self) -> str:
         return f"<NetworkQueue {self.name!r} on {self._client.address}>"
@@ -98,32 +119,53 @@ class NetworkQueue:
 
     def __del__(self) -> None:
         # An auto queue dropped while its process lives (``m.get_queue().get()`` in a loop)
-        # is done with what it got: acknowledge it now, not at the exit.
-        if self.ack != "auto" or _crashed or sys.is_finalizing():
+        # is done with what it got: acknowledge it now, not at the exit. Any queue dropped
+        # hands back what it prefetched and never handed out.
+        if sys.is_finalizing() or getattr(self, "_prefetched", None) is None:  # half-made: refused
             return
         try:
-            with self._lock:
-                items = self._to_ack + list(self._unacked)
-                self._to_ack = []
-                self._unacked.clear()
-            if items:
-                self._send_qack(items)
+            if self.ack == "auto" and not _crashed:
+                with self._lock:
+                    items = self._to_ack + list(self._unacked)
+                    self._to_ack = []
+                    self._unacked.clear()
+                if items:
+                    self._send_qack(items)
+            if self._prefetched:
+                self.release_prefetched(wait=False)
         except Exception:  # the client is closed: its connection's end hands them back
             pass
 
     # -- plumbing ----------------------------------------------------------
-    def _request(self, op: str, fields: dict[str, Any], wait: float | None) -> dict[str, Any]:
-        """A request's reply, waiting at most ``wait`` seconds (None: forever)."""
-        if self._to_ack:
-            self._send_acks()  # acknowledgements made before this request travel before it
-        cfut = self._client.request(op, fields)
+    def _request(self, op: str, fields: dict[str, Any], wait: float | None,
+                 acks: list[list[Any]] | None = None) -> dict[str, Any]:
+        """A request's reply, waiting at most ``wait`` seconds (None: forever); ``acks``
+        (and ``task_done`` calls not sent yet) are acknowledged just before it."""
+        cfut = self._send_request(op, fields, acks)
         try:
-            reply: dict[str, Any] = cfut.result(_MAX_WAIT if wait is None else wait)
+            reply: dict[str, Any] = self._client.wait(cfut, _MAX_WAIT if wait is None else wait)
             return reply
         except (TimeoutError, cf.TimeoutError):
             if op == protocol.QGET:  # items leased to us after we gave up go back
                 cfut.add_done_callback(self._give_back)
             raise
+
+    def _send_request(self, op: str, fields: dict[str, Any], acks: list[list[Any]] | None) -> cf.Future[Any]:
+        """Send a request, and before it, in the same write, the acknowledgements made before
+        it (``task_done`` calls not sent yet, and ``acks``): the master handles both in one
+        commit and answers both in one write. The future of the request's reply."""
+        with self._lock:
+            items = self._to_ack + (acks or [])
+            self._to_ack = []
+        if not items:
+            return self._client.request(op, fields)
+        qack, cfut = self._client.requests([(protocol.QACK, {"items": items}), (op, fields)])
+        _ACKS_IN_FLIGHT.add(qack)
+        with self._lock:
+            self._acks = [f for f in self._acks if not f.done()]
+            self._acks.append(qack)
+        qack.add_done_callback(self._send_later_acks)  # acks made while it travels follow it
+        return cfut
 
     def _give_back(self, cfut: cf.Future[Any]) -> None:
         if cfut.cancelled() or cfut.exception() is not None:
@@ -178,16 +220,28 @@ class NetworkQueue:
         if not isinstance(max_items, int) or max_items < 1:
             raise ValueError("max_items must be a positive integer")
         wait = _check_timeout(block, timeout)
-        fields: dict[str, Any] = {"queue": self.name, "max": max_items, "timeout": wait,
-                                  "ack": self.ack == "get"}
-        if self.ack == "auto":
-            with self._lock:
+        previous: list[list[Any]] = []
+        from_memory: list[list[Any]] = []
+        send_acks = False
+        with self._lock:
+            if self.ack == "auto":  # coming back for more acknowledges what it got before
                 previous = list(self._unacked)
                 self._unacked.clear()
-            if previous:
-                self._send_qack(previous)
+            if self._prefetched:  # handed out from memory: no round trip
+                n = min(max_items, len(self._prefetched))
+                from_memory = [self._prefetched.popleft() for _ in range(n)]
+                self._unacked.extend([i[0], i[1]] for i in from_memory)
+                self._to_ack.extend(previous)
+                # An ack in flight takes these along when it is answered: one message for many.
+                send_acks = bool(previous) and all(f.done() for f in self._acks)
+        if from_memory:
+            if send_acks:
+                self._send_acks()
+            return [serde.decode(i[2], i[3], allow_pickle=self._allow_pickle) for i in from_memory]
+        fields: dict[str, Any] = {"queue": self.name, "max": max(max_items, self.prefetch), "timeout": wait,
+                                  "ack": self.ack == "get"}
         try:
-            reply = self._request(protocol.QGET, fields, None if wait is None else wait + _GRACE)
+            reply = self._request(protocol.QGET, fields, None if wait is None else wait + _GRACE, previous)
         except (TimeoutError, cf.TimeoutError):
             raise stdqueue.Empty from None
         items = reply.get("items") or []
@@ -195,6 +249,8 @@ class NetworkQueue:
             raise stdqueue.Empty
         if self.ack != "get":
             with self._lock:
+                self._prefetched.extend(items[max_items:])
+                items = items[:max_items]
                 self._unacked.extend([i[0], i[1]] for i in items)
         return [serde.decode(i[2], i[3], allow_pickle=self._allow_pickle) for i in items]
 
@@ -241,6 +297,18 @@ class NetworkQueue:
             cf.wait(pending, remaining)
             if not self._to_ack and all(f.done() for f in pending):
                 return
+
+    def release_prefetched(self, wait: bool = True) -> int:
+        """Hand the items prefetched and not yet taken by ``get`` back to the queue (for
+        other consumers); how many. Closing the client or disconnecting does it too."""
+        with self._lock:
+            items = [[i[0], i[1]] for i in self._prefetched]
+            self._prefetched.clear()
+        if items:
+            fut = self._client.request(protocol.RETURN, {"leases": items})
+            if wait:
+                self._client.wait(fut, 30)
+        return len(items)
 
     def ack_outstanding(self) -> None:
         """Acknowledge, and wait up to 5 s for, every item got and not yet acknowledged
@@ -340,15 +408,23 @@ def _watch_exit() -> None:
 
 
 _ACKS_IN_FLIGHT: weakref.WeakSet[cf.Future[Any]] = weakref.WeakSet()
+_PREFETCHING: weakref.WeakSet[NetworkQueue] = weakref.WeakSet()  # queues with prefetch > 1
 
 
 def ack_auto_items(client: Client) -> None:
     """Acknowledge what ``client``'s auto queues got and did not acknowledge (unless crashing),
-    and wait a little for acknowledgements still travelling."""
+    and wait a little for acknowledgements still travelling; hand back what its queues
+    prefetched and never handed out (before the close: the next consumer finds them)."""
     if not _crashed:
         for q in list(_AUTO_QUEUES):
             if q.uses_client(client):
                 q.ack_outstanding()
+    for q in list(_PREFETCHING):
+        if q.uses_client(client):
+            try:
+                q.release_prefetched()
+            except Exception:  # the connection is down: its end hands them back
+                pass
     cf.wait(list(_ACKS_IN_FLIGHT), 5)
 
 

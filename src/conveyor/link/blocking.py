@@ -1,10 +1,14 @@
 """The blocking-socket edge of a link: the sync client's connection, no event loop.
 
 The calling thread writes its own request (one ``sendall``, no hand-off to
-an I/O thread), and one reader thread per connection blocks in ``recv``,
-resolves futures and runs callbacks. Compared with running the asyncio edge
-on a loop thread this saves two thread hand-offs and several loop turns per
-request, which is most of a small request's round trip.
+an I/O thread). Replies are read by whoever holds the reading role: a
+thread waiting for a reply takes it when it is free and reads the socket
+itself (:meth:`BlockingLink.wait_reading`), so the one-at-a-time path has no
+thread hand-off at all; otherwise the connection's reader thread reads,
+resolves futures and runs callbacks (it also pings and reconnects, whoever
+reads). Compared with running the asyncio edge on a loop thread this saves
+two thread hand-offs and several loop turns per request, which is most of a
+small request's round trip.
 
 Opening, reconnecting, resending and liveness are the shared ones
 (link/opening.py, link/policy.py, link/state.py).
@@ -38,6 +42,21 @@ class _Plain:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._poller: select.poll | None = None
+
+    def readable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for bytes (or the end) to read."""
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(self.sock, select.POLLIN)
+        return bool(self._poller.poll(timeout * 1000))
+
+    def shutdown(self) -> None:
+        """End the connection without closing the socket: its reader sees the end."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -128,6 +147,13 @@ class BlockingLink(LinkState):
         super().__init__(address, authkey, **options)
         self._lock = threading.RLock()  # requests (and whatever a subclass keeps with them)
         self._wlock = threading.RLock()  # one frame at a time on the socket; resends first
+        # The reading role: one thread at a time reads the socket and handles what came
+        # (a waiting caller, or the reader thread). Taken before _wlock and _lock, never after.
+        self._rlock = threading.Lock()
+        # Told (under its lock) when a caller lets the read role go: the reader thread waits
+        # on it instead of on _rlock, so it never takes the role from under a caller that
+        # comes back for its next reply (a submit's commit, then the task's result).
+        self._released = threading.Condition(threading.Lock())
         self._clock = clock
         self._transport: _Plain | None = None
         self._conn: protocol.Connection | None = None
@@ -167,10 +193,12 @@ class BlockingLink(LinkState):
                     raise
                 self.plan.failed()  # next address, no pause
         self.plan.succeeded()
-        with self._wlock, self._lock:
-            self._transport, self._conn = transport, conn
-        self._reader = threading.Thread(target=self._run, args=(early,), name="conveyor-client-reader",
-                                        daemon=True)
+        with self._rlock:  # what came with the welcome is handled before anything after it
+            with self._wlock, self._lock:
+                self._transport, self._conn = transport, conn
+            for msg in early:
+                self._on_message(msg)
+        self._reader = threading.Thread(target=self._run, name="conveyor-client-reader", daemon=True)
         self._reader.start()
 
     def _open(self) -> tuple[_Plain, protocol.Connection, list[protocol.Message]]:
@@ -208,14 +236,13 @@ class BlockingLink(LinkState):
         self._liveness = Liveness(self.heartbeat, self._clock())
         return transport, opening.connection, opening.early
 
-    def _run(self, early: list[protocol.Message]) -> None:
+    def _run(self) -> None:
         """The reader thread: read until the connection drops, reconnect, resend; until closed."""
         while not self._closing:
             transport, conn = self._transport, self._conn
-            assert transport is not None and conn is not None
+            if transport is None or conn is None:  # closed meanwhile
+                return
             try:
-                for msg in early:
-                    self._on_message(msg)
                 self._read_loop(transport, conn)
             except (ConnectionError, OSError, ssl.SSLError, ProtocolError) as exc:
                 if not self._closing:
@@ -234,16 +261,20 @@ class BlockingLink(LinkState):
                         return
                     time.sleep(delay)
                     continue
-                # Resend before anyone else writes on the new connection: hold the write lock.
-                with self._wlock:
-                    with self._lock:
-                        if self._closing:
-                            new.close()
-                            return
-                        self._transport, self._conn = new, conn
-                    self.limited.info(f"reconnected {self.address}", "reconnected to %s", self.address)
-                    self.plan.succeeded()
-                    self._resend()
+                # Resend before anyone else writes on the new connection (the write lock), and
+                # handle what came with the welcome before anyone reads after it (the read role).
+                with self._rlock:
+                    with self._wlock:
+                        with self._lock:
+                            if self._closing:
+                                new.close()
+                                return
+                            self._transport, self._conn = new, conn
+                        self.limited.info(f"reconnected {self.address}", "reconnected to %s", self.address)
+                        self.plan.succeeded()
+                        self._resend()
+                    for msg in early:
+                        self._on_message(msg)
                 break
 
     def _read_loop(self, transport: _Plain, conn: protocol.Connection) -> None:
@@ -260,13 +291,65 @@ class BlockingLink(LinkState):
                 if liveness.silent(now):
                     raise ConnectionLost(f"master at {self.address} silent for {liveness.silent_for(now):.0f}s")
                 continue
-            data = transport.recv()
-            if not data:
-                raise ConnectionLost("master closed the connection")
-            liveness.received(self._clock())
-            for ev in conn.receive_data(data):
-                if isinstance(ev, protocol.Message):
-                    self._on_message(ev)
+            if self._rlock.acquire(blocking=False):
+                try:
+                    if poller.poll(0):  # not taken by a caller meanwhile
+                        self._read_once(transport, conn)
+                finally:
+                    self._rlock.release()
+                continue
+            # A caller waiting for a reply holds the read role and reads this itself: wait
+            # until it lets go (then read what it left), but no longer than the next ping.
+            with self._released:
+                if self._rlock.locked():
+                    self._released.wait(max(0.001, liveness.until_ping(self._clock())))
+
+    def _read_once(self, transport: _Plain, conn: protocol.Connection) -> None:
+        """Read what is there and handle its messages; holding the read role."""
+        data = transport.recv()
+        if not data:
+            raise ConnectionLost("master closed the connection")
+        self._liveness.received(self._clock())
+        for ev in conn.receive_data(data):
+            if isinstance(ev, protocol.Message):
+                self._on_message(ev)
+
+    def wait_reading(self, done: Callable[[], bool], timeout: float | None = None) -> None:
+        """Wait until ``done()`` (or ``timeout``), reading the socket on this thread if no
+        other thread is: the reply then needs no hand-off from the reader thread.
+
+        Returns early, without ``done()``, when another thread reads (it resolves
+        the futures: wait on them), or the connection is down (the reader thread
+        reconnects); so callers wait on their future after this. Messages read
+        here are handled here: result callbacks may then run on this thread.
+        """
+        if done() or self._closing or threading.current_thread() is self._reader:
+            return
+        if not self._rlock.acquire(blocking=False):
+            return
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not done():
+                with self._lock:
+                    transport, conn = self._transport, self._conn
+                if transport is None or conn is None or self._closing:
+                    return
+                wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+                try:
+                    if transport.readable(wait):
+                        self._read_once(transport, conn)
+                except Exception as exc:
+                    # The reader thread takes it from here: it sees the end, reconnects, resends.
+                    if not isinstance(exc, (ConnectionError, OSError, ssl.SSLError, ProtocolError)):
+                        log.exception("connection to %s: unexpected error; reconnecting", self.address)
+                    transport.shutdown()
+                    return
+        finally:
+            with self._released:
+                self._rlock.release()
+                self._released.notify_all()
 
     # -- requests ----------------------------------------------------------
     @property
@@ -276,8 +359,17 @@ class BlockingLink(LinkState):
 
     def request(self, op: str, fields: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """Send a request and wait for its reply; RemoteError if the master refused it."""
-        result: dict[str, Any] = self.request_nowait(op, fields).result(timeout)
+        result: dict[str, Any] = self.wait(self.request_nowait(op, fields), timeout)
         return result
+
+    def wait(self, fut: cf.Future[Any], timeout: float | None = None) -> Any:
+        """``fut.result(timeout)``, reading the reply on this thread when it can (see
+        :meth:`wait_reading`)."""
+        if fut.done():
+            return fut.result()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.wait_reading(fut.done, timeout)
+        return fut.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         """Stop reconnecting and close the connection; unanswered requests fail."""

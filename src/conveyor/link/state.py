@@ -197,19 +197,32 @@ class LinkState:
 
     def request_nowait(self, op: str, fields: dict[str, Any]) -> Any:
         """Send a request (now, or on reconnect) and return the future of its reply fields."""
+        return self.requests_nowait([(op, fields)])[0]
+
+    def requests_nowait(self, requests: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Send several requests in one write, in order; the futures of their replies.
+
+        One write lets the master read them together: their store calls share
+        one commit and their replies leave in one write (an ack and the get
+        after it, say), where separate writes cost a commit and a wake-up each.
+        """
         if self._closing:
             raise ConnectionLost("client is closed")
         with self._lock:
-            rid = next(self._rids)
-        frame = protocol.encode_frame(op, rid, fields)
-        check_request_size(op, frame, self.send_limit)  # never sent, never resent: fails here
-        fut = self._new_future()
+            rids = [next(self._rids) for _ in requests]
+        frames = []
+        for (op, fields), rid in zip(requests, rids):
+            frame = protocol.encode_frame(op, rid, fields)
+            check_request_size(op, frame, self.send_limit)  # never sent, never resent: fails here
+            frames.append(frame)
+        futures = [self._new_future() for _ in requests]
         with self._lock:
-            self._requests[rid] = (op, fields, fut)
+            for (op, fields), rid, fut in zip(requests, rids, futures):
+                self._requests[rid] = (op, fields, fut)
             target = self._target()
         if target is not None:
-            self._send_to(target, frame)
-        return fut
+            self._send_to(target, frames[0] if len(frames) == 1 else b"".join(frames))
+        return futures
 
 
 def unreachable(address: Address, exc: OSError) -> ConnectionLost:

@@ -25,7 +25,7 @@ from ..records import (
 )
 from ..serde import PICKLE
 from . import attempts, backpressure
-from .idset import IdSet
+from .idshards import IdShards
 from .session import Session
 
 if TYPE_CHECKING:
@@ -39,20 +39,21 @@ class Subscriptions:
     """Which sessions wait for which task's result, and the delivery of results to them.
 
     Kept per session, not per task: each session that waits for results has an
-    :class:`IdSet` of the ids it waits for (8-byte fingerprints, no object per
-    task), so a million tasks submitted with futures held cost the master tens
-    of MB, not hundreds, and a submit with ``result=False`` costs nothing here.
+    :class:`IdShards` of the ids it waits for (8-byte fingerprints, no object per
+    task, grown a sixty-fourth at a time so no submit stalls the loop), so a million
+    tasks submitted with futures held cost the master tens of MB, not hundreds,
+    and a submit with ``result=False`` costs nothing here.
     A result is looked up in each waiting session's set: O(sessions waiting),
     which is a handful of clients, never the number of tasks.
     """
 
     def __init__(self) -> None:
-        self._by_session: dict[Session, IdSet] = {}
+        self._by_session: dict[Session, IdShards] = {}
 
     def subscribe(self, s: Session, tid: str) -> None:
         ids = self._by_session.get(s)
         if ids is None:
-            ids = self._by_session[s] = IdSet()
+            ids = self._by_session[s] = IdShards()
         ids.add(tid)
 
     def unsubscribe(self, s: Session, tid: str) -> None:
