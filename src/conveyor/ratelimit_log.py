@@ -39,6 +39,24 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}  # key -> when its last line was logged
         self._held: dict[str, int] = {}  # key -> lines suppressed since then
 
+    def allow(self, key: str) -> int | None:
+        """None if a line of ``key`` is held back now (and counted); else how many lines of
+        it were held back since the previous one said (0 for the first)."""
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval:
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            held = self._held.pop(key, 0)
+            self._last.pop(key, None)
+            self._last[key] = now  # re-inserted: the dict stays oldest first
+            if len(self._last) > MAX_KEYS:
+                oldest = next(iter(self._last))
+                del self._last[oldest]
+                self._held.pop(oldest, None)
+        return held
+
     def log(self, level: int, key: str, msg: str, *args: object, exc_info: object = None) -> bool:
         """Log ``msg % args`` unless a line of ``key`` went out less than ``interval`` ago.
 
@@ -47,21 +65,10 @@ class RateLimitedLog:
         """
         if not self.logger.isEnabledFor(level):
             return False
-        now = self.clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval:
-                self._held[key] = self._held.get(key, 0) + 1
-                return False
-            held = self._held.pop(key, 0)
-            self._last.pop(key, None)
-            self._last[key] = now  # re-inserted: the dict stays oldest first
-            if len(self._last) > MAX_KEYS:
-                oldest = next(iter(self._last))
-                del self._last[oldest]
-                self._held.pop(oldest, None)
-        if held:
-            msg = f"{msg} ({held} similar suppressed)"
+        held = self.allow(key)
+        if held is None:
+            return False
+        msg += suppressed(held)
         # stacklevel: the record names the caller's line, not this one.
         self.logger.log(level, msg, *args, exc_info=exc_info, stacklevel=3)  # type: ignore[arg-type]
         return True
@@ -82,3 +89,8 @@ class RateLimitedLog:
         """Lines of ``key`` held back since its last logged line."""
         with self._lock:
             return self._held.get(key, 0)
+
+
+def suppressed(n: int) -> str:
+    """The tail of a line that follows ``n`` held back: `` (n similar suppressed)``, or nothing."""
+    return f" ({n} similar suppressed)" if n else ""

@@ -214,10 +214,10 @@ def _submit_id_or_none(client: Client) -> str | None:
 # -- the parts ---------------------------------------------------------------------------
 
 def test_the_fault_log_says_each_cause_once_per_interval_with_the_count_it_held_back(caplog):
-    from conveyor.master.storefaults import FaultLog
+    from conveyor.ratelimit_log import RateLimitedLog
 
     now = [0.0]
-    faults = FaultLog(logging.getLogger("conveyor.master"), interval=10.0, clock=lambda: now[0])
+    faults = RateLimitedLog(logging.getLogger("conveyor.master"), interval=10.0, clock=lambda: now[0])
     with caplog.at_level(logging.ERROR, logger="conveyor.master"):
         said = [faults.error("full", "disk full") for _ in range(1000)]
         assert faults.error("io", "I/O error")  # another cause is said at once
@@ -225,7 +225,7 @@ def test_the_fault_log_says_each_cause_once_per_interval_with_the_count_it_held_
         assert faults.error("full", "disk full")
     assert said.count(True) == 1
     assert [r.getMessage() for r in caplog.records] == [
-        "disk full", "I/O error", "disk full (999 more like it in the last 10s not logged)"]
+        "disk full", "I/O error", "disk full (999 similar suppressed)"]
 
 
 def test_sqlite_errors_are_told_apart_by_their_code():

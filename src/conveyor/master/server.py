@@ -110,7 +110,6 @@ class Master:
         self._closed = asyncio.Event()
         #: The store error the master stopped on (a corrupt store met at run time), else None.
         self.fatal: BaseException | None = None
-        self.faults = storefaults.FaultLog(log)  # store faults, said once per cause per interval
         self._unfilter: Callable[[], None] | None = None
 
     # -- configuration, as the services see it --------------------------------
@@ -155,7 +154,7 @@ class Master:
             loop.call_soon_threadsafe(self._fatal, exc)
 
         ctx.runner.on_fatal = on_fatal
-        self._unfilter = storefaults.install_filter(self.faults)
+        self._unfilter = storefaults.install_filter(self.limited)
         # Every recovery sweep in bounded batches (maintenance.py): a deep store does not
         # make one long transaction, and dependency cascades are cut at CASCADE_LIMIT
         # per call, the rest continued by the reaper.
@@ -190,7 +189,7 @@ class Master:
             except StoreError as exc:
                 if storefaults.is_fatal(exc):
                     return  # the runner reported it: the master is stopping
-                self.faults.error(f"loop:{storefaults.fault_key(exc)}",
+                self.limited.error(f"loop:{storefaults.fault_key(exc)}",
                                   f"{getattr(run, '__qualname__', run)} failed: {exc}; trying again")
                 await asyncio.sleep(1.0)
 
@@ -333,7 +332,7 @@ class Master:
         if isinstance(exc, StoreError):
             if storefaults.is_fatal(exc):
                 return  # the master is stopping (_fatal)
-            self.faults.error(f"commit:{storefaults.fault_key(exc)}",
+            self.limited.error(f"commit:{storefaults.fault_key(exc)}",
                               f"a commit failed, nothing of it was stored: {exc}")
             if s.role != "worker":  # a worker keeps its results and resends them on reconnect
                 for ev in events:
@@ -392,7 +391,7 @@ class Master:
             # A worker forgets results the master refused: instead of an error, its results
             # wait here, unanswered, and are tried again (the worker resends them itself if
             # the connection drops meanwhile). Their credit counted the first time.
-            self.faults.error(f"ack:{storefaults.fault_key(exc)}",
+            self.limited.error(f"ack:{storefaults.fault_key(exc)}",
                               f"results from {s.peer} not stored, trying again in {ACK_RETRY:g}s: {exc}")
             again = dataclasses.replace(record, credit=0)
             asyncio.get_running_loop().call_later(ACK_RETRY, self._retry, s, rid, op, again)

@@ -3,8 +3,9 @@ store errors are fatal.
 
 A full disk or an I/O error makes every commit fail, and every request, lease and sweep
 meets the same error: logged each time, that is thousands of identical lines a second.
-:class:`FaultLog` says each distinct cause once per interval and counts what it held
-back; :class:`StoreErrorFilter` does the same for the records other parts of the master
+:class:`~conveyor.ratelimit_log.RateLimitedLog` says each distinct cause once per interval
+and counts what it held back; :class:`StoreErrorFilter` does the same for the records other
+parts of the master
 log with a store error attached (dispatch, schedules, failed requests), without their
 tracebacks. A corrupt store is different: nothing it says can be trusted, so the master
 stops (see ``Master.fatal``) instead of spinning on it.
@@ -13,14 +14,10 @@ stops (see ``Master.fatal``) instead of spinning on it.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ..errors import StoreCorrupt, StoreError
-
-#: Seconds between two lines about the same store fault.
-FAULT_LOG_INTERVAL = 10.0
+from ..ratelimit_log import RateLimitedLog, suppressed
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -31,56 +28,6 @@ def is_fatal(exc: BaseException) -> bool:
 def is_store_fault(exc: BaseException | None) -> bool:
     """True for a store error that may pass (disk full, I/O error, any other write failure)."""
     return isinstance(exc, StoreError) and not isinstance(exc, StoreCorrupt)
-
-
-@dataclass
-class _Seen:
-    last: float  # monotonic time of the last line said
-    suppressed: int = 0
-
-
-class FaultLog:
-    """Logs each distinct fault at most once per ``interval`` seconds, with the count held back.
-
-    Keyed by the caller's key (the error type and text, say): a new cause is said at once, a
-    repeat within the interval is counted, and the next line said about it names that count.
-    """
-
-    def __init__(self, logger: logging.Logger, *, interval: float = FAULT_LOG_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.clock = clock
-        self._seen: dict[str, _Seen] = {}
-
-    def allow(self, key: str) -> int | None:
-        """None if a line about ``key`` is held back now (and counted); else how many were held
-        back since the last line said about it."""
-        now = self.clock()
-        seen = self._seen.get(key)
-        if seen is None:
-            if len(self._seen) > 1000:  # distinct causes are few; never let the table grow unbounded
-                self._seen.clear()
-            self._seen[key] = _Seen(now)
-            return 0
-        if now - seen.last < self.interval:
-            seen.suppressed += 1
-            return None
-        held, seen.suppressed, seen.last = seen.suppressed, 0, now
-        return held
-
-    def error(self, key: str, message: str) -> bool:
-        """Log ``message`` at ERROR unless a line about ``key`` was said within the interval;
-        True if it was logged."""
-        held = self.allow(key)
-        if held is None:
-            return False
-        self.logger.error("%s%s", message, _held_back(held, self.interval))
-        return True
-
-
-def _held_back(n: int, interval: float) -> str:
-    return f" ({n} more like it in the last {interval:g}s not logged)" if n else ""
 
 
 def fault_key(exc: BaseException) -> str:
@@ -97,7 +44,7 @@ class StoreErrorFilter(logging.Filter):
     dropped: the master says that once itself, as it stops.
     """
 
-    def __init__(self, faults: FaultLog) -> None:
+    def __init__(self, faults: RateLimitedLog) -> None:
         super().__init__()
         self.faults = faults
 
@@ -111,7 +58,7 @@ class StoreErrorFilter(logging.Filter):
         if held is None:
             return False
         # One line: the message, the cause, how many like it were held back; no traceback.
-        record.msg = f"{record.getMessage()}: {exc}{_held_back(held, self.faults.interval)}"
+        record.msg = f"{record.getMessage()}: {exc}{suppressed(held)}"
         record.args = None
         record.exc_info = None
         record.exc_text = None
@@ -122,7 +69,7 @@ class StoreErrorFilter(logging.Filter):
 MASTER_LOGGERS = ("conveyor.master", "conveyor.scheduler")
 
 
-def install_filter(faults: FaultLog) -> Callable[[], None]:
+def install_filter(faults: RateLimitedLog) -> Callable[[], None]:
     """Put a :class:`StoreErrorFilter` on the master's loggers; returns what removes it."""
     filt = StoreErrorFilter(faults)
     loggers = [logging.getLogger(name) for name in MASTER_LOGGERS]
