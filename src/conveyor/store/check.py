@@ -37,6 +37,7 @@ def what_to_do(directory: str | os.PathLike[str]) -> str:
 
 def corrupt(path: Path, detail: object, prefix: str | None = None) -> StoreCorrupt:
     """The error for a damaged store file, with what to do in the same line."""
+    detail = " ".join(str(detail).split())  # SQLite's reports span lines: the error is one
     return StoreCorrupt(f"{prefix or f'store at {path}'}: the file is corrupt ({detail}); "
                         f"{what_to_do(path.parent)}")
 
