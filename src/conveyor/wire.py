@@ -507,6 +507,10 @@ def decode_return(f: Fields) -> LeasePairs:
     return LeasePairs(lease_pairs(f.get("leases"), "return: leases"))
 
 
+def decode_adopt(f: Fields) -> LeasePairs:
+    return LeasePairs(lease_pairs(f.get("leases"), "adopt: leases"))
+
+
 def decode_started(f: Fields) -> LeasePairs:
     return LeasePairs(lease_pairs(f.get("leases"), "started: leases"))
 
@@ -663,6 +667,7 @@ DECODERS: dict[str, Callable[[Fields], Any]] = {
     protocol.STATUS: decode_nothing,
     protocol.ACK: decode_ack,
     protocol.RETURN: decode_return,
+    protocol.ADOPT: decode_adopt,
     protocol.PING: decode_nothing,
     protocol.CREDIT: decode_credit,
     protocol.PROGRESS: decode_progress,
