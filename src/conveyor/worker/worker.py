@@ -200,7 +200,7 @@ class Worker:
         pending = self._pool.pending() if self._pool is not None else 0
         self._outstanding = running + pending
         if self._leases:
-            self._claim()
+            self._claim(reconnected=True)
         else:
             self._confirmed = self._core.session
         if self._stopping:
@@ -235,9 +235,9 @@ class Worker:
             return
         try:
             if threading.get_ident() == self._loop_thread:
-                loop.call_soon(self._claim)
+                loop.call_soon(self._claim, False)
             else:
-                loop.call_soon_threadsafe(self._claim)
+                loop.call_soon_threadsafe(self._claim, False)
         except RuntimeError:  # the loop is closing
             pass
 
@@ -252,7 +252,7 @@ class Worker:
         if self._loop is not None and not self._stopped.is_set():
             self._ticker = self._loop.call_later(min(0.25, self._stall_after() / 4), self._tick)
 
-    def _claim(self) -> None:
+    def _claim(self, reconnected: bool) -> None:
         """Ask the master to keep the leases we hold (``adopt``); see :meth:`_claimed`."""
         core = self._core
         if core is None:
@@ -265,15 +265,22 @@ class Worker:
         parts = [pairs[i:i + wire.MAX_BATCH] for i in range(0, len(pairs), wire.MAX_BATCH)]
         futures = [core.request_nowait(protocol.ADOPT, {"leases": part}) for part in parts]
         gathered = asyncio.gather(*futures, return_exceptions=True)
-        gathered.add_done_callback(lambda f: self._claimed(f.result(), session, stalls))
+        gathered.add_done_callback(
+            lambda f: None if f.cancelled() else self._claimed(f.result(), session, stalls, reconnected))
 
-    def _claimed(self, replies: list[Any], session: str | None, stalls: int) -> None:
+    def _claimed(self, replies: list[Any], session: str | None, stalls: int, reconnected: bool) -> None:
         """The master answered our claim: drop what it says we lost, then start the rest."""
         lost: set[str] = set()
         for reply in replies:
-            if isinstance(reply, RemoteError):  # a master without adopt: everything went back
-                log.warning("the master could not confirm our leases (%s): dropping prefetched tasks", reply)
-                lost.update(self._leases)
+            if isinstance(reply, RemoteError):
+                # A master without adopt (an older one): after a reconnect it handed back
+                # every lease of the old session, so the prefetched tasks are not ours;
+                # after a stall on the same session they still are.
+                log.warning("the master cannot confirm leases (%s)", reply)
+                if reconnected:
+                    with self._starts_lock:
+                        running = set(self._running_since)
+                    lost.update(set(self._leases) - running)
             elif isinstance(reply, BaseException):
                 return  # the connection dropped again: the next connection claims again
             else:
