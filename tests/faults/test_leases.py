@@ -248,3 +248,16 @@ def test_a_worker_that_reconnects_keeps_its_running_task_and_its_result_counts_o
             assert proxy.accepted >= 2 and worker.poll() is None
     finally:
         proxy.close()
+
+
+def test_a_task_whose_arguments_the_worker_cannot_decode_fails_cleanly(make_cluster, tmp_path):
+    cluster = make_cluster(workers=1, modules=MODULES, master_args=["--pickle"]).start()
+    cluster.wait_for_workers(1)  # a worker without --pickle
+    runs = tmp_path / "runs"
+    with cluster.client(codec="pickle") as client:
+        fut = client.submit(f"{FT}:logged", str(runs), 1)
+        with pytest.raises(TaskError, match="pickle"):
+            fut.result(60)
+        info = client.inspect(fut.task_id)
+        assert info["state"] == "failed" and info["worker"] is None  # settled, not held
+        assert not runs.exists()  # never ran
