@@ -48,6 +48,9 @@ FETCH = "fetch"  # {ids} -> {results: [wire result...], missing: [id...]}
 STATUS = "status"  # {} -> {queues, workers, gone_workers, counters, rates, schedules, metrics...}
 ACK = "ack"  # {results: [[id, token, ok, payload, codec]...]} -> {} once committed
 RETURN = "return"  # {leases: [[id, token]...]} -> {n}: prefetched tasks handed back
+# A worker's claim on the leases it holds, after a reconnect or a stall: the master keeps
+# (adopts) those whose token still holds and names the rest, which the worker must not run.
+ADOPT = "adopt"  # {leases: [[id, token]...]} -> {lost: [id...]}
 PING = "ping"  # {} -> {}
 CREDIT = "credit"  # push {n, revoke}: the worker can take n more tasks (revoke: n fewer)
 # Plain queues (queue.Queue over the network).
@@ -88,7 +91,7 @@ SCHED_RUN = "sched_run"  # {name} -> {id, new}: enqueue the schedule's task now;
 
 #: The ops a peer sends as requests (request_id > 0; some also as pushes, e.g. a ping or a
 #: resubscription after a reconnect).
-REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, PING,
+REQUEST_OPS = frozenset({HELLO, SUBMIT, SUBSCRIBE, FETCH, STATUS, ACK, RETURN, ADOPT, PING,
                          QPUT, QGET, QACK, QJOIN, QSIZE, QINFO, QLIST, CANCEL, RETRY, PURGE,
                          INSPECT, TASKLIST, COUNT, RETRY_MATCHING, CANCEL_MATCHING, SCHED_ADD, SCHED_LIST, SCHED_DEL, SCHED_RUN})
 #: The ops a worker pushes to the master (request_id 0, never answered).

@@ -49,7 +49,7 @@ class NewTask:
 
 @dataclass(slots=True)
 class Lease:
-    """A task handed to a consumer; ``token`` is its attempt number (fencing token)."""
+    """A task handed to a consumer; ``token`` is its lease's fencing token (64 random bits)."""
 
     id: str
     queue: str
@@ -113,7 +113,7 @@ class AttemptRecord:
     """One attempt of a task, as stored when it ended (``Store.get`` fills
     ``TaskInfo.attempt_log`` with the last ``ATTEMPTS_KEPT``, oldest first).
 
-    ``number`` is the attempt's fencing token; ``owner`` the lease owner (a
+    ``number`` is the attempt's number (1, 2, ...); ``owner`` the lease owner (a
     session id); ``worker`` its name/host/pid when the master knew them;
     ``error`` the encoded error (as ``TaskInfo.errors`` holds it), ``output``
     the last ``MAX_ATTEMPT_OUTPUT`` characters it logged and printed.

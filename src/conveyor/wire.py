@@ -53,6 +53,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+#: Lease tokens are 64 random bits: a uint64 in msgpack.
+MAX_TOKEN = (1 << 64) - 1
+
+
+def _is_token(value: Any) -> bool:
+    """True for a lease token: an integer from 0 to 2**64 - 1."""
+    return _is_int(value) and 0 <= value <= MAX_TOKEN
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -108,7 +117,7 @@ def lease_pairs(value: Any, what: str) -> list[tuple[str, int]]:
     """Validate a list of [task id, lease token] pairs (acks and hand-backs)."""
     if not isinstance(value, list) or len(value) > MAX_BATCH or not all(
         isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) and 0 < len(i[0]) <= MAX_ID
-        and _is_int(i[1]) for i in value
+        and _is_token(i[1]) for i in value
     ):
         raise ProtocolError(f"{what} must be a list of [id, token]")
     return [(i[0], i[1]) for i in value]
@@ -182,7 +191,7 @@ def lease_from_wire(item: Any) -> PushedTask:
     if not isinstance(item, list) or len(item) != 7:
         raise ProtocolError("a pushed task must be a list of 7 fields")
     tid, token, name, payload, codec, options, extra = item
-    if not _is_int(token) or not isinstance(payload, bytes):
+    if not _is_token(token) or not isinstance(payload, bytes):
         raise ProtocolError("malformed pushed task")
     options = {} if options is None else options
     extra = {} if extra is None else extra
@@ -245,7 +254,7 @@ def outcome_from_wire(item: Any) -> tuple[Outcome, RetryDecision | None]:
     tid, token, ok, payload, codec, retry = item[:6]
     output = item[6] if len(item) == 7 else None
     decision = _retry_from_wire(retry, ok)
-    if not _is_int(token) or not isinstance(ok, bool) or not isinstance(payload, bytes):
+    if not _is_token(token) or not isinstance(ok, bool) or not isinstance(payload, bytes):
         raise ProtocolError("malformed result")
     if output is not None and (not isinstance(output, str) or len(output) > MAX_OUTPUT):
         raise ProtocolError(f"a result's output must be a string of at most {MAX_OUTPUT} characters")
@@ -498,6 +507,10 @@ def decode_return(f: Fields) -> LeasePairs:
     return LeasePairs(lease_pairs(f.get("leases"), "return: leases"))
 
 
+def decode_adopt(f: Fields) -> LeasePairs:
+    return LeasePairs(lease_pairs(f.get("leases"), "adopt: leases"))
+
+
 def decode_started(f: Fields) -> LeasePairs:
     return LeasePairs(lease_pairs(f.get("leases"), "started: leases"))
 
@@ -510,7 +523,7 @@ def decode_progress(f: Fields) -> Progress:
     tid: Any = f.get("id")
     token: Any = f.get("token")
     done, total = f.get("done"), f.get("total")
-    if not isinstance(tid, str) or not 0 < len(tid) <= MAX_ID or not _is_int(token):
+    if not isinstance(tid, str) or not 0 < len(tid) <= MAX_ID or not _is_token(token):
         raise ProtocolError("progress: id and token required")
     if not all(v is None or _is_number(v) for v in (done, total)):
         raise ProtocolError("progress: done and total must be numbers")
@@ -654,6 +667,7 @@ DECODERS: dict[str, Callable[[Fields], Any]] = {
     protocol.STATUS: decode_nothing,
     protocol.ACK: decode_ack,
     protocol.RETURN: decode_return,
+    protocol.ADOPT: decode_adopt,
     protocol.PING: decode_nothing,
     protocol.CREDIT: decode_credit,
     protocol.PROGRESS: decode_progress,

@@ -199,11 +199,18 @@ def test_a_paused_client_gets_no_results_pushed_and_every_one_once_it_drained():
         client.feed(frame(protocol.SUBMIT, 2, tasks=tasks))
         assert [m_.op for m_ in client.messages()] == [protocol.OK]
         worker.feed(frame(protocol.CREDIT, 0, n=6))
-        await turns(lambda: any(msg.op == protocol.TASKS for msg in worker.messages()))
+        tokens: dict[str, int] = {}  # task id -> its lease's token, from the pushes
+
+        def pushed() -> bool:
+            for msg in worker.messages():
+                if msg.op == protocol.TASKS:
+                    tokens.update((item[0], item[1]) for item in msg.fields["tasks"])
+            return len(tokens) == len(tasks)
+
+        await turns(pushed)
         client.conn.pause_writing()  # its transport is over the high-water mark
         assert not client.transport.reading
-        # Every lease is token 1 on a fresh store.
-        done = [wire.outcome_to_wire(Outcome(t[0], 1, True, b"\xa2ok", "msgpack")) for t in tasks]
+        done = [wire.outcome_to_wire(Outcome(t[0], tokens[t[0]], True, b"\xa2ok", "msgpack")) for t in tasks]
         worker.feed(frame(protocol.ACK, 3, results=done[:3]))
         await turns(lambda: len(_backlog(m)) == 3)
         assert len(_backlog(m)) == 3

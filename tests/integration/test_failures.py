@@ -14,6 +14,7 @@ import pytest
 
 import conveyor
 
+from ..faults.history import History, check, inspect_all
 from ..waiting import wait_until
 from .conftest import ROOT, TASKS
 
@@ -36,11 +37,17 @@ def test_worker_killed_with_tasks_in_flight_loses_nothing(make_cluster, tmp_path
         victim.wait(10)
         results = [f.result(120) for f in futures]
         status = client.status()
+        ids = [f.task_id for f in futures]
+        history = History(submitted=ids, delivered=list(zip(ids, results)), inspected=inspect_all(client, ids))
     assert results == list(range(n))
     assert status["queues"]["default"]["succeeded"] == n
     assert status["queues"]["default"]["leased"] == 0
     ran = executions(log)
     assert set(ran) == set(range(n))  # every task ran; some may have run twice (at-least-once)
+    # One result each, stored by the holder of the task's last lease; no task ran more
+    # often than it was leased.
+    history.read_executions(log, {str(i): tid for i, tid in enumerate(ids)})
+    assert check(history, expected=ids.index) == []
 
 
 def test_master_killed_under_load_restarts_and_every_future_resolves(make_cluster):
@@ -55,9 +62,12 @@ def test_master_killed_under_load_restarts_and_every_future_resolves(make_cluste
         cluster.start_master()  # same data directory, same port
         results = [f.result(120) for f in futures]
         status = client.status()
+        ids = [f.task_id for f in futures]
+        history = History(submitted=ids, delivered=list(zip(ids, results)), inspected=inspect_all(client, ids))
     assert results == [i * i for i in range(n)]
     assert status["queues"]["default"]["succeeded"] == n
     assert all(w.poll() is None for w in cluster.workers)  # workers reconnected, did not die
+    assert check(history, expected=lambda tid: ids.index(tid) ** 2) == []
 
 
 def test_accepted_tasks_survive_master_kill_with_no_workers(make_cluster):

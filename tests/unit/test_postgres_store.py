@@ -192,13 +192,13 @@ def test_concurrent_completes_store_exactly_one_result(postgres_dsn: str) -> Non
     try:
         stores[0].clear()
         stores[0].enqueue([task(f"t{i}") for i in range(50)], T0)
-        stores[0].lease("q", 50, "w", T0, 30)
+        tokens = {x.id: x.token for x in stores[0].lease("q", 50, "w", T0, 30)}
         verdicts: list[list[str]] = [[] for _ in stores]
         start = threading.Barrier(len(stores))
 
         def completer(i: int) -> None:
             start.wait()
-            verdicts[i] = stores[i].complete([ok(f"t{n}", 1, f"from{i}".encode())
+            verdicts[i] = stores[i].complete([ok(f"t{n}", tokens[f"t{n}"], f"from{i}".encode())
                                               for n in range(50)], T0)
 
         threads = [threading.Thread(target=completer, args=(i,)) for i in range(len(stores))]

@@ -55,10 +55,11 @@ def test_sqlite_data_survives_close_and_reopen(tmp_path):
     s = SQLiteStore(tmp_path)
     s.enqueue([task("a", options={"o": 1}), task("b", priority=2), task("c"),
                task("d", not_before=T0 + 50)], T0)
-    assert ids(s.lease("q", 2, "w", T0, 30)) == ["b", "a"]
-    s.complete([ok("b", 1, b"result")], T0 + 1)
-    s.nack("a", 1, T0 + 1, error=b"e1")
-    s.lease("q", 1, "w2", T0 + 2, 30)  # a again (token 2)
+    got = s.lease("q", 2, "w", T0, 30)
+    assert ids(got) == ["b", "a"]
+    s.complete([ok("b", got[0].token, b"result")], T0 + 1)
+    s.nack("a", got[1].token, T0 + 1, error=b"e1")
+    s.lease("q", 1, "w2", T0 + 2, 30)  # a again (attempt 2)
     s.close()
     s.close()  # idempotent
 
@@ -227,8 +228,8 @@ def test_sqlite_options_and_errors_are_msgpack(tmp_path):
     s = SQLiteStore(tmp_path)
     try:
         s.enqueue([task("a", options={"timeout": 1.5})], T0)
-        s.lease("q", 1, "w", T0, 30)
-        s.nack("a", 1, T0, error=b"e")
+        [lease] = s.lease("q", 1, "w", T0, 30)
+        s.nack("a", lease.token, T0, error=b"e")
         blob_options, blob_errors = s.conn.execute(
             "SELECT options, errors FROM tasks WHERE id = 'a'").fetchone()
         assert serde.unpackb(blob_options) == {"timeout": 1.5}
@@ -275,13 +276,13 @@ def test_sqlite_version_1_file_gets_the_schedules_table(tmp_path):
 def test_sqlite_dependencies_survive_reopen(tmp_path):
     s = SQLiteStore(tmp_path)
     s.enqueue([task("a"), after("b", "a")], T0)
-    s.lease("q", 1, "w", T0, 30)
-    s.set_progress("a", 1, {"done": 1})
+    [lease] = s.lease("q", 1, "w", T0, 30)
+    s.set_progress("a", lease.token, {"done": 1})
     s.close()
     s = SQLiteStore(tmp_path)
     try:
         assert s.get("b").state == WAITING and s.get("a").progress == {"done": 1}
-        s.complete([ok("a", 1)], T0)
+        s.complete([ok("a", lease.token)], T0)  # the token outlives a reopen
         assert s.get("b").state == READY
     finally:
         s.close()

@@ -142,6 +142,7 @@ GOOD: dict[str, dict[str, Any]] = {
     protocol.STATUS: {},
     protocol.ACK: {"results": [[TID, 1, True, b"", "msgpack", None]], "credit": 2},
     protocol.RETURN: {"leases": [[TID, 1]]},
+    protocol.ADOPT: {"leases": [[TID, 1]]},
     protocol.STARTED: {"leases": [[TID, 1]]},
     protocol.PING: {},
     protocol.CREDIT: {"n": 3},
@@ -179,7 +180,8 @@ def test_every_op_decodes_good_fields_to_its_record():
     assert (got[protocol.STATUS] == got[protocol.PING] == got[protocol.SCHED_LIST] == got[protocol.QLIST]
             == wire.NoFields())
     assert got[protocol.ACK] == wire.Ack([(Outcome(TID, 1, True, b"", "msgpack"), None)], 2)
-    assert got[protocol.RETURN] == got[protocol.QACK] == got[protocol.STARTED] == wire.LeasePairs([(TID, 1)])
+    assert got[protocol.RETURN] == got[protocol.QACK] == got[protocol.STARTED] == got[protocol.ADOPT] \
+        == wire.LeasePairs([(TID, 1)])
     assert got[protocol.CREDIT] == wire.Credit(3)
     assert wire.decode(protocol.CREDIT, {"n": 0, "revoke": 2}) == wire.Credit(0, 2)
     assert got[protocol.PROGRESS].report() == {"done": 1, "total": 2.5, "message": "half"}
@@ -317,6 +319,9 @@ BAD = [
     _with(protocol.RETURN, leases=[[TID, "1"]]),
     _with(protocol.RETURN, leases=[[1, 1]]),
     _with(protocol.RETURN, leases=_MISSING),
+    _with(protocol.ADOPT, leases=[[TID, -1]]),  # tokens are uint64
+    _with(protocol.ADOPT, leases=[[TID, 2 ** 64]]),
+    _with(protocol.ADOPT, leases=_MISSING),
     _with(protocol.STARTED, leases=[[TID, "1"]]),
     _with(protocol.STARTED, leases=_MISSING),
     _with(protocol.QACK, items=[[TID, True]]),

@@ -29,6 +29,7 @@ from ..records import (
 )
 from . import attempts, maintenance
 from .metrics import CANCELLED, DEAD, RETRIED
+from .refusals import Refusals
 from .session import Session
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class JobService:
         self.ctx = ctx
         self.dependents: set[str] = set()  # waiting tasks whose fate is not yet delivered
         self.buckets: dict[tuple[str, float, float], TokenBucket] = {}
+        # Reports from sessions that do not hold the lease they name (shared with results).
+        self.refusals = Refusals(ctx.counters, ctx.monotonic)
 
     def routes(self) -> Routes:
         return {
@@ -344,6 +347,10 @@ class JobService:
     async def on_progress(self, s: Session, rid: int, req: wire.Progress) -> None:
         """A worker's progress report: record it and pass it to the task's subscribers."""
         ctx, report = self.ctx, req.report()
+        if s.role != "worker" or s.inflight.get(req.id) != req.token:
+            # Only the lease holder reports progress: no one else's reaches subscribers.
+            self.refusals.refuse("progress report", 1, s.peer, "not the holder of that lease")
+            return
         ctx.runner.call(ctx.store.set_progress, req.id, req.token, report, durable=False)
         for sub in ctx.subs.subscribers(req.id):
             sub.push(protocol.PROGRESS, {"id": req.id, **report})

@@ -26,6 +26,7 @@ from ..records import (
 from ..serde import PICKLE
 from . import attempts, backpressure
 from .idshards import IdShards
+from .refusals import CLIENT_CANNOT_SETTLE, NOT_ALLOWED, codec_refused
 from .session import Session
 
 if TYPE_CHECKING:
@@ -191,15 +192,31 @@ class ResultService:
 
     async def on_ack(self, s: Session, rid: int, req: wire.Ack) -> None:
         """A worker's results (final, or a retry decision), with the credit it grants anew."""
-        ctx = self.ctx
+        ctx, refusals = self.ctx, self.jobs.refusals
+        if s.role != "worker":
+            refusals.refuse("ack(s) from a client session", len(req.outcomes), s.peer, "clients never settle tasks")
+            s.error(rid, NOT_ALLOWED, CLIENT_CANNOT_SETTLE)
+            return
         if req.credit > 0:
             s.credit += req.credit
             ctx.wake.set()
-        for o, _ in req.outcomes:
+        held: list[tuple[Outcome, wire.RetryDecision | None]] = []
+        foreign: list[str] = []
+        for o, retry in req.outcomes:
+            if s.inflight.get(o.id) != o.token:
+                foreign.append(o.id)  # not a lease this session holds (or adopted): not stored
+                continue
             attempts.note_outcome(s, o)  # before the lease leaves inflight (its start goes with it)
             s.inflight.pop(o.id, None)
-        outcomes = [o for o, retry in req.outcomes if retry is None]
-        retrying = [(o, retry) for o, retry in req.outcomes if retry is not None]
+            refused = codec_refused(o, ctx.limits.allow_pickle)
+            held.append((o, retry) if refused is None else (refused, None))
+            if refused is not None:
+                refusals.refuse("result(s) in a codec this master does not allow", 1, s.peer,
+                                f"task {o.id}: codec {o.codec}; the task fails instead")
+        if foreign:
+            await self._not_held(s, foreign)
+        outcomes = [o for o, retry in held if retry is None]
+        retrying = [(o, retry) for o, retry in held if retry is not None]
         now = ctx.clock()
         statuses = await ctx.runner.call(ctx.store.complete, outcomes, now) if outcomes else []
         if retrying:
@@ -211,6 +228,18 @@ class ResultService:
         if stored:
             self._deliver_outcomes(stored)
             await self.jobs.settle_dependents()
+
+    async def _not_held(self, s: Session, ids: list[str]) -> None:
+        """Reports a worker sent for leases it does not hold: a late result of a task that
+        has one already (a resent ack, a worker back from a stall) is a duplicate, as it
+        always was; any other is refused (counted, logged rate-limited)."""
+        found = await self.ctx.runner.call(self.ctx.store.results, ids)
+        if found:
+            self._count([DUPLICATE] * len(found), 0)
+        refused = len(ids) - len(found)
+        if refused:
+            self.jobs.refusals.refuse("report(s) for leases the session does not hold", refused,
+                                      s.peer, "not stored")
 
     def _count(self, statuses: list[str], stored: int) -> None:
         counters = self.ctx.counters
@@ -240,11 +269,15 @@ class ResultService:
 
     async def on_return(self, s: Session, rid: int, req: wire.LeasePairs) -> None:
         """Prefetched tasks a worker hands back unrun."""
-        for tid, _ in req.pairs:
+        pairs = [(tid, token) for tid, token in req.pairs if s.inflight.get(tid) == token]
+        if s.role != "worker" or len(pairs) < len(req.pairs):
+            self.jobs.refusals.refuse("hand-back(s) of leases the session does not hold",
+                                      len(req.pairs) - len(pairs), s.peer, "ignored")
+        for tid, _ in pairs:
             s.inflight.pop(tid, None)
-        self.ctx.metrics.forget(tid for tid, _ in req.pairs)
+        self.ctx.metrics.forget(tid for tid, _ in pairs)
         n = await self.ctx.runner.call(lambda: self.ctx.store.release(
-            req.pairs, self.ctx.clock(), note=AttemptNote(attempts.worker_of(s))))
+            pairs, self.ctx.clock(), note=AttemptNote(attempts.worker_of(s)))) if pairs else 0
         s.reply(rid, {"n": n})
         if n:
             self.ctx.work_added()

@@ -38,6 +38,7 @@ from .context import Context, Limits, Routes
 from .dispatch import Dispatcher
 from .jobs import JobService
 from .queues import QueueService
+from .refusals import CLIENT_CANNOT_SETTLE, NOT_ALLOWED
 from .results import ResultService
 from .runner import StoreRunner
 from .scheduler import Scheduler
@@ -411,7 +412,8 @@ class Master:
 
     # -- the master's own routes: hello, ping, status ----------------------
     def _routes(self) -> Routes:
-        return {protocol.HELLO: self.on_hello, protocol.PING: self.on_ping, protocol.STATUS: self.on_status}
+        return {protocol.HELLO: self.on_hello, protocol.PING: self.on_ping, protocol.STATUS: self.on_status,
+                protocol.ADOPT: self.on_adopt}
 
     async def on_hello(self, s: Session, rid: int, req: wire.Hello) -> None:
         s.role, s.name, s.host, s.pid = req.role, req.name, req.host, req.pid
@@ -426,6 +428,32 @@ class Master:
         # max_frame: the largest frame body it accepts; a peer refuses a larger request itself.
         s.reply(rid, {"session": s.id, "version": __version__, "heartbeat": self.heartbeat_timeout,
                       "pickle": self.allow_pickle, "max_frame": self.max_frame_size})
+
+    async def on_adopt(self, s: Session, rid: int, req: wire.LeasePairs) -> None:
+        """A worker claims the leases it holds (after a reconnect, maybe to another master,
+        or after a stall): those whose token still holds in the store become this session's;
+        the reply names the rest, which the worker drops unrun."""
+        if s.role != "worker":
+            self.jobs.refusals.refuse("adopt request(s) from a client session", 1, s.peer,
+                                      "clients hold no task leases")
+            s.error(rid, NOT_ALLOWED, CLIENT_CANNOT_SETTLE)
+            return
+        # Held from now on, before the store call: the acks that follow in this same read
+        # pass the session check, and the store's token fence (adopt runs first) decides.
+        for tid, token in req.pairs:
+            s.inflight[tid] = token
+        ctx = self.ctx
+        adopted = set(await ctx.runner.call(
+            ctx.store.adopt, req.pairs, s.id, ctx.clock(), self.lease_for, durable=False))
+        lost = [tid for tid, token in dict(req.pairs).items()
+                if tid not in adopted and s.inflight.get(tid) == token]
+        for tid in lost:
+            del s.inflight[tid]
+        if adopted:
+            ctx.counters["adopted"] += len(adopted)
+            log.info("worker %s (%s) kept %d lease(s) across its reconnect; %d lost",
+                     s.name, s.peer, len(adopted), len(lost))
+        s.reply(rid, {"lost": lost})
 
     async def on_ping(self, s: Session, rid: int, req: wire.NoFields) -> None:
         # Answered even as a push (rid 0): the answer is the peer's proof we are alive.

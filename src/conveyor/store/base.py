@@ -14,11 +14,16 @@ A task moves through these states::
                                                  └── nack(delay>0) ──► delayed
                                                  └── nack(dead=True) ──► dead
 
-Every lease carries a *token*: the task's attempt number at the moment it
-was leased. Operations that change a leased task (nack, extend, release) must
-name the token; an outdated token is *stale* and changes nothing. A
-successful result, though, is accepted from any attempt as long as no result
-is stored yet: the first stored result wins, later ones are duplicates.
+Every lease carries a *token*: 64 random bits (:func:`new_token`), new for
+every lease, so nobody can guess one they were not handed. (The attempt
+number is kept apart, for retries and inspection.) Every operation that
+settles or changes a leased task (complete, nack, extend, release, progress)
+must name the token of the lease that holds the task; any other token is
+*stale* and changes nothing. The token of the last lease stays with a task
+that was handed back (its worker's connection dropped) until the next lease:
+that worker may still :meth:`Store.adopt` it, or report its result, until
+someone else leases it. The first stored result wins; later ones are
+duplicates.
 
 Calls made inside one ``with store.transaction():`` block commit together
 (group commit); a call made outside one commits by itself.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -72,7 +78,19 @@ __all__ = [
     "OUTCOMES", "READY", "RETRIED", "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
     "BulkResult", "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskCount", "TaskFilter",
     "TaskInfo", "TaskPage", "TaskSummary", "Store", "dependency_failed_error",
+    "TOKEN_BITS", "TOKEN_OFFSET", "new_token",
 ]
+
+#: Bits of randomness in a lease token (a uint64 on the wire).
+TOKEN_BITS = 64
+#: What SQL stores subtract from a token to keep it in a signed 64-bit column
+#: (stored = token - TOKEN_OFFSET; all 64 random bits are kept).
+TOKEN_OFFSET = 1 << 63
+
+
+def new_token() -> int:
+    """A fresh lease token: 64 bits from the OS's CSPRNG (0 <= token < 2**64)."""
+    return secrets.randbits(TOKEN_BITS)
 
 
 class Store(abc.ABC):
@@ -116,9 +134,20 @@ class Store(abc.ABC):
         """Lease up to ``limit`` ready tasks of ``queue`` to ``owner``.
 
         Highest priority first, FIFO (enqueue order) within a priority. Each
-        leased task's attempt count goes up by one and becomes its token; its
-        lease ends at ``now + lease_for`` unless extended.
+        leased task's attempt count goes up by one and it gets a new random
+        token (:func:`new_token`); its lease ends at ``now + lease_for`` unless
+        extended.
         """
+
+    @abc.abstractmethod
+    def adopt(self, pairs: Sequence[tuple[str, int]], owner: str, now: float,
+              lease_for: float) -> list[str]:
+        """A worker that reconnected (a new session ``owner``, maybe on another master)
+        claims the leases it still holds: each (id, token) whose token is still the
+        task's lease token passes to ``owner`` with its deadline at ``now + lease_for``
+        — a task still leased (to its old session), or one handed back to ready when
+        that session dropped and not leased since (leased again, same token and
+        attempt). Returns the ids adopted; the rest are lost to the worker."""
 
     def take(self, queue: str, limit: int, owner: str, now: float) -> list[Lease]:
         """Lease up to ``limit`` ready tasks and acknowledge them at once (an empty
@@ -134,9 +163,11 @@ class Store(abc.ABC):
     def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
         """Store final results; one of STORED, DUPLICATE, STALE, UNKNOWN for each.
 
-        A success is stored from any attempt if the task has no result yet (the
-        first stored result wins). A failure is stored only from the attempt
-        that holds the lease now; from any other it is STALE. A stored result
+        A failure is stored only from the attempt that holds the lease now (its
+        token); from any other it is STALE. A success is stored from the token of
+        the last lease, also when that lease was handed back since (its worker's
+        connection dropped) and nobody leased the task again; from any other
+        token it is STALE. A stored result
         makes the task succeeded or failed and ends its lease, and adds the
         attempt to the task's history (its worker, start and output from the
         Outcome) in the same transaction.

@@ -77,6 +77,39 @@ def fail(task_id: str, token: int, payload: bytes = b"boom") -> Outcome:
     return Outcome(task_id, token, False, payload)
 
 
+class Tokens:
+    """The token of every lease a test was handed, by task id and attempt number.
+
+    Tokens are random, so a test names "the token of task a's attempt 2" as
+    ``t("a", 2)`` (``t("a")``: its latest). Made by the ``t`` fixture, which
+    records what ``store.lease`` and ``store.take`` return from then on.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._by: dict[str, list[int]] = {}
+        lease, take = store.lease, store.take
+
+        def leasing(queue: str, limit: int, owner: str, now: float, lease_for: float) -> list[Lease]:
+            return self._note(lease(queue, limit, owner, now, lease_for))
+
+        def taking(queue: str, limit: int, owner: str, now: float) -> list[Lease]:
+            return self._note(take(queue, limit, owner, now))
+
+        store.lease = leasing  # type: ignore[method-assign]
+        store.take = taking  # type: ignore[method-assign]
+
+    def _note(self, got: list[Lease]) -> list[Lease]:
+        for x in got:
+            seen = self._by.setdefault(x.id, [])
+            if x.token not in seen:  # take may go through lease: one attempt, one token
+                seen.append(x.token)
+        return got
+
+    def __call__(self, task_id: str, attempt: int | None = None) -> int:
+        seen = self._by[task_id]
+        return seen[-1] if attempt is None else seen[attempt - 1]
+
+
 def task_info(store: Store, task_id: str) -> TaskInfo:
     """``store.get(task_id)``, which must exist."""
     found = store.get(task_id)
@@ -136,6 +169,11 @@ def _dead(store: Store, task_id: str, now: float, *errors: bytes) -> None:
 
 class StoreConformance:
     """The conformance tests; subclass in a test module and add a ``store`` fixture."""
+
+    @pytest.fixture
+    def t(self, store: Store) -> Tokens:
+        """The tokens of the leases the test takes (see :class:`Tokens`)."""
+        return Tokens(store)
 
     # -- enqueue / get -------------------------------------------------------------
 
@@ -202,15 +240,15 @@ class StoreConformance:
         [lease] = store.lease("q", 1, "w1", T0 + 1, 30)
         assert (lease.id, lease.queue, lease.name, lease.payload, lease.codec) \
             == ("a", "q", "mod.fn", b"\x00data", "msgpack")
-        assert lease.token == 1
+        assert 0 <= lease.token < 2 ** 64
         assert lease.options == {"k": "v"}
         info = task_info(store, "a")
         assert (info.state, info.attempts, info.lease_owner) == (LEASED, 1, "w1")
         assert info.lease_deadline == T0 + 31
         assert info.started_at == T0 + 1
-        assert store.release([("a", 1)], T0 + 2) == 1
+        assert store.release([("a", lease.token)], T0 + 2) == 1
         [lease2] = store.lease("q", 1, "w2", T0 + 3, 10)
-        assert lease2.token == 2
+        assert lease2.token != lease.token  # a new random token for every lease
         info = task_info(store, "a")
         assert (info.attempts, info.lease_owner, info.lease_deadline, info.started_at) \
             == (2, "w2", T0 + 13, T0 + 3)
@@ -292,30 +330,103 @@ class StoreConformance:
         assert store.extend_owner("w", T0 + 3, 30) == 0
         assert store.expire_leases(T0 + 1000) == []
 
-    def test_complete_success_from_a_stale_token_is_stored_when_no_result_yet(self, store: Store) -> None:
+    def test_each_lease_gets_a_new_random_64_bit_token(self, store: Store) -> None:
+        store.enqueue([task(f"t{i:02d}") for i in range(64)], T0)
+        got = store.lease("q", 64, "w", T0, 30)
+        tokens = [x.token for x in got]
+        assert all(isinstance(x, int) and 0 <= x < 2 ** 64 for x in tokens)
+        assert len(set(tokens)) == 64
+        # All 64 bits are random: tokens fall in both halves of the range (a store that
+        # kept only 63 bits, or the attempt number, would not: 2**-63 odds of a false alarm).
+        assert min(tokens) < 2 ** 63 <= max(tokens)
+        assert store.release([(x.id, x.token) for x in got], T0 + 1) == 64
+        again = store.lease("q", 64, "w", T0 + 2, 30)
+        assert len(again) == 64 and not {x.token for x in again} & set(tokens)
+        assert {task_info(store, x.id).attempts for x in again} == {2}  # the attempt number stays
+
+    def test_a_wrong_or_old_token_settles_nothing(self, store: Store) -> None:
+        store.enqueue([task("a")], T0)
+        [old] = store.lease("q", 1, "w1", T0, 10)
+        assert store.expire_leases(T0 + 10) == ["a"]
+        [new] = store.lease("q", 1, "w2", T0 + 11, 30)
+        assert store.set_progress("a", new.token, {"done": 1}) is True
+        for bad in (old.token, new.token ^ 1, new.token ^ (1 << 63), 1, 2, 0):
+            assert store.complete([ok("a", bad), fail("a", bad)], T0 + 12) == [STALE, STALE]
+            assert store.nack("a", bad, T0 + 12, error=b"forged", dead=True) is False
+            assert store.release([("a", bad)], T0 + 12) == 0
+            assert store.set_progress("a", bad, {"done": 9}) is False
+            assert store.adopt([("a", bad)], "thief", T0 + 12, 30) == []
+        info = task_info(store, "a")
+        assert (info.state, info.lease_owner, info.attempts, info.errors, info.result) \
+            == (LEASED, "w2", 2, [], None)
+        assert info.lease_deadline == T0 + 41 and info.progress == {"done": 1}
+        assert store.extend_owner("thief", T0 + 12, 100) == 0
+        assert store.complete([ok("a", new.token, b"mine")], T0 + 13) == [STORED]
+        assert store.results(["a"])["a"].payload == b"mine"
+
+    def test_adopt_passes_leases_whose_token_holds_to_the_new_session(self, store: Store) -> None:
+        store.enqueue([task("held"), task("dropped"), task("taken"), task("done"), task("w")], T0)
+        [held] = store.lease("q", 1, "s1", T0, 30)
+        [dropped] = store.lease("q", 1, "s1", T0, 5)
+        [taken] = store.lease("q", 1, "s1", T0, 5)
+        [done] = store.lease("q", 1, "s1", T0, 30)
+        assert store.expire_leases(T0 + 5) == ["dropped", "taken"]
+        [again] = store.lease("q", 1, "s2", T0 + 6, 30)  # someone else took "dropped" since
+        assert again.id == "dropped"
+        assert store.complete([ok("done", done.token)], T0 + 6) == [STORED]
+        assert store.stats()["q"] == QueueStats(ready=2, leased=2, succeeded=1)
+        pairs = [("held", held.token), ("dropped", dropped.token), ("taken", taken.token),
+                 ("done", done.token), ("zz", 5), ("held", held.token ^ 1), ("held", held.token)]
+        assert store.adopt(pairs, "s9", T0 + 7, 30) == ["held", "taken"]
+        info = task_info(store, "held")
+        assert (info.state, info.lease_owner, info.lease_deadline, info.attempts) \
+            == (LEASED, "s9", T0 + 37, 1)
+        info = task_info(store, "taken")  # expired, not leased since: leased again, same attempt
+        assert (info.state, info.lease_owner, info.lease_deadline, info.attempts) \
+            == (LEASED, "s9", T0 + 37, 1)
+        assert task_info(store, "dropped").lease_owner == "s2"  # another token holds it
+        assert store.stats()["q"] == QueueStats(ready=1, leased=3, succeeded=1)
+        assert store.pending_counts("q") == (1, 0, 3)
+        assert ids(store.lease("q", 10, "s2", T0 + 8, 30)) == ["w"]  # adopted: not ready any more
+        assert store.release_owner("s1", T0 + 8) == []
+        assert store.expire_leases(T0 + 35) == []  # the new deadline holds
+        assert store.extend_owner("s9", T0 + 36, 30) == 2
+        assert store.complete([ok("held", held.token)], T0 + 37) == [STORED]
+        assert store.nack("taken", taken.token, T0 + 37, error=b"e") is True
+        assert store.adopt([], "s9", T0, 30) == []
+
+    def test_complete_success_from_an_old_lease_is_stale(self, store: Store) -> None:
+        # Only the lease holder settles: an earlier attempt's success, once the task was
+        # leased again, changes nothing (the current holder's result is the one stored).
         store.enqueue([task("a")], T0)
         [first] = store.lease("q", 1, "w1", T0, 10)
         assert store.expire_leases(T0 + 10) == ["a"]
         [second] = store.lease("q", 1, "w2", T0 + 11, 10)
-        assert (first.token, second.token) == (1, 2)
-        assert store.complete([ok("a", first.token, b"late")], T0 + 12) == [STORED]
+        assert first.token != second.token
+        assert store.complete([ok("a", first.token, b"late")], T0 + 12) == [STALE]
         info = task_info(store, "a")
-        assert (info.state, info.lease_owner, info.attempts) == (SUCCEEDED, None, 2)
-        assert info.result is not None
-        assert info.result.payload == b"late"
-        # The holder of the current lease lost: its result is a duplicate, its lease is gone.
-        assert store.complete([ok("a", second.token, b"current")], T0 + 13) == [DUPLICATE]
-        assert store.nack("a", second.token, T0 + 13) is False
-        assert store.extend_owner("w2", T0 + 13, 10) == 0
-        assert store.release_owner("w2", T0 + 13) == []
+        assert (info.state, info.lease_owner, info.attempts, info.result) == (LEASED, "w2", 2, None)
+        assert store.complete([ok("a", second.token, b"current")], T0 + 13) == [STORED]
+        assert store.complete([ok("a", first.token, b"late")], T0 + 14) == [DUPLICATE]
+        assert store.results(["a"])["a"].payload == b"current"
+
+    def test_a_late_success_of_the_last_lease_is_stored_until_leased_again(self, store: Store) -> None:
+        store.enqueue([task("a")], T0)
+        [first] = store.lease("q", 1, "w1", T0, 10)
+        assert store.release_owner("w1", T0 + 1) == ["a"]  # its connection dropped
+        assert store.complete([ok("a", first.token, b"late")], T0 + 2) == [STORED]
+        info = task_info(store, "a")
+        assert (info.state, info.lease_owner, info.attempts) == (SUCCEEDED, None, 1)
         assert store.results(["a"])["a"].payload == b"late"
+        assert store.lease("q", 1, "w2", T0 + 3, 10) == []
 
     def test_complete_success_for_a_released_or_delayed_task(self, store: Store) -> None:
         store.enqueue([task("a"), task("b")], T0)
         leases = store.lease("q", 2, "w", T0, 30)
-        assert store.release([("a", 1)], T0) == 1
-        assert store.nack("b", 1, T0, delay=60) is True
-        assert store.complete([ok("a", 1), ok("b", 1)], T0 + 1) == [STORED, STORED]
+        tok = {x.id: x.token for x in leases}
+        assert store.release([("a", tok["a"])], T0) == 1
+        assert store.nack("b", tok["b"], T0, delay=60) is True
+        assert store.complete([ok("a", tok["a"]), ok("b", tok["b"])], T0 + 1) == [STORED, STORED]
         assert [task_info(store, x).state for x in ("a", "b")] == [SUCCEEDED, SUCCEEDED]
         assert store.lease("q", 10, "w", T0 + 1, 30) == []
         assert store.promote_due(T0 + 100) == []
@@ -324,9 +435,11 @@ class StoreConformance:
 
     def test_complete_refuses_tokens_never_issued(self, store: Store) -> None:
         store.enqueue([task("a")], T0)
-        assert store.complete([ok("a", 1)], T0) == [STALE]  # never leased
-        store.lease("q", 1, "w", T0, 30)
-        assert store.complete([ok("a", 2), ok("a", 0)], T0) == [STALE, STALE]
+        assert store.complete([ok("a", 1), ok("a", 0)], T0) == [STALE, STALE]  # never leased
+        [lease] = store.lease("q", 1, "w", T0, 30)
+        guesses = [1, 2, 0, lease.token ^ 1, (lease.token + 1) % 2 ** 64, 2 ** 64 - 1]
+        assert store.complete([ok("a", g) for g in guesses if g != lease.token], T0) \
+            == [STALE] * sum(1 for g in guesses if g != lease.token)
         assert task_info(store, "a").state == LEASED
 
     def test_complete_failure_from_a_stale_token_is_stale(self, store: Store) -> None:
@@ -347,16 +460,16 @@ class StoreConformance:
 
     def test_complete_failure_of_a_task_not_leased_is_stale(self, store: Store) -> None:
         store.enqueue([task("a")], T0)
-        store.lease("q", 1, "w", T0, 30)
-        store.release([("a", 1)], T0)
-        assert store.complete([fail("a", 1)], T0) == [STALE]
+        [lease] = store.lease("q", 1, "w", T0, 30)
+        store.release([("a", lease.token)], T0)
+        assert store.complete([fail("a", lease.token)], T0) == [STALE]
         assert task_info(store, "a").state == READY
 
     def test_complete_batch_keeps_order_and_handles_unknown(self, store: Store) -> None:
         store.enqueue([task("a"), task("b"), task("c")], T0)
-        store.lease("q", 3, "w", T0, 30)
-        got = store.complete([ok("b", 1), Outcome("zz", 1, True, b""), fail("a", 1),
-                              ok("b", 1), fail("c", 7)], T0 + 1)
+        tok = {x.id: x.token for x in store.lease("q", 3, "w", T0, 30)}
+        got = store.complete([ok("b", tok["b"]), Outcome("zz", 1, True, b""), fail("a", tok["a"]),
+                              ok("b", tok["b"]), fail("c", tok["c"] ^ 7)], T0 + 1)
         assert got == [STORED, UNKNOWN, STORED, DUPLICATE, STALE]
         assert store.complete([], T0) == []
         assert [task_info(store, x).state for x in "abc"] == [FAILED, SUCCEEDED, LEASED]
@@ -373,7 +486,7 @@ class StoreConformance:
             == (READY, None, None, [b"e1"])
 
         [lease] = store.lease("q", 1, "w", T0 + 2, 30)
-        assert lease.token == 2
+        assert task_info(store, "a").attempts == 2
         assert store.nack("a", lease.token, T0 + 3, delay=5, error=b"e2") is True
         info = task_info(store, "a")
         assert (info.state, info.not_before, info.errors) == (DELAYED, T0 + 8, [b"e1", b"e2"])
@@ -382,7 +495,7 @@ class StoreConformance:
         assert store.promote_due(T0 + 8) == ["q"]
 
         [lease] = store.lease("q", 1, "w", T0 + 9, 30)
-        assert lease.token == 3
+        assert task_info(store, "a").attempts == 3
         assert store.nack("a", lease.token, T0 + 10, error=b"e3", dead=True) is True
         info = task_info(store, "a")
         assert (info.state, info.finished_at, info.lease_owner) == (DEAD, T0 + 10, None)
@@ -390,35 +503,40 @@ class StoreConformance:
         assert info.result is not None and info.result.ok is False
         assert info.result.payload == b"e3" and info.result.state == DEAD
         assert store.results(["a"])["a"].state == DEAD
-        assert store.complete([ok("a", 3)], T0 + 11) == [DUPLICATE]
+        assert store.complete([ok("a", lease.token)], T0 + 11) == [DUPLICATE]
         assert store.lease("q", 1, "w", T0 + 11, 30) == []
 
     def test_nack_with_a_stale_token_changes_nothing(self, store: Store) -> None:
         store.enqueue([task("a")], T0)
-        store.lease("q", 1, "w1", T0, 30)
+        [old] = store.lease("q", 1, "w1", T0, 30)
         store.release_owner("w1", T0)
-        store.lease("q", 1, "w2", T0, 30)
-        assert store.nack("a", 1, T0, error=b"old", dead=True) is False
-        assert store.nack("a", 3, T0, error=b"future") is False
-        assert store.nack("missing", 1, T0) is False
+        [new] = store.lease("q", 1, "w2", T0, 30)
+        assert store.nack("a", old.token, T0, error=b"old", dead=True) is False
+        assert store.nack("a", 2, T0, error=b"attempt number") is False
+        assert store.nack("a", new.token ^ 1, T0, error=b"guess") is False
+        assert store.nack("missing", new.token, T0) is False
         info = task_info(store, "a")
         assert (info.state, info.lease_owner, info.attempts, info.errors) == (LEASED, "w2", 2, [])
-        assert store.nack("a", 2, T0) is True  # no error given: history stays empty
+        assert store.nack("a", new.token, T0) is True  # no error given: history stays empty
         assert task_info(store, "a").errors == []
-        assert store.nack("a", 2, T0) is False  # no longer leased
+        assert store.nack("a", new.token, T0) is False  # no longer leased
 
     # -- release / expiry --------------------------------------------------------------
 
 
     def test_release_counts_only_current_tokens(self, store: Store) -> None:
         store.enqueue([task("a"), task("b"), task("c")], T0)
-        store.lease("q", 3, "w", T0, 30)
-        assert store.release([("a", 1), ("b", 99), ("zz", 1), ("a", 1)], T0) == 1
+        tok = {x.id: x.token for x in store.lease("q", 3, "w", T0, 30)}
+        assert store.release([("a", tok["a"]), ("b", tok["b"] ^ 99), ("zz", tok["a"]),
+                              ("a", tok["a"])], T0) == 1
         assert [task_info(store, x).state for x in "abc"] == [READY, LEASED, LEASED]
-        assert task_info(store, "a").attempts == 1  # attempts never go back: tokens stay unique
+        assert task_info(store, "a").attempts == 1  # attempts never go back
         assert store.release([], T0) == 0
-        assert store.release([("b", 1), ("c", 1)], T0) == 2
-        assert [lease.token for lease in store.lease("q", 3, "w", T0, 30)] == [2, 2, 2]
+        assert store.release([("b", 1), ("c", 1)], T0) == 0  # attempt numbers are not tokens
+        assert store.release([("b", tok["b"]), ("c", tok["c"])], T0) == 2
+        again = store.lease("q", 3, "w", T0, 30)
+        assert [task_info(store, x).attempts for x in "abc"] == [2, 2, 2]
+        assert not {x.token for x in again} & set(tok.values())  # new tokens
 
     def test_release_owner_hands_back_only_that_owners_tasks(self, store: Store) -> None:
         store.enqueue([task("a"), task("b"), task("c")], T0)
@@ -459,21 +577,21 @@ class StoreConformance:
 
     def test_expired_task_is_leased_again_with_a_new_token(self, store: Store) -> None:
         store.enqueue([task("a")], T0)
-        store.lease("q", 1, "w1", T0, 5)
+        [first] = store.lease("q", 1, "w1", T0, 5)
         assert store.expire_leases(T0 + 5) == ["a"]
         assert store.expire_leases(T0 + 6) == []
         [lease] = store.lease("q", 1, "w2", T0 + 6, 5)
-        assert lease.token == 2
-        assert store.nack("a", 1, T0 + 7) is False
+        assert lease.token != first.token
+        assert store.nack("a", first.token, T0 + 7) is False
         assert store.release_owner("w1", T0 + 7) == []
 
     # -- results / purge / stats -------------------------------------------------------
 
 
-    def test_results_only_for_finished_tasks(self, store: Store) -> None:
+    def test_results_only_for_finished_tasks(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("ok"), task("bad"), task("leased"), task("ready")], T0)
         store.lease("q", 3, "w", T0, 30)
-        store.complete([ok("ok", 1, b"1"), fail("bad", 1, b"2")], T0 + 1)
+        store.complete([ok("ok", t("ok", 1), b"1"), fail("bad", t("bad", 1), b"2")], T0 + 1)
         got = store.results(["ok", "bad", "leased", "ready", "unknown", "ok"])
         assert set(got) == {"ok", "bad"}
         assert (got["ok"].id, got["ok"].ok, got["ok"].payload, got["ok"].codec) \
@@ -482,11 +600,11 @@ class StoreConformance:
         assert (got["bad"].ok, got["bad"].payload, got["bad"].state) == (False, b"2", FAILED)
         assert store.results([]) == {}
 
-    def test_purge_finished_deletes_old_finished_tasks_only(self, store: Store) -> None:
+    def test_purge_finished_deletes_old_finished_tasks_only(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), task("b"), task("c"), task("d")], T0)
         store.lease("q", 3, "w", T0, 30)
-        store.complete([ok("a", 1)], T0 + 10)
-        store.complete([fail("b", 1)], T0 + 20)
+        store.complete([ok("a", t("a", 1))], T0 + 10)
+        store.complete([fail("b", t("b", 1))], T0 + 20)
         assert store.purge_finished(T0 + 10) == 0  # strictly before
         assert store.purge_finished(T0 + 15) == 1
         assert store.get("a") is None
@@ -496,23 +614,23 @@ class StoreConformance:
         assert task_info(store, "c").state == LEASED and task_info(store, "d").state == READY
         assert store.stats()["q"] == QueueStats(ready=1, leased=1)
         # A purged id is unknown again: completing it says so, enqueueing it is new.
-        assert store.complete([ok("a", 1)], T0) == [UNKNOWN]
+        assert store.complete([ok("a", t("a", 1))], T0) == [UNKNOWN]
         assert store.enqueue([task("a")], T0) == [True]
 
-    def test_stats_counts_by_state_per_queue(self, store: Store) -> None:
+    def test_stats_counts_by_state_per_queue(self, store: Store, t: Tokens) -> None:
         assert store.stats() == {}
         store.enqueue([task("a"), task("b"), task("c"), task("d"), task("e", not_before=T0 + 5),
                        task("x", "other")], T0)
         store.lease("q", 4, "w", T0, 30)
-        store.complete([ok("a", 1), fail("b", 1)], T0)
-        store.nack("c", 1, T0, dead=True)
+        store.complete([ok("a", t("a", 1)), fail("b", t("b", 1))], T0)
+        store.nack("c", t("c", 1), T0, dead=True)
         stats = store.stats()
         assert set(stats) == {"q", "other"}
         assert stats["q"] == QueueStats(ready=0, delayed=1, leased=1, succeeded=1, failed=1, dead=1)
         assert stats["q"].as_dict()["cancelled"] == 0
         assert stats["other"] == QueueStats(ready=1)
         store.lease("other", 1, "w", T0, 30)
-        store.complete([ok("x", 1)], T0)
+        store.complete([ok("x", t("x", 1))], T0)
         store.purge_finished(T0 + 1)
         assert set(store.stats()) == {"q"}
         assert store.stats()["q"] == QueueStats(delayed=1, leased=1)
@@ -520,24 +638,24 @@ class StoreConformance:
     # -- transactions ------------------------------------------------------------------
 
 
-    def test_transaction_groups_calls(self, store: Store) -> None:
+    def test_transaction_groups_calls(self, store: Store, t: Tokens) -> None:
         with store.transaction():
             assert store.enqueue([task("a"), task("b")], T0) == [True, True]
             assert ids(store.lease("q", 1, "w", T0, 30)) == ["a"]  # sees its own writes
             assert task_info(store, "a").state == LEASED
             with store.transaction():  # nested: joins the outer one
-                assert store.complete([ok("a", 1)], T0) == [STORED]
+                assert store.complete([ok("a", t("a", 1))], T0) == [STORED]
         assert task_info(store, "a").state == SUCCEEDED
         assert task_info(store, "b").state == READY
 
-    def test_transaction_rolls_back_on_exception(self, store: Store) -> None:
+    def test_transaction_rolls_back_on_exception(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a")], T0)
         with pytest.raises(RuntimeError, match="boom"):
             with store.transaction():
                 store.enqueue([task("b"), task("c", not_before=T0 + 9)], T0)
                 store.lease("q", 2, "w", T0, 30)
-                store.complete([ok("b", 1)], T0)
-                store.nack("a", 1, T0, error=b"e", delay=3)
+                store.complete([ok("b", t("b", 1))], T0)
+                store.nack("a", t("a", 1), T0, error=b"e", delay=3)
                 raise RuntimeError("boom")
         assert store.get("b") is None and store.get("c") is None
         info = task_info(store, "a")
@@ -549,10 +667,10 @@ class StoreConformance:
         assert store.enqueue([task("b")], T0) == [True]
         assert ids(store.lease("q", 5, "w", T0, 30)) == ["a", "b"]
 
-    def test_transaction_rollback_restores_finished_and_purged_tasks(self, store: Store) -> None:
+    def test_transaction_rollback_restores_finished_and_purged_tasks(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), task("b")], T0)
         store.lease("q", 2, "w", T0, 30)
-        store.complete([ok("a", 1, b"kept")], T0)
+        store.complete([ok("a", t("a", 1), b"kept")], T0)
         with pytest.raises(KeyError):
             with store.transaction():
                 assert store.purge_finished(T0 + 1) == 1
@@ -578,13 +696,13 @@ class StoreConformance:
         assert task_info(store, "a").attempts == 0
         assert ids(store.lease("q", 5, "w", T0, 30)) == ["a", "c"]
 
-    def test_pending_counts_per_queue(self, store: Store) -> None:
+    def test_pending_counts_per_queue(self, store: Store, t: Tokens) -> None:
         assert store.pending_counts("q") == (0, 0, 0)
         store.enqueue([task("a"), task("b"), task("c", not_before=T0 + 50), task("x", queue="other")], T0)
         store.lease("q", 1, "w", T0, 30)
         assert store.pending_counts("q") == (1, 1, 1)
         assert store.pending_counts("other") == (1, 0, 0)
-        store.complete([ok("a", 1)], T0)
+        store.complete([ok("a", t("a", 1))], T0)
         assert store.pending_counts("q") == (1, 1, 0)
 
     def test_schedules_save_list_and_last_slot(self, store: Store) -> None:
@@ -640,7 +758,7 @@ class StoreConformance:
             store.mark_slot("keep", T0 + 600)
         assert store.schedules()[0]["last_slot"] == T0 + 600
 
-    def test_waiting_task_becomes_ready_when_all_its_dependencies_succeed(self, store: Store) -> None:
+    def test_waiting_task_becomes_ready_when_all_its_dependencies_succeed(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), task("b")], T0)
         assert store.enqueue([after("c", "a", "b", priority=3)], T0) == [True]
         info = task_info(store, "c")
@@ -648,41 +766,41 @@ class StoreConformance:
         assert store.pending_counts("q") == (2, 0, 0)  # waiting is not pending
         assert store.stats()["q"] == QueueStats(waiting=1, ready=2)
         assert ids(store.lease("q", 10, "w", T0, 30)) == ["a", "b"]  # never leased while waiting
-        assert store.complete([ok("a", 1)], T0 + 1) == [STORED]
+        assert store.complete([ok("a", t("a", 1))], T0 + 1) == [STORED]
         assert task_info(store, "c").state == WAITING
         assert store.lease("q", 10, "w", T0 + 1, 30) == []
-        assert store.complete([ok("b", 1)], T0 + 2) == [STORED]
+        assert store.complete([ok("b", t("b", 1))], T0 + 2) == [STORED]
         info = task_info(store, "c")
         assert (info.state, info.attempts, info.result) == (READY, 0, None)
         assert store.stats()["q"] == QueueStats(ready=1, succeeded=2)
         [lease] = store.lease("q", 10, "w", T0 + 2, 30)
-        assert (lease.id, lease.token, lease.failures) == ("c", 1, 0)
-        assert store.complete([ok("c", 1)], T0 + 3) == [STORED]
+        assert (lease.id, task_info(store, "c").attempts, lease.failures) == ("c", 1, 0)
+        assert store.complete([ok("c", lease.token)], T0 + 3) == [STORED]
         assert task_info(store, "c").after == ["a", "b"]  # still shown once finished
 
-    def test_dependent_with_a_future_not_before_becomes_delayed(self, store: Store) -> None:
+    def test_dependent_with_a_future_not_before_becomes_delayed(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), after("b", "a", not_before=T0 + 100)], T0)
         assert task_info(store, "b").state == WAITING
         assert store.next_due() is None  # a waiting task is not due, whatever its not_before
         assert store.promote_due(T0 + 1000) == []
         assert task_info(store, "b").state == WAITING
         lease_one(store, "a")
-        store.complete([ok("a", 1)], T0 + 10)
+        store.complete([ok("a", t("a", 1))], T0 + 10)
         assert task_info(store, "b").state == DELAYED
         assert store.next_due() == T0 + 100
         assert store.promote_due(T0 + 100) == ["q"]
         assert ids(store.lease("q", 5, "w", T0 + 100, 30)) == ["b"]
 
-    def test_dependent_whose_not_before_passed_becomes_ready(self, store: Store) -> None:
+    def test_dependent_whose_not_before_passed_becomes_ready(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), after("b", "a", not_before=T0 + 5)], T0)
         lease_one(store, "a")
-        store.complete([ok("a", 1)], T0 + 5)  # not_before == now is not in the future
+        store.complete([ok("a", t("a", 1))], T0 + 5)  # not_before == now is not in the future
         assert task_info(store, "b").state == READY
 
-    def test_dependencies_within_one_batch_and_already_finished_ones(self, store: Store) -> None:
+    def test_dependencies_within_one_batch_and_already_finished_ones(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("done"), task("bad")], T0)
         store.lease("q", 2, "w", T0, 30)
-        store.complete([ok("done", 1), fail("bad", 1)], T0)
+        store.complete([ok("done", t("done", 1)), fail("bad", t("bad", 1))], T0)
         got = store.enqueue([task("x"), after("y", "x"), after("z", "y", "x"),
                              after("s", "done"), after("f", "done", "bad"), after("ff", "f")], T0 + 1)
         assert got == [True] * 6
@@ -692,10 +810,10 @@ class StoreConformance:
         assert_dep_failed(store, "ff", "f", FAILED, T0 + 1)  # down the chain, in the same batch
         assert store.stats()["q"] == QueueStats(waiting=2, ready=2, succeeded=1, failed=3)
         lease_one(store, "x", now=T0 + 2)
-        store.complete([ok("x", 1)], T0 + 2)
+        store.complete([ok("x", t("x", 1))], T0 + 2)
         assert [task_info(store, t).state for t in ("y", "z")] == [READY, WAITING]
         lease_one(store, "y", now=T0 + 3)
-        store.complete([ok("y", 1)], T0 + 3)
+        store.complete([ok("y", t("y", 1))], T0 + 3)
         assert task_info(store, "z").state == READY
 
     def test_unknown_dependency_rejects_the_whole_batch(self, store: Store) -> None:
@@ -716,7 +834,7 @@ class StoreConformance:
                 store.enqueue([task("t2"), after("t3", "ghost")], T0)
         assert (task_info(store, "t1").state, store.get("t2"), store.get("t3")) == (READY, None, None)
 
-    def test_reenqueue_of_an_existing_id_changes_no_dependencies(self, store: Store) -> None:
+    def test_reenqueue_of_an_existing_id_changes_no_dependencies(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), task("b"), after("c", "a", "a", "b")], T0)
         assert task_info(store, "c").after == ["a", "b"]  # duplicates named once
         # Resubmitted (a reconnect): nothing changes, not even with other or unknown dependencies.
@@ -724,24 +842,24 @@ class StoreConformance:
         assert store.enqueue([after("c", "b")], T0 + 1) == [False]
         assert task_info(store, "c").after == ["a", "b"]
         store.lease("q", 2, "w", T0, 30)
-        store.complete([ok("a", 1)], T0 + 2)
+        store.complete([ok("a", t("a", 1))], T0 + 2)
         assert task_info(store, "c").state == WAITING
-        store.complete([ok("b", 1)], T0 + 2)
+        store.complete([ok("b", t("b", 1))], T0 + 2)
         assert task_info(store, "c").state == READY
         # Same id twice in one batch: the first wins, the second's dependencies are ignored.
         assert store.enqueue([after("d", "a"), after("d", "ghost")], T0) == [True, False]
         assert task_info(store, "d").after == ["a"]
 
     @pytest.mark.parametrize("how", ["fail", "dead", "cancel"])
-    def test_a_failed_dependency_fails_its_waiting_dependents_down_the_chain(self, store: Store, how: str) -> None:
+    def test_a_failed_dependency_fails_its_waiting_dependents_down_the_chain(self, store: Store, t: Tokens, how: str) -> None:
         store.enqueue([task("a"), task("other"), after("b", "a"), after("c", "b", "other"),
                        after("d", "c"), after("e", "other")], T0)
         lease_one(store, "a")
         state = {"fail": FAILED, "dead": DEAD, "cancel": CANCELLED}[how]
         if how == "fail":
-            assert store.complete([fail("a", 1)], T0 + 1) == [STORED]
+            assert store.complete([fail("a", t("a", 1))], T0 + 1) == [STORED]
         elif how == "dead":
-            assert store.nack("a", 1, T0 + 1, error=b"e", dead=True) is True
+            assert store.nack("a", t("a", 1), T0 + 1, error=b"e", dead=True) is True
         else:
             assert store.cancel("a", T0 + 1, b"stop") == (LEASED, "w")
         assert task_info(store, "a").state == state
@@ -752,46 +870,46 @@ class StoreConformance:
         assert store.stats()["q"].failed == 3 + (how == "fail")
         # The finished dependents stay finished whatever happens to "other".
         lease_one(store, "other", now=T0 + 2)
-        store.complete([ok("other", 1)], T0 + 2)
+        store.complete([ok("other", t("other"))], T0 + 2)
         assert task_info(store, "c").state == FAILED and task_info(store, "e").state == READY
 
-    def test_success_from_any_path_frees_dependents(self, store: Store) -> None:
+    def test_success_from_any_path_frees_dependents(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), task("b"), after("c", "a"), after("d", "b")], T0)
         store.lease("q", 2, "w", T0, 30)
-        store.release([("a", 1)], T0)  # ready again: a late success still counts
-        assert store.nack("b", 1, T0, delay=60) is True  # delayed: likewise
-        assert store.complete([ok("a", 1), ok("b", 1)], T0 + 1) == [STORED, STORED]
+        store.release([("a", t("a", 1))], T0)  # ready again: a late success still counts
+        assert store.nack("b", t("b", 1), T0, delay=60) is True  # delayed: likewise
+        assert store.complete([ok("a", t("a", 1)), ok("b", t("b", 1))], T0 + 1) == [STORED, STORED]
         assert [task_info(store, t).state for t in "cd"] == [READY, READY]
         assert store.next_due() is None
 
-    def test_one_complete_batch_with_several_dependencies(self, store: Store) -> None:
+    def test_one_complete_batch_with_several_dependencies(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), task("b"), task("c"), after("ab", "a", "b"), after("bc", "b", "c"),
                        after("abc", "ab", "bc")], T0)
         store.lease("q", 3, "w", T0, 30)
-        assert store.complete([ok("a", 1), ok("b", 1), fail("c", 1)], T0 + 1) == [STORED] * 3
+        assert store.complete([ok("a", t("a", 1)), ok("b", t("b", 1)), fail("c", t("c", 1))], T0 + 1) == [STORED] * 3
         assert task_info(store, "ab").state == READY
         assert_dep_failed(store, "bc", "c", FAILED, T0 + 1)
         assert_dep_failed(store, "abc", "bc", FAILED, T0 + 1)
 
-    def test_lease_counts_failures_and_a_deferral_is_not_one(self, store: Store) -> None:
+    def test_lease_counts_failures_and_a_deferral_is_not_one(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a")], T0)
         [lease] = store.lease("q", 1, "w", T0, 30)
         assert lease.failures == 0
-        store.nack("a", 1, T0, error=b"e1")
+        store.nack("a", t("a", 1), T0, error=b"e1")
         [lease] = store.lease("q", 1, "w", T0, 30)
-        assert (lease.token, lease.failures) == (2, 1)
-        assert store.nack("a", 2, T0, delay=5) is True  # error=None: a deferral
+        assert (t("a", 2), lease.failures) == (lease.token, 1)
+        assert store.nack("a", t("a", 2), T0, delay=5) is True  # error=None: a deferral
         assert task_info(store, "a").errors == [b"e1"]
         store.promote_due(T0 + 5)
         [lease] = store.lease("q", 1, "w", T0 + 5, 30)
-        assert (lease.token, lease.failures) == (3, 1)
-        store.nack("a", 3, T0 + 5, error=b"e2")
+        assert (t("a", 3), lease.failures) == (lease.token, 1)
+        store.nack("a", t("a", 3), T0 + 5, error=b"e2")
         assert store.lease("q", 1, "w", T0 + 5, 30)[0].failures == 2
 
     # -- cancel -------------------------------------------------------------------------
 
 
-    def test_cancel_each_unfinished_state(self, store: Store) -> None:
+    def test_cancel_each_unfinished_state(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("r"), task("l"), task("d", not_before=T0 + 50), task("x"),
                        after("wt", "x")], T0)
         lease_one(store, "l", owner="w1")
@@ -814,16 +932,16 @@ class StoreConformance:
         assert store.expire_leases(T0 + 1000) == ["x"]
         assert store.release_owner("w1", T0) == [] and store.extend_owner("w1", T0, 5) == 0
         # The worker that ran "l" is too late: its result is a duplicate, its nack stale.
-        assert store.complete([ok("l", 1), fail("l", 1)], T0 + 2) == [DUPLICATE, DUPLICATE]
-        assert store.nack("l", 1, T0 + 2, error=b"e") is False
-        assert store.set_progress("l", 1, {"done": 1}) is False
+        assert store.complete([ok("l", t("l", 1)), fail("l", t("l", 1))], T0 + 2) == [DUPLICATE, DUPLICATE]
+        assert store.nack("l", t("l", 1), T0 + 2, error=b"e") is False
+        assert store.set_progress("l", t("l", 1), {"done": 1}) is False
         # x is not hurt: wt was its dependent, not its dependency.
         assert task_info(store, "x").state == READY
 
-    def test_cancel_finished_and_unknown_tasks_changes_nothing(self, store: Store) -> None:
+    def test_cancel_finished_and_unknown_tasks_changes_nothing(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), task("b")], T0)
         store.lease("q", 2, "w", T0, 30)
-        store.complete([ok("a", 1, b"v")], T0)
+        store.complete([ok("a", t("a", 1), b"v")], T0)
         assert store.cancel("a", T0 + 1, b"c") == (SUCCEEDED, None)
         assert store.cancel("b", T0 + 1, b"c") == (LEASED, "w")
         assert store.cancel("b", T0 + 2, b"again") == (CANCELLED, None)
@@ -833,7 +951,7 @@ class StoreConformance:
         assert info.result is not None
         assert (info.result.payload, info.finished_at) == (b"c", T0 + 1)
 
-    def test_cancel_is_rolled_back_with_its_transaction(self, store: Store) -> None:
+    def test_cancel_is_rolled_back_with_its_transaction(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), after("b", "a")], T0)
         lease_one(store, "a")
         with pytest.raises(RuntimeError):
@@ -844,14 +962,14 @@ class StoreConformance:
         assert (task_info(store, "a").state, task_info(store, "a").lease_owner) == (LEASED, "w")
         assert task_info(store, "b").state == WAITING
         assert store.stats()["q"] == QueueStats(waiting=1, leased=1)
-        store.complete([ok("a", 1)], T0)
+        store.complete([ok("a", t("a", 1))], T0)
         assert task_info(store, "b").state == READY
 
-    def test_requeue_sends_dead_tasks_back_with_their_history(self, store: Store) -> None:
+    def test_requeue_sends_dead_tasks_back_with_their_history(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a", options={"retries": 1}), task("b"), task("c")], T0)
         _dead(store, "a", T0 + 1, b"e1", b"e2")
         info = task_info(store, "a")
-        assert store.set_progress("a", 2, {"done": 1}) is False  # (dead now)
+        assert store.set_progress("a", t("a", 2), {"done": 1}) is False  # (dead now)
         assert (info.state, info.attempts) == (DEAD, 2)
         assert store.requeue(T0 + 2, ids=["a"]) == ["a"]
         info = task_info(store, "a")
@@ -863,8 +981,9 @@ class StoreConformance:
         assert store.stats()["q"] == QueueStats(ready=3)
         [lease] = store.lease("q", 1, "w", T0 + 3, 30)
         assert (lease.id, lease.token, lease.failures, lease.options) \
-            == ("a", 3, 2, {"retries": 1, "retry_base": 2})
-        assert store.complete([ok("a", 3)], T0 + 4) == [STORED]
+            == ("a", t("a", 3), 2, {"retries": 1, "retry_base": 2})
+        assert task_info(store, "a").attempts == 3
+        assert store.complete([ok("a", t("a", 3))], T0 + 4) == [STORED]
         assert store.requeue(T0 + 5, ids=["a"]) == []  # succeeded: not in the default (dead,)
 
     def test_requeue_states_ids_and_queues(self, store: Store) -> None:
@@ -908,7 +1027,7 @@ class StoreConformance:
         assert (task_info(store, "a").state, task_info(store, "b").state) == (DELAYED, READY)
         assert store.next_due() == T0 + 100
 
-    def test_requeue_of_a_dependency_failed_task_waits_for_its_retried_dependency(self, store: Store) -> None:
+    def test_requeue_of_a_dependency_failed_task_waits_for_its_retried_dependency(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), after("b", "a"), after("c", "b")], T0)
         _dead(store, "a", T0, b"x")
         assert [task_info(store, t).state for t in "abc"] == [DEAD, FAILED, FAILED]
@@ -918,15 +1037,15 @@ class StoreConformance:
         assert [task_info(store, t).state for t in "abc"] == [READY, WAITING, WAITING]
         assert store.stats()["q"] == QueueStats(waiting=2, ready=1)
         lease_one(store, "a", now=T0 + 2)
-        store.complete([ok("a", 2)], T0 + 2)
+        store.complete([ok("a", t("a", 2))], T0 + 2)
         assert [task_info(store, t).state for t in "bc"] == [READY, WAITING]
 
-    def test_requeued_task_finished_again_is_purged_by_its_new_finish_time(self, store: Store) -> None:
+    def test_requeued_task_finished_again_is_purged_by_its_new_finish_time(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a")], T0)
         _dead(store, "a", T0 + 1, b"x")
         store.requeue(T0 + 2, ids=["a"])
         lease_one(store, "a", now=T0 + 100)
-        store.complete([ok("a", 2)], T0 + 100)
+        store.complete([ok("a", t("a", 2))], T0 + 100)
         assert store.purge_finished(T0 + 50) == 0
         assert task_info(store, "a").state == SUCCEEDED
         assert store.purge_finished(T0 + 101) == 1
@@ -955,10 +1074,10 @@ class StoreConformance:
         assert store.enqueue([task("d1")], T0) == [True]  # a purged id is new again
 
     @pytest.mark.parametrize("how", ["purge", "purge_finished"])
-    def test_purging_a_dependency_drops_its_links(self, store: Store, how: str) -> None:
+    def test_purging_a_dependency_drops_its_links(self, store: Store, t: Tokens, how: str) -> None:
         store.enqueue([task("a"), task("b"), after("c", "a", "b"), after("d", "c")], T0)
         lease_one(store, "a")
-        store.complete([ok("a", 1)], T0)
+        store.complete([ok("a", t("a", 1))], T0)
         assert task_info(store, "c").state == WAITING
         if how == "purge":
             assert store.purge(states=[SUCCEEDED]) == 1
@@ -1053,33 +1172,33 @@ class StoreConformance:
         assert store.set_progress("a", second.token, {"done": 11}) is False
         assert store.list_tasks(state=SUCCEEDED)[0].progress == {"done": 10, "total": 10, "message": ""}
 
-    def test_set_progress_is_rolled_back_with_its_transaction(self, store: Store) -> None:
+    def test_set_progress_is_rolled_back_with_its_transaction(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a")], T0)
         store.lease("q", 1, "w", T0, 30)
-        store.set_progress("a", 1, {"done": 1})
+        store.set_progress("a", t("a", 1), {"done": 1})
         with pytest.raises(RuntimeError):
             with store.transaction():
-                store.set_progress("a", 1, {"done": 2})
+                store.set_progress("a", t("a", 1), {"done": 2})
                 raise RuntimeError
         assert task_info(store, "a").progress == {"done": 1}
 
     # -- transactions with dependencies ---------------------------------------------------
 
 
-    def test_rolled_back_dependencies_leave_no_trace(self, store: Store) -> None:
+    def test_rolled_back_dependencies_leave_no_trace(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a")], T0)
         with pytest.raises(RuntimeError):
             with store.transaction():
                 store.enqueue([after("b", "a"), after("c", "b")], T0)
                 lease_one(store, "a")
-                store.complete([fail("a", 1)], T0)
+                store.complete([fail("a", t("a", 1))], T0)
                 assert task_info(store, "c").state == FAILED
                 raise RuntimeError
         assert (store.get("b"), store.get("c")) == (None, None)
         assert store.stats() == {"q": QueueStats(ready=1)}
         store.enqueue([after("d", "a")], T0)
         lease_one(store, "a")
-        store.complete([ok("a", 1)], T0)
+        store.complete([ok("a", t("a"))], T0)  # attempt 1 again: the first was rolled back
         assert task_info(store, "d").state == READY and task_info(store, "d").after == ["a"]
 
     def test_non_durable_transaction_commits_like_any_other(self, store: Store) -> None:
@@ -1097,15 +1216,16 @@ class StoreConformance:
     # -- take (lease and acknowledge in one step) -------------------------------------
 
 
-    def test_take_hands_out_in_lease_order_and_acknowledges(self, store: Store) -> None:
+    def test_take_hands_out_in_lease_order_and_acknowledges(self, store: Store, t: Tokens) -> None:
         store.enqueue([task("a"), task("b", priority=5), task("c"), task("x", "other")], T0)
         got = store.take("q", 2, "c1", T0 + 1)
-        assert [(x.id, x.token, x.payload) for x in got] == [("b", 1, b"b"), ("a", 1, b"a")]
+        assert [(x.id, x.token, x.payload) for x in got] == [("b", t("b"), b"b"), ("a", t("a"), b"a")]
+        assert task_info(store, "a").attempts == 1
         for tid in ("a", "b"):
             info = task_info(store, tid)
             assert (info.state, info.attempts, info.lease_owner, info.finished_at) == (SUCCEEDED, 1, None, T0 + 1)
             assert store.results([tid])[tid].ok
-        assert store.complete([ok("a", 1)], T0 + 2) == [DUPLICATE]
+        assert store.complete([ok("a", t("a", 1))], T0 + 2) == [DUPLICATE]
         assert store.take("q", 0, "c1", T0) == []
         assert ids(store.take("q", 10, "c1", T0)) == ["c"]
         assert store.take("q", 10, "c1", T0) == []

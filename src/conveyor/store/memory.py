@@ -58,7 +58,7 @@ from ..records import (
     task_id_for_key,
 )
 from . import paging
-from .base import Store, dependency_failed_error
+from .base import Store, dependency_failed_error, new_token
 from .schedules import MemorySchedules, ScheduleRecord
 from .validate import (
     FINISHED_STATES,
@@ -79,7 +79,7 @@ class _Rec:
     """One stored task (mutable; indexes refer to it by id)."""
 
     __slots__ = (
-        "seq", "id", "queue", "name", "state", "priority", "attempts", "created_at",
+        "seq", "id", "queue", "name", "state", "priority", "attempts", "token", "created_at",
         "not_before", "lease_owner", "lease_deadline", "started_at", "finished_at",
         "payload", "codec", "options", "errors", "result_ok", "result_payload", "result_codec",
         # Dependencies: ``after`` (a tuple, replaced, never changed in place) lists the
@@ -97,6 +97,7 @@ class _Rec:
     state: str
     priority: int
     attempts: int
+    token: int | None  # the last lease's random token (None: never leased)
     created_at: float
     not_before: float
     lease_owner: str | None
@@ -132,6 +133,7 @@ class _Rec:
         other.state = self.state
         other.priority = self.priority
         other.attempts = self.attempts
+        other.token = self.token
         other.created_at = self.created_at
         other.not_before = self.not_before
         other.lease_owner = self.lease_owner
@@ -381,6 +383,7 @@ class MemoryStore(Store):
                 rec.state = DELAYED if t.not_before > now else READY
                 rec.priority = int(t.priority)
                 rec.attempts = 0
+                rec.token = None
                 rec.created_at = now
                 rec.not_before = float(t.not_before)
                 rec.lease_owner = None
@@ -515,12 +518,13 @@ class MemoryStore(Store):
                     continue  # left ready some other way (a rolled-back change)
                 self._touch(rec)
                 rec.attempts += 1
+                rec.token = new_token()
                 rec.lease_owner = owner
                 rec.lease_deadline = deadline
                 rec.started_at = now
                 self._move(rec, LEASED)
                 out.append(Lease(rec.id, rec.queue, rec.name, rec.payload, rec.codec,
-                                 rec.attempts, dict(rec.options), len(rec.errors)))
+                                 rec.token, dict(rec.options), len(rec.errors)))
             if heap is not None and not heap:
                 del self._ready[queue]
         return out
@@ -553,18 +557,18 @@ class MemoryStore(Store):
                     out.append(UNKNOWN)
                 elif rec.state in FINISHED_STATES:
                     out.append(DUPLICATE)
-                elif o.ok and 1 <= o.token <= rec.attempts:
+                elif o.ok and o.token == rec.token:
                     self._touch(rec)
-                    if rec.state == LEASED and o.token == rec.attempts:
+                    if rec.state == LEASED:
                         self._end_attempt(rec, now, ATTEMPT_SUCCEEDED, note_of(o))
-                    else:  # an earlier attempt's late success: its lease ended already
+                    else:  # the last lease's late success: that lease was handed back
                         _add_attempt(rec, attempt_record(
-                            o.token, None, None, now, ATTEMPT_SUCCEEDED, note_of(o)))
+                            rec.attempts, None, None, now, ATTEMPT_SUCCEEDED, note_of(o)))
                     self._finish(rec, SUCCEEDED, True, o.payload, o.codec, now)
                     out.append(STORED)
                     if rec.dependents:
                         ended.append(rec)
-                elif not o.ok and rec.state == LEASED and o.token == rec.attempts:
+                elif not o.ok and rec.state == LEASED and o.token == rec.token:
                     self._touch(rec)
                     self._end_attempt(rec, now, ATTEMPT_FAILED, note_of(o), o.payload)
                     self._finish(rec, FAILED, False, o.payload, o.codec, now)
@@ -579,7 +583,7 @@ class MemoryStore(Store):
 
     def _holds(self, task_id: str, token: int) -> _Rec | None:
         rec = self._records.get(task_id)
-        if rec is None or rec.state != LEASED or rec.attempts != token:
+        if rec is None or rec.state != LEASED or rec.token != token:
             return None
         return rec
 
@@ -621,6 +625,37 @@ class MemoryStore(Store):
         self._touch(rec)
         self._end_attempt(rec, now, outcome, note)
         self._move(rec, READY)
+
+    def adopt(self, pairs: Sequence[tuple[str, int]], owner: str, now: float,
+              lease_for: float) -> list[str]:
+        """Pass the leases whose token still holds (leased, or handed back and not leased
+        since) to ``owner``; their ids."""
+        out: list[str] = []
+        with self.transaction():
+            for task_id, token in pairs:
+                rec = self._records.get(task_id)
+                if rec is None or rec.token != token or rec.state not in (LEASED, READY) \
+                        or task_id in out:
+                    continue
+                self._touch(rec)
+                if rec.state == LEASED:
+                    assert rec.lease_owner is not None
+                    owned = self._owners.get(rec.lease_owner)
+                    if owned is not None:
+                        owned.discard(rec.id)
+                        if not owned:
+                            del self._owners[rec.lease_owner]
+                    self._owners.setdefault(owner, set()).add(rec.id)
+                    rec.lease_owner = owner
+                    rec.lease_deadline = now + lease_for
+                    self._push_deadline(rec)
+                else:  # handed back when its session dropped: leased again, same attempt
+                    rec.lease_owner = owner
+                    rec.lease_deadline = now + lease_for
+                    rec.started_at = now
+                    self._move(rec, LEASED)
+                out.append(task_id)
+        return out
 
     def release(self, leases: Sequence[tuple[str, int]], now: float, *,
                 note: AttemptNote | None = None) -> int:

@@ -6,7 +6,7 @@ The promises map onto PostgreSQL's own primitives:
 * leasing: ``FOR UPDATE SKIP LOCKED`` over the ready rows of a queue in priority
   then enqueue order (``seq``), so concurrent lessors never take one task twice;
 * the fence: every change to a leased task is ``UPDATE ... WHERE state = 'leased'
-  AND attempts = token``;
+  AND token = %s`` (the lease's random token, stored as token - 2**63);
 * first result wins: complete locks the rows it settles (``FOR UPDATE``) and stores
   a result only on a row that has none, dependents settled in the same transaction;
 * schedule slots: ``last_slot`` only moves forward, in one conditional UPDATE;
@@ -96,7 +96,7 @@ from ..records import (
 )
 from . import paging
 from . import schedules as sched
-from .base import Store, dependency_failed_error
+from .base import TOKEN_OFFSET, Store, dependency_failed_error
 from .dsn import redact, scrub
 from .postgres_schema import SCHEMA_VERSION, TABLES, migrate
 from .validate import (
@@ -141,7 +141,10 @@ _FLUSH = ("INSERT INTO {table} SELECT q, nm, k, n FROM unnest(%s::text[], %s::te
 _FIRST_DUE = ("seq IN (SELECT seq FROM (SELECT seq, {col} FROM tasks WHERE {part} "
               "ORDER BY {col}, seq LIMIT %s) AS f WHERE {col} {op} %s)")
 _LEASE_RETURNING = ("RETURNING t.priority, t.seq, t.id, t.queue, t.name, t.payload, t.codec, "
-                    "t.attempts, t.options, cardinality(t.errors)")
+                    "t.token, t.options, cardinality(t.errors)")
+# A new lease token (stored as token - 2**63): 64 bits of md5 over a version 4 UUID
+# (122 bits from the server's strong random source), new for every row.
+_NEW_TOKEN = "('x' || substr(md5(gen_random_uuid()::text), 1, 16))::bit(64)::bigint"
 _RETURN_TO_READY = "state = 'ready', lease_owner = NULL, lease_deadline = NULL"
 # One statement inserts a whole batch: one array per column, unnested row by row.
 _INSERT_TASKS = (
@@ -203,8 +206,15 @@ def _summary(row: Sequence[Any]) -> tuple[int, TaskSummary]:
 def _leases(rows: Iterable[_Row]) -> list[Lease]:
     """Leases from ``_LEASE_RETURNING`` rows, in lease order (RETURNING's order is unspecified)."""
     ordered = sorted(rows, key=lambda r: (-r[0], r[1]))
-    return [Lease(r[2], r[3], r[4], bytes(r[5]), r[6], r[7], _options(r[8]), int(r[9]))
-            for r in ordered]
+    return [Lease(r[2], r[3], r[4], bytes(r[5]), r[6], int(r[7]) + TOKEN_OFFSET, _options(r[8]),
+                  int(r[9])) for r in ordered]
+
+
+def _db_token(token: int) -> int | None:
+    """A lease token as the token column holds it (token - 2**63); None for a value no
+    lease was ever given (out of the 64-bit range): it matches nothing."""
+    stored = int(token) - TOKEN_OFFSET
+    return stored if -TOKEN_OFFSET <= stored < TOKEN_OFFSET else None
 
 
 class PostgresStore(Store):
@@ -684,8 +694,9 @@ class PostgresStore(Store):
             rows = self._x(
                 "WITH picked AS (SELECT seq FROM tasks WHERE state = 'ready' AND queue = %s "
                 " ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "UPDATE tasks t SET state = 'leased', attempts = t.attempts + 1, lease_owner = %s, "
-                "lease_deadline = %s, started_at = %s FROM picked WHERE t.seq = picked.seq "
+                f"UPDATE tasks t SET state = 'leased', attempts = t.attempts + 1, token = {_NEW_TOKEN}, "
+                "lease_owner = %s, lease_deadline = %s, started_at = %s FROM picked "
+                "WHERE t.seq = picked.seq "
                 + _LEASE_RETURNING,
                 (queue, int(limit), owner, now + lease_for, now)).fetchall()
             self._note_names(queue, (r[4] for r in rows), READY, LEASED)
@@ -699,7 +710,7 @@ class PostgresStore(Store):
             rows = self._x(
                 "WITH picked AS (SELECT seq FROM tasks WHERE state = 'ready' AND queue = %s "
                 " ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "UPDATE tasks t SET state = 'succeeded', attempts = t.attempts + 1, "
+                f"UPDATE tasks t SET state = 'succeeded', attempts = t.attempts + 1, token = {_NEW_TOKEN}, "
                 "started_at = %s, finished_at = %s, result_ok = true, result_payload = ''::bytea, "
                 "result_codec = 'msgpack' FROM picked WHERE t.seq = picked.seq "
                 + _LEASE_RETURNING,
@@ -744,7 +755,7 @@ class PostgresStore(Store):
             # Locked: a concurrent complete of the same task waits, then sees it finished.
             current: dict[str, list[Any]] = {
                 row[1]: [row[0], *row[2:]] for row in self._x(
-                    "SELECT seq, id, state, attempts, queue, name, lease_owner, started_at "
+                    "SELECT seq, id, state, attempts, queue, name, lease_owner, started_at, token "
                     "FROM tasks WHERE id = ANY(%s) ORDER BY seq FOR UPDATE", (ids,)).fetchall()}
             ended_attempts: list[tuple[str, AttemptRecord]] = []
             out: list[str] = []
@@ -755,21 +766,22 @@ class PostgresStore(Store):
                 if cur is None:
                     out.append(UNKNOWN)
                     continue
-                seq, state, attempts, queue, name, owner, leased_at = cur
+                seq, state, attempts, queue, name, owner, leased_at, tok = cur
                 if state in FINISHED_STATES:
                     out.append(DUPLICATE)
                     continue
-                if o.ok and 1 <= o.token <= attempts:
+                mine = tok is not None and o.token == int(tok) + TOKEN_OFFSET  # the last lease's
+                if o.ok and mine:
                     cur[1] = SUCCEEDED
-                elif not o.ok and state == LEASED and o.token == attempts:
+                elif not o.ok and state == LEASED and mine:
                     cur[1] = FAILED
                 else:
                     out.append(STALE)
                     continue
                 out.append(STORED)
-                holder = state == LEASED and o.token == attempts  # the attempt holding the lease
+                holder = state == LEASED  # else the last lease's late success: it was handed back
                 ended_attempts.append((o.id, attempt_record(
-                    o.token, owner if holder else None, leased_at if holder else None, now,
+                    attempts, owner if holder else None, leased_at if holder else None, now,
                     ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
                     None if o.ok else o.payload)))
                 self._note(queue, name, state, cur[1])
@@ -803,16 +815,19 @@ class PostgresStore(Store):
         """Give a leased task back to ready, delayed or dead; False if ``token`` is stale."""
         err = None if error is None else bytes(error)
         history = "errors || %s::bytea[]"  # the error history, this attempt's error appended
-        fence = "WHERE id = %s AND state = 'leased' AND attempts = %s"
+        fence = "WHERE id = %s AND state = 'leased' AND token = %s"
         extra = [] if err is None else [err]
+        stored = _db_token(token)
+        if stored is None:
+            return False
         with self.transaction():
-            held = self._x(f"SELECT lease_owner, started_at FROM tasks {fence} FOR UPDATE",
-                           (task_id, int(token))).fetchone()
+            held = self._x(f"SELECT lease_owner, started_at, attempts FROM tasks {fence} FOR UPDATE",
+                           (task_id, stored)).fetchone()
             if held is None:
                 return False
             ended = ATTEMPT_FAILED if dead else ATTEMPT_DEFERRED if err is None else ATTEMPT_RETRIED
             if err is not None or note is not None or dead:  # a bare deferral never ran
-                self._write_attempts([(task_id, attempt_record(int(token), held[0], held[1], now,
+                self._write_attempts([(task_id, attempt_record(int(held[2]), held[0], held[1], now,
                                                                ended, note, err))])
             if dead:
                 row = self._x(
@@ -820,7 +835,7 @@ class PostgresStore(Store):
                     "result_payload = coalesce(%s::bytea, errors[cardinality(errors)], ''::bytea), "
                     "result_codec = 'msgpack', finished_at = %s, lease_owner = NULL, "
                     f"lease_deadline = NULL {fence} RETURNING queue, name",
-                    (extra, err, now, task_id, int(token))).fetchone()
+                    (extra, err, now, task_id, stored)).fetchone()
                 if row is not None:
                     self._note(row[0], row[1], LEASED, DEAD)
                     self._settle([(task_id, DEAD)], now)
@@ -828,13 +843,13 @@ class PostgresStore(Store):
                 row = self._x(
                     f"UPDATE tasks SET state = 'delayed', errors = {history}, not_before = %s, "
                     f"lease_owner = NULL, lease_deadline = NULL {fence} RETURNING queue, name",
-                    (extra, now + delay, task_id, int(token))).fetchone()
+                    (extra, now + delay, task_id, stored)).fetchone()
                 if row is not None:
                     self._note(row[0], row[1], LEASED, DELAYED)
             else:
                 row = self._x(
                     f"UPDATE tasks SET {_RETURN_TO_READY}, errors = {history} {fence} "
-                    "RETURNING queue, name", (extra, task_id, int(token))).fetchone()
+                    "RETURNING queue, name", (extra, task_id, stored)).fetchone()
                 if row is not None:
                     self._note(row[0], row[1], LEASED, READY)
             if row is not None and err is not None and not dead:
@@ -844,12 +859,36 @@ class PostgresStore(Store):
     def release(self, leases: Sequence[tuple[str, int]], now: float, *,
                 note: AttemptNote | None = None) -> int:
         """Hand back the leases whose token still holds; how many did."""
-        if not leases:
+        pairs = [(i, db) for i, tok in leases if (db := _db_token(tok)) is not None]
+        if not pairs:
             return 0
         return len(self._return_to_ready(
-            "(id, attempts) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
-            ([i for i, _ in leases], [int(tok) for _, tok in leases]), now, ATTEMPT_RELEASED,
+            "(id, token) IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))",
+            ([i for i, _ in pairs], [db for _, db in pairs]), now, ATTEMPT_RELEASED,
             lambda _owner: note))
+
+    def adopt(self, pairs: Sequence[tuple[str, int]], owner: str, now: float,
+              lease_for: float) -> list[str]:
+        """Pass the leases whose token still holds (leased, or handed back and not leased
+        since) to ``owner``; their ids."""
+        wanted = list({i: db for i, tok in pairs if (db := _db_token(tok)) is not None}.items())
+        if not wanted:
+            return []
+        with self.transaction():
+            # The CTE reads (and locks) each task's state before, to count the ready ones.
+            rows = self._x(
+                "WITH old AS (SELECT seq, state FROM tasks WHERE state IN ('leased', 'ready') "
+                "AND (id, token) IN (SELECT * FROM unnest(%s::text[], %s::bigint[])) FOR UPDATE) "
+                "UPDATE tasks t SET state = 'leased', lease_owner = %s, lease_deadline = %s, "
+                "started_at = CASE WHEN old.state = 'leased' THEN t.started_at ELSE %s END "
+                "FROM old WHERE t.seq = old.seq RETURNING t.id, old.state, t.queue, t.name",
+                ([i for i, _ in wanted], [db for _, db in wanted], owner, now + lease_for,
+                 now)).fetchall()
+            for _tid, old, queue, name in rows:
+                if old == READY:
+                    self._note(queue, name, READY, LEASED)
+            got = {r[0] for r in rows}
+        return [i for i, _ in wanted if i in got]
 
     def _return_to_ready(self, condition: str, params: tuple[Any, ...], now: float,
                          outcome: str = ATTEMPT_LOST, note_for: _NoteFor | None = None) -> list[str]:
@@ -1252,8 +1291,8 @@ class PostgresStore(Store):
         """Record the progress report of the attempt holding the lease; False if stale."""
         with self.transaction():
             return self._x("UPDATE tasks SET progress = %s "
-                           "WHERE id = %s AND state = 'leased' AND attempts = %s",
-                           (serde.packb(progress), task_id, int(token))).rowcount == 1
+                           "WHERE id = %s AND state = 'leased' AND token = %s",
+                           (serde.packb(progress), task_id, _db_token(token))).rowcount == 1
 
     def purge_finished(self, before: float, *, limit: int | None = None) -> int:
         """Delete finished tasks that finished before ``before``; how many.

@@ -184,6 +184,12 @@ def _to_v3(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
     _run(cur, _V3)
 
 
+def _to_v4(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+    # The lease token: 64 random bits per lease, stored as token - 2**63 (a bigint).
+    # NULL until a task is first leased (every master start voids older leases).
+    cur.execute("ALTER TABLE tasks ADD COLUMN IF NOT EXISTS token bigint")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step: ``apply`` takes a database at ``version - 1`` to ``version``."""
@@ -199,6 +205,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "unsettled, bytewise ids", _to_v2),
     Migration(3, "the attempts table (each task's last attempts: worker, times, outcome, output)",
               _to_v3),
+    Migration(4, "tasks.token: each lease's random token (stored as token - 2**63)", _to_v4),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))

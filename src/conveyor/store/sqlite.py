@@ -69,7 +69,7 @@ from ..records import (
 )
 from . import paging
 from . import schedules as sched
-from .base import Store, dependency_failed_error
+from .base import TOKEN_OFFSET, Store, dependency_failed_error
 from .check import classify, corrupt, quick_check
 from .sqlite_schema import SCHEMA_VERSION, check, migrate
 from .validate import (
@@ -95,6 +95,13 @@ assert (READY, LEASED, DELAYED, DEAD) == ("ready", "leased", "delayed", "dead")
 _CHUNK = 500  # ids per IN (...) list
 _INSERT_TASK = ("INSERT INTO tasks (id, queue, name, state, priority, created_at, not_before, "
                 "payload, codec, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _db_token(token: int) -> int | None:
+    """A lease token as the token column holds it (token - 2**63); None for a value no
+    lease was ever given (out of the 64-bit range): it matches nothing."""
+    stored = int(token) - TOKEN_OFFSET
+    return stored if -TOKEN_OFFSET <= stored < TOKEN_OFFSET else None
 
 
 def _task_row(t: NewTask, state: str, now: float) -> tuple[Any, ...]:
@@ -157,12 +164,12 @@ def _write_attempts(conn: sqlite3.Connection, rows: Sequence[tuple[str, AttemptR
                       if a.number > ATTEMPTS_KEPT])
 
 
-def _in_row(o: Outcome, holder: bool) -> bool:
+def _in_row(o: Outcome, holder: bool, attempt: int) -> bool:
     """Whether an outcome's attempt is kept in its task's row (``tasks.attempt``), not as an
     attempts row: a first attempt, holding the lease, that succeeded with no output. Its
     record is then the task's only one and is rebuilt exactly from the row (owner, worker
     and worker-reported start in ``attempt``; leased and finished times in the row's own)."""
-    return holder and o.ok and o.token == 1 and not o.output and o.ended is None
+    return holder and o.ok and attempt == 1 and not o.output and o.ended is None
 
 
 def _row_attempt(blob: bytes, leased_at: float | None, finished_at: float) -> AttemptRecord:
@@ -656,16 +663,17 @@ class SQLiteStore(Store):
             return []
         with self.transaction():
             rows = self.conn.execute(
-                "UPDATE tasks SET state = 'leased', attempts = attempts + 1, lease_owner = ?, "
-                "lease_deadline = ?, started_at = ? WHERE seq IN ("
+                # random(): SQLite's CSPRNG (ChaCha20, seeded by the OS), 64 bits per lease.
+                "UPDATE tasks SET state = 'leased', attempts = attempts + 1, token = random(), "
+                "lease_owner = ?, lease_deadline = ?, started_at = ? WHERE seq IN ("
                 " SELECT seq FROM tasks WHERE state = 'ready' AND queue = ?"
                 " ORDER BY priority DESC, seq LIMIT ?) "
-                "RETURNING priority, seq, id, queue, name, payload, codec, attempts, options, errors",
+                "RETURNING priority, seq, id, queue, name, payload, codec, token, options, errors",
                 (owner, now + lease_for, now, queue, int(limit)),
             ).fetchall()
             self._note_rows(queue, rows, READY, LEASED)
         rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING order is unspecified
-        return [Lease(r[2], r[3], r[4], r[5], r[6], r[7], _options(r[8]),
+        return [Lease(r[2], r[3], r[4], r[5], r[6], r[7] + TOKEN_OFFSET, _options(r[8]),
                       len(serde.unpackb(r[9])) if r[9] else 0) for r in rows]
 
     def take(self, queue: str, limit: int, owner: str, now: float) -> list[Lease]:
@@ -676,17 +684,17 @@ class SQLiteStore(Store):
             return super().take(queue, limit, owner, now)
         with self.transaction():
             rows = self.conn.execute(
-                "UPDATE tasks SET state = 'succeeded', attempts = attempts + 1, started_at = ?, "
-                "finished_at = ?, result_ok = 1, result_payload = X'', result_codec = 'msgpack' "
-                "WHERE seq IN ("
+                "UPDATE tasks SET state = 'succeeded', attempts = attempts + 1, token = random(), "
+                "started_at = ?, finished_at = ?, result_ok = 1, result_payload = X'', "
+                "result_codec = 'msgpack' WHERE seq IN ("
                 " SELECT seq FROM tasks WHERE state = 'ready' AND queue = ?"
                 " ORDER BY priority DESC, seq LIMIT ?) "
-                "RETURNING priority, seq, id, queue, name, payload, codec, attempts, options, errors",
+                "RETURNING priority, seq, id, queue, name, payload, codec, token, options, errors",
                 (now, now, queue, int(limit)),
             ).fetchall()
             self._note_rows(queue, rows, READY, SUCCEEDED)
         rows.sort(key=lambda r: (-r[0], r[1]))  # RETURNING order is unspecified
-        return [Lease(r[2], r[3], r[4], r[5], r[6], r[7], _options(r[8]),
+        return [Lease(r[2], r[3], r[4], r[5], r[6], r[7] + TOKEN_OFFSET, _options(r[8]),
                       len(serde.unpackb(r[9])) if r[9] else 0) for r in rows]
 
     def complete(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
@@ -695,14 +703,14 @@ class SQLiteStore(Store):
             return []
         with self.transaction():
             conn = self.conn
-            # id -> [seq, state, attempts, queue, name, lease owner, leased at]
+            # id -> [seq, state, attempts, queue, name, lease owner, leased at, token]
             current: dict[str, list[Any]] = {}
             ids = list({o.id: None for o in outcomes})
             for part in _chunks(ids):
-                for seq, task_id, state, attempts, queue, name, owner, leased_at in conn.execute(
-                        f"SELECT seq, id, state, attempts, queue, name, lease_owner, started_at "
+                for seq, task_id, state, attempts, queue, name, owner, leased_at, tok in conn.execute(
+                        f"SELECT seq, id, state, attempts, queue, name, lease_owner, started_at, token "
                         f"FROM tasks WHERE id IN ({_marks(len(part))})", part):
-                    current[task_id] = [seq, state, attempts, queue, name, owner, leased_at]
+                    current[task_id] = [seq, state, attempts, queue, name, owner, leased_at, tok]
             ended_attempts: list[tuple[str, AttemptRecord]] = []
             out: list[str] = []
             updates = []
@@ -714,25 +722,26 @@ class SQLiteStore(Store):
                 if cur is None:
                     out.append(UNKNOWN)
                     continue
-                seq, state, attempts, queue, name, owner, leased_at = cur
+                seq, state, attempts, queue, name, owner, leased_at, tok = cur
                 if state in FINISHED_STATES:
                     out.append(DUPLICATE)
                     continue
-                if o.ok and 1 <= o.token <= attempts:
+                mine = tok is not None and o.token == tok + TOKEN_OFFSET  # the last lease's token
+                if o.ok and mine:
                     cur[1] = SUCCEEDED
-                elif not o.ok and state == LEASED and o.token == attempts:
+                elif not o.ok and state == LEASED and mine:
                     cur[1] = FAILED
                 else:
                     out.append(STALE)
                     continue
                 out.append(STORED)
-                holder = state == LEASED and o.token == attempts  # the attempt holding the lease
+                holder = state == LEASED  # else the last lease's late success: it was handed back
                 in_row = None
-                if _in_row(o, holder):
+                if _in_row(o, holder, attempts):
                     in_row = serde.packb([owner, o.worker or None, o.started_at])
                 else:
                     ended_attempts.append((o.id, attempt_record(
-                        o.token, owner if holder else None, leased_at if holder else None, now,
+                        attempts, owner if holder else None, leased_at if holder else None, now,
                         ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
                         None if o.ok else o.payload)))
                 moved[(queue, name, state, cur[1])] = moved.get((queue, name, state, cur[1]), 0) + 1
@@ -756,16 +765,17 @@ class SQLiteStore(Store):
         """Give a leased task back to ready, delayed or dead; False if ``token`` is stale."""
         with self.transaction():
             conn = self.conn
-            row = conn.execute(
-                "SELECT seq, errors, queue, name, lease_owner, started_at FROM tasks "
-                "WHERE id = ? AND state = 'leased' AND attempts = ?",
-                (task_id, token)).fetchone()
+            stored = _db_token(token)
+            row = None if stored is None else conn.execute(
+                "SELECT seq, errors, queue, name, lease_owner, started_at, attempts FROM tasks "
+                "WHERE id = ? AND state = 'leased' AND token = ?",
+                (task_id, stored)).fetchone()
             if row is None:
                 return False
-            seq, blob, queue, name, owner, leased_at = row
+            seq, blob, queue, name, owner, leased_at, attempts = row
             ended = ATTEMPT_FAILED if dead else ATTEMPT_DEFERRED if error is None else ATTEMPT_RETRIED
             if error is not None or note is not None or dead:  # a bare deferral never ran
-                _write_attempts(conn, [(task_id, attempt_record(token, owner, leased_at, now,
+                _write_attempts(conn, [(task_id, attempt_record(attempts, owner, leased_at, now,
                                                                 ended, note, error))])
             self._note(queue, name, LEASED, DEAD if dead else DELAYED if delay > 0 else READY)
             if error is not None and not dead:
@@ -799,10 +809,42 @@ class SQLiteStore(Store):
         n = 0
         with self.transaction():
             for task_id, token in leases:
-                n += len(self._return_to_ready(
-                    "id = ? AND attempts = ?", (task_id, int(token)), now, ATTEMPT_RELEASED,
-                    lambda _owner: note))
+                stored = _db_token(token)
+                if stored is not None:
+                    n += len(self._return_to_ready(
+                        "id = ? AND token = ?", (task_id, stored), now, ATTEMPT_RELEASED,
+                        lambda _owner: note))
         return n
+
+    def adopt(self, pairs: Sequence[tuple[str, int]], owner: str, now: float,
+              lease_for: float) -> list[str]:
+        """Pass the leases whose token still holds (leased, or handed back and not leased
+        since) to ``owner``; their ids."""
+        out: list[str] = []
+        if not pairs:
+            return out
+        with self.transaction():
+            conn = self.conn
+            for task_id, token in pairs:
+                stored = _db_token(token)
+                if stored is None or task_id in out:
+                    continue
+                row = conn.execute(
+                    "SELECT seq, state, queue, name FROM tasks WHERE id = ? AND token = ? "
+                    "AND state IN ('leased', 'ready')", (task_id, stored)).fetchone()
+                if row is None:
+                    continue
+                seq, state, queue, name = row
+                if state == LEASED:
+                    conn.execute("UPDATE tasks SET lease_owner = ?, lease_deadline = ? WHERE seq = ?",
+                                 (owner, now + lease_for, seq))
+                else:  # handed back when its session dropped: leased again, same attempt
+                    conn.execute("UPDATE tasks SET state = 'leased', lease_owner = ?, "
+                                 "lease_deadline = ?, started_at = ? WHERE seq = ?",
+                                 (owner, now + lease_for, now, seq))
+                    self._note(queue, name, READY, LEASED)
+                out.append(task_id)
+        return out
 
     def _return_to_ready(self, condition: str, params: tuple[Any, ...], now: float,
                          outcome: str = ATTEMPT_LOST,
@@ -1227,8 +1269,8 @@ class SQLiteStore(Store):
         """Record the progress report of the attempt holding the lease; False if stale."""
         with self.transaction():
             return self.conn.execute(
-                "UPDATE tasks SET progress = ? WHERE id = ? AND state = 'leased' AND attempts = ?",
-                (serde.packb(progress), task_id, int(token))).rowcount == 1
+                "UPDATE tasks SET progress = ? WHERE id = ? AND state = 'leased' AND token = ?",
+                (serde.packb(progress), task_id, _db_token(token))).rowcount == 1
 
     def purge_finished(self, before: float, *, limit: int | None = None) -> int:
         """Delete finished tasks that finished before ``before``; how many.

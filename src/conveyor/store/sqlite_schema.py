@@ -188,6 +188,14 @@ def _to_v6(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE tasks ADD COLUMN attempt BLOB")
 
 
+def _to_v7(conn: sqlite3.Connection) -> None:
+    # The lease token: 64 random bits per lease, stored as token - 2**63 (a signed
+    # 64-bit INTEGER). NULL until a task is first leased; leases of an older file
+    # are voided at every master start anyway, so no existing row needs one.
+    if "token" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}:
+        conn.execute("ALTER TABLE tasks ADD COLUMN token INTEGER")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step: ``apply`` takes a database at ``version - 1`` to ``version``."""
@@ -204,6 +212,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "counts and totals tables (built from one scan), the (state, seq) index, unsettled", _to_v4),
     Migration(5, "the attempts table (each task's last attempts: worker, times, outcome, output)", _to_v5),
     Migration(6, "tasks.attempt: a first attempt's success kept in its task's row", _to_v6),
+    Migration(7, "tasks.token: each lease's random token (stored as token - 2**63)", _to_v7),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))

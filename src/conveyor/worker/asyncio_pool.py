@@ -94,7 +94,7 @@ class _AsyncCore(_ProcessCore):
             return
         left = self.lifecycle.tasks_left(slot.done + len(self.inside))
         with self.cond:
-            if self.closing:
+            if self.closing or not self.gate_open():
                 return
             now = time.monotonic()
             sent: list[_Inside] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,9 @@ class _Core:
             raise ValueError(f"concurrency must be a positive integer, not {concurrency!r}")
         self.on_progress: OnProgress | None = None
         self.on_started: OnStarted | None = None
+        # While it returns False, no pending job starts (the worker is not sure it still
+        # holds their leases: after a stall or a reconnect, until the master confirms).
+        self.may_start: Callable[[], bool] | None = None
         self.concurrency = concurrency
         self.modules = list(modules)
         self.on_results = on_results
@@ -122,6 +126,17 @@ class _Core:
             except Exception:
                 log.exception("the pool's on_started callback failed")
 
+    def gate_open(self) -> bool:
+        """True unless the worker holds pending jobs back (see ``may_start``)."""
+        gate = self.may_start
+        return gate is None or gate()
+
+    def resume(self) -> None:
+        """The gate may have opened: look at the pending jobs again."""
+        with self.cond:
+            self.cond.notify_all()
+        self.kick()
+
     def pending(self) -> int:
         return len(self.pending_jobs)
 
@@ -132,14 +147,19 @@ class _Core:
     def take_batch(self) -> list[_Entry] | None:
         """Wait for work; None once the pool is closing (pending jobs stay unstarted)."""
         with self.cond:
-            while not self.pending_jobs and not self.closing:
+            while not self.closing:
+                if self.pending_jobs:
+                    batch = self.take_batch_locked()  # None while the gate is closed
+                    if batch is not None:
+                        return batch
                 self.cond.wait(_TICK)
-            return self.take_batch_locked()
+            return None
 
     def take_batch_locked(self, most: int | None = None) -> list[_Entry] | None:
         """The next batch (of at most ``most`` jobs), or None if nothing is pending or the
         pool is closing (hold ``cond``)."""
-        if self.closing or not self.pending_jobs or (most is not None and most < 1):
+        if self.closing or not self.pending_jobs or (most is not None and most < 1) \
+                or not self.gate_open():
             return None
         first = self.pending_jobs.popleft()
         batch = [first]
@@ -229,6 +249,25 @@ class _PoolBase:
     def set_progress_callback(self, fn: OnProgress | None) -> None:
         """Call ``fn(report)`` (where results are reported) when a task reports progress."""
         self._core.on_progress = fn
+
+    def set_start_gate(self, fn: Callable[[], bool] | None) -> None:
+        """Start pending jobs only while ``fn()`` is true (called holding the pool's lock,
+        from any thread: it must only look at flags and return); :meth:`resume` once it
+        may have become true."""
+        self._core.may_start = fn
+
+    def resume(self) -> None:
+        """Look at the pending jobs again (the start gate may have opened)."""
+        self._core.resume()
+
+    def discard(self, ids: set[str]) -> list[Job]:
+        """Take back the pending jobs among ``ids`` (their leases were lost); the others stay."""
+        with self._core.cond:
+            kept = [e for e in self._core.pending_jobs if e.job.id not in ids]
+            gone = [e.job for e in self._core.pending_jobs if e.job.id in ids]
+            self._core.pending_jobs.clear()
+            self._core.pending_jobs.extend(kept)
+        return gone
 
     def set_started_callback(self, fn: OnStarted | None) -> None:
         """Call ``fn(jobs)`` when jobs leave the pending queue for a slot (from the thread that

@@ -29,7 +29,13 @@ from typing import Any
 
 from .. import loops, middleware, protocol, serde, timing, wire
 from ..auth import as_key
-from ..errors import AuthenticationError, ConnectionLost, ProtocolError, RemoteError
+from ..errors import (
+    AuthenticationError,
+    ConnectionLost,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+)
 from ..hooks import WORKER_START, WORKER_STOP, run_hooks
 from ..link import AddressesLike, parse_addresses
 from ..link.aio import AsyncLink
@@ -119,6 +125,16 @@ class Worker:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._signals = 0
+        # Leases this worker holds (task id -> token): received and not yet settled with an
+        # answered ack, hand-back or cancellation. After a reconnect or a stall they are
+        # claimed again (the ``adopt`` op), and no prefetched task starts until the master
+        # has answered for the session we are on (``_confirmed``).
+        self._leases: dict[str, int] = {}
+        self._confirmed: str | None = None
+        self._stalls = 0  # stalls seen so far: an adopt answer older than the last one confirms nothing
+        self._last_tick = time.monotonic()
+        self._ticker: asyncio.TimerHandle | None = None
+        self._lost: set[str] = set()  # running tasks whose lease was lost: their results are dropped
 
     # -- window ------------------------------------------------------------
     def window(self) -> int:
@@ -176,18 +192,127 @@ class Worker:
 
     # -- connection events -------------------------------------------------
     def _on_connect(self) -> None:
-        """A new session: the master released everything we held but did not finish."""
-        if self._pool is not None:
-            dropped = self._pool.discard_pending()
-            for job in dropped:
-                self._held.pop(job.id, None)
-            self._tasklog.forget([job.id for job in dropped])
+        """A new session: claim the leases we still hold (running, prefetched, results not
+        yet acknowledged) before the unanswered acks are resent; prefetched tasks wait for
+        the answer."""
+        assert self._core is not None
         running = self._pool.running() if self._pool is not None else 0
-        self._outstanding = running
+        pending = self._pool.pending() if self._pool is not None else 0
+        self._outstanding = running + pending
+        if self._leases:
+            self._claim(reconnected=True)
+        else:
+            self._confirmed = self._core.session
         if self._stopping:
             return
         # Credit must follow the resent acks' requests, so defer one loop turn.
         asyncio.get_running_loop().call_soon(self._top_up)
+
+    # -- lease confirmation: after a reconnect or a stall ----------------------
+    def _may_start(self) -> bool:
+        """The pool's start gate (any thread, under the pool's lock: flags only). A
+        prefetched task starts only on a session whose leases the master confirmed, and
+        not after a stall long enough for the master to have presumed us gone."""
+        core = self._core
+        if core is None:
+            return True
+        if self._confirmed is not None and time.monotonic() - self._last_tick > self._stall_after():
+            self._stalled()  # (once: the ticker notices any later stall)
+        return core.connected and self._confirmed is not None and self._confirmed == core.session
+
+    def _stall_after(self) -> float:
+        """A loop silence this long may have outlived our session at the master: it reaps
+        a worker silent for its heartbeat timeout, which is at least three of our pings."""
+        return 2.0 * (self._core.heartbeat if self._core is not None else self.heartbeat)
+
+    def _stalled(self) -> None:
+        """We were stalled (SIGSTOP, a paused VM, a long GC): hold every prefetched task
+        until the master says which leases are still ours."""
+        self._stalls += 1
+        self._confirmed = None
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            if threading.get_ident() == self._loop_thread:
+                loop.call_soon(self._claim, False)
+            else:
+                loop.call_soon_threadsafe(self._claim, False)
+        except RuntimeError:  # the loop is closing
+            pass
+
+    def _tick(self) -> None:
+        """Note that the loop runs; a late tick is a stall."""
+        now = time.monotonic()
+        if now - self._last_tick > self._stall_after():
+            log.warning("this worker was stalled for %.1fs: holding its prefetched tasks until "
+                        "the master confirms their leases", now - self._last_tick)
+            self._stalled()
+        self._last_tick = now
+        if self._loop is not None and not self._stopped.is_set():
+            self._ticker = self._loop.call_later(min(0.25, self._stall_after() / 4), self._tick)
+
+    def _claim(self, reconnected: bool) -> None:
+        """Ask the master to keep the leases we hold (``adopt``); see :meth:`_claimed`."""
+        core = self._core
+        if core is None:
+            return
+        pairs = [[tid, token] for tid, token in self._leases.items()]
+        session, stalls = core.session, self._stalls
+        if not pairs:
+            self._confirm(session, stalls)
+            return
+        parts = [pairs[i:i + wire.MAX_BATCH] for i in range(0, len(pairs), wire.MAX_BATCH)]
+        futures = [core.request_nowait(protocol.ADOPT, {"leases": part}) for part in parts]
+        gathered = asyncio.gather(*futures, return_exceptions=True)
+        gathered.add_done_callback(
+            lambda f: None if f.cancelled() else self._claimed(f.result(), session, stalls, reconnected))
+
+    def _claimed(self, replies: list[Any], session: str | None, stalls: int, reconnected: bool) -> None:
+        """The master answered our claim: drop what it says we lost, then start the rest."""
+        lost: set[str] = set()
+        for reply in replies:
+            if isinstance(reply, RemoteError):
+                # A master without adopt (an older one): after a reconnect it handed back
+                # every lease of the old session, so the prefetched tasks are not ours;
+                # after a stall on the same session they still are.
+                log.warning("the master cannot confirm leases (%s)", reply)
+                if reconnected:
+                    with self._starts_lock:
+                        running = set(self._running_since)
+                    lost.update(set(self._leases) - running)
+            elif isinstance(reply, BaseException):
+                return  # the connection dropped again: the next connection claims again
+            else:
+                lost.update(tid for tid in reply.get("lost") or () if isinstance(tid, str))
+        if lost:
+            self._drop_lost(lost)
+        self._confirm(session, stalls)
+
+    def _drop_lost(self, lost: set[str]) -> None:
+        """Leases the master gave to someone else: prefetched ones are never started,
+        running ones finish but report nothing."""
+        dropped = self._pool.discard(lost) if self._pool is not None else []
+        for job in dropped:
+            self._held.pop(job.id, None)
+        self._tasklog.forget([job.id for job in dropped])
+        self._outstanding -= len(dropped)
+        gone = {job.id for job in dropped}
+        with self._starts_lock:
+            running = lost & set(self._running_since)
+        self._lost.update(running - gone)
+        for tid in lost:
+            self._leases.pop(tid, None)
+        if dropped:
+            log.warning("dropped %d prefetched task(s) whose lease this worker lost", len(dropped))
+
+    def _confirm(self, session: str | None, stalls: int) -> None:
+        core = self._core
+        if core is None or stalls != self._stalls or session != core.session:
+            return  # stalled again, or another connection since: that one's claim decides
+        self._confirmed = session
+        if self._pool is not None:
+            self._pool.resume()
 
     def _on_message(self, msg: protocol.Message) -> None:
         if msg.op == protocol.CANCEL:
@@ -196,17 +321,30 @@ class Worker:
         if msg.op != protocol.TASKS:
             return
         jobs = []
+        undecodable: list[JobResult] = []
         for item in msg.fields.get("tasks", ()):
             try:
                 task = wire.lease_from_wire(item)
-                payload = task.payload
-                if task.upstream is not None:
-                    payload = self._with_upstream(payload, task.codec, task.upstream)
             except (ProtocolError, TypeError, ValueError) as exc:
                 log.warning("ignoring a malformed task from the master: %s", exc)
                 continue
+            self._leases[task.id] = task.token
+            payload = task.payload
+            if task.upstream is not None:
+                try:
+                    payload = self._with_upstream(payload, task.codec, task.upstream)
+                except Exception as exc:  # a result this worker cannot (or must not) decode
+                    # Fail it, with the reason, rather than keep its lease forever.
+                    log.warning("task %s: cannot decode its upstream results: %s", task.id, exc)
+                    error = SerializationError(f"cannot decode the upstream results of task "
+                                               f"{task.id} on this worker: {exc}")
+                    undecodable.append(JobResult(task.id, task.token, False, serde.encode_error(error),
+                                                 MSGPACK, 0.0))
+                    continue
             self._held[task.id] = (task.options, task.failures, task.name or "")
             jobs.append(Job(task.id, task.token, task.name or "", payload, task.codec, task.options))
+        if undecodable:
+            self._on_results(undecodable)  # final failures: not in _held, so never retried
         if not jobs:
             return
         self._tasklog.received(jobs)
@@ -228,6 +366,7 @@ class Worker:
         wanted = {tid for tid in ids if tid in self._held}
         for tid in wanted:
             self._held.pop(tid, None)
+            self._leases.pop(tid, None)
         self._cancelled.update(wanted)
         cancel = getattr(self._pool, "cancel", None)
         for tid in wanted:
@@ -237,6 +376,7 @@ class Worker:
     def _hand_back(self, jobs: list[Job]) -> None:
         for job in jobs:
             self._held.pop(job.id, None)
+            self._leases.pop(job.id, None)
         self._tasklog.forget([job.id for job in jobs])
         if not jobs or self._core is None:
             return
@@ -325,6 +465,11 @@ class Worker:
                 self._cancelled.discard(r.id)  # the master already finished it as cancelled
                 self._tasklog.cancelled(r.id)
                 continue
+            if r.id in self._lost:
+                self._lost.discard(r.id)  # another worker holds its lease now: not ours to settle
+                self._held.pop(r.id, None)
+                log.info("task %s finished after its lease was lost: result dropped", r.id)
+                continue
             held = self._held.pop(r.id, None)
             retry = None
             if not r.ok and held is not None:
@@ -350,9 +495,18 @@ class Worker:
             batch, self._acks = self._acks, []
             # An ack unanswered when the connection drops is resent after the
             # reconnect: results of finished tasks are kept until the master has them.
-            self._track(self._core.request_nowait(protocol.ACK, {"results": batch}))
+            fut = self._core.request_nowait(protocol.ACK, {"results": batch})
+            settled = [(item[0], item[1]) for item in batch]
+            fut.add_done_callback(lambda _f: self._settled(settled))
+            self._track(fut)
         self._top_up()
         self._maybe_finished()
+
+    def _settled(self, pairs: list[tuple[str, int]]) -> None:
+        """The master answered an ack: those leases are no longer ours to claim."""
+        for tid, token in pairs:
+            if self._leases.get(tid) == token:
+                del self._leases[tid]
 
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._unconfirmed.add(fut)
@@ -404,6 +558,7 @@ class Worker:
                                allow_pickle=self.allow_pickle, loop=self._loop, lifecycle=self.lifecycle)
         self._pool.set_progress_callback(self._progress_from_pool)
         self._pool.set_started_callback(self._started_from_pool)
+        self._pool.set_start_gate(self._may_start)
         await self._loop.run_in_executor(None, self._pool.start)
         try:
             await self._loop.run_in_executor(None, lambda: run_hooks(WORKER_START, stop_on_error=True))
@@ -421,6 +576,8 @@ class Worker:
                    "codecs": [MSGPACK, PICKLE] if self.allow_pickle else [MSGPACK],
                    "periodic": hello_entries(self.modules)},  # @conveyor.periodic schedules
         )
+        self._last_tick = time.monotonic()
+        self._tick()
         try:
             await self._connect_first()
             log.info("worker %s serving %s with %d %s slot(s) from %s",
@@ -430,6 +587,9 @@ class Worker:
             if self._rebalance_timer is not None:
                 self._rebalance_timer.cancel()
                 self._rebalance_timer = None
+            if self._ticker is not None:
+                self._ticker.cancel()
+                self._ticker = None
             if self._cold or not self._stopping:
                 self._pool.shutdown(wait=False)
             else:
