@@ -29,7 +29,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..records import (  # re-exported: the store interface speaks in these records
@@ -72,7 +73,19 @@ __all__ = [
     "OUTCOMES", "READY", "RETRIED", "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
     "BulkResult", "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskCount", "TaskFilter",
     "TaskInfo", "TaskPage", "TaskSummary", "Store", "dependency_failed_error",
+    "CANCEL_CHANNEL", "CHANNELS", "RESULTS_CHANNEL", "WORK_CHANNEL",
 ]
+
+
+# The channels several masters on one store announce changes on (LISTEN/NOTIFY on
+# PostgreSQL); each payload is JSON ``[sender master id, items]``.
+#: Items: queues that got ready work (null instead of a list: any queue may have).
+WORK_CHANNEL = "conveyor_work"
+#: Items: ids of tasks that finished (their results are in the store).
+RESULTS_CHANNEL = "conveyor_results"
+#: Items: ``"<lease owner session> <task id>"`` of running tasks cancelled.
+CANCEL_CHANNEL = "conveyor_cancel"
+CHANNELS = (WORK_CHANNEL, RESULTS_CHANNEL, CANCEL_CHANNEL)
 
 
 class Store(abc.ABC):
@@ -397,6 +410,48 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
+
+    # -- several masters on one store (PostgreSQL) ------------------------------
+    # A store several masters may share says ``shared = True`` and implements these.
+    # The defaults are the single-master versions (memory, SQLite: one master per
+    # store): that master is alive, leads, owns every lease and has no peers.
+
+    #: True when several masters may serve this store at once.
+    shared: bool = False
+
+    def heartbeat_master(  # noqa: B027 - single master: nothing to record
+            self, master_id: str, address: str, info: Mapping[str, Any], now: float) -> None:
+        """Register (first call) or refresh master ``master_id``: its address, what
+        ``conveyor status`` shows of it (``info``), and a heartbeat on the store's own
+        clock. From the first call on, the leases this store object hands out (and
+        adopts) name that master."""
+
+    def release_dead(self, timeout: float, now: float, *, limit: int | None = None) -> int:
+        """Hand back the leases of masters whose heartbeat is older than ``timeout``
+        seconds (by the store's clock), and of no master at all; forget such masters
+        once they hold none. How many leases. Never touches a live master's leases.
+
+        With ``limit``, at most that many per call: call until fewer come back."""
+        return 0
+
+    def masters(self) -> list[dict[str, Any]]:
+        """Every registered master: ``id``, ``address``, ``started_at``,
+        ``heartbeat_age`` (seconds since its last heartbeat, by the store's clock) and
+        ``info``; oldest first. Empty for a single-master store."""
+        return []
+
+    def try_lead(self) -> bool:
+        """True while this store object holds the cluster's leadership (taken if free;
+        lost only with the connection holding it). The leader master alone runs the
+        reaper's expiry, delay promotion, purges and periodic schedules."""
+        return True
+
+    def listen(self, on_notice: Callable[[str | None, str], None], stop: threading.Event) -> None:
+        """Hear other masters' announcements until ``stop`` is set (blocking: run it on a
+        thread of its own). ``on_notice(channel, payload)`` for each; ``on_notice(None, "")``
+        each time listening (re)starts, when anything may have been missed. A
+        single-master store has no peers: it just waits for ``stop``."""
+        stop.wait()
 
 
 def _eligible(flt: TaskFilter, allowed: frozenset[str]) -> frozenset[str]:
