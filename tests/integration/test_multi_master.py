@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import secrets
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -146,3 +147,57 @@ def test_each_periodic_slot_runs_once_with_three_masters_while_the_leader_is_kil
         assert wait_until(lambda: c2.status()["leader"] or c3.status()["leader"], timeout=30)
     assert len(set(slots)) == len(slots)
     assert max(slots) > killed  # slots kept coming after the leader died
+
+
+def test_a_rate_limit_holds_for_the_whole_cluster_of_three_masters(
+        fresh_postgres_dsn, make_cluster, tmp_path):  # noqa: F811
+    masters = _masters(make_cluster, fresh_postgres_dsn, [1, 1, 1], concurrency=4)
+    out = tmp_path / "stamps"
+    n = 45
+    clients = [m.client() for m in masters]
+    try:
+        futures = [clients[i % 3].submit(f"{TASKS}:stamp", str(out), i, rate_limit="10/s")
+                   for i in range(n)]
+        assert sorted(f.result(120) for f in futures) == list(range(n))
+    finally:
+        for c in clients:
+            c.close()
+    times = sorted(float(line.split()[1]) for line in out.read_text().splitlines())
+    assert len(times) == n
+    # A bucket of 10 refilled at 10/s lets at most 10 + 10 runs into any one-second window
+    # (3 masters with a bucket each would let 30 + 30: all 45 within about a second).
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 20 + 3, f"{busiest} runs within one second"
+
+
+def test_maxsize_holds_with_producers_on_two_masters_and_a_get_wakes_the_other(
+        fresh_postgres_dsn, make_cluster):  # noqa: F811
+    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 0])
+    maxsize, per_producer = 8, 30
+    with a.client() as ca, b.client() as cb, b.client() as consumer:
+        qa, qb = ca.queue("bounded", maxsize), cb.queue("bounded", maxsize)
+        qc = consumer.queue("bounded", maxsize, ack="get")
+        errors: list[BaseException] = []
+
+        def produce(q, label: str) -> None:
+            try:
+                for i in range(per_producer):
+                    q.put(f"{label}{i}", timeout=60)  # parks while full
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+
+        producers = [threading.Thread(target=produce, args=(q, label))
+                     for q, label in ((qa, "a"), (qb, "b"))]
+        for t in producers:
+            t.start()
+        assert wait_until(lambda: qc.qsize() == maxsize, timeout=60)
+        got, sizes = [], []
+        for _ in range(2 * per_producer - maxsize):
+            got.append(qc.get(timeout=60))  # through B only: A's parked putter must hear of it
+            sizes.append(qc.qsize())
+        for t in producers:
+            t.join(60)
+        assert not errors
+        assert max(sizes) <= maxsize
+        assert qc.qsize() == maxsize  # every put went in, never past the bound
+        assert {x[0] for x in got} == {"a", "b"}

@@ -195,3 +195,41 @@ def test_announcements_stay_under_the_payload_limit(two) -> None:
     finally:
         stop.set()
         t.join(30)
+
+
+def test_masters_share_one_rate_bucket(two) -> None:
+    a, b, _ = two
+    assert a.take_tokens("f 5/3600", 5, 3600, 3) == (3, 2.0)
+    taken, left = b.take_tokens("f 5/3600", 5, 3600, 5)
+    assert taken == 2 and left < 1
+
+
+def test_bounded_puts_through_two_masters_never_pass_maxsize(two) -> None:
+    a, b, _ = two
+    accepted = [0, 0]
+
+    def put(i: int, store) -> None:
+        for k in range(40):
+            accepted[i] += store.enqueue_bounded("bounded", [task(f"{i}-{k}", "bounded")], 25, T0)
+
+    threads = [threading.Thread(target=put, args=(i, s)) for i, s in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(accepted) == 25
+    assert a.pending_counts("bounded") == (25, 0, 0)
+
+
+def test_adopting_a_lease_moves_it_to_the_adopting_master(two) -> None:
+    # What a worker that reconnects elsewhere does: the new master re-owns its held lease
+    # (id and token) for the worker's new session; the trigger names the new master.
+    a, b, dsn = two
+    a.enqueue([task("t")], T0)
+    x = lease_one(a, "t", owner="old-session")
+    with b.transaction():
+        b._x("UPDATE tasks SET lease_owner = %s WHERE id = %s AND state = 'leased' "  # noqa: SLF001
+             "AND attempts = %s", ("new-session", x.id, x.token))
+    assert _lease_masters(dsn) == {"t": "B"}
+    _age(dsn, "A", 60)
+    assert b.release_dead(10.0, T0) == 0  # A died, but the lease is B's now

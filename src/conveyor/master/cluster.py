@@ -26,6 +26,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..options import rate_limit_of
+from ..records import Lease
+from ..store import Store
 
 if TYPE_CHECKING:
     from .context import Context
@@ -46,16 +49,18 @@ class Membership:
     """This master's row in the shared store, its heartbeat and its leadership.
 
     ``address`` gives the address clients reach this master at; ``on_lead`` runs
-    when this master becomes the leader (to wake the leader-only loops).
+    when this master becomes the leader (to wake the leader-only loops); ``on_step``
+    after every heartbeat (to look again at what other masters may have changed).
     """
 
     def __init__(self, ctx: Context, *, address: Callable[[], str],
                  on_lead: Callable[[], None] | None = None, settings: dict[str, Any] | None = None,
-                 dead_after: float = DEAD_AFTER) -> None:
+                 on_step: Callable[[], None] | None = None, dead_after: float = DEAD_AFTER) -> None:
         self.ctx = ctx
         self.id = uuid.uuid4().hex
         self.address = address
         self.on_lead = on_lead
+        self.on_step = on_step
         self.settings = dict(settings or {})
         self.dead_after = dead_after
         ctx.leader = False  # until the store's leader lock says otherwise
@@ -138,6 +143,8 @@ class Membership:
             await self.release_dead()
             await self.poll_due()
         self.ctx.work_added()
+        if self.on_step is not None:
+            self.on_step()
 
     async def run(self) -> None:
         while True:
@@ -148,3 +155,31 @@ class Membership:
                 raise
             except Exception:
                 log.exception("cluster heartbeat failed; trying again")
+
+
+def shared_rate_limit(store: Store, leases: list[Lease], now: float) -> list[Lease]:
+    """Keep the leases within their task's rate for the whole cluster; put the rest back,
+    delayed until a token is due (not a failed attempt). Store thread, inside the
+    leasing transaction: the buckets are rows of the shared store, on its clock, so N
+    masters together lease no more than the rate."""
+    groups: dict[tuple[str, float, float], list[Lease]] = {}
+    keep: list[Lease] = []
+    for x in leases:
+        rate = rate_limit_of(x.options)
+        if rate is None:
+            keep.append(x)
+        else:
+            groups.setdefault((x.name or "", *rate), []).append(x)
+    if not groups:
+        return leases
+    for (name, capacity, per), group in groups.items():
+        taken, left = store.take_tokens(f"{name} {capacity:g}/{per:g}", capacity, per, len(group))
+        keep.extend(group[:taken])
+        per_second = capacity / per
+        for k, x in enumerate(group[taken:]):
+            # The k-th one short is due when k+1 more tokens have come (others may take
+            # them first: then it is put back again).
+            store.nack(x.id, x.token, now, delay=max(0.001, (k + 1 - left) / per_second))
+    order = {x.id: i for i, x in enumerate(leases)}
+    return sorted(keep, key=lambda x: order[x.id])
+

@@ -107,6 +107,7 @@ class Master:
         if store.shared:
             self.membership = Membership(
                 self.ctx, address=lambda: f"{self.host}:{self.port}", on_lead=self.scheduler.wake,
+                on_step=self._retry_putters,
                 settings={"pickle": allow_pickle, "lease_for": lease_for, "result_ttl": result_ttl})
 
     # -- configuration, as the services see it --------------------------------
@@ -175,6 +176,12 @@ class Master:
         if self.membership is not None:
             self._tasks.append(asyncio.create_task(self.membership.run()))
         log.info("master listening on %s:%d (store: %s)", self.host, self.port, type(self.store).__name__)
+
+    def _retry_putters(self) -> None:
+        """Puts parked on a full queue try again: a get through another master may have
+        made room (a shared store; looked at every cluster heartbeat)."""
+        for q in list(self.queue_service.putters.by_queue):
+            self.queue_service.space_freed(q)
 
     @property
     def address(self) -> tuple[str, int]:

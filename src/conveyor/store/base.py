@@ -30,9 +30,11 @@ import abc
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ..ratelimit import TokenBucket
 from ..records import (  # re-exported: the store interface speaks in these records
     ALL_TASKS,
     ATTEMPTS_KEPT,
@@ -445,6 +447,33 @@ class Store(abc.ABC):
         lost only with the connection holding it). The leader master alone runs the
         reaper's expiry, delay promotion, purges and periodic schedules."""
         return True
+
+    def take_tokens(self, name: str, capacity: float, per: float, n: int) -> tuple[int, float]:
+        """Take up to ``n`` tokens from the rate-limit bucket ``name`` (``capacity`` tokens,
+        refilled at ``capacity / per`` a second on the store's clock; a new bucket is
+        full): (how many were taken, the tokens left, below 1 when not all were). On a
+        shared store every master takes from the one bucket, in the caller's transaction."""
+        # One master per store: its buckets can live in this object (made on first use).
+        buckets: dict[str, TokenBucket] = self.__dict__.setdefault("_local_buckets", {})
+        bucket = buckets.get(name)
+        if bucket is None:
+            bucket = buckets[name] = TokenBucket(capacity, per)
+        bucket.capacity, bucket.per = capacity, per
+        now = time.monotonic()
+        taken = 0
+        while taken < n and bucket.take(now) == 0.0:
+            taken += 1
+        return taken, bucket.tokens
+
+    def enqueue_bounded(self, queue: str, tasks: Sequence[NewTask], maxsize: int, now: float) -> int:
+        """Enqueue the first of ``tasks`` while ``queue`` holds fewer than ``maxsize`` ready
+        or delayed items; how many were enqueued. On a shared store the count and the
+        insert hold the queue's lock, so masters putting at once never pass ``maxsize``."""
+        ready, delayed, _ = self.pending_counts(queue)
+        n = max(0, min(len(tasks), maxsize - ready - delayed))
+        if n:
+            self.enqueue(tasks[:n], now)
+        return n
 
     def listen(self, on_notice: Callable[[str | None, str], None], stop: threading.Event) -> None:
         """Hear other masters' announcements until ``stop`` is set (blocking: run it on a

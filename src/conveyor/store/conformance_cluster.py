@@ -57,3 +57,17 @@ class ClusterConformance:
         t.join(30)
         assert not t.is_alive()
         assert all(channel is None or isinstance(payload, str) for channel, payload in heard)
+
+    def test_a_rate_bucket_gives_its_capacity_then_runs_dry(self, store: Store) -> None:
+        taken, left = store.take_tokens("mod.fn 5/3600", 5, 3600, 8)
+        assert taken == 5 and 0 <= left < 1
+        assert store.take_tokens("mod.fn 5/3600", 5, 3600, 1)[0] == 0  # 5 an hour: none yet
+        assert store.take_tokens("other 2/3600", 2, 3600, 1) == (1, 1.0)  # buckets are apart
+
+    def test_a_bounded_enqueue_stops_at_maxsize(self, store: Store) -> None:
+        assert store.enqueue_bounded("bq", [task(f"t{i}", "bq") for i in range(5)], 3, T0) == 3
+        assert store.enqueue_bounded("bq", [task("t9", "bq")], 3, T0) == 0
+        assert store.pending_counts("bq") == (3, 0, 0)
+        lease_one(store, "t0", "bq")  # leased items no longer count against maxsize
+        assert store.enqueue_bounded("bq", [task("t9", "bq")], 3, T0) == 1
+        assert task_info(store, "t9").state == READY

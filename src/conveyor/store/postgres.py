@@ -286,7 +286,8 @@ class PostgresStore(Store):
             raise StoreError(f"store at {self.where} is closed")
         return self._conn
 
-    def _x(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[_Row]:
+    def _x(self, sql: str,
+           params: Sequence[Any] | Mapping[str, Any] | None = None) -> psycopg.Cursor[_Row]:
         """Execute one statement on the store's connection (inside the caller's lock).
 
         Control statements still waiting in the prelude (BEGIN, SAVEPOINT, RELEASE)
@@ -1501,3 +1502,33 @@ class PostgresStore(Store):
                             on_notice(n.channel, n.payload)
             except (psycopg.Error, StoreError):
                 stop.wait(1.0)  # the database is away: try again
+
+    def take_tokens(self, name: str, capacity: float, per: float, n: int) -> tuple[int, float]:
+        """Take up to ``n`` tokens from the shared bucket ``name``, refilled by the database's
+        clock, in one statement (the row lock orders masters taking at once)."""
+        if n <= 0:
+            return 0, 0.0
+        refill = "least(%(cap)s, b.tokens + (excluded.stamp - b.stamp) * %(rate)s)"
+        with self.transaction():
+            row = self._x(
+                "INSERT INTO buckets AS b (name, tokens, stamp, granted) "
+                "SELECT %(name)s, %(cap)s - least(%(n)s, floor(%(cap)s)), c.t, "
+                "least(%(n)s, floor(%(cap)s))::int "
+                "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) AS c "
+                f"ON CONFLICT (name) DO UPDATE SET granted = least(%(n)s, floor({refill}))::int, "
+                f"tokens = {refill} - least(%(n)s, floor({refill})), stamp = excluded.stamp "
+                "RETURNING granted, tokens",
+                {"name": name, "cap": float(capacity), "rate": float(capacity) / float(per),
+                 "n": int(n)}).fetchone()
+        assert row is not None
+        return int(row[0]), float(row[1])
+
+    def enqueue_bounded(self, queue: str, tasks: Sequence[NewTask], maxsize: int, now: float) -> int:
+        """Count and insert under the lock of ``queue``'s row (kept with its maxsize): a
+        concurrent bounded put to the same queue, through any master, waits for this
+        commit, and counts what it added."""
+        with self.transaction():
+            self._x("INSERT INTO queues (name, maxsize) VALUES (%s, %s) ON CONFLICT (name) "
+                    "DO UPDATE SET maxsize = excluded.maxsize", (queue, int(maxsize)))
+            return super().enqueue_bounded(queue, tasks, maxsize, now)
+

@@ -191,10 +191,18 @@ _V4_STATEMENTS = (
     "CREATE TRIGGER tasks_lease_master BEFORE UPDATE OF lease_owner ON tasks FOR EACH ROW "
     "WHEN (NEW.lease_owner IS DISTINCT FROM OLD.lease_owner) "
     "EXECUTE FUNCTION conveyor_lease_master()",
+    # Rate limits shared by every master: one token bucket per (task name, rate), its
+    # tokens as of ``stamp`` (the database's clock, epoch seconds).
+    "CREATE TABLE buckets (name text PRIMARY KEY, tokens double precision NOT NULL,"
+    " stamp double precision NOT NULL, granted integer NOT NULL DEFAULT 0)",
+    # A queue's declared maxsize, so every master bounds it alike; a bounded put locks
+    # the queue's row while it counts and inserts.
+    "CREATE TABLE queues (name text PRIMARY KEY, maxsize integer NOT NULL)",
 )
 
 #: Every table the store owns (tests empty them between tests).
-TABLES = ("tasks", "deps", "schedules", "counts", "totals", "unsettled", "attempts", "masters")
+TABLES = ("tasks", "deps", "schedules", "counts", "totals", "unsettled", "attempts", "masters",
+          "buckets", "queues")
 
 
 def _run(cur: psycopg.Cursor[tuple[Any, ...]], script: str) -> None:
@@ -236,7 +244,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the attempts table (each task's last attempts: worker, times, outcome, output)",
               _to_v3),
     Migration(4, "the masters table (heartbeats on the database clock) and each lease's master "
-                 "(tasks.lease_master, kept by a trigger)", _to_v4),
+                 "(tasks.lease_master, kept by a trigger), shared rate-limit buckets and queue sizes",
+              _to_v4),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
