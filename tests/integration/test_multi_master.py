@@ -11,8 +11,11 @@ Each test gets a database of its own.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -25,7 +28,7 @@ from conveyor.cluster import LocalCluster
 from tests.pg import fresh_postgres_dsn  # noqa: F401 (a fixture)
 
 from ..waiting import wait_for, wait_until
-from .conftest import TASKS
+from .conftest import ROOT, TASKS
 
 MTASKS = "tests.integration.mtasks"
 PTASKS = "tests.integration.ptasks"
@@ -52,7 +55,10 @@ def _lines(path: Path) -> list[str]:
 
 
 def test_results_and_dependency_failures_cross_masters(fresh_postgres_dsn, make_cluster):  # noqa: F811
-    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 1])  # the only worker is on B
+    head, rest = fresh_postgres_dsn.split("://", 1)
+    secret = "multi-s3cret-pw"  # trust authentication ignores it; nothing may show it
+    dsn = f"{head}://{rest.split('@', 1)[0]}:{secret}@{rest.split('@', 1)[1]}"
+    a, b = _masters(make_cluster, dsn, [0, 1])  # the only worker is on B
     with a.client() as ca, b.client() as cb:
         squares = ca.submit_many(f"{TASKS}:square", [(i,) for i in range(20)])
         broken = ca.submit(f"{TASKS}:fail", "broke")
@@ -74,6 +80,12 @@ def test_results_and_dependency_failures_cross_masters(fresh_postgres_dsn, make_
     listed = {m["address"]: m for m in status["masters"]}
     assert set(listed) == {a.address, b.address}
     assert all(m["heartbeat_age"] < 10 for m in listed.values())
+    shown = subprocess.run([sys.executable, "-m", "conveyor", "status", "--connect", a.address],
+                           capture_output=True, text=True, env=a.env(), cwd=ROOT, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert a.address in shown.stdout and b.address in shown.stdout
+    assert "VIA MASTER" in shown.stdout  # B's worker, listed through A
+    assert secret not in json.dumps(status) + shown.stdout + a.logs() + b.logs()
 
 
 def test_cancel_of_a_running_task_reaches_the_worker_on_another_master(
