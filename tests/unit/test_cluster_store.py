@@ -233,3 +233,37 @@ def test_adopting_a_lease_moves_it_to_the_adopting_master(two) -> None:
     assert _lease_masters(dsn) == {"t": "B"}
     _age(dsn, "A", 60)
     assert b.release_dead(10.0, T0) == 0  # A died, but the lease is B's now
+
+
+def test_a_lost_listening_connection_says_since_when_to_re_read(two) -> None:
+    import psycopg
+
+    a, b, dsn = two
+    restarts: list[str] = []
+    stop = threading.Event()
+
+    def on_notice(channel: str | None, payload: str) -> None:
+        if channel is None:
+            restarts.append(payload)
+
+    t = threading.Thread(target=b.listen, args=(on_notice, stop), daemon=True)
+    t.start()
+    try:
+        assert wait_until(lambda: restarts == [""], timeout=30)
+        time.sleep(0.7)  # (at least one quiet poll, so the connection is known to have heard all)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert wait_until(lambda: conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                "current_database() AND query LIKE 'LISTEN%%'").fetchall(), timeout=30)
+        now = time.time()
+        a.enqueue([task("done-meanwhile")], now)
+        x = lease_one(a, "done-meanwhile", now=now)
+        a.complete([ok(x.id, x.token)], now)
+        assert wait_until(lambda: len(restarts) == 2, timeout=30)
+        since = float(restarts[1])
+        assert since <= now
+        assert "done-meanwhile" in b.finished_since(since - 5.0)
+        assert "done-meanwhile" not in b.finished_since(now + 60)
+    finally:
+        stop.set()
+        t.join(30)

@@ -13,7 +13,8 @@ finished, and the running tasks cancelled (:data:`~conveyor.store.base.CHANNELS`
 * a cancelled task leased to a worker connected here is stopped on that worker.
 
 Whenever listening (re)starts, anything may have been missed: every queue is
-looked at again. Announcements from this master itself are skipped (it acted on
+looked at again, and the tasks finished since the lost connection last heard
+everything are re-read for the clients waiting here. Announcements from this master itself are skipped (it acted on
 them when it made them).
 """
 
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from .context import Context
 
 log = logging.getLogger("conveyor.master")
+
+#: Seconds before the lost listening connection's last sure moment from which finished
+#: tasks are re-read (finish times come from the masters' clocks).
+REREAD_MARGIN = 5.0
 
 
 class Notices:
@@ -71,8 +76,10 @@ class Notices:
     def handle(self, channel: str | None, payload: str) -> None:
         """Act on one announcement (``channel`` None: listening restarted, re-read everything)."""
         ctx = self.ctx
-        if channel is None:
+        if channel is None:  # (re)started listening: anything may have been missed
             ctx.work_added()
+            if payload:
+                self._spawn(self._reread(float(payload) - REREAD_MARGIN))
             return
         try:
             sender, items = json.loads(payload)
@@ -99,6 +106,18 @@ class Notices:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _reread(self, since: float) -> None:
+        """Deliver the results local clients wait for among the tasks finished since ``since``."""
+        ctx = self.ctx
+        try:
+            ids = await ctx.runner.call(ctx.store.finished_since, since)
+        except Exception:
+            log.exception("could not re-read the results finished while not listening")
+            return
+        wanted = [i for i in ids if ctx.subs.watched(i)]
+        if wanted:
+            await self._deliver(wanted)
 
     async def _deliver(self, ids: list[str]) -> None:
         """Read the finished tasks local clients wait for, and deliver their results."""

@@ -475,11 +475,19 @@ class Store(abc.ABC):
             self.enqueue(tasks[:n], now)
         return n
 
+    def finished_since(self, since: float, limit: int = 10_000) -> list[str]:
+        """Ids of at most ``limit`` tasks that finished at or after ``since`` (wall time),
+        earliest first: what a master re-reads after it may have missed announcements.
+        Empty for a single-master store (there is nobody else to miss)."""
+        return []
+
     def listen(self, on_notice: Callable[[str | None, str], None], stop: threading.Event) -> None:
         """Hear other masters' announcements until ``stop`` is set (blocking: run it on a
-        thread of its own). ``on_notice(channel, payload)`` for each; ``on_notice(None, "")``
-        each time listening (re)starts, when anything may have been missed. A
-        single-master store has no peers: it just waits for ``stop``."""
+        thread of its own). ``on_notice(channel, payload)`` for each; ``on_notice(None,
+        since)`` each time listening (re)starts, when anything may have been missed:
+        ``since`` is "" the first time, else the wall time (``repr(float)``) up to which
+        the lost connection was known to hear everything. A single-master store has no
+        peers: it just waits for ``stop``."""
         stop.wait()
 
 

@@ -71,3 +71,15 @@ class ClusterConformance:
         lease_one(store, "t0", "bq")  # leased items no longer count against maxsize
         assert store.enqueue_bounded("bq", [task("t9", "bq")], 3, T0) == 1
         assert task_info(store, "t9").state == READY
+
+    def test_finished_since_lists_what_a_master_may_have_missed(self, store: Store) -> None:
+        store.enqueue([task("early"), task("late"), task("open")], T0)
+        for tid, when in (("early", T0 + 1), ("late", T0 + 5)):
+            x = lease_one(store, tid, now=when)
+            store.complete([ok(tid, x.token)], when)
+        found = store.finished_since(T0 + 2)
+        if store.shared:
+            assert found == ["late"]
+            assert store.finished_since(T0, limit=1) == ["early"]
+        else:
+            assert found == []  # one master per store: it missed nothing

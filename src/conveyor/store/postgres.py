@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -1488,18 +1489,28 @@ class PostgresStore(Store):
                 self._lead_conn, self._leading = None, False
             return self._leading
 
+    def finished_since(self, since: float, limit: int = 10_000) -> list[str]:
+        """Ids of tasks finished at or after ``since``, earliest first (the finished index)."""
+        with self._reading():
+            rows = self._x("SELECT id FROM tasks WHERE finished_at >= %s ORDER BY finished_at, seq "
+                           "LIMIT %s", (float(since), int(limit))).fetchall()
+        return [r[0] for r in rows]
+
     def listen(self, on_notice: Callable[[str | None, str], None], stop: threading.Event) -> None:
         """LISTEN on every channel on a connection of its own until ``stop`` is set; after
         each (re)connection ``on_notice(None, "")``: anything may have been missed."""
+        alive: float | None = None  # when the last connection was last known to hear all
         while not stop.is_set():
             try:
                 with self._connect() as conn:
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}".encode())
-                    on_notice(None, "")
+                    on_notice(None, "" if alive is None else repr(alive))
                     while not stop.is_set():
+                        checked = time.time()
                         for n in conn.notifies(timeout=0.5):
                             on_notice(n.channel, n.payload)
+                        alive = checked  # the generator ends quietly only while connected
             except (psycopg.Error, StoreError):
                 stop.wait(1.0)  # the database is away: try again
 
