@@ -88,6 +88,16 @@ def test_results_and_dependency_failures_cross_masters(fresh_postgres_dsn, make_
     assert secret not in json.dumps(status) + shown.stdout + a.logs() + b.logs()
 
 
+def test_progress_reported_through_one_master_reaches_a_client_of_another(
+        fresh_postgres_dsn, make_cluster):  # noqa: F811
+    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 1])
+    with a.client() as ca:
+        fut = ca.submit(f"{TASKS}:with_progress", 4, 0.5)
+        seen = wait_for(lambda: fut.progress, 60, "a progress report through B")
+        assert 1 <= seen["done"] <= 4 and seen["total"] == 4
+        assert fut.result(60) == 4
+
+
 def test_cancel_of_a_running_task_reaches_the_worker_on_another_master(
         fresh_postgres_dsn, make_cluster, tmp_path):  # noqa: F811
     a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 1], concurrency=1)

@@ -2,7 +2,8 @@
 
 The store announces, inside each committing transaction (so nothing that did
 not commit is announced), the queues that got ready work, the tasks that
-finished, and the running tasks cancelled (:data:`~conveyor.store.base.CHANNELS`).
+finished, the running tasks cancelled, and progress reports
+(:data:`~conveyor.store.base.CHANNELS`).
 :class:`Notices` listens on a thread of its own (the store's blocking
 ``listen``) and posts each announcement into the master's event loop, where:
 
@@ -10,7 +11,8 @@ finished, and the running tasks cancelled (:data:`~conveyor.store.base.CHANNELS`
   believed it empty leases from it);
 * a finished task some local client waits for is re-read from the store and
   delivered (the result, a dependency failure or a cancellation);
-* a cancelled task leased to a worker connected here is stopped on that worker.
+* a cancelled task leased to a worker connected here is stopped on that worker;
+* a progress report some local client waits for is re-read and passed on.
 
 Whenever listening (re)starts, anything may have been missed: every queue is
 looked at again, and the tasks finished since the lost connection last heard
@@ -27,7 +29,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol
-from ..store.base import CANCEL_CHANNEL, RESULTS_CHANNEL, WORK_CHANNEL
+from ..store.base import CANCEL_CHANNEL, PROGRESS_CHANNEL, RESULTS_CHANNEL, WORK_CHANNEL
 
 if TYPE_CHECKING:
     from .context import Context
@@ -101,6 +103,10 @@ class Notices:
                 self._spawn(self._deliver(wanted))
         elif channel == CANCEL_CHANNEL:
             self._stop_running(items or [])
+        elif channel == PROGRESS_CHANNEL:
+            wanted = [str(i) for i in items or () if ctx.subs.watched(str(i))]
+            if wanted:
+                self._spawn(self._progress(wanted))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -128,6 +134,20 @@ class Notices:
             log.exception("could not read results another master stored")
             return
         ctx.subs.deliver(list(results.values()))
+
+    async def _progress(self, ids: list[str]) -> None:
+        """Pass the latest progress reports of tasks local clients wait for on to them."""
+        ctx = self.ctx
+        store = ctx.store
+        try:
+            found = await ctx.runner.call(lambda: [(i, store.get(i)) for i in ids])
+        except Exception:
+            log.exception("could not read progress another master stored")
+            return
+        for tid, info in found:
+            if info is not None and info.progress is not None:
+                for sub in ctx.subs.subscribers(tid):
+                    sub.push(protocol.PROGRESS, {"id": tid, **info.progress})
 
     def _stop_running(self, items: list[Any]) -> None:
         """Tell the workers connected here that run cancelled tasks to stop them."""

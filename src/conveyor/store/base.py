@@ -75,7 +75,7 @@ __all__ = [
     "OUTCOMES", "READY", "RETRIED", "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
     "BulkResult", "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskCount", "TaskFilter",
     "TaskInfo", "TaskPage", "TaskSummary", "Store", "dependency_failed_error",
-    "CANCEL_CHANNEL", "CHANNELS", "RESULTS_CHANNEL", "WORK_CHANNEL",
+    "CANCEL_CHANNEL", "CHANNELS", "PROGRESS_CHANNEL", "RESULTS_CHANNEL", "WORK_CHANNEL",
 ]
 
 
@@ -87,7 +87,9 @@ WORK_CHANNEL = "conveyor_work"
 RESULTS_CHANNEL = "conveyor_results"
 #: Items: ``"<lease owner session> <task id>"`` of running tasks cancelled.
 CANCEL_CHANNEL = "conveyor_cancel"
-CHANNELS = (WORK_CHANNEL, RESULTS_CHANNEL, CANCEL_CHANNEL)
+#: Items: ids of leased tasks whose progress report changed.
+PROGRESS_CHANNEL = "conveyor_progress"
+CHANNELS = (WORK_CHANNEL, RESULTS_CHANNEL, CANCEL_CHANNEL, PROGRESS_CHANNEL)
 
 
 class Store(abc.ABC):

@@ -101,6 +101,7 @@ from . import schedules as sched
 from .base import (
     CANCEL_CHANNEL,
     CHANNELS,
+    PROGRESS_CHANNEL,
     RESULTS_CHANNEL,
     WORK_CHANNEL,
     Store,
@@ -1324,9 +1325,12 @@ class PostgresStore(Store):
     def set_progress(self, task_id: str, token: int, progress: dict[str, Any]) -> bool:
         """Record the progress report of the attempt holding the lease; False if stale."""
         with self.transaction():
-            return self._x("UPDATE tasks SET progress = %s "
+            done = self._x("UPDATE tasks SET progress = %s "
                            "WHERE id = %s AND state = 'leased' AND attempts = %s",
                            (serde.packb(progress), task_id, int(token))).rowcount == 1
+            if done:
+                self._announce(PROGRESS_CHANNEL, task_id)
+            return done
 
     def purge_finished(self, before: float, *, limit: int | None = None) -> int:
         """Delete finished tasks that finished before ``before``; how many.
