@@ -223,3 +223,14 @@ def test_maxsize_holds_with_producers_on_two_masters_and_a_get_wakes_the_other(
         assert max(sizes) <= maxsize
         assert qc.qsize() == maxsize  # every put went in, never past the bound
         assert {x[0] for x in got} == {"a", "b"}
+
+
+def test_a_master_started_with_other_settings_than_a_live_peer_warns(
+        fresh_postgres_dsn, make_cluster):  # noqa: F811
+    (a,) = _masters(make_cluster, fresh_postgres_dsn, [0])
+    b = make_cluster(workers=0, authkey=a.authkey,
+                     master_args=["--store", fresh_postgres_dsn, "--pickle"]).start()
+    assert b.master is not None
+    log = b.log_path(b.master).read_text()
+    assert f"at {a.address} runs with other settings" in log
+    assert "'pickle': False" in log and "'pickle': True" in log
