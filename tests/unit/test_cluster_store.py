@@ -18,7 +18,7 @@ import pytest
 
 from conveyor.records import LEASED, READY
 from conveyor.store import MemoryStore, SQLiteStore
-from conveyor.store.base import CANCEL_CHANNEL, RESULTS_CHANNEL, WORK_CHANNEL
+from conveyor.store.base import CANCEL_CHANNEL, DUE_CHANNEL, RESULTS_CHANNEL, WORK_CHANNEL
 from conveyor.store.conformance import T0, lease_one, ok, task, task_info
 from conveyor.store.conformance_cluster import ClusterConformance
 from tests.pg import fresh_postgres_dsn, postgres_dsn  # noqa: F401 (fixtures)
@@ -160,13 +160,14 @@ def test_commits_announce_work_results_and_cancels_rollbacks_nothing(two) -> Non
         xs = a.lease("q1", 2, "w", T0, 30)
         a.complete([ok(xs[0].id, xs[0].token)], T0)
         assert a.cancel(xs[1].id, T0, b"cancelled") == (LEASED, "w")
-        assert wait_until(lambda: len(heard) >= 4, timeout=30)
+        assert wait_until(lambda: len(heard) >= 5, timeout=30)
         time.sleep(0.2)  # nothing else may come: the rolled-back enqueue announced nothing
-        assert heard[0] == (WORK_CHANNEL, ["q1", "q2"])  # one notification for the commit
+        # One notification per channel for the commit of the three enqueues.
+        assert sorted(heard[:2]) == [(DUE_CHANNEL, ["q3"]), (WORK_CHANNEL, ["q1", "q2"])]
         assert (RESULTS_CHANNEL, [xs[0].id]) in heard
         assert (RESULTS_CHANNEL, [xs[1].id]) in heard
         assert (CANCEL_CHANNEL, [f"w {xs[1].id}"]) in heard
-        assert len(heard) == 4
+        assert len(heard) == 5
     finally:
         stop.set()
         t.join(30)

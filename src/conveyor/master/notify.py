@@ -2,7 +2,7 @@
 
 The store announces, inside each committing transaction (so nothing that did
 not commit is announced), the queues that got ready work, the tasks that
-finished, the running tasks cancelled, and progress reports
+finished, the running tasks cancelled, progress reports and delayed work
 (:data:`~conveyor.store.base.CHANNELS`).
 :class:`Notices` listens on a thread of its own (the store's blocking
 ``listen``) and posts each announcement into the master's event loop, where:
@@ -12,6 +12,7 @@ finished, the running tasks cancelled, and progress reports
 * a finished task some local client waits for is re-read from the store and
   delivered (the result, a dependency failure or a cancellation);
 * a cancelled task leased to a worker connected here is stopped on that worker;
+* delayed work submitted elsewhere makes the leader look at the next due time;
 * a progress report some local client waits for is re-read and passed on.
 
 Whenever listening (re)starts, anything may have been missed: every queue is
@@ -29,7 +30,13 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol
-from ..store.base import CANCEL_CHANNEL, PROGRESS_CHANNEL, RESULTS_CHANNEL, WORK_CHANNEL
+from ..store.base import (
+    CANCEL_CHANNEL,
+    DUE_CHANNEL,
+    PROGRESS_CHANNEL,
+    RESULTS_CHANNEL,
+    WORK_CHANNEL,
+)
 
 if TYPE_CHECKING:
     from .context import Context
@@ -103,6 +110,9 @@ class Notices:
                 self._spawn(self._deliver(wanted))
         elif channel == CANCEL_CHANNEL:
             self._stop_running(items or [])
+        elif channel == DUE_CHANNEL:
+            if ctx.leader:  # the leader promotes: learn the next due time now, not at the poll
+                self._spawn(self._due())
         elif channel == PROGRESS_CHANNEL:
             wanted = [str(i) for i in items or () if ctx.subs.watched(str(i))]
             if wanted:
@@ -134,6 +144,16 @@ class Notices:
             log.exception("could not read results another master stored")
             return
         ctx.subs.deliver(list(results.values()))
+
+    async def _due(self) -> None:
+        ctx = self.ctx
+        try:
+            next_due = await ctx.runner.call(ctx.store.next_due)
+        except Exception:
+            log.exception("could not read the next due time")
+            return
+        if next_due is not None:
+            ctx.delays.due_at(next_due)
 
     async def _progress(self, ids: list[str]) -> None:
         """Pass the latest progress reports of tasks local clients wait for on to them."""

@@ -75,7 +75,7 @@ __all__ = [
     "OUTCOMES", "READY", "RETRIED", "STALE", "STATES", "STORED", "SUCCEEDED", "UNKNOWN", "WAITING",
     "BulkResult", "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskCount", "TaskFilter",
     "TaskInfo", "TaskPage", "TaskSummary", "Store", "dependency_failed_error",
-    "CANCEL_CHANNEL", "CHANNELS", "PROGRESS_CHANNEL", "RESULTS_CHANNEL", "WORK_CHANNEL",
+    "CANCEL_CHANNEL", "CHANNELS", "DUE_CHANNEL", "PROGRESS_CHANNEL", "RESULTS_CHANNEL", "WORK_CHANNEL",
 ]
 
 
@@ -89,7 +89,9 @@ RESULTS_CHANNEL = "conveyor_results"
 CANCEL_CHANNEL = "conveyor_cancel"
 #: Items: ids of leased tasks whose progress report changed.
 PROGRESS_CHANNEL = "conveyor_progress"
-CHANNELS = (WORK_CHANNEL, RESULTS_CHANNEL, CANCEL_CHANNEL, PROGRESS_CHANNEL)
+#: Items: queues that got delayed tasks (the leader looks at the next due time again).
+DUE_CHANNEL = "conveyor_due"
+CHANNELS = (WORK_CHANNEL, RESULTS_CHANNEL, CANCEL_CHANNEL, PROGRESS_CHANNEL, DUE_CHANNEL)
 
 
 class Store(abc.ABC):

@@ -101,6 +101,7 @@ from . import schedules as sched
 from .base import (
     CANCEL_CHANNEL,
     CHANNELS,
+    DUE_CHANNEL,
     PROGRESS_CHANNEL,
     RESULTS_CHANNEL,
     WORK_CHANNEL,
@@ -412,9 +413,9 @@ class PostgresStore(Store):
 
     def _notices(self, deltas: dict[_Key, int]) -> list[tuple[str, str]]:
         """The NOTIFYs of a transaction's announcements: one per channel, each payload
-        ``[master id, items]`` in JSON under PostgreSQL's 8000-byte limit. Queues of
-        new work that do not fit become one ``[master id, null]``: "re-read every
-        queue"; ids (results, cancels) that do not fit go in more notifications."""
+        ``[master id, items]`` in JSON under PostgreSQL's 8000-byte limit. Queues (of
+        new or delayed work) that do not fit become one ``[master id, null]``: "look
+        at every queue"; ids (results, cancels) that do not fit go in more notifications."""
         items: dict[str, list[str]] = {}
         for (table, channel, item, _), n in deltas.items():
             if table == "notify" and n:
@@ -426,7 +427,7 @@ class PostgresStore(Store):
             for value in sorted(values):
                 cost = len(json.dumps(value)) + 1
                 if chunk and size + cost > NOTIFY_BUDGET:
-                    if channel == WORK_CHANNEL:
+                    if channel in (WORK_CHANNEL, DUE_CHANNEL):
                         chunk = []
                         break
                     out.append((channel, json.dumps([self.master_id, chunk])))
@@ -457,6 +458,8 @@ class PostgresStore(Store):
         if self.announce:
             if new == READY:
                 deltas[("notify", WORK_CHANNEL, queue, "")] = 1
+            elif new == DELAYED:
+                deltas[("notify", DUE_CHANNEL, queue, "")] = 1
             elif tid is not None and new in FINISHED_STATES:
                 deltas[("notify", RESULTS_CHANNEL, tid, "")] = 1
         name = name or ""
