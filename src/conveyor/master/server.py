@@ -143,7 +143,8 @@ class Master:
 
     # -- life cycle --------------------------------------------------------
     async def start(self) -> None:
-        """Recover the store (void every lease), bind, and start the background loops."""
+        """Recover the store (void every lease; on a shared store, only dead masters'),
+        bind, and start the background loops."""
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         ctx.bind_runner(StoreRunner(self.store, loop, inline=self.store.cheap_commits))
