@@ -177,13 +177,13 @@ def test_announcements_stay_under_the_payload_limit(two) -> None:
     a, b, _ = two
     heard, stop, t = _listening(b)
     try:
-        n = 2000  # ids of 40 bytes: about 90 kB of ids in one commit
+        n = 1000  # ids of 40 bytes: about 45 kB of ids in one commit
         ids = [f"{i:040d}" for i in range(n)]
-        a.enqueue([task(i, f"queue-{i}") for i in ids], T0)  # 2000 queues: too many to name
-        with a.transaction():
-            for i in ids:
-                x = a.lease(f"queue-{i}", 1, "w", T0, 30)[0]
-                a.complete([ok(x.id, x.token)], T0)
+        a.enqueue([task(f"q{i:04d}", f"queue-with-a-long-name-{i:04d}") for i in range(400)],
+                  T0)  # 400 queues of 28 bytes in one commit: too many to name
+        a.enqueue([task(i, "big") for i in ids], T0)
+        got = a.lease("big", n, "w", T0, 30)
+        assert a.complete([ok(x.id, x.token) for x in got], T0) == ["stored"] * n
         got: set[str] = set()
 
         def all_heard() -> bool:
