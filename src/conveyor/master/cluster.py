@@ -2,7 +2,9 @@
 
 Each master registers in the store's masters table and heartbeats every
 :data:`HEARTBEAT_EVERY` seconds (the heartbeat time is the database's clock, so
-skew between masters decides nothing). Leases name the master whose session
+skew between masters decides nothing). Each heartbeat also measures the offset
+between the master's clock and the database's, and the master's wall clock
+(``ctx.clock``: lease deadlines, delays, finish times) follows the database's. Leases name the master whose session
 holds them, and only the leases of a master silent for :data:`DEAD_AFTER`
 seconds (or of none) are handed back: at start-up, and by the leader on every
 step. A master never voids the leases a live peer holds.
@@ -22,6 +24,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +42,11 @@ log = logging.getLogger("conveyor.master")
 HEARTBEAT_EVERY = 1.0
 #: A master silent this long (database clock) is dead: its leases go back to their queues.
 DEAD_AFTER = 10.0
+#: Heartbeats whose clock readings are kept; the one with the shortest round trip sets
+#: the offset between this machine's clock and the database's.
+OFFSET_SAMPLES = 30
+#: An offset larger than this (seconds) is logged: the machine's clock is off.
+SKEW_WARNING = 1.0
 #: Leases handed back per store call when releasing dead masters' leases.
 BATCH = 1000
 #: The most workers one master lists in its row (what ``conveyor status`` shows).
@@ -64,6 +72,14 @@ class Membership:
         self.settings = dict(settings or {})
         self.dead_after = dead_after
         ctx.leader = False  # until the store's leader lock says otherwise
+        # The master's wall clock becomes the database's: deadlines, delays and finish
+        # times written by every master then agree, whatever the skew between their
+        # machines. The offset is measured at each heartbeat; the sample with the
+        # shortest round trip of the last ones is the most exact.
+        self.offset = 0.0
+        self._samples: deque[tuple[float, float]] = deque(maxlen=OFFSET_SAMPLES)
+        self._wall = ctx.clock
+        ctx.clock = self.clock
 
     def info(self) -> dict[str, Any]:
         """What this master's row shows: who it is and the sessions it serves."""
@@ -93,10 +109,23 @@ class Membership:
                             "tasks behave differently depending on the master they reach",
                             peer["id"], peer["address"], theirs, self.settings)
 
+    def clock(self) -> float:
+        """Wall time on the database's clock (this machine's, corrected by the offset)."""
+        return self._wall() + self.offset
+
     async def heartbeat(self) -> None:
         ctx = self.ctx
-        await ctx.runner.call(ctx.store.heartbeat_master, self.id, self.address(), self.info(),
-                              ctx.clock(), durable=False)
+        sent = self._wall()
+        theirs = await ctx.runner.call(ctx.store.heartbeat_master, self.id, self.address(),
+                                       self.info(), self.clock(), durable=False)
+        back = self._wall()
+        if theirs is not None:
+            self._samples.append((back - sent, theirs - (sent + back) / 2))
+            offset = min(self._samples)[1]
+            if abs(offset) > SKEW_WARNING and abs(self.offset) <= SKEW_WARNING:
+                log.warning("this machine's clock is %.1fs off the database's: this master "
+                            "uses the database's", offset)
+            self.offset = offset
 
     async def lead(self) -> None:
         """Take (or keep) the leadership if free; on taking it, wake the leader's work."""

@@ -175,6 +175,7 @@ class Master:
         for coro in (self.reaper.run(), self.delay_timer.run(), self.scheduler.run()):
             self._tasks.append(asyncio.create_task(coro))
         if self.membership is not None:
+            await self.membership.heartbeat()  # the row names the bound port from now on
             self._tasks.append(asyncio.create_task(self.membership.run()))
         log.info("master listening on %s:%d (store: %s)", self.host, self.port, type(self.store).__name__)
 

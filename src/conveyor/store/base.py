@@ -425,12 +425,14 @@ class Store(abc.ABC):
     #: True when several masters may serve this store at once.
     shared: bool = False
 
-    def heartbeat_master(  # noqa: B027 - single master: nothing to record
-            self, master_id: str, address: str, info: Mapping[str, Any], now: float) -> None:
+    def heartbeat_master(self, master_id: str, address: str, info: Mapping[str, Any],
+                         now: float) -> float | None:
         """Register (first call) or refresh master ``master_id``: its address, what
         ``conveyor status`` shows of it (``info``), and a heartbeat on the store's own
         clock. From the first call on, the leases this store object hands out (and
-        adopts) name that master."""
+        adopts) name that master. Returns the store's clock at the heartbeat (epoch
+        seconds), or None for a store with no clock of its own (single master)."""
+        return None
 
     def release_dead(self, timeout: float, now: float, *, limit: int | None = None) -> int:
         """Hand back the leases of masters whose heartbeat is older than ``timeout``

@@ -1430,19 +1430,22 @@ class PostgresStore(Store):
     # -- several masters on one database ---------------------------------------------
 
     def heartbeat_master(self, master_id: str, address: str, info: Mapping[str, Any],
-                         now: float) -> None:
+                         now: float) -> float | None:
         """Insert or refresh this master's row (heartbeat: the database's clock). The first
         call binds the store to ``master_id``: the lease trigger names it on every lease
         this connection takes or adopts, and commits start announcing to other masters."""
         with self.transaction(durable=False):
             if self.master_id != master_id:
                 self._x("SELECT set_config('conveyor.master', %s, false)", (master_id,))
-            self._x("INSERT INTO masters (id, address, info, started_at) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (id) DO UPDATE SET address = excluded.address, "
-                    "info = excluded.info, heartbeat_at = clock_timestamp()",
-                    (master_id, address, serde.packb(dict(info)), now))
+            row = self._x(
+                "INSERT INTO masters (id, address, info, started_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET address = excluded.address, "
+                "info = excluded.info, heartbeat_at = clock_timestamp() "
+                "RETURNING extract(epoch FROM clock_timestamp())::float8",
+                (master_id, address, serde.packb(dict(info)), now)).fetchone()
         self.master_id = master_id
         self.announce = True
+        return float(row[0]) if row is not None else None
 
     def release_dead(self, timeout: float, now: float, *, limit: int | None = None) -> int:
         """Hand back the leases of masters silent past ``timeout`` seconds (database clock)
