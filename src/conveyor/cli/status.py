@@ -28,6 +28,9 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append("(no queues yet)")
     lines.append("")
     lines += format_workers(st["workers"])
+    if st.get("masters"):
+        lines.append("")
+        lines += format_masters(st)
     rates = st["rates"]
     c = st["counters"]
     lines.append("")
@@ -49,6 +52,29 @@ def format_workers(workers: list[dict[str, Any]]) -> list[str]:
         busy = [w["running"], w["prefetched"]] if split else [w["inflight"]]
         rows.append([w["name"], w["host"], w["pid"] or "-", w["concurrency"], *busy, ",".join(w["queues"])])
     return render(header, rows, right=range(2, 4 + len(counts)), caps={0: NAME_CAP, 1: NAME_CAP})
+
+
+def format_masters(st: dict[str, Any]) -> list[str]:
+    """Every master on the shared store (this one marked ``*``), then the workers
+    connected through the others (from the rows they heartbeat every second)."""
+    rows, others = [], []
+    for m in st["masters"]:
+        info = m.get("info") or {}
+        me = m["id"] == st.get("master_id")
+        rows.append([("* " if me else "  ") + m["id"][:12], m["address"], info.get("host", "-"),
+                     info.get("pid", "-"), "yes" if (st.get("leader") if me else info.get("leader")) else "",
+                     f"{m['heartbeat_age']:.1f}s", info.get("worker_count", 0), info.get("clients", 0)])
+        if not me:
+            others += [[w.get("name") or "-", w.get("host") or "-", w.get("pid") or "-",
+                        w.get("concurrency", 0), w.get("inflight", 0), ",".join(w.get("queues") or []),
+                        m["address"]] for w in info.get("workers", [])]
+    lines = render(["MASTER", "ADDRESS", "HOST", "PID", "LEADER", "HEARTBEAT", "WORKERS", "CLIENTS"],
+                   rows, right=range(3, 8), caps={1: NAME_CAP, 2: NAME_CAP})
+    if others:
+        lines.append("")
+        lines += render(["WORKER", "HOST", "PID", "CONC", "INFLIGHT", "QUEUES", "VIA MASTER"], others,
+                        right=range(2, 5), caps={0: NAME_CAP, 1: NAME_CAP})
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -63,6 +63,10 @@ class Context:
     delays: DueTimes = field(default_factory=DueTimes)  # when the next delayed task is due
     metrics: Metrics = field(default_factory=Metrics)  # counters and histograms since start
     roster: Roster = field(default_factory=Roster)  # worker sessions' records, workers gone
+    #: This master leads the cluster (runs expiry, delay promotion, purges, schedules):
+    #: always, on a store only one master serves; on a shared one, while it holds the
+    #: store's leader lock (master/cluster.py).
+    leader: bool = True
     completed: RateMeter = field(init=False)
     _runner: StoreRunner | None = field(default=None, init=False, repr=False)
 

@@ -27,6 +27,7 @@ from .. import protocol, wire
 from ..ratelimit_log import RateLimitedLog
 from ..records import Lease
 from . import eager
+from .cluster import shared_rate_limit
 from .session import Session
 
 if TYPE_CHECKING:
@@ -243,8 +244,12 @@ class Dispatcher:
     def _lease_plan(self, plan: list[Planned], now: float) -> list[list[Lease]]:
         """The leases of a plan, in one store transaction (store thread)."""
         store, lease_for = self.ctx.store, self.ctx.limits.lease_for
-        return [store.lease(q, n, t.id, now, lease_for) if isinstance(t, Session)
-                else self.queue_service.lease_for(t, now) for t, q, n in plan]
+        got = [store.lease(q, n, t.id, now, lease_for) if isinstance(t, Session)
+               else self.queue_service.lease_for(t, now) for t, q, n in plan]
+        if store.shared:  # rate limits of the whole cluster, in this same transaction
+            got = [shared_rate_limit(store, leases, now) if isinstance(t, Session) else leases
+                   for (t, _, _), leases in zip(plan, got)]
+        return got
 
     async def _push(self, w: Session, got: list[Lease], now: float) -> None:
         """Send leased tasks to a worker, within its rate limits; hand them back if it is gone."""

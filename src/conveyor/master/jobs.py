@@ -154,7 +154,8 @@ class JobService:
         The leases kept are the ones pushed to the worker: the metrics note their queue
         wait ending and their run starting here.
         """
-        if not any("rate_limit" in x.options for x in leases):
+        if self.ctx.store.shared or not any("rate_limit" in x.options for x in leases):
+            # (a shared store's buckets were taken in the leasing transaction: cluster.py)
             self.ctx.metrics.leased(leases, now)
             return leases
         mono = self.ctx.monotonic()

@@ -169,12 +169,8 @@ class QueueService:
             self._finish_put(p)
 
     def _bounded_enqueue(self, queue: str, tasks: list[NewTask], maxsize: int, now: float) -> int:
-        store = self.ctx.store
-        ready, delayed, _ = store.pending_counts(queue)
-        n = max(0, min(len(tasks), maxsize - ready - delayed))
-        if n:
-            store.enqueue(tasks[:n], now)
-        return n
+        # Count and insert in one store call: a shared store holds the queue's lock for both.
+        return self.ctx.store.enqueue_bounded(queue, tasks, maxsize, now)
 
     def _finish_put(self, p: Parked) -> None:
         if p.settle():

@@ -89,7 +89,7 @@ class Scheduler:
                 continue
             due.extend((sched, slot) for slot in due_slots(sched, rec.get("last_slot"), now))
             upcoming.append(next_slot(sched, now))
-        if due:
+        if due and ctx.leader:  # on a shared store, the leader alone fires slots
             fired = await ctx.runner.call(self._fire, due, now)
             new = [(sched, slot) for sched, slot, is_new in fired if is_new]
             for sched, slot in new:

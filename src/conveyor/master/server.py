@@ -33,10 +33,12 @@ from ..ratelimit_log import RateLimitedLog
 from ..records import AttemptNote, QueueStats
 from ..store import Store
 from . import attempts, backpressure, eager, maintenance, storefaults
+from .cluster import Membership
 from .connection import Connection
 from .context import Context, Limits, Routes
 from .dispatch import Dispatcher
 from .jobs import JobService
+from .notify import Notices
 from .queues import QueueService
 from .refusals import CLIENT_CANNOT_SETTLE, NOT_ALLOWED
 from .results import ResultService
@@ -112,6 +114,15 @@ class Master:
         #: The store error the master stopped on (a corrupt store met at run time), else None.
         self.fatal: BaseException | None = None
         self._unfilter: Callable[[], None] | None = None
+        # Several masters on one shared store (PostgreSQL): this master's row, heartbeat and
+        # leadership, and what it hears from the others (master/cluster.py, master/notify.py).
+        self.membership: Membership | None = None
+        self.notices: Notices | None = None
+        if store.shared:
+            self.membership = Membership(
+                self.ctx, address=lambda: f"{self.host}:{self.port}", on_lead=self.scheduler.wake,
+                on_step=self._retry_putters,
+                settings={"pickle": allow_pickle, "lease_for": lease_for, "result_ttl": result_ttl})
 
     # -- configuration, as the services see it --------------------------------
     @property
@@ -146,7 +157,8 @@ class Master:
 
     # -- life cycle --------------------------------------------------------
     async def start(self) -> None:
-        """Recover the store (void every lease), bind, and start the background loops."""
+        """Recover the store (void every lease; on a shared store, only dead masters'),
+        bind, and start the background loops."""
         loop = asyncio.get_running_loop()
         ctx = self.ctx
         ctx.bind_runner(StoreRunner(self.store, loop, inline=self.store.cheap_commits))
@@ -160,9 +172,16 @@ class Master:
         # make one long transaction, and dependency cascades are cut at CASCADE_LIMIT
         # per call, the rest continued by the reaper.
         self.store.cascade_limit = maintenance.CASCADE_LIMIT
-        released = await maintenance.release_all(ctx, ctx.clock())
-        if released:
-            log.info("recovered %d task(s) that were leased when the master stopped", released)
+        if self.membership is not None:
+            # A shared store: register first (leases name this master), and hand back only
+            # the leases of masters that died; live peers keep theirs.
+            await self.membership.join()
+            self.notices = Notices(ctx, self.membership.id)
+            self.notices.start()
+        else:
+            released = await maintenance.release_all(ctx, ctx.clock())
+            if released:
+                log.info("recovered %d task(s) that were leased when the master stopped", released)
         await maintenance.settle_pending(ctx, ctx.clock())
         next_due = await ctx.runner.call(self.store.next_due)
         if next_due is not None:
@@ -175,6 +194,9 @@ class Master:
         self.port = sock.getsockname()[1]
         for run in (self.reaper.run, self.delay_timer.run, self.scheduler.run):
             self._tasks.append(asyncio.create_task(self._keep_running(run)))
+        if self.membership is not None:
+            await self.membership.heartbeat()  # the row names the bound port from now on
+            self._tasks.append(asyncio.create_task(self._keep_running(self.membership.run)))
         log.info("master listening on %s:%d (store: %s)", self.host, self.port, type(self.store).__name__)
 
     async def _keep_running(self, run: Callable[[], Any]) -> None:
@@ -202,6 +224,12 @@ class Master:
         log.critical("stopping: %s", exc)
         asyncio.ensure_future(self.close())
 
+    def _retry_putters(self) -> None:
+        """Puts parked on a full queue try again: a get through another master may have
+        made room (a shared store; looked at every cluster heartbeat)."""
+        for q in list(self.queue_service.putters.by_queue):
+            self.queue_service.space_freed(q)
+
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port)."""
@@ -225,6 +253,8 @@ class Master:
                 s.close()
             for c in list(self._conns):
                 c.close()
+            if self.notices is not None:
+                self.notices.close()
             if self.dispatcher.task is not None:
                 self._tasks.append(self.dispatcher.task)
             for t in self._tasks:
@@ -462,14 +492,17 @@ class Master:
     async def on_status(self, s: Session, rid: int, req: wire.NoFields) -> None:
         store = self.store
 
-        def read() -> tuple[dict[str, QueueStats], dict[str, Any]]:
+        def read() -> tuple[dict[str, QueueStats], dict[str, Any], list[dict[str, Any]]]:
             # All three from the store's counters: O(queues x task names), never a scan.
             return store.stats(), {"tasks": _series(store.task_counts()),
-                                   "outcomes": _series(store.outcome_totals())}
+                                   "outcomes": _series(store.outcome_totals())}, store.masters()
 
-        stats, stored = await self.ctx.runner.call(read)
+        stats, stored, masters = await self.ctx.runner.call(read)
         doc = self.status(stats)
         doc["stored"] = stored
+        if self.membership is not None:  # every master of the cluster (a shared store)
+            doc["master_id"], doc["leader"] = self.membership.id, self.ctx.leader
+            doc["masters"] = masters
         s.reply(rid, doc)
 
     def status(self, stats: dict[str, QueueStats]) -> dict[str, Any]:

@@ -47,8 +47,8 @@ class DelayTimer:
     async def step(self, now: float) -> float | None:
         """Promote what is due at ``now``; seconds until the next look (None: nothing is delayed)."""
         ctx, times = self.ctx, self.ctx.delays
-        if times.next_due is None:
-            return None
+        if times.next_due is None or not ctx.leader:
+            return None  # (not the leader of a shared store: the leader promotes)
         if times.next_due > now:
             return min(times.next_due - now, timing.TIMER_TICK_MAX)
         queues, times.next_due = await maintenance.promote_due(ctx, now)
@@ -116,13 +116,13 @@ class Reaper:
             if owners:
                 await ctx.runner.call(self._extend, owners, now, durable=False)
         self.acked()
-        if self.expire.due(mono):
+        if self.expire.due(mono) and ctx.leader:  # a shared store's leader alone sweeps
             expired = await maintenance.expire_leases(ctx, now)
             if expired:
                 log.warning("%d lease(s) expired and went back to their queues", len(expired))
                 ctx.metrics.expired(expired)
                 ctx.work_added()
-        if self.purge.due(mono):
+        if self.purge.due(mono) and ctx.leader:
             n = await maintenance.purge_finished(ctx, now - ctx.limits.result_ttl)
             if n:
                 log.info("purged %d finished task(s) older than the result TTL", n)

@@ -35,9 +35,12 @@ import abc
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ..ratelimit import TokenBucket
 from ..records import (  # re-exported: the store interface speaks in these records
     ALL_TASKS,
     ATTEMPTS_KEPT,
@@ -79,6 +82,7 @@ __all__ = [
     "BulkResult", "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskCount", "TaskFilter",
     "TaskInfo", "TaskPage", "TaskSummary", "Store", "dependency_failed_error",
     "TOKEN_BITS", "TOKEN_OFFSET", "new_token",
+    "CANCEL_CHANNEL", "CHANNELS", "DUE_CHANNEL", "PROGRESS_CHANNEL", "RESULTS_CHANNEL", "WORK_CHANNEL",
 ]
 
 #: Bits of randomness in a lease token (a uint64 on the wire).
@@ -91,6 +95,21 @@ TOKEN_OFFSET = 1 << 63
 def new_token() -> int:
     """A fresh lease token: 64 bits from the OS's CSPRNG (0 <= token < 2**64)."""
     return secrets.randbits(TOKEN_BITS)
+
+
+# The channels several masters on one store announce changes on (LISTEN/NOTIFY on
+# PostgreSQL); each payload is JSON ``[sender master id, items]``.
+#: Items: queues that got ready work (null instead of a list: any queue may have).
+WORK_CHANNEL = "conveyor_work"
+#: Items: ids of tasks that finished (their results are in the store).
+RESULTS_CHANNEL = "conveyor_results"
+#: Items: ``"<lease owner session> <task id>"`` of running tasks cancelled.
+CANCEL_CHANNEL = "conveyor_cancel"
+#: Items: ids of leased tasks whose progress report changed.
+PROGRESS_CHANNEL = "conveyor_progress"
+#: Items: queues that got delayed tasks (the leader looks at the next due time again).
+DUE_CHANNEL = "conveyor_due"
+CHANNELS = (WORK_CHANNEL, RESULTS_CHANNEL, CANCEL_CHANNEL, PROGRESS_CHANNEL, DUE_CHANNEL)
 
 
 class Store(abc.ABC):
@@ -428,6 +447,85 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""
+
+    # -- several masters on one store (PostgreSQL) ------------------------------
+    # A store several masters may share says ``shared = True`` and implements these.
+    # The defaults are the single-master versions (memory, SQLite: one master per
+    # store): that master is alive, leads, owns every lease and has no peers.
+
+    #: True when several masters may serve this store at once.
+    shared: bool = False
+
+    def heartbeat_master(self, master_id: str, address: str, info: Mapping[str, Any],
+                         now: float) -> float | None:
+        """Register (first call) or refresh master ``master_id``: its address, what
+        ``conveyor status`` shows of it (``info``), and a heartbeat on the store's own
+        clock. From the first call on, the leases this store object hands out (and
+        adopts) name that master. Returns the store's clock at the heartbeat (epoch
+        seconds), or None for a store with no clock of its own (single master)."""
+        return None
+
+    def release_dead(self, timeout: float, now: float, *, limit: int | None = None) -> int:
+        """Hand back the leases of masters whose heartbeat is older than ``timeout``
+        seconds (by the store's clock), and of no master at all; forget such masters
+        once they hold none. How many leases. Never touches a live master's leases.
+
+        With ``limit``, at most that many per call: call until fewer come back."""
+        return 0
+
+    def masters(self) -> list[dict[str, Any]]:
+        """Every registered master: ``id``, ``address``, ``started_at``,
+        ``heartbeat_age`` (seconds since its last heartbeat, by the store's clock) and
+        ``info``; oldest first. Empty for a single-master store."""
+        return []
+
+    def try_lead(self) -> bool:
+        """True while this store object holds the cluster's leadership (taken if free;
+        lost only with the connection holding it). The leader master alone runs the
+        reaper's expiry, delay promotion, purges and periodic schedules."""
+        return True
+
+    def take_tokens(self, name: str, capacity: float, per: float, n: int) -> tuple[int, float]:
+        """Take up to ``n`` tokens from the rate-limit bucket ``name`` (``capacity`` tokens,
+        refilled at ``capacity / per`` a second on the store's clock; a new bucket is
+        full): (how many were taken, the tokens left, below 1 when not all were). On a
+        shared store every master takes from the one bucket, in the caller's transaction."""
+        # One master per store: its buckets can live in this object (made on first use).
+        buckets: dict[str, TokenBucket] = self.__dict__.setdefault("_local_buckets", {})
+        bucket = buckets.get(name)
+        if bucket is None:
+            bucket = buckets[name] = TokenBucket(capacity, per)
+        bucket.capacity, bucket.per = capacity, per
+        now = time.monotonic()
+        taken = 0
+        while taken < n and bucket.take(now) == 0.0:
+            taken += 1
+        return taken, bucket.tokens
+
+    def enqueue_bounded(self, queue: str, tasks: Sequence[NewTask], maxsize: int, now: float) -> int:
+        """Enqueue the first of ``tasks`` while ``queue`` holds fewer than ``maxsize`` ready
+        or delayed items; how many were enqueued. On a shared store the count and the
+        insert hold the queue's lock, so masters putting at once never pass ``maxsize``."""
+        ready, delayed, _ = self.pending_counts(queue)
+        n = max(0, min(len(tasks), maxsize - ready - delayed))
+        if n:
+            self.enqueue(tasks[:n], now)
+        return n
+
+    def finished_since(self, since: float, limit: int = 10_000) -> list[str]:
+        """Ids of at most ``limit`` tasks that finished at or after ``since`` (wall time),
+        earliest first: what a master re-reads after it may have missed announcements.
+        Empty for a single-master store (there is nobody else to miss)."""
+        return []
+
+    def listen(self, on_notice: Callable[[str | None, str], None], stop: threading.Event) -> None:
+        """Hear other masters' announcements until ``stop`` is set (blocking: run it on a
+        thread of its own). ``on_notice(channel, payload)`` for each; ``on_notice(None,
+        since)`` each time listening (re)starts, when anything may have been missed:
+        ``since`` is "" the first time, else the wall time (``repr(float)``) up to which
+        the lost connection was known to hear everything. A single-master store has no
+        peers: it just waits for ``stop``."""
+        stop.wait()
 
 
 def _eligible(flt: TaskFilter, allowed: frozenset[str]) -> frozenset[str]:

@@ -44,7 +44,9 @@ Every use of ``now`` below is a bound parameter, so that change is local to
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -96,9 +98,19 @@ from ..records import (
 )
 from . import paging
 from . import schedules as sched
-from .base import TOKEN_OFFSET, Store, dependency_failed_error
+from .base import (
+    CANCEL_CHANNEL,
+    CHANNELS,
+    DUE_CHANNEL,
+    PROGRESS_CHANNEL,
+    RESULTS_CHANNEL,
+    TOKEN_OFFSET,
+    WORK_CHANNEL,
+    Store,
+    dependency_failed_error,
+)
 from .dsn import redact, scrub
-from .postgres_schema import SCHEMA_VERSION, TABLES, migrate
+from .postgres_schema import LEADER_LOCK, SCHEMA_VERSION, TABLES, migrate
 from .validate import (
     FINISHED_STATES,
     MAX_BATCH,
@@ -112,6 +124,9 @@ from .validate import (
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+#: Payload bytes per notification: PostgreSQL refuses 8000 and more.
+NOTIFY_BUDGET = 7000
 
 # The SQL below spells these states literally.
 assert (READY, LEASED, DELAYED, DEAD, WAITING) == ("ready", "leased", "delayed", "dead", "waiting")
@@ -229,6 +244,7 @@ class PostgresStore(Store):
     # A commit waits for the server's WAL flush (synchronous_commit=on): batch them.
     cheap_commits = False
     blocking_io = True
+    shared = True  # several masters may serve one database
 
     def __init__(self, dsn: str, *, connect_timeout: float = 10.0) -> None:
         self.dsn = dsn
@@ -242,6 +258,14 @@ class PostgresStore(Store):
         # name, state) -> delta, written to ``counts``/``totals`` at COMMIT.
         self._deltas: list[dict[_Key, int]] = []
         self._conn: psycopg.Connection[_Row] | None = None
+        # Several masters (heartbeat_master): the master this store serves, named by the
+        # leases it hands out (the ``conveyor.master`` setting the lease trigger reads),
+        # and whether commits announce their changes to the other masters (NOTIFY).
+        self.master_id: str | None = None
+        self.announce = False
+        self._lead_lock = threading.Lock()
+        self._lead_conn: psycopg.Connection[_Row] | None = None  # holds the leader lock
+        self._leading = False
         self._conn = self._connect()
         try:
             migrate(self._conn, self.where)
@@ -259,9 +283,12 @@ class PostgresStore(Store):
 
     def _connect(self) -> psycopg.Connection[_Row]:
         try:
-            return psycopg.connect(self.dsn, autocommit=True,
+            conn = psycopg.connect(self.dsn, autocommit=True,
                                    connect_timeout=max(1, round(self.connect_timeout)),
                                    application_name="conveyor")
+            if self.master_id is not None:  # a reconnect: leases still name this master
+                conn.execute(b"SELECT set_config('conveyor.master', %s, false)", (self.master_id,))
+            return conn
         except psycopg.Error as exc:
             raise StoreError(f"cannot open store at {self.where}: {self._text(exc)}") from None
 
@@ -273,7 +300,8 @@ class PostgresStore(Store):
             raise StoreError(f"store at {self.where} is closed")
         return self._conn
 
-    def _x(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[_Row]:
+    def _x(self, sql: str,
+           params: Sequence[Any] | Mapping[str, Any] | None = None) -> psycopg.Cursor[_Row]:
         """Execute one statement on the store's connection (inside the caller's lock).
 
         Control statements still waiting in the prelude (BEGIN, SAVEPOINT, RELEASE)
@@ -371,6 +399,10 @@ class PostgresStore(Store):
                 for control in prelude:
                     conn.execute(control.encode())
                 self._flush_counts(conn, deltas)
+                if self.announce:
+                    # Inside the transaction: the server delivers them only if it commits.
+                    for channel, payload in self._notices(deltas):
+                        conn.execute(b"SELECT pg_notify(%s, %s)", (channel, payload))
                 cur = conn.execute(b"COMMIT")
         except psycopg.Error:
             with contextlib.suppress(psycopg.Error):
@@ -390,6 +422,38 @@ class PostgresStore(Store):
                 conn.execute(_FLUSH.format(table=table, key=key).encode(),
                              [list(col) for col in zip(*rows)])
 
+    def _notices(self, deltas: dict[_Key, int]) -> list[tuple[str, str]]:
+        """The NOTIFYs of a transaction's announcements: one per channel, each payload
+        ``[master id, items]`` in JSON under PostgreSQL's 8000-byte limit. Queues (of
+        new or delayed work) that do not fit become one ``[master id, null]``: "look
+        at every queue"; ids (results, cancels) that do not fit go in more notifications."""
+        items: dict[str, list[str]] = {}
+        for (table, channel, item, _), n in deltas.items():
+            if table == "notify" and n:
+                items.setdefault(channel, []).append(item)
+        out: list[tuple[str, str]] = []
+        for channel, values in sorted(items.items()):
+            chunk: list[str] = []
+            size = 0
+            for value in sorted(values):
+                cost = len(json.dumps(value)) + 1
+                if chunk and size + cost > NOTIFY_BUDGET:
+                    if channel in (WORK_CHANNEL, DUE_CHANNEL):
+                        chunk = []
+                        break
+                    out.append((channel, json.dumps([self.master_id, chunk])))
+                    chunk, size = [], 0
+                chunk.append(value)
+                size += cost
+            out.append((channel, json.dumps([self.master_id, chunk or None])))
+        return out
+
+    def _announce(self, channel: str, item: str) -> None:
+        """Announce ``item`` on ``channel`` when the open transaction commits (dropped if
+        the level it was made in rolls back)."""
+        if self.announce:
+            self._deltas[-1][("notify", channel, item, "")] = 1
+
     def _merge(self, deltas: dict[_Key, int]) -> None:
         """Add a finished inner level's count changes to the level around it."""
         outer = self._deltas[-1]
@@ -397,10 +461,18 @@ class PostgresStore(Store):
             outer[key] = outer.get(key, 0) + n
 
     def _note(self, queue: str, name: str | None, old: str | None, new: str | None,
-              n: int = 1) -> None:
+              n: int = 1, *, tid: str | None = None) -> None:
         """Count ``n`` tasks of (queue, name) going from state ``old`` to ``new`` (None: they
-        did not exist / no longer exist) in the open transaction level."""
+        did not exist / no longer exist) in the open transaction level. Work made ready,
+        and the result of task ``tid`` when it finishes, are announced to other masters."""
         deltas = self._deltas[-1]
+        if self.announce:
+            if new == READY:
+                deltas[("notify", WORK_CHANNEL, queue, "")] = 1
+            elif new == DELAYED:
+                deltas[("notify", DUE_CHANNEL, queue, "")] = 1
+            elif tid is not None and new in FINISHED_STATES:
+                deltas[("notify", RESULTS_CHANNEL, tid, "")] = 1
         name = name or ""
         if old is not None:
             key = ("counts", queue, name, old)
@@ -443,7 +515,11 @@ class PostgresStore(Store):
         return StoreError(f"store at {self.where} failed: {self._text(exc)}")
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connections (idempotent); the leadership, if held, goes with them."""
+        with self._lead_lock:
+            if self._lead_conn is not None:
+                self._lead_conn.close()
+                self._lead_conn, self._leading = None, False
         with self._lock:
             if self._conn is not None:
                 self._conn.close()  # an open transaction is rolled back by the server
@@ -607,7 +683,7 @@ class PostgresStore(Store):
             self._x("UPDATE tasks SET state = 'failed', result_ok = false, result_payload = %s, "
                     "result_codec = 'msgpack', finished_at = %s WHERE seq = %s",
                     (dependency_failed_error(dep_id, dep_state), now, seq))
-            self._note(queue, name, WAITING, FAILED)
+            self._note(queue, name, WAITING, FAILED, tid=task_id)
             return True
         if self._x("SELECT 1 FROM deps d JOIN tasks t ON t.id = d.depends_on "
                    "WHERE d.task_id = %s AND t.state != 'succeeded' LIMIT 1",
@@ -784,7 +860,7 @@ class PostgresStore(Store):
                     attempts, owner if holder else None, leased_at if holder else None, now,
                     ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
                     None if o.ok else o.payload)))
-                self._note(queue, name, state, cur[1])
+                self._note(queue, name, state, cur[1], tid=o.id)
                 for col, value in zip(cols, (seq, cur[1], bool(o.ok), bytes(o.payload), o.codec)):
                     col.append(value)
                 ended.append((o.id, cur[1]))
@@ -837,7 +913,7 @@ class PostgresStore(Store):
                     f"lease_deadline = NULL {fence} RETURNING queue, name",
                     (extra, err, now, task_id, stored)).fetchone()
                 if row is not None:
-                    self._note(row[0], row[1], LEASED, DEAD)
+                    self._note(row[0], row[1], LEASED, DEAD, tid=task_id)
                     self._settle([(task_id, DEAD)], now)
             elif delay > 0:
                 row = self._x(
@@ -1030,7 +1106,9 @@ class PostgresStore(Store):
             self._x("UPDATE tasks SET state = 'cancelled', result_ok = false, result_payload = %s, "
                     "result_codec = 'msgpack', finished_at = %s, lease_owner = NULL, "
                     "lease_deadline = NULL WHERE seq = %s", (bytes(error), now, seq))
-            self._note(queue, name, state, CANCELLED)
+            self._note(queue, name, state, CANCELLED, tid=task_id)
+            if state == LEASED and owner:  # the master holding that worker stops it
+                self._announce(CANCEL_CHANNEL, f"{owner} {task_id}")
             self._settle([(task_id, CANCELLED)], now)
             return state, owner if state == LEASED else None
 
@@ -1290,9 +1368,12 @@ class PostgresStore(Store):
     def set_progress(self, task_id: str, token: int, progress: dict[str, Any]) -> bool:
         """Record the progress report of the attempt holding the lease; False if stale."""
         with self.transaction():
-            return self._x("UPDATE tasks SET progress = %s "
+            done = self._x("UPDATE tasks SET progress = %s "
                            "WHERE id = %s AND state = 'leased' AND token = %s",
                            (serde.packb(progress), task_id, _db_token(token))).rowcount == 1
+            if done:
+                self._announce(PROGRESS_CHANNEL, task_id)
+            return done
 
     def purge_finished(self, before: float, *, limit: int | None = None) -> int:
         """Delete finished tasks that finished before ``before``; how many.
@@ -1385,3 +1466,130 @@ class PostgresStore(Store):
         with self.transaction():
             self._x("UPDATE schedules SET last_slot = %s WHERE name = %s "
                     "AND (last_slot IS NULL OR last_slot < %s)", (float(slot), name, float(slot)))
+
+    # -- several masters on one database ---------------------------------------------
+
+    def heartbeat_master(self, master_id: str, address: str, info: Mapping[str, Any],
+                         now: float) -> float | None:
+        """Insert or refresh this master's row (heartbeat: the database's clock). The first
+        call binds the store to ``master_id``: the lease trigger names it on every lease
+        this connection takes or adopts, and commits start announcing to other masters."""
+        with self.transaction(durable=False):
+            if self.master_id != master_id:
+                self._x("SELECT set_config('conveyor.master', %s, false)", (master_id,))
+            row = self._x(
+                "INSERT INTO masters (id, address, info, started_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET address = excluded.address, "
+                "info = excluded.info, heartbeat_at = clock_timestamp() "
+                "RETURNING extract(epoch FROM clock_timestamp())::float8",
+                (master_id, address, serde.packb(dict(info)), now)).fetchone()
+        self.master_id = master_id
+        self.announce = True
+        return float(row[0]) if row is not None else None
+
+    def release_dead(self, timeout: float, now: float, *, limit: int | None = None) -> int:
+        """Hand back the leases of masters silent past ``timeout`` seconds (database clock)
+        and of no master; forget the silent masters that hold none. How many leases."""
+        check_limit(limit)
+        dead = ("(lease_master IS NULL OR lease_master NOT IN (SELECT id FROM masters "
+                "WHERE heartbeat_at >= clock_timestamp() - make_interval(secs => %s)))")
+        params: tuple[Any, ...] = (float(timeout),)
+        if limit is not None:
+            dead = (f"seq IN (SELECT seq FROM tasks WHERE state = 'leased' AND {dead} "
+                    "ORDER BY seq LIMIT %s)")
+            params = (float(timeout), int(limit))
+        with self.transaction():
+            n = len(self._return_to_ready(dead, params, now))
+            if limit is None or n < limit:
+                self._x("DELETE FROM masters m WHERE heartbeat_at < clock_timestamp() - "
+                        "make_interval(secs => %s) AND NOT EXISTS (SELECT 1 FROM tasks t "
+                        "WHERE t.state = 'leased' AND t.lease_master = m.id)", (float(timeout),))
+        return n
+
+    def masters(self) -> list[dict[str, Any]]:
+        """Every registered master, oldest first, with its heartbeat age (database clock)."""
+        with self._reading():
+            rows = self._x("SELECT id, address, started_at, "
+                           "extract(epoch FROM clock_timestamp() - heartbeat_at)::float8, info "
+                           "FROM masters ORDER BY started_at, id").fetchall()
+        return [{"id": r[0], "address": r[1], "started_at": r[2], "heartbeat_age": r[3],
+                 "info": serde.unpackb(r[4]) if r[4] else {}} for r in rows]
+
+    def try_lead(self) -> bool:
+        """Hold the leader lock (a session-level advisory lock) on a connection of its own:
+        True while held. The server releases it when that connection ends (its master
+        died, or lost the database), and the next master to ask takes it over."""
+        with self._lead_lock:
+            conn = self._lead_conn
+            try:
+                if conn is not None and not conn.broken:
+                    if self._leading:
+                        conn.execute(b"SELECT 1")  # still connected: still holding it
+                        return True
+                else:
+                    if conn is not None:
+                        conn.close()
+                    self._leading = False
+                    conn = self._lead_conn = self._connect()
+                row = conn.execute(b"SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+                self._leading = bool(row and row[0])
+            except (psycopg.Error, StoreError):
+                if self._lead_conn is not None:
+                    self._lead_conn.close()
+                self._lead_conn, self._leading = None, False
+            return self._leading
+
+    def finished_since(self, since: float, limit: int = 10_000) -> list[str]:
+        """Ids of tasks finished at or after ``since``, earliest first (the finished index)."""
+        with self._reading():
+            rows = self._x("SELECT id FROM tasks WHERE finished_at >= %s ORDER BY finished_at, seq "
+                           "LIMIT %s", (float(since), int(limit))).fetchall()
+        return [r[0] for r in rows]
+
+    def listen(self, on_notice: Callable[[str | None, str], None], stop: threading.Event) -> None:
+        """LISTEN on every channel on a connection of its own until ``stop`` is set; after
+        each (re)connection ``on_notice(None, "")``: anything may have been missed."""
+        alive: float | None = None  # when the last connection was last known to hear all
+        while not stop.is_set():
+            try:
+                with self._connect() as conn:
+                    for channel in CHANNELS:
+                        conn.execute(f"LISTEN {channel}".encode())
+                    on_notice(None, "" if alive is None else repr(alive))
+                    while not stop.is_set():
+                        checked = time.time()
+                        for n in conn.notifies(timeout=0.5):
+                            on_notice(n.channel, n.payload)
+                        alive = checked  # the generator ends quietly only while connected
+            except (psycopg.Error, StoreError):
+                stop.wait(1.0)  # the database is away: try again
+
+    def take_tokens(self, name: str, capacity: float, per: float, n: int) -> tuple[int, float]:
+        """Take up to ``n`` tokens from the shared bucket ``name``, refilled by the database's
+        clock, in one statement (the row lock orders masters taking at once)."""
+        if n <= 0:
+            return 0, 0.0
+        refill = "least(%(cap)s, b.tokens + (excluded.stamp - b.stamp) * %(rate)s)"
+        with self.transaction():
+            row = self._x(
+                "INSERT INTO buckets AS b (name, tokens, stamp, granted) "
+                "SELECT %(name)s, %(cap)s - least(%(n)s, floor(%(cap)s)), c.t, "
+                "least(%(n)s, floor(%(cap)s))::int "
+                "FROM (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) AS c "
+                f"ON CONFLICT (name) DO UPDATE SET granted = least(%(n)s, floor({refill}))::int, "
+                f"tokens = {refill} - least(%(n)s, floor({refill})), stamp = excluded.stamp "
+                "RETURNING granted, tokens",
+                {"name": name, "cap": float(capacity), "rate": float(capacity) / float(per),
+                 "n": int(n)}).fetchone()
+        assert row is not None
+        return int(row[0]), float(row[1])
+
+    def enqueue_bounded(self, queue: str, tasks: Sequence[NewTask], maxsize: int, now: float) -> int:
+        """Count and insert under the lock of ``queue``'s row (kept with its maxsize): a
+        concurrent bounded put to the same queue, through any master, waits for this
+        commit, and counts what it added."""
+        with self.transaction():
+            self._x("INSERT INTO queues (name, maxsize) VALUES (%s, %s) ON CONFLICT (name) "
+                    "DO UPDATE SET maxsize = excluded.maxsize", (queue, int(maxsize)))
+            return super().enqueue_bounded(queue, tasks, maxsize, now)
+

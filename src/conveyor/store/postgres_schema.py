@@ -10,10 +10,10 @@ migrates and the others find the work done. A database at a newer version than
 :data:`SCHEMA_VERSION` was made by a newer conveyor: it is refused, naming both
 versions, and nothing in it changes.
 
-To change the schema, append a step (never edit a released one). Several
-masters on one database (a later step) add a ``masters`` table and a lease
-owner naming a master session; ``tasks.lease_owner`` already names the
-worker session that holds a lease, so that step only adds columns.
+To change the schema, append a step (never edit a released one). Step 4 is
+for several masters on one database: a ``masters`` table with heartbeats,
+and ``tasks.lease_master`` naming the master whose session holds a lease
+(``tasks.lease_owner`` names that worker session).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 #: The advisory lock key migrations hold (a constant: "conveyor" in ASCII, as a bigint).
 MIGRATION_LOCK = 0x636F6E7665796F72
+#: The session-level advisory lock the leader master holds ("conveyoL"): released
+#: by the server when the leader's connection ends, so another master takes over.
+LEADER_LOCK = 0x636F6E7665796F4C
 
 VERSION_TABLE = "conveyor_schema_version"
 
@@ -162,8 +165,44 @@ CREATE TABLE attempts (
 )
 """
 
+# Several masters on one database. ``masters``: one row per running master, its
+# heartbeat on the database's clock (clock skew between masters decides nothing);
+# ``info`` is msgpack (pid, host, version, settings, its sessions' counts).
+# ``tasks.lease_master``: the master whose session holds a lease. A trigger sets it
+# from the session setting ``conveyor.master`` whenever ``lease_owner`` changes, so
+# every statement that leases, adopts or ends a lease (whoever writes it, in any
+# later version) keeps it right without naming it; a lease taken on a connection
+# without that setting (a tool, a test) names no master. Only the leases of a
+# master whose heartbeat stopped are handed back (never every lease, as one master's
+# start used to do).
+_V5_STATEMENTS = (
+    "CREATE TABLE masters ("
+    " id text PRIMARY KEY, address text NOT NULL, info bytea,"
+    " started_at double precision NOT NULL,"
+    " heartbeat_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    "ALTER TABLE tasks ADD COLUMN lease_master text",
+    "CREATE INDEX tasks_master ON tasks (lease_master) WHERE state = 'leased'",
+    "CREATE FUNCTION conveyor_lease_master() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN "
+    "  IF NEW.lease_owner IS NULL THEN NEW.lease_master := NULL; "
+    "  ELSE NEW.lease_master := nullif(current_setting('conveyor.master', true), ''); END IF; "
+    "  RETURN NEW; "
+    "END $$",
+    "CREATE TRIGGER tasks_lease_master BEFORE UPDATE OF lease_owner ON tasks FOR EACH ROW "
+    "WHEN (NEW.lease_owner IS DISTINCT FROM OLD.lease_owner) "
+    "EXECUTE FUNCTION conveyor_lease_master()",
+    # Rate limits shared by every master: one token bucket per (task name, rate), its
+    # tokens as of ``stamp`` (the database's clock, epoch seconds).
+    "CREATE TABLE buckets (name text PRIMARY KEY, tokens double precision NOT NULL,"
+    " stamp double precision NOT NULL, granted integer NOT NULL DEFAULT 0)",
+    # A queue's declared maxsize, so every master bounds it alike; a bounded put locks
+    # the queue's row while it counts and inserts.
+    "CREATE TABLE queues (name text PRIMARY KEY, maxsize integer NOT NULL)",
+)
+
 #: Every table the store owns (tests empty them between tests).
-TABLES = ("tasks", "deps", "schedules", "counts", "totals", "unsettled", "attempts")
+TABLES = ("tasks", "deps", "schedules", "counts", "totals", "unsettled", "attempts", "masters",
+          "buckets", "queues")
 
 
 def _run(cur: psycopg.Cursor[tuple[Any, ...]], script: str) -> None:
@@ -186,8 +225,14 @@ def _to_v3(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
 
 def _to_v4(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
     # The lease token: 64 random bits per lease, stored as token - 2**63 (a bigint).
-    # NULL until a task is first leased (every master start voids older leases).
+    # NULL until a task is first leased: a lease taken before this version can no
+    # longer settle; it expires and its task runs again.
     cur.execute("ALTER TABLE tasks ADD COLUMN IF NOT EXISTS token bigint")
+
+
+def _to_v5(cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+    for statement in _V5_STATEMENTS:  # one by one: the function body holds semicolons
+        cur.execute(statement.encode())
 
 
 @dataclass(frozen=True)
@@ -206,6 +251,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the attempts table (each task's last attempts: worker, times, outcome, output)",
               _to_v3),
     Migration(4, "tasks.token: each lease's random token (stored as token - 2**63)", _to_v4),
+    Migration(5, "the masters table (heartbeats on the database clock) and each lease's master "
+                 "(tasks.lease_master, kept by a trigger), shared rate-limit buckets and queue sizes",
+              _to_v5),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
