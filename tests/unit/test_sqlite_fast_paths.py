@@ -36,11 +36,11 @@ def both(tmp_path, script: Callable[[Store], None]) -> tuple[SQLiteStore, Memory
 def test_a_first_success_is_kept_in_the_row_and_read_back_exactly(tmp_path):
     def script(s: Store) -> None:
         s.enqueue([task("a", "a"), task("b", "b"), task("c", "c")], T0)
-        for tid, when in (("a", T0 + 1), ("b", T0 + 2), ("c", T0 + 3)):
-            lease_one(s, tid, tid, "s1", when)
-        assert s.complete([Outcome("a", 1, True, b"v", worker=W1, started_at=T0 + 1.25),
-                           Outcome("b", 1, True, b"w"),  # nothing known of its worker
-                           Outcome("c", 1, True, b"x", output="printed\n", worker=W1)],
+        tok = {tid: lease_one(s, tid, tid, "s1", when).token
+               for tid, when in (("a", T0 + 1), ("b", T0 + 2), ("c", T0 + 3))}
+        assert s.complete([Outcome("a", tok["a"], True, b"v", worker=W1, started_at=T0 + 1.25),
+                           Outcome("b", tok["b"], True, b"w"),  # nothing known of its worker
+                           Outcome("c", tok["c"], True, b"x", output="printed\n", worker=W1)],
                           T0 + 4.5) == ["stored"] * 3
 
     sq, mem = both(tmp_path, script)
@@ -59,12 +59,12 @@ def test_a_first_success_is_kept_in_the_row_and_read_back_exactly(tmp_path):
 def test_a_requeued_success_keeps_its_first_attempt_and_adds_the_next(tmp_path):
     def script(s: Store) -> None:
         s.enqueue([task("a", "a")], T0)
-        lease_one(s, "a", "a", "s1", T0 + 1)
-        s.complete([Outcome("a", 1, True, b"v", worker=W1, started_at=T0 + 1.5)], T0 + 2)
+        first = lease_one(s, "a", "a", "s1", T0 + 1)
+        s.complete([Outcome("a", first.token, True, b"v", worker=W1, started_at=T0 + 1.5)], T0 + 2)
         assert s.requeue(T0 + 3, ids=["a"], states=[SUCCEEDED]) == ["a"]
         second = lease_one(s, "a", "a", "s2", T0 + 4)
-        assert second.token == 2
-        assert s.nack("a", 2, T0 + 5, error=b"boom", dead=True, note=AttemptNote(W2, T0 + 4.5, "out"))
+        assert second.token != first.token
+        assert s.nack("a", second.token, T0 + 5, error=b"boom", dead=True, note=AttemptNote(W2, T0 + 4.5, "out"))
 
     sq, mem = both(tmp_path, script)
     try:
@@ -81,14 +81,13 @@ def test_a_requeued_success_keeps_its_first_attempt_and_adds_the_next(tmp_path):
 def test_a_late_or_second_success_is_an_attempts_row(tmp_path):
     def script(s: Store) -> None:
         s.enqueue([task("late", "late"), task("second", "second")], T0)
-        lease_one(s, "late", "late", "s1", T0)
-        s.expire_leases(T0 + 100)
-        lease_one(s, "late", "late", "s2", T0 + 101)
-        assert s.complete([Outcome("late", 1, True, b"v", worker=W1)], T0 + 102) == ["stored"]
-        lease_one(s, "second", "second", "s1", T0 + 103)
-        s.nack("second", 1, T0 + 104, error=b"e")
-        lease_one(s, "second", "second", "s2", T0 + 105)
-        assert s.complete([Outcome("second", 2, True, b"v", worker=W2)], T0 + 106) == ["stored"]
+        late = lease_one(s, "late", "late", "s1", T0)
+        s.expire_leases(T0 + 100)  # handed back, not leased since: its success still counts
+        assert s.complete([Outcome("late", late.token, True, b"v", worker=W1)], T0 + 102) == ["stored"]
+        first = lease_one(s, "second", "second", "s1", T0 + 103)
+        s.nack("second", first.token, T0 + 104, error=b"e")
+        second = lease_one(s, "second", "second", "s2", T0 + 105)
+        assert s.complete([Outcome("second", second.token, True, b"v", worker=W2)], T0 + 106) == ["stored"]
 
     sq, mem = both(tmp_path, script)
     try:
@@ -103,8 +102,8 @@ def test_a_late_or_second_success_is_an_attempts_row(tmp_path):
 def test_a_version_5_file_gains_the_column_and_keeps_its_attempts(tmp_path):
     s = SQLiteStore(tmp_path)
     s.enqueue([task("old", "old")], T0)
-    lease_one(s, "old", "old", "s1", T0)
-    s.complete([Outcome("old", 1, True, b"v", output="o")], T0 + 1)
+    old = lease_one(s, "old", "old", "s1", T0)
+    s.complete([Outcome("old", old.token, True, b"v", output="o")], T0 + 1)
     s.close()
     conn = sqlite3.connect(tmp_path / "conveyor.db", isolation_level=None)
     conn.execute("ALTER TABLE tasks DROP COLUMN attempt")
@@ -112,11 +111,11 @@ def test_a_version_5_file_gains_the_column_and_keeps_its_attempts(tmp_path):
     conn.close()
     s = SQLiteStore(tmp_path)
     try:
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert [(a.number, a.output) for a in s.get("old").attempt_log] == [(1, "o")]
         s.enqueue([task("new", "new")], T0)
-        lease_one(s, "new", "new", "s1", T0)
-        s.complete([Outcome("new", 1, True, b"v")], T0 + 1)
+        new = lease_one(s, "new", "new", "s1", T0)
+        s.complete([Outcome("new", new.token, True, b"v")], T0 + 1)
         assert [a.outcome for a in s.get("new").attempt_log] == [ATTEMPT_SUCCEEDED]
     finally:
         s.close()
@@ -127,8 +126,8 @@ def test_purged_tasks_take_their_row_attempt_along(tmp_path, purge):
     s = SQLiteStore(tmp_path)
     try:
         s.enqueue([task("a", "a")], T0)
-        lease_one(s, "a", "a", "s1", T0)
-        s.complete([Outcome("a", 1, True, b"v")], T0 + 1)
+        a = lease_one(s, "a", "a", "s1", T0)
+        s.complete([Outcome("a", a.token, True, b"v")], T0 + 1)
         if purge == "purge":
             assert s.purge(states=[SUCCEEDED]) == 1
         else:
