@@ -40,7 +40,10 @@ def leftovers(before: Iterable[str], after: Iterable[str]) -> list[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Point this session's temporary files at a private folder before anything makes one."""
-    real = tempfile.gettempdir()
+    # The system's folder, also in the processes pytest-xdist starts: they inherit the
+    # controller's TMPDIR, and a private folder nested in another makes paths too long
+    # for the Unix sockets some programs keep there (chromium's).
+    real = os.environ.setdefault(_REAL_TMP, tempfile.gettempdir())
     # Keep pytest's tmp_path where it would be without us (it reads this before TMPDIR).
     os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", real)
     private = tempfile.mkdtemp(prefix="conveyor-tests-", dir=real)
@@ -57,6 +60,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _PRIVATE_TMP = pytest.StashKey[str]()
+_REAL_TMP = "CONVEYOR_TESTS_SYSTEM_TMPDIR"
 
 
 @pytest.fixture(scope="session", autouse=True)
