@@ -99,6 +99,8 @@ MASTER: dict[str, Setting] = {s.name: s for s in (
     Setting("lease", float, 60.0, check=_positive, rule="positive"),
     Setting("result_ttl", float, 86400.0, check=_positive, rule="positive"),
     Setting("max_frame_size", int, 64 * 1024 * 1024, check=_positive, rule="positive"),
+    # The bytes of partially received frames all connections together may hold (master/backpressure.py).
+    Setting("frame_budget", int, 64 * 1024 * 1024, check=_positive, rule="positive"),
     Setting("pickle", bool, False),
     *_COMMON,
     *_LOGS,

@@ -102,3 +102,23 @@ def test_the_same_frames_decode_within_their_budget_in_process():
     for make in (empty_arrays_flat, empty_arrays_nested):
         with pytest.raises(protocol.ProtocolError):
             protocol.decode_body(make(4 * MiB - 64), guarded=True)
+
+
+def test_a_frame_that_does_not_fit_the_budget_waits_for_the_one_under_way(make_cluster):
+    cluster = make_cluster(modules=["tests.faults.memtasks"], workers=0,
+                           master_args=["--frame-budget", str(MiB)]).start()
+    first = RawPeer(cluster.address, cluster.authkey, timeout=60)
+    second = RawPeer(cluster.address, cluster.authkey, timeout=60)
+    big = protocol.encode_frame(protocol.PING, 11, {"pad": b"\x00" * (2 * MiB)})
+    first.sock.sendall(big[:MiB])  # let in alone although larger than the budget
+    other = protocol.encode_frame(protocol.PING, 12, {"pad": b"\x00" * (600 * 1024)})
+    second.sock.sendall(other)
+    second.sock.settimeout(1.0)
+    with pytest.raises(TimeoutError):  # not answered: its frame does not fit beside the first
+        second.read()
+    first.sock.sendall(big[MiB:])
+    assert [m.rid for m in first.read()] == [11]
+    second.sock.settimeout(60)
+    assert [m.rid for m in second.read()] == [12]  # the first completed: the second is read
+    first.close()
+    second.close()

@@ -135,6 +135,16 @@ def test_too_much_waiting_closes_the_newcomer():
     assert b.waiting == 1
 
 
+def test_a_connection_let_in_at_once_behind_a_waiter_is_told_to_read_on():
+    b = FrameBudget(100)
+    a, c = Who(), Who()
+    assert b.want(a, 60, 10) is True
+    assert b.want(c, 60, 10) is False
+    # a's frame completes and a new one of 30 begins in the same read: c goes first, a fits too.
+    assert b.want(a, 30, 5) is True
+    assert c.granted == 1 and b.used == 90 and b.waiting == 0
+
+
 def test_a_growing_frame_keeps_one_reservation():
     b = FrameBudget(100)
     a = Who()

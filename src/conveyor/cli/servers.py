@@ -134,7 +134,7 @@ def cmd_master(args: argparse.Namespace) -> int:
                         lease_for=args.lease, heartbeat_timeout=args.heartbeat_timeout,
                         result_ttl=args.result_ttl, allow_pickle=args.pickle,
                         handshake_timeout=args.handshake_timeout,
-                        max_frame_size=args.max_frame_size)
+                        max_frame_size=args.max_frame_size, frame_budget=args.frame_budget)
         try:
             await master.start()
         except OSError as exc:
@@ -208,6 +208,9 @@ def add_master_command(sub: Any) -> None:
                    help=f"lease length in seconds, extended while the worker lives (default {d['lease']:g})")
     p.add_argument("--result-ttl", type=float, help="seconds results are kept (default 86400, 24 h)")
     p.add_argument("--max-frame-size", type=int, help="largest frame accepted, in bytes (default 64 MiB)")
+    p.add_argument("--frame-budget", type=int,
+                   help="bytes of partly received frames all connections may hold; a frame that does not fit "
+                        "waits (default 64 MiB)")
     p.add_argument("--pickle", action="store_true", default=None,
                    help="accept pickled payloads (trusted networks only)")
     p.add_argument("--check", action="store_true", default=False,

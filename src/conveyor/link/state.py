@@ -129,7 +129,7 @@ class LinkState:
             return None
         if kind is Failure.LOUD:
             self.limited.warning(f"reconnect failed {self.address}", "reconnecting to %s failed: %s: %s",
-                            self.address, type(exc).__name__, exc)
+                                 self.address, type(exc).__name__, exc)
         return self.plan.failed()
 
     # -- after a reconnect -----------------------------------------------------

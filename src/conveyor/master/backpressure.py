@@ -96,7 +96,9 @@ class FrameBudget:
             return None
         self._waiting[who] = (size, buffered)
         self._wake()
-        return False
+        # Let in at once when what it queued behind fit too (its own frame just completed
+        # and freed room, say): then it must not stop reading.
+        return who in self._held
 
     def release(self, who: Waiter, *, wake: bool = True) -> None:
         """``who`` is gone or its frame is complete: its bytes go back to the budget."""

@@ -131,7 +131,7 @@ class Connection(asyncio.Protocol):
         granted = self.host.budget.want(self, self.conn.partial_frame(), self.conn.buffered)
         if granted is None:
             self.host.limited.warning("budget full", "closing %s: the master's budget for partially received "
-                            "frames is taken and too many connections wait for it", self.peer)
+                                      "frames is taken and too many connections wait for it", self.peer)
             self.close()
             return False
         if not granted:
