@@ -84,7 +84,7 @@ def test_a_full_tmpfs_fails_submits_and_puts_loudly_serves_reads_and_recovers(tm
         done = client.submit(SQUARE, 3)
         assert done.result(timeout=60) == 9
         filler = fill(tmpfs)
-        for i in range(30):  # every one fails in the caller, naming the cause; none hangs
+        for i in range(100):  # every one fails in the caller, naming the cause; none hangs
             with pytest.raises(StoreFull, match="disk full"):
                 client.submit(SQUARE, i)
         with pytest.raises(StoreFull, match="disk full"):
@@ -95,9 +95,10 @@ def test_a_full_tmpfs_fails_submits_and_puts_loudly_serves_reads_and_recovers(tm
         assert client.inspect(done.task_id)["state"] == "succeeded"
         assert c.master is not None and c.master.poll() is None  # still up
         log = c.log_path(c.master)
-        # The cause is said, and said a few times, not once per failed commit.
+        # The cause is said, a few times (once per part that met it, per 10 s), not once per
+        # failed commit (101 here).
         assert wait_until(lambda: _lines(log, "disk full") >= 1, timeout=10)
-        assert _lines(log, "disk full") <= 6, log.read_text()[-3000:]
+        assert _lines(log, "disk full") <= 12, log.read_text()[-3000:]
         filler.unlink()  # space returns: the next commits succeed, with no restart
         fut = wait_for(lambda: _submit_or_none(client, 7), timeout=30, what="a submit after space returned")
         assert fut.result(timeout=60) == 49
@@ -121,7 +122,7 @@ def test_a_master_restarted_on_a_nearly_full_tmpfs_completes_every_acknowledged_
         acked = {client.submit(SQUARE, i, result=False): i for i in range(800)}
         fill(tmpfs)
         with pytest.raises(StoreFull):
-            for i in range(1000, 1200):  # until the disk is full; each one that returned is acknowledged
+            for i in range(1000, 5000):  # until the disk is full; each one that returned is acknowledged
                 acked[client.submit(SQUARE, i, result=False)] = i
     c.kill_master()
     os.truncate(tmpfs / "filler", max(0, (tmpfs / "filler").stat().st_size - 64 * 1024))  # 64 KiB free
@@ -194,7 +195,8 @@ def test_a_simulated_full_disk_fails_each_submit_once_logs_rarely_and_recovers(t
             assert client.status()["queues"]["default"]["ready"] == 1
             assert client.inspect(before)["state"] == "ready"
         said = [r for r in caplog.records if "disk full" in r.getMessage()]
-        assert 1 <= len(said) <= 4, [r.getMessage() for r in said]  # not one per failed commit
+        # Once per part that met it (commit, request, dispatch) per 10 s: not one per failure (203).
+        assert 1 <= len(said) <= 9, [r.getMessage() for r in said]
         assert all(r.exc_info is None for r in said)  # a line each, no tracebacks
         # Not resent on reconnect, not stored: nothing of the failed submits is in the store.
         assert master.store.stats()["default"].ready == 1

@@ -11,8 +11,11 @@ read from the copy. Two ways to read it, the first that works:
    ``COMMIT``.
 2. A salvage through SQLite's own b-tree code: each table is read forward and backward
    from its ends until damage stops the scan, every rowid its readable indexes still list
-   is fetched one by one, and the gaps between what was read are probed rowid by rowid. A
-   row on a destroyed page is lost; every row SQLite can still reach by any path is kept.
+   is fetched one by one, and the gaps between what was read are probed rowid by rowid.
+   Then the tasks that no path reaches any more (their leaf page is intact, a page above
+   it is not) are read straight from the file's pages (:mod:`conveyor.store.pages`, the
+   file format ``.recover`` reads), skipping the freelist. A row on a destroyed page is
+   lost; every other one is kept.
 
 The rows go into a new store made by :class:`~conveyor.store.sqlite.SQLiteStore` (the
 current schema), rows that break its constraints are skipped and counted, and the
@@ -33,6 +36,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..records import STATES
+from .pages import leaf_rows
 from .sqlite import DB_NAME, SQLiteStore
 
 #: Tables copied, in this order; counts and totals are rebuilt from tasks instead.
@@ -92,14 +96,16 @@ def recover(source_dir: str | Path, target_dir: str | Path, *, use_shell: bool =
         wal = src.with_name(DB_NAME + "-wal")
         if wal.exists():
             shutil.copyfile(wal, copy.with_name(_SOURCE + "-wal"))
+            _fold_wal(copy)  # the file's pages are then its latest state (read page by page below)
         readable = copy
-        report.method = "salvage through SQLite's b-tree reads (forward, backward, by index, by rowid)"
+        report.method = ("salvage through SQLite's b-tree reads (forward, backward, by index, by rowid) "
+                         "and of orphaned leaf pages")
         if use_shell:
             recovered = _shell_recover(copy, work / "recovered.db")
             if recovered is not None:
                 readable, report.method = recovered, "sqlite3 .recover"
         SQLiteStore(dst_dir, exclusive=False).close()  # the current schema, empty
-        _copy_into(readable, report)
+        _copy_into(readable, report, orphans=readable == copy)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report.seconds = time.perf_counter() - started
@@ -207,7 +213,35 @@ def _usable_task(row: dict[str, Any]) -> bool:
             and isinstance(row.get("codec"), str) and isinstance(row.get("created_at"), (int, float)))
 
 
-def _copy_into(readable: Path, report: RecoverReport) -> None:
+def _fold_wal(copy: Path) -> None:
+    """Checkpoint the copy's WAL into it (a page copy: it works on a damaged file too)."""
+    conn = sqlite3.connect(copy, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.DatabaseError:
+        pass  # the b-tree reads still see the WAL; only orphaned pages may be older
+    finally:
+        conn.close()
+
+
+def _orphan_tasks(readable: Path, have: list[str], cols: list[str],
+                  rows: dict[Any, tuple[Any, ...]]) -> None:
+    """Add to ``rows`` the tasks on leaf pages no b-tree path reaches (by the shape of their
+    record: the tasks table's columns, seq being the rowid)."""
+    idx = cols.index("id")
+    known = {row[idx] for row in rows.values()}
+    for rowid, fields in leaf_rows(readable):
+        # A row stored before a column was added has one field fewer (tasks.progress).
+        if rowid in rows or len(fields) not in (len(have), len(have) - 1):
+            continue
+        row = dict(zip(have, fields + [None] * (len(have) - len(fields))))
+        row["seq"] = rowid
+        if _usable_task(row) and row["id"] not in known:
+            known.add(row["id"])
+            rows[rowid] = tuple(row[c] for c in cols)
+
+
+def _copy_into(readable: Path, report: RecoverReport, *, orphans: bool = False) -> None:
     src = sqlite3.connect(readable, isolation_level=None)  # a copy: the damaged file is never opened
     dst = sqlite3.connect(report.target, isolation_level=None)
     try:
@@ -221,6 +255,8 @@ def _copy_into(readable: Path, report: RecoverReport) -> None:
                 continue
             rows = salvage(src, table, cols)
             is_tasks = table == "tasks"
+            if is_tasks and orphans and "seq" in cols and "id" in cols:
+                _orphan_tasks(readable, have, cols, rows)
             keep_rowid = _has_rowid(src, table) and "seq" not in cols and table != "schedules"
             names = (["rowid"] if keep_rowid else []) + cols
             sql = (f'INSERT OR IGNORE INTO "{table}" ({", ".join(names)}) '
