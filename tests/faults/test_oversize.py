@@ -17,7 +17,7 @@ import pytest
 
 from conveyor import protocol
 from conveyor.aio import connect
-from conveyor.errors import FrameTooLarge
+from conveyor.errors import FrameTooLarge, TaskError
 from tests.waiting import wait_until
 
 from .memory_peer import RawPeer
@@ -97,3 +97,17 @@ def test_a_frame_length_alone_over_the_limit_closes_the_connection(small_master)
     peer.sock.sendall(struct.pack(">I", 1 << 31))
     assert wait_until(peer.closed_by_master_nowait, timeout=30)
     peer.close()
+
+
+def test_a_result_over_the_limit_fails_its_task_once_instead_of_running_it_again(small_master):
+    # The worker cannot send it (the master would refuse the frame): the task fails with
+    # FrameTooLarge, naming both sizes, in its first attempt; it is not left to expire and
+    # run again, failing the same way forever.
+    with small_master.client() as client:
+        fut = client.submit("tests.faults.memtasks:blob", LIMIT + 50_000)
+        with pytest.raises(TaskError) as info:
+            fut.result(timeout=60)
+        assert info.value.type_name == "conveyor.errors.FrameTooLarge"
+        assert f"exceeds the master's frame limit of {LIMIT} bytes" in info.value.message
+        assert client.inspect(fut.task_id)["attempts"] == 1
+        assert client.submit("tests.faults.memtasks:blob", 10).result(timeout=60) == "x" * 10

@@ -32,6 +32,7 @@ from ..auth import as_key
 from ..errors import (
     AuthenticationError,
     ConnectionLost,
+    FrameTooLarge,
     ProtocolError,
     RemoteError,
     SerializationError,
@@ -493,14 +494,34 @@ class Worker:
     def _flush(self) -> None:
         if self._acks and self._core is not None:
             batch, self._acks = self._acks, []
+            self._send_acks(batch)
+        self._top_up()
+        self._maybe_finished()
+
+    def _send_acks(self, batch: list[list[Any]]) -> None:
+        """Send results. A batch over the master's frame limit goes in halves; a single
+        result over it could never be stored, so its task fails with FrameTooLarge
+        (sent instead, once) rather than coming back when its lease expires, to run and
+        fail the same way again."""
+        assert self._core is not None
+        try:
             # An ack unanswered when the connection drops is resent after the
             # reconnect: results of finished tasks are kept until the master has them.
             fut = self._core.request_nowait(protocol.ACK, {"results": batch})
-            settled = [(item[0], item[1]) for item in batch]
-            fut.add_done_callback(lambda _f: self._settled(settled))
-            self._track(fut)
-        self._top_up()
-        self._maybe_finished()
+        except FrameTooLarge as exc:
+            if len(batch) > 1:
+                half = len(batch) // 2
+                self._send_acks(batch[:half])
+                self._send_acks(batch[half:])
+                return
+            tid, token = batch[0][0], batch[0][1]
+            log.error("task %s: its result is too large for the master: %s", tid, exc)
+            error = serde.encode_error(FrameTooLarge(f"the task's result is too large to store: {exc}"))
+            self._send_acks([[tid, token, False, error, "msgpack", None]])
+            return
+        settled = [(item[0], item[1]) for item in batch]
+        fut.add_done_callback(lambda _f: self._settled(settled))
+        self._track(fut)
 
     def _settled(self, pairs: list[tuple[str, int]]) -> None:
         """The master answered an ack: those leases are no longer ours to claim."""
