@@ -46,10 +46,14 @@ class _Plain:
 
     def readable(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for bytes (or the end) to read; holding the read role."""
-        if self._poller is None:
-            self._poller = select.poll()
-            self._poller.register(self.sock, select.POLLIN)
-        return bool(self._poller.poll(timeout * 1000))
+        try:
+            if self._poller is None:
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                self._poller = poller
+            return bool(self._poller.poll(timeout * 1000))
+        except (OSError, ValueError):  # closed meanwhile: the read says so
+            return True
 
     def waiting_bytes(self) -> bool:
         """True if bytes (or the end) wait to be read; any thread may ask (its own poll object)."""
@@ -256,7 +260,8 @@ class BlockingLink(LinkState):
                 if not self._closing:
                     log.warning("connection to %s lost: %s", self.address, exc)
             except Exception:  # a bug handling a message: a fresh connection, not a dead one
-                log.exception("connection to %s: unexpected error; reconnecting", self.address)
+                if not self._closing:
+                    log.exception("connection to %s: unexpected error; reconnecting", self.address)
             with self._wlock, self._lock:
                 self._transport = None
             transport.close()
@@ -291,9 +296,14 @@ class BlockingLink(LinkState):
         # not be told when the caller lets go (the caller looks for leftovers itself).
         edge = select.epoll() if hasattr(select, "epoll") else None
         poller = select.poll()
-        poller.register(transport.sock, select.POLLIN)
-        if edge is not None:
-            edge.register(transport.sock.fileno(), select.EPOLLIN | select.EPOLLET)
+        try:
+            poller.register(transport.sock, select.POLLIN)
+            if edge is not None:
+                edge.register(transport.sock.fileno(), select.EPOLLIN | select.EPOLLET)
+        except (OSError, ValueError):  # closed already (a client closed at once)
+            if edge is not None:
+                edge.close()
+            raise ConnectionLost("connection closed") from None
         liveness = self._liveness
         try:
             while not self._closing:
