@@ -428,7 +428,11 @@ class BlockingLink(LinkState):
             self._closing = True
             transport, self._transport = self._transport, None
         if transport is not None:
-            transport.close()
+            # Shut down, and close only once the reader thread is gone: epoll forgets a
+            # closed socket, so closing at once could leave it waiting for its next ping.
+            transport.shutdown()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
+        if transport is not None:
+            transport.close()
         self._fail_all(ConnectionLost("client closed"))
