@@ -85,7 +85,7 @@ def _cv_consumer(address, authkey, name, n, batched, ack, prefetch, out, barrier
     import conveyor
 
     with conveyor.connect(address, authkey) as c:
-        q = c.queue(name, ack=ack, prefetch=prefetch)
+        q = c.queue(name, ack=ack, prefetch=prefetch) if prefetch > 1 else c.queue(name, ack=ack)
         barrier.wait()
         total = got = 0
         while got < n:

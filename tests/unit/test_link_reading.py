@@ -134,3 +134,27 @@ def test_pings_go_on_while_a_caller_holds_the_read_role():
         link.close()
         master.close()
     assert not master.errors
+
+
+def test_close_wakes_the_reader_thread_at_once():
+    """The reader thread waits on epoll, which forgets a closed socket: close() shuts the
+    connection down, lets the reader thread leave, and only then closes the socket, so the
+    thread is gone when close() returns (not still waiting for its next ping)."""
+
+    def script(n: int, sock: socket.socket, conn: protocol.Connection) -> None:
+        got: list[protocol.Message] = []
+        _welcome(sock, conn, got, n, heartbeat=60.0)  # the next ping is 20 s away
+        while sock.recv(65536):
+            pass
+
+    master = FakeMaster(script)
+    link = BlockingLink(("127.0.0.1", master.port), KEY, role="worker")
+    try:
+        link.connect()
+        assert link.connected
+        link.close()  # joins the reader thread for at most 5 s
+        assert link._reader is not None and not link._reader.is_alive()
+    finally:
+        link.close()
+        master.close()
+    assert not master.errors

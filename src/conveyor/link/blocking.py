@@ -45,11 +45,24 @@ class _Plain:
         self._poller: select.poll | None = None
 
     def readable(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for bytes (or the end) to read."""
-        if self._poller is None:
-            self._poller = select.poll()
-            self._poller.register(self.sock, select.POLLIN)
-        return bool(self._poller.poll(timeout * 1000))
+        """Wait up to ``timeout`` seconds for bytes (or the end) to read; holding the read role."""
+        try:
+            if self._poller is None:
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                self._poller = poller
+            return bool(self._poller.poll(timeout * 1000))
+        except (OSError, ValueError):  # closed meanwhile: the read says so
+            return True
+
+    def waiting_bytes(self) -> bool:
+        """True if bytes (or the end) wait to be read; any thread may ask (its own poll object)."""
+        poller = select.poll()
+        try:
+            poller.register(self.sock, select.POLLIN)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        return bool(poller.poll(0))
 
     def shutdown(self) -> None:
         """End the connection without closing the socket: its reader sees the end."""
@@ -248,7 +261,8 @@ class BlockingLink(LinkState):
                 if not self._closing:
                     self.limited.warning(f"lost {self.address}", "connection to %s lost: %s", self.address, exc)
             except Exception:  # a bug handling a message: a fresh connection, not a dead one
-                log.exception("connection to %s: unexpected error; reconnecting", self.address)
+                if not self._closing:
+                    log.exception("connection to %s: unexpected error; reconnecting", self.address)
             with self._wlock, self._lock:
                 self._transport = None
             transport.close()
@@ -278,31 +292,49 @@ class BlockingLink(LinkState):
                 break
 
     def _read_loop(self, transport: _Plain, conn: protocol.Connection) -> None:
+        # Woken by new bytes only (edge-triggered, where there is epoll): bytes a waiting
+        # caller reads itself wake this thread once, not until they are read, and it need
+        # not be told when the caller lets go (the caller looks for leftovers itself).
+        edge = select.epoll() if hasattr(select, "epoll") else None
         poller = select.poll()
-        poller.register(transport.sock, select.POLLIN)
+        try:
+            poller.register(transport.sock, select.POLLIN)
+            if edge is not None:
+                edge.register(transport.sock.fileno(), select.EPOLLIN | select.EPOLLET)
+        except (OSError, ValueError):  # closed already (a client closed at once)
+            if edge is not None:
+                edge.close()
+            raise ConnectionLost("connection closed") from None
         liveness = self._liveness
-        while not self._closing:
-            now = self._clock()
-            if liveness.ping_due(now):
-                # Ping every heartbeat, busy or not: the master judges us by what we send.
-                self._send_to(transport, protocol.encode_frame(protocol.PING, 0, {}))
-            if not poller.poll(liveness.until_ping(now) * 1000):
+        try:
+            while not self._closing:
                 now = self._clock()
-                if liveness.silent(now):
-                    raise ConnectionLost(f"master at {self.address} silent for {liveness.silent_for(now):.0f}s")
-                continue
-            if self._rlock.acquire(blocking=False):
-                try:
-                    if poller.poll(0):  # not taken by a caller meanwhile
-                        self._read_once(transport, conn)
-                finally:
-                    self._rlock.release()
-                continue
-            # A caller waiting for a reply holds the read role and reads this itself: wait
-            # until it lets go (then read what it left), but no longer than the next ping.
-            with self._released:
-                if self._rlock.locked():
-                    self._released.wait(max(0.001, liveness.until_ping(self._clock())))
+                if liveness.ping_due(now):
+                    # Ping every heartbeat, busy or not: the master judges us by what we send.
+                    self._send_to(transport, protocol.encode_frame(protocol.PING, 0, {}))
+                wait = liveness.until_ping(now)
+                if not (edge.poll(wait) if edge is not None else poller.poll(wait * 1000)):
+                    now = self._clock()
+                    if liveness.silent(now):
+                        raise ConnectionLost(
+                            f"master at {self.address} silent for {liveness.silent_for(now):.0f}s")
+                    continue
+                if self._rlock.acquire(blocking=False):
+                    try:
+                        while poller.poll(0):  # all of it: the next edge comes with new bytes only
+                            self._read_once(transport, conn)
+                    finally:
+                        self._rlock.release()
+                    continue
+                if edge is not None:
+                    continue  # the caller holding the read role reads these (see wait_reading)
+                # Level-triggered: wait until that caller lets go, no longer than the next ping.
+                with self._released:
+                    if self._rlock.locked():
+                        self._released.wait(max(0.001, liveness.until_ping(self._clock())))
+        finally:
+            if edge is not None:
+                edge.close()
 
     def _read_once(self, transport: _Plain, conn: protocol.Connection) -> None:
         """Read what is there and handle its messages; holding the read role."""
@@ -313,6 +345,12 @@ class BlockingLink(LinkState):
         for ev in conn.receive_data(data):
             if isinstance(ev, protocol.Message):
                 self._on_message(ev)
+
+    def _let_go(self) -> None:
+        """Give the read role up (a reader thread waiting for it, without epoll, is told)."""
+        with self._released:
+            self._rlock.release()
+            self._released.notify_all()
 
     def wait_reading(self, done: Callable[[], bool], timeout: float | None = None) -> None:
         """Wait until ``done()`` (or ``timeout``), reading the socket on this thread if no
@@ -327,29 +365,43 @@ class BlockingLink(LinkState):
             return
         if not self._rlock.acquire(blocking=False):
             return
+        with self._lock:
+            transport, conn = self._transport, self._conn
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not done():
-                with self._lock:
-                    transport, conn = self._transport, self._conn
-                if transport is None or conn is None or self._closing:
+                if transport is not self._transport or transport is None or conn is None or self._closing:
                     return
                 wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if wait <= 0:
                     return
-                try:
-                    if transport.readable(wait):
-                        self._read_once(transport, conn)
-                except Exception as exc:
-                    # The reader thread takes it from here: it sees the end, reconnects, resends.
-                    if not isinstance(exc, (ConnectionError, OSError, ssl.SSLError, ProtocolError)):
-                        log.exception("connection to %s: unexpected error; reconnecting", self.address)
-                    transport.shutdown()
+                if transport.readable(wait) and not self._read_safely(transport, conn):
                     return
         finally:
-            with self._released:
-                self._rlock.release()
-                self._released.notify_all()
+            self._let_go()
+        # Bytes that came while this thread held the role woke the reader thread in vain
+        # (it never takes the role from a caller): read what is left, unless another
+        # thread holds the role now (then it does).
+        while (transport is not None and conn is not None and transport.waiting_bytes()
+               and self._rlock.acquire(blocking=False)):
+            try:
+                while transport.readable(0):
+                    if not self._read_safely(transport, conn):
+                        return
+            finally:
+                self._let_go()
+
+    def _read_safely(self, transport: _Plain, conn: protocol.Connection) -> bool:
+        """``_read_once`` for a waiting caller: False (the connection ended here, so the
+        reader thread sees the end, reconnects and resends) instead of an exception."""
+        try:
+            self._read_once(transport, conn)
+            return True
+        except Exception as exc:
+            if not isinstance(exc, (ConnectionError, OSError, ssl.SSLError, ProtocolError)):
+                log.exception("connection to %s: unexpected error; reconnecting", self.address)
+            transport.shutdown()
+            return False
 
     # -- requests ----------------------------------------------------------
     @property
@@ -377,7 +429,11 @@ class BlockingLink(LinkState):
             self._closing = True
             transport, self._transport = self._transport, None
         if transport is not None:
-            transport.close()
+            # Shut down, and close only once the reader thread is gone: epoll forgets a
+            # closed socket, so closing at once could leave it waiting for its next ping.
+            transport.shutdown()
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5)
+        if transport is not None:
+            transport.close()
         self._fail_all(ConnectionLost("client closed"))
