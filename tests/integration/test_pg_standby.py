@@ -244,7 +244,7 @@ def test_primary_killed_under_load_standby_promoted_no_acknowledged_task_lost(
     # The master's connections came back on the promoted standby: the store's, the
     # LISTEN connection's and the leader lock's (held).
     assert _pg(new, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'conveyor' "
-                    "AND query LIKE 'LISTEN %'")[0][0] >= 1
+                    "AND datname = 'conveyor' AND query LIKE 'LISTEN %'")[0][0] >= 1
     assert _pg(new, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")[0][0] >= 1
     assert cluster.master is not None and cluster.master.poll() is None
     # A worker's results that met the lost connection were stored when tried again, not

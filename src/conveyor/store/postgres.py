@@ -1621,7 +1621,11 @@ class PostgresStore(Store):
                     if lost:
                         self.logs.info("listen back", "listening again, on %s", _host(conn))
                     lost, backoff = False, 0.0
-                    on_notice(None, "" if alive is None else repr(alive))
+                    since = "" if alive is None else repr(alive)
+                    # Hearing all from here on, even if this connection dies before its
+                    # first poll ends: a reconnection then re-reads from this moment.
+                    alive = time.time()
+                    on_notice(None, since)
                     while not stop.is_set():
                         checked = time.time()
                         for n in conn.notifies(timeout=0.5):
