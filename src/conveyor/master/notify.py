@@ -30,6 +30,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol
+from ..ratelimit_log import RateLimitedLog
 from ..store.base import (
     CANCEL_CHANNEL,
     DUE_CHANNEL,
@@ -46,6 +47,9 @@ log = logging.getLogger("conveyor.master")
 #: Seconds before the lost listening connection's last sure moment from which finished
 #: tasks are re-read (finish times come from the masters' clocks).
 REREAD_MARGIN = 5.0
+#: Seconds between tries of that re-read while the store cannot answer (doubling).
+REREAD_RETRY_MIN = 0.1
+REREAD_RETRY_MAX = 2.0
 
 
 class Notices:
@@ -59,6 +63,7 @@ class Notices:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.heard = 0  # announcements acted on (for status and tests)
+        self._logs = RateLimitedLog(log)
 
     def start(self) -> None:
         """Start listening (a daemon thread: the store's ``listen`` blocks)."""
@@ -124,13 +129,24 @@ class Notices:
         task.add_done_callback(self._tasks.discard)
 
     async def _reread(self, since: float) -> None:
-        """Deliver the results local clients wait for among the tasks finished since ``since``."""
+        """Deliver the results local clients wait for among the tasks finished since ``since``.
+
+        Tried again (backing off) until it succeeds: listening often comes back before the
+        store's own connection does (the database restarting or failing over), and a
+        result missed here would reach its client only if it asked again."""
         ctx = self.ctx
-        try:
-            ids = await ctx.runner.call(ctx.store.finished_since, since)
-        except Exception:
-            log.exception("could not re-read the results finished while not listening")
-            return
+        pause = REREAD_RETRY_MIN
+        while True:
+            try:
+                ids = await ctx.runner.call(ctx.store.finished_since, since)
+                break
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                self._logs.warning("reread", "could not re-read the results finished while not "
+                                   "listening (trying again in %.1fs): %s", pause, exc)
+            await asyncio.sleep(pause)
+            pause = min(REREAD_RETRY_MAX, pause * 2)
         wanted = [i for i in ids if ctx.subs.watched(i)]
         if wanted:
             await self._deliver(wanted)

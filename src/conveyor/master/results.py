@@ -218,9 +218,17 @@ class ResultService:
         outcomes = [o for o, retry in held if retry is None]
         retrying = [(o, retry) for o, retry in held if retry is not None]
         now = ctx.clock()
-        statuses = await ctx.runner.call(ctx.store.complete, outcomes, now) if outcomes else []
+        try:
+            statuses = await ctx.runner.call(ctx.store.complete, outcomes, now) if outcomes else []
+        except Exception:
+            self._still_held(s, [o for o, _ in held])
+            raise
         if retrying:
-            await self.jobs.retry_or_bury(retrying, now)
+            try:
+                await self.jobs.retry_or_bury(retrying, now)
+            except Exception:
+                self._still_held(s, [o for o, _ in retrying])
+                raise
         stored = [o for o, st in zip(outcomes, statuses) if st == STORED]
         self._count(statuses, len(stored))
         self._measure(s, stored, sum(1 for _, retry in retrying if retry.dead), now)
@@ -228,6 +236,15 @@ class ResultService:
         if stored:
             self._deliver_outcomes(stored)
             await self.jobs.settle_dependents()
+
+    @staticmethod
+    def _still_held(s: Session, outcomes: list[Outcome]) -> None:
+        """Give back to ``s`` the leases of reports the store failed to settle (nothing of
+        them committed, e.g. the database connection was lost): the report, tried again,
+        settles them instead of being refused as foreign and left to expire and re-run."""
+        if not s.closed:
+            for o in outcomes:
+                s.inflight.setdefault(o.id, o.token)
 
     async def _not_held(self, s: Session, ids: list[str]) -> None:
         """Reports a worker sent for leases it does not hold: a late result of a task that

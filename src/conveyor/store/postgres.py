@@ -30,6 +30,16 @@ store; a lock makes it safe from several threads (the conformance suite leases
 from four at once). A connection found broken when a new transaction begins is
 opened again: nothing of a transaction that did not commit was acknowledged.
 
+The database failing over: ``dsn`` may name several hosts (``host=a,b
+target_session_attrs=read-write``, or ``postgresql://a:5432,b:5433/db?...``); libpq
+connects to the first that accepts writes. A lost connection (the server restarted,
+the primary died) fails the call that met it and every call until a new connection
+opens, each with a StoreError (so nothing uncommitted is ever acknowledged); new
+connections are tried with a backoff (:data:`RECONNECT_MIN` doubling to
+:data:`RECONNECT_MAX`) and land on whichever host is read-write by then, a promoted
+standby included. The LISTEN and leader-lock connections come back the same way.
+Loss and recovery are logged, rate-limited.
+
 Clocks: as every store, this one takes ``now`` from its caller (the master's wall
 clock), so the conformance suite can drive time by hand. With several masters on
 one database, their clocks must not decide deadlines; the plan is that the master
@@ -45,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -56,6 +67,7 @@ from psycopg.pq import TransactionStatus
 
 from .. import serde
 from ..errors import StoreError
+from ..ratelimit_log import RateLimitedLog
 from ..records import (
     ALL_TASKS,
     ATTEMPT_CANCELLED,
@@ -174,6 +186,22 @@ _DEPENDENTS = ("d.depends_on, t.seq, t.id, t.not_before, t.queue, t.name FROM de
                "JOIN tasks t ON t.id = d.task_id AND t.state = 'waiting'")
 
 
+log = logging.getLogger("conveyor.store")
+
+#: Seconds before the first new connection is tried after one was lost; doubled after
+#: each failed try, up to :data:`RECONNECT_MAX`.
+RECONNECT_MIN = 0.05
+RECONNECT_MAX = 2.0
+
+
+def _host(conn: psycopg.Connection[Any]) -> str:
+    """``host:port`` a connection reached (of the several a connection string may name)."""
+    try:
+        return f"{conn.info.host}:{conn.info.port}"
+    except psycopg.Error:
+        return "?"
+
+
 def _options(blob: bytes | None) -> dict[str, Any]:
     return serde.unpackb(blob) if blob else {}
 
@@ -266,6 +294,12 @@ class PostgresStore(Store):
         self._lead_lock = threading.Lock()
         self._lead_conn: psycopg.Connection[_Row] | None = None  # holds the leader lock
         self._leading = False
+        # Reconnecting after a lost connection: no new try before ``_retry_at`` (monotonic),
+        # the pause doubling after each failure; lines about it rate-limited.
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._lost_at: float | None = None
+        self.logs = RateLimitedLog(log)
         self._conn = self._connect()
         try:
             migrate(self._conn, self.where)
@@ -338,9 +372,8 @@ class PostgresStore(Store):
         """
         with self._lock:
             depth = self._depth
-            if depth == 0 and self._conn is not None and self._conn.broken:
-                self._conn.close()  # a lost connection: start afresh (nothing of it was committed)
-                self._conn = self._connect()
+            if depth == 0:
+                self._reopen()  # a lost connection: start afresh (nothing of it was committed)
             conn = self.conn
             bare = depth == 1 and self._bare
             savepoint = f"SAVEPOINT sp{depth}"
@@ -503,13 +536,41 @@ class PostgresStore(Store):
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
         with self._lock:
-            if self._depth == 0 and self._conn is not None and self._conn.broken:
-                self._conn.close()
-                self._conn = self._connect()
+            if self._depth == 0:
+                self._reopen()
             try:
                 yield
             except psycopg.Error as exc:
                 raise self._error(exc) from None
+
+    def _reopen(self) -> None:
+        """Replace a broken store connection (inside the lock, outside any transaction), at
+        most one try per backoff pause: a call meanwhile fails at once with a StoreError."""
+        conn = self._conn
+        if conn is None or not conn.broken:
+            return
+        now = time.monotonic()
+        if self._lost_at is None:
+            self._lost_at = now
+            self.logs.warning("lost", "lost the connection to the store at %s; reconnecting",
+                              self.where)
+        if now < self._retry_at:
+            raise StoreError(f"store at {self.where} failed: the connection was lost; "
+                             f"reconnecting (next try in {self._retry_at - now:.2f}s)")
+        try:
+            new = self._connect()
+        except StoreError as exc:
+            self._backoff = min(RECONNECT_MAX, max(RECONNECT_MIN, self._backoff * 2))
+            self._retry_at = time.monotonic() + self._backoff
+            self.logs.warning("reconnect", "cannot reconnect yet (next try in %.2fs): %s",
+                              self._backoff, exc)
+            raise
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+        self._conn = new
+        self.logs.info("reconnected", "store connection back after %.1fs, on %s",
+                       time.monotonic() - self._lost_at, _host(new))
+        self._lost_at, self._backoff, self._retry_at = None, 0.0, 0.0
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         return StoreError(f"store at {self.where} failed: {self._text(exc)}")
@@ -1550,19 +1611,34 @@ class PostgresStore(Store):
         """LISTEN on every channel on a connection of its own until ``stop`` is set; after
         each (re)connection ``on_notice(None, "")``: anything may have been missed."""
         alive: float | None = None  # when the last connection was last known to hear all
+        backoff = 0.0
+        lost = False
         while not stop.is_set():
             try:
                 with self._connect() as conn:
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}".encode())
-                    on_notice(None, "" if alive is None else repr(alive))
+                    if lost:
+                        self.logs.info("listen back", "listening again, on %s", _host(conn))
+                    lost, backoff = False, 0.0
+                    since = "" if alive is None else repr(alive)
+                    # Hearing all from here on, even if this connection dies before its
+                    # first poll ends: a reconnection then re-reads from this moment.
+                    alive = time.time()
+                    on_notice(None, since)
                     while not stop.is_set():
                         checked = time.time()
                         for n in conn.notifies(timeout=0.5):
                             on_notice(n.channel, n.payload)
                         alive = checked  # the generator ends quietly only while connected
-            except (psycopg.Error, StoreError):
-                stop.wait(1.0)  # the database is away: try again
+            except (psycopg.Error, StoreError) as exc:
+                # The database is away (or failing over): try again, backing off.
+                backoff = min(RECONNECT_MAX, max(RECONNECT_MIN, backoff * 2))
+                if not stop.is_set():
+                    self.logs.warning("listen lost", "LISTEN connection lost; reconnecting: %s",
+                                      exc if isinstance(exc, StoreError) else self._text(exc))
+                lost = True
+                stop.wait(backoff)
 
     def take_tokens(self, name: str, capacity: float, per: float, n: int) -> tuple[int, float]:
         """Take up to ``n`` tokens from the shared bucket ``name``, refilled by the database's
