@@ -66,6 +66,8 @@ class Reconnect:
         self._index = 0
         self._tried = 0  # failed attempts in this round
         self._delay = first
+        #: The IP address of the connection last lost, tried last among a name's addresses.
+        self.avoid: str | None = None
 
     @property
     def address(self) -> Address:
@@ -83,6 +85,16 @@ class Reconnect:
         self._delay = timing.next_backoff(delay, maximum=self.maximum)
         return delay
 
+    def lost(self, peer: str | None = None) -> None:
+        """The connection at ``address`` was lost (closed, reset or silent): start the
+        next round at the next address, without a pause, so that a client or worker of
+        several masters moves on at once instead of waiting on one that may hang.
+        ``peer`` is the IP address it was connected to: a name that resolves to
+        several tries that one last (``avoid``)."""
+        self.avoid = peer
+        self._index = (self._index + 1) % len(self.addresses)
+        self._tried = 0
+
     def succeeded(self) -> None:
         """Connected: the next trouble starts again from the first pause, here."""
         self._tried = 0
@@ -94,7 +106,7 @@ class Liveness:
 
     Peers ping every ``ping_every`` seconds, busy or not (the master judges
     them by what they send), and presume a master gone when it said nothing
-    for ``timing.MISSED_HEARTBEATS`` pings' worth of time.
+    for ``timing.MISSED_HEARTBEATS`` pings' worth of time (about 3 s by default).
     """
 
     def __init__(self, ping_every: float, now: float) -> None:
