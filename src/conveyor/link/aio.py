@@ -212,7 +212,7 @@ class AsyncLink(LinkState):
         """Ping every heartbeat; a master silent for too long is presumed gone."""
         liveness = self._liveness
         while True:
-            await asyncio.sleep(liveness.until_ping(self._clock()))
+            await asyncio.sleep(liveness.until_check(self._clock()))
             now = self._clock()
             if liveness.silent(now):
                 log.warning("master at %s silent for %.0fs: reconnecting", self.address, liveness.silent_for(now))

@@ -315,7 +315,7 @@ class BlockingLink(LinkState):
             if liveness.ping_due(now):
                 # Ping every heartbeat, busy or not: the master judges us by what we send.
                 self._send_to(transport, protocol.encode_frame(protocol.PING, 0, {}))
-            if not poller.poll(liveness.until_ping(now) * 1000):
+            if not poller.poll(liveness.until_check(now) * 1000):
                 now = self._clock()
                 if liveness.silent(now):
                     raise ConnectionLost(f"master at {self.address} silent for {liveness.silent_for(now):.0f}s")

@@ -129,6 +129,13 @@ class Liveness:
         """Seconds until the next ping is due (0 when it is)."""
         return max(0.0, self.last_ping + self.ping_every - now)
 
+    def until_check(self, now: float) -> float:
+        """Seconds until something is due: a ping, or the moment the master's silence
+        would become too long (a hair after it, so that ``silent`` is then true): a silent
+        master is noticed then, not at the next ping after it."""
+        silent_in = self.last_recv + timing.MISSED_HEARTBEATS * self.ping_every - now + 0.01
+        return max(0.0, min(self.until_ping(now), silent_in))
+
     def silent(self, now: float) -> bool:
         """True when the master has been silent too long and is presumed gone."""
         return timing.master_silent(now, self.last_recv, self.ping_every)
