@@ -15,13 +15,13 @@ from dataclasses import dataclass
 # --- Peers (clients and workers) -------------------------------------------
 
 #: How often a client or worker pings its master (seconds). Each ping is one small
-#: frame and its answer (the master answers every ping), so once a second per peer
-#: costs the master little, and it is what lets a silent master be noticed quickly.
-HEARTBEAT = 1.0
+#: frame and its answer (the master answers every ping), so a little more than once a
+#: second per peer costs the master little, and it lets a silent master be noticed quickly.
+HEARTBEAT = 0.75
 #: A peer that heard nothing from its master for this many heartbeats presumes it gone:
-#: a silent (stopped, partitioned) master is noticed after about 3 s, and the peer
-#: moves to another master (link/policy.py ``Reconnect.lost``).
-MISSED_HEARTBEATS = 3
+#: a silent (stopped, partitioned) master is noticed after 3 s, and the peer moves to
+#: another master (link/policy.py ``Reconnect.lost``).
+MISSED_HEARTBEATS = 4
 #: Peers ping at least this many times within the master's heartbeat timeout.
 PINGS_PER_MASTER_TIMEOUT = 3
 

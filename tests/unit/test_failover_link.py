@@ -56,7 +56,7 @@ def test_a_name_with_several_addresses_tries_the_lost_one_last():
 def test_the_next_check_comes_when_a_ping_or_the_silence_limit_is_due():
     live = Liveness(1.0, now=0.0)
     assert live.until_check(0.0) == pytest.approx(1.0)  # a ping first
-    live.ping_due(2.5)  # pinged at 2.5, nothing heard since 0
-    assert live.until_check(2.5) == pytest.approx(0.51)  # the limit (3 s) before the next ping
-    assert not live.silent(2.99) and live.silent(2.5 + live.until_check(2.5))
+    live.ping_due(3.5)  # pinged at 3.5, nothing heard since 0
+    assert live.until_check(3.5) == pytest.approx(0.51)  # the limit (4 s) before the next ping
+    assert not live.silent(3.99) and live.silent(3.5 + live.until_check(3.5))
     assert live.until_check(10.0) == 0.0

@@ -106,7 +106,7 @@ class Liveness:
 
     Peers ping every ``ping_every`` seconds, busy or not (the master judges
     them by what they send), and presume a master gone when it said nothing
-    for ``timing.MISSED_HEARTBEATS`` pings' worth of time (about 3 s by default).
+    for ``timing.MISSED_HEARTBEATS`` pings' worth of time (3 s by default).
     """
 
     def __init__(self, ping_every: float, now: float) -> None:
