@@ -88,9 +88,10 @@ from typing import Any, NamedTuple
 from . import loops, protocol, serde, timing
 from .auth import as_key, is_loopback
 from .client import queues as _queues
-from .client.client import Client
+from .client.client import ENV_ADDRESS, Client
 from .client.queues import NetworkQueue
 from .errors import AuthenticationError, ConnectionLost, ConveyorError
+from .link import parse_addresses
 from .serving import check_port_free, listen_error, lock_data_dir
 
 __all__ = [
@@ -384,7 +385,17 @@ _clients: dict[tuple[Any, ...], Client] = {}
 _clients_lock = threading.Lock()
 
 
-def _shared_client(address: tuple[str, int], authkey: bytes) -> Client:
+#: Where a manager's client connects: one (host, port), or several masters of one
+#: cluster as a comma-separated string ("a:7700,b:7700", from CONVEYOR_ADDRESS).
+_Target = tuple[str, int] | str
+
+
+def _where(address: _Target) -> str:
+    """``address`` for a message: host:port, or the list of masters."""
+    return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+
+
+def _shared_client(address: _Target, authkey: bytes) -> Client:
     """One pickle-codec client per (process, address, authkey), for proxies unpickled here."""
     key = (os.getpid(), address, authkey)
     with _clients_lock:
@@ -394,7 +405,7 @@ def _shared_client(address: tuple[str, int], authkey: bytes) -> Client:
         return client
 
 
-def _rebuild_proxy(address: tuple[str, int], authkey: bytes | None, name: str, maxsize: int) -> QueueProxy:
+def _rebuild_proxy(address: _Target, authkey: bytes | None, name: str, maxsize: int) -> QueueProxy:
     if authkey is None:
         authkey = bytes(multiprocessing.current_process().authkey)
     return QueueProxy(_shared_client(address, authkey), name, maxsize, address=address, authkey=authkey)
@@ -409,7 +420,7 @@ class QueueProxy(NetworkQueue):
     ``fork``, it opens its own connection on first use.
     """
 
-    def __init__(self, client: Client, name: str, maxsize: int = 0, *, address: tuple[str, int],
+    def __init__(self, client: Client, name: str, maxsize: int = 0, *, address: _Target,
                  authkey: bytes) -> None:
         self._address = address
         self._authkey = authkey
@@ -472,7 +483,7 @@ class QueueProxy(NetworkQueue):
 
     def _gone(self, exc: BaseException | None) -> MasterGone:
         why = f" ({exc})" if exc is not None else ""
-        return MasterGone(f"the manager's master at {self._address[0]}:{self._address[1]} is gone{why}: "
+        return MasterGone(f"the manager's master at {_where(self._address)} is gone{why}: "
                           f"queue {self.name!r} cannot be used")
 
     def forget_parent_items(self) -> None:
@@ -486,7 +497,7 @@ class QueueProxy(NetworkQueue):
         return self._client_obj is client and self._pid == os.getpid()  # never opens a connection
 
     def __repr__(self) -> str:
-        return f"<conveyor.managers proxy for queue {self.name!r} at {self._address[0]}:{self._address[1]}>"
+        return f"<conveyor.managers proxy for queue {self.name!r} at {_where(self._address)}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
         from multiprocessing.context import get_spawning_popen
@@ -540,7 +551,7 @@ def _install_process_hooks() -> None:
         _register_exit_ack(None)
 
 
-def _connect(address: tuple[str, int], authkey: bytes, timeout: float = 10.0) -> Client:
+def _connect(address: _Target, authkey: bytes, timeout: float = 10.0) -> Client:
     try:
         return Client(address, authkey, codec=serde.PICKLE, connect_timeout=timeout)
     except AuthenticationError:
@@ -639,6 +650,8 @@ class BaseManager:
             authkey = bytes(multiprocessing.current_process().authkey)
         self._authkey = as_key(authkey)
         self._address = _check_address(address)
+        #: Several masters (comma-separated), when connect() read them from CONVEYOR_ADDRESS.
+        self._masters: str | None = None
         self._data_dir = data_dir
         self._state = _INITIAL
         self._s = _State()
@@ -759,30 +772,40 @@ class BaseManager:
     def connect(self) -> None:
         """Connect to the master serving this manager's address.
 
-        ``ConnectionRefused`` (a ``ConnectionRefusedError``) if none answers;
-        ``conveyor.AuthenticationError`` (a ``multiprocessing.AuthenticationError``)
-        if it holds another authkey.
+        Without an address, ``CONVEYOR_ADDRESS`` names the master, or several
+        masters of one cluster comma-separated (``a:7700,b:7700``): the client
+        then moves to another when its master fails. ``ConnectionRefused`` (a
+        ``ConnectionRefusedError``) if none answers; ``conveyor.AuthenticationError``
+        (a ``multiprocessing.AuthenticationError``) if it holds another authkey.
         """
+        if self._address is None and os.environ.get(ENV_ADDRESS):
+            masters = parse_addresses(os.environ[ENV_ADDRESS])  # a bad value raises ValueError here
+            self._masters = ",".join(str(a) for a in masters)
+            self._address = (masters[0].host, masters[0].port)
         if self._address is None or self._address[1] == 0:
-            raise ValueError("connect() needs the master's address: BaseManager(address=(host, port), ...)")
+            raise ValueError("connect() needs the master's address: BaseManager(address=(host, port), ...) "
+                             f"or ${ENV_ADDRESS}")
         if self._s.client is not None:
             self._s.client.close()
-        host, port = self._address
-        self._s.client = _connect((_connect_host(host), port), self._authkey)
+        self._s.client = _connect(self._target(), self._authkey)
         self._state = _STARTED
+
+    def _target(self) -> _Target:
+        """Where this manager's clients connect: its address, or the masters ``connect()`` read."""
+        if self._masters is not None:
+            return self._masters
+        assert self._address is not None
+        return _connect_host(self._address[0]), self._address[1]
 
     def _require_client(self) -> Client:
         if self._s.client is None or self._state != _STARTED:
             raise ValueError("the manager is not started or connected: call start() or connect() first")
         if os.getpid() != self._s.pid:  # used in a child made by fork: a connection of its own
-            assert self._address is not None
-            return _shared_client((_connect_host(self._address[0]), self._address[1]), self._authkey)
+            return _shared_client(self._target(), self._authkey)
         return self._s.client
 
     def _proxy(self, name: str, maxsize: int) -> QueueProxy:
-        assert self._address is not None
-        address = (_connect_host(self._address[0]), self._address[1])
-        proxy = QueueProxy(self._require_client(), name, maxsize, address=address, authkey=self._authkey)
+        proxy = QueueProxy(self._require_client(), name, maxsize, address=self._target(), authkey=self._authkey)
         self._s.proxies.add(proxy)
         return proxy
 

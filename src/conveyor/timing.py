@@ -14,9 +14,13 @@ from dataclasses import dataclass
 
 # --- Peers (clients and workers) -------------------------------------------
 
-#: How often a client or worker pings an otherwise quiet master (seconds).
-HEARTBEAT = 5.0
-#: A peer that heard nothing from its master for this many heartbeats presumes it gone.
+#: How often a client or worker pings its master (seconds). Each ping is one small
+#: frame and its answer (the master answers every ping), so a little more than once a
+#: second per peer costs the master little, and it lets a silent master be noticed quickly.
+HEARTBEAT = 0.75
+#: A peer that heard nothing from its master for this many heartbeats presumes it gone:
+#: a silent (stopped, partitioned) master is noticed after 3 s, and the peer moves to
+#: another master (link/policy.py ``Reconnect.lost``).
 MISSED_HEARTBEATS = 4
 #: Peers ping at least this many times within the master's heartbeat timeout.
 PINGS_PER_MASTER_TIMEOUT = 3
@@ -54,6 +58,23 @@ def ping_interval(heartbeat: float, master_heartbeat_timeout: float | None) -> f
     if master_heartbeat_timeout and master_heartbeat_timeout > 0:
         return min(heartbeat, master_heartbeat_timeout / PINGS_PER_MASTER_TIMEOUT)
     return heartbeat
+
+
+#: A worker's event-loop stall is judged in units of this many seconds (the peers' ping
+#: cadence before pings became faster for failover): see ``worker_stall_after``.
+WORKER_STALL_UNIT = 5.0
+
+
+def worker_stall_after(master_heartbeat_timeout: float | None) -> float:
+    """Seconds of event-loop silence after which a worker presumes the master may have
+    reaped it (it then holds its prefetched tasks until the master confirms its leases):
+    two units, or two thirds of the master's heartbeat timeout if that is shorter. Not
+    two of today's one-second pings: a busy host stalls a loop that long without harm.
+    """
+    unit = WORKER_STALL_UNIT
+    if master_heartbeat_timeout and master_heartbeat_timeout > 0:
+        unit = min(unit, master_heartbeat_timeout / PINGS_PER_MASTER_TIMEOUT)
+    return 2.0 * unit
 
 
 def master_silent(now: float, last_recv: float, heartbeat: float) -> bool:

@@ -50,7 +50,7 @@ def test_good_opening_byte_for_byte():
     o.receive_data(protocol.encode_frame(protocol.OK, 7, {"session": "s1", "heartbeat": 1.5}) + push)
     assert o.done and o.data_to_send() == b""
     # The master drops peers silent for 1.5 s: ping three times within that.
-    assert o.welcome == Welcome("s1", 0.5)
+    assert o.welcome == Welcome("s1", 0.5, master_timeout=1.5)
     assert o.early == [protocol.Message(protocol.RESULTS, 0, {"results": []})]
 
 

@@ -63,7 +63,8 @@ def add_connect(p: argparse.ArgumentParser, timeout_flags: tuple[str, ...] = ("-
     """
     p.add_argument("--connect", "-c", metavar="ADDRESS", default=None,
                    help="master address: host:port, a bare port (on 127.0.0.1), tcp://host:port or "
-                        f"tls://host:port (default: ${ENV_ADDRESS} or {DEFAULT_ADDRESS})")
+                        "tls://host:port; several masters of one cluster comma-separated (a:7700,b:7700), "
+                        f"tried in turn (default: ${ENV_ADDRESS} or {DEFAULT_ADDRESS})")
     p.add_argument("--tls-ca", metavar="FILE", help="trust this CA (or self-signed) certificate for tls://")
     p.add_argument(*timeout_flags, dest="connect_timeout", type=float, default=timeout_default, metavar="S",
                    help=timeout_help)
@@ -75,17 +76,21 @@ def master_address(text: str | None) -> str:
     A bare port means that port on 127.0.0.1; anything that is not an address
     of ours is one line saying so, before any connection is tried.
     """
-    text = (text or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS).strip()
-    if text.isdigit():
-        text = f"127.0.0.1:{text}"
-    try:
-        parse_address(text)
-    except ValueError as exc:
-        if "://" in text and not text.startswith(("tcp://", "tls://")):
-            raise CliError(f"{text!r} is not a conveyor address: use host:port, tcp://host:port "
-                           "or tls://host:port") from None
-        raise CliError(str(exc)) from None
-    return text
+    given = (text or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS).strip()
+    parts = []
+    for part in given.split(","):  # several masters of one cluster: a,b (each checked alone)
+        part = part.strip()
+        if part.isdigit():
+            part = f"127.0.0.1:{part}"
+        try:
+            parse_address(part)
+        except ValueError as exc:
+            if "://" in part and not part.startswith(("tcp://", "tls://")):
+                raise CliError(f"{part!r} is not a conveyor address: use host:port, tcp://host:port "
+                               "or tls://host:port") from None
+            raise CliError(str(exc)) from None
+        parts.append(part)
+    return ",".join(parts)
 
 
 def client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:

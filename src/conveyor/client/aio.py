@@ -11,9 +11,9 @@ from typing import Any, Literal, overload
 
 from .. import protocol, serde, wire
 from ..errors import NotFound
-from ..link import Address
+from ..link import Address, AddressesLike
 from ..records import NewTask, Result, TaskCount
-from .client import decode_result, resolve_address, resolve_authkey
+from .client import decode_result, resolve_addresses, resolve_authkey
 from .core import ClientCore
 from .listing import TaskListing, filter_fields, page_fields
 from .options import make_task, split_options
@@ -22,14 +22,20 @@ from .options import make_task, split_options
 class AsyncClient:
     """A connection to a master for asyncio code. Create it with :func:`connect`."""
 
-    def __init__(self, address: str | tuple[str, int] | Address | None = None,
+    def __init__(self, address: AddressesLike | None = None,
                  authkey: bytes | str | None = None, *, codec: str = serde.MSGPACK,
                  ssl_context: ssl.SSLContext | None = None, connect_timeout: float = 10.0) -> None:
-        self.address = resolve_address(address)
+        #: Every master this client may use, in the order it tries them.
+        self.addresses = resolve_addresses(address)
         self.codec = serde.check_codec(codec)
         self.allow_pickle = codec == serde.PICKLE
-        self._core = ClientCore(self.address, resolve_authkey(authkey), ssl_context=ssl_context,
+        self._core = ClientCore(self.addresses, resolve_authkey(authkey), ssl_context=ssl_context,
                                 connect_timeout=connect_timeout, hello={"name": "aio-client"})
+
+    @property
+    def address(self) -> Address:
+        """The master in use (or to be tried next): one of :attr:`addresses`."""
+        return self._core.address
 
     async def connect(self) -> AsyncClient:
         """Connect and authenticate; returns self."""
@@ -212,7 +218,7 @@ class AsyncClient:
         await self.close()
 
 
-async def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str | None = None,
+async def connect(address: AddressesLike | None = None, authkey: bytes | str | None = None,
                   **kwargs: Any) -> AsyncClient:
     """Connect to a master from asyncio code (same arguments as :func:`conveyor.connect`)."""
     return await AsyncClient(address, authkey, **kwargs).connect()

@@ -28,7 +28,7 @@ from typing import Any, Literal, overload
 from .. import protocol, serde
 from ..auth import ENV_AUTHKEY, as_key
 from ..errors import ConnectionLost, NotFound, task_error
-from ..link import Address, parse_address
+from ..link import Address, AddressesLike, parse_addresses
 from ..records import DELAYED, READY, WAITING, NewTask, Result, TaskCount
 from .listing import BULK_TIMEOUT, TaskListing, filter_fields, page_fields
 from .options import make_task, split_options
@@ -190,9 +190,15 @@ def decode_result(result: Result, *, allow_pickle: bool) -> tuple[bool, Any]:
     return False, task_error(err["type"], err["message"], err["traceback"])
 
 
-def resolve_address(address: str | tuple[str, int] | Address | None) -> Address:
-    """The address to use: the argument, else ``CONVEYOR_ADDRESS``, else 127.0.0.1:7700."""
-    return parse_address(address or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS)
+def resolve_addresses(address: AddressesLike | None) -> tuple[Address, ...]:
+    """The master addresses to use: the argument (one address, a list of them, or a
+    comma-separated string), else ``CONVEYOR_ADDRESS`` (the same), else 127.0.0.1:7700."""
+    return parse_addresses(address or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS)
+
+
+def resolve_address(address: AddressesLike | None) -> Address:
+    """The first of :func:`resolve_addresses`."""
+    return resolve_addresses(address)[0]
 
 
 def resolve_authkey(authkey: bytes | str | None) -> bytes:
@@ -212,7 +218,7 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
 
     def __init__(
         self,
-        address: str | tuple[str, int] | Address | None = None,
+        address: AddressesLike | None = None,
         authkey: bytes | str | None = None,
         *,
         codec: str = serde.MSGPACK,
@@ -220,11 +226,12 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         connect_timeout: float = 10.0,
         name: str | None = None,
     ) -> None:
-        self.address = resolve_address(address)
+        #: Every master this client may use, in the order it tries them.
+        self.addresses = resolve_addresses(address)
         self.codec = serde.check_codec(codec)
         self.allow_pickle = codec == serde.PICKLE
         self._core = ThreadedCore(
-            self.address, resolve_authkey(authkey), ssl_context=ssl_context,
+            self.addresses, resolve_authkey(authkey), ssl_context=ssl_context,
             connect_timeout=connect_timeout, hello={"name": name or f"client-{os.getpid()}"},
             on_message=self._on_push,
         )
@@ -294,6 +301,11 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
     def closed(self) -> bool:
         """True once :meth:`close` ran: the client sends nothing more."""
         return self._closed
+
+    @property
+    def address(self) -> Address:
+        """The master in use (or to be tried next): one of :attr:`addresses`."""
+        return self._core.address
 
     @property
     def connected(self) -> bool:
@@ -728,13 +740,17 @@ class ConveyorExecutor(cf.Executor):
                 fut.mark_cancelled()
 
 
-def connect(address: str | tuple[str, int] | None = None, authkey: bytes | str | None = None,
+def connect(address: AddressesLike | None = None, authkey: bytes | str | None = None,
             **kwargs: Any) -> Client:
-    """Connect to a master; ``address`` is ``host:port``, ``tcp://host:port`` or ``tls://host:port``.
+    """Connect to a master; ``address`` is ``host:port``, ``tcp://host:port`` or ``tls://host:port``,
+    or several masters of one cluster: a list of them or a comma-separated string
+    (``["a:7700", "b:7700"]``, ``"a:7700,b:7700"``).
 
-    ``authkey`` defaults to ``CONVEYOR_AUTHKEY``; ``address`` to ``CONVEYOR_ADDRESS``
-    or 127.0.0.1:7700. Raises ConnectionLost if the master cannot be reached
-    and AuthenticationError if the keys differ.
+    With several, the first that answers is used, and when it fails (closed, or
+    silent for about 3 s) the client moves to the next; pending futures still
+    complete. ``authkey`` defaults to ``CONVEYOR_AUTHKEY``; ``address`` to
+    ``CONVEYOR_ADDRESS`` or 127.0.0.1:7700. Raises ConnectionLost if no master
+    can be reached and AuthenticationError if the keys differ.
     """
     return Client(address, authkey, **kwargs)
 

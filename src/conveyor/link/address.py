@@ -1,8 +1,10 @@
 """Master addresses: where a link connects, and how a user may write one.
 
-A link is given one address or a list of them (``parse_addresses``); the
-reconnect plan (link/policy.py) tries them in turn, so failover across several
-masters needs no change here.
+A link is given one address or a list of them (``parse_addresses``), as a
+list or as one comma-separated string (``"a:7700,b:7700"``); the reconnect
+plan (link/policy.py) tries them in turn and moves to the next one when a
+connection is lost. A host name that resolves to several addresses is tried
+address by address by the link's edges (``connect_order``).
 """
 
 from __future__ import annotations
@@ -69,10 +71,15 @@ def parse_addresses(addresses: AddressesLike, default_port: int = DEFAULT_PORT) 
     """One address, or a non-empty list of them, as a tuple of Address in the order given.
 
     A ``(host, port)`` tuple is one address; a list (or a tuple of addresses)
-    is several.
+    is several, and so is a string of comma-separated ones (``"a:7700,b:7700"``).
     """
-    if isinstance(addresses, (str, Address)):
-        return (parse_address(addresses, default_port),)
+    if isinstance(addresses, Address):
+        return (addresses,)
+    if isinstance(addresses, str):
+        parts = [part.strip() for part in addresses.split(",")]
+        if len(parts) > 1 and not all(parts):
+            raise ValueError(f"invalid address list {addresses!r}: an empty entry between commas")
+        return tuple(parse_address(part, default_port) for part in parts)
     if _is_host_port(addresses):
         return (parse_address((addresses[0], addresses[1]), default_port),)
     # (TypeGuard cannot tell mypy that a host-port tuple is gone by now.)
@@ -85,3 +92,14 @@ def parse_addresses(addresses: AddressesLike, default_port: int = DEFAULT_PORT) 
 def _is_host_port(value: object) -> TypeGuard[tuple[str, int]]:
     return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str)
             and isinstance(value[1], int))
+
+
+def connect_order(resolved: Sequence[str], avoid: str | None) -> list[str]:
+    """The resolved IP addresses of one master name in the order to try them: as the
+    resolver gave them (duplicates dropped), but ``avoid`` (the one whose connection
+    was just lost) last, so that a name with several addresses fails over too."""
+    order = list(dict.fromkeys(resolved))
+    if avoid in order and len(order) > 1:
+        order.remove(avoid)
+        order.append(avoid)
+    return order

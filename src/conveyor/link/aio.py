@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import AuthenticationError, ConnectionLost, ProtocolError
-from .address import AddressesLike
+from .address import Address, AddressesLike, connect_order
 from .opening import Opening
 from .policy import Liveness
 from .state import LinkState, broken, unreachable
@@ -94,10 +95,7 @@ class AsyncLink(LinkState):
         """A new authenticated connection, the hello answered; and the messages that came with it."""
         addr = self.address
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(addr.host, addr.port, ssl=self.ssl_context_for(addr), limit=1 << 20),
-                self.connect_timeout,
-            )
+            reader, writer = await self._connect_any(addr)
         except (OSError, TimeoutError) as exc:
             raise unreachable(addr, exc) from None
         opening = self._opening()
@@ -113,12 +111,34 @@ class AsyncLink(LinkState):
         assert opening.welcome is not None
         self.session = opening.welcome.session
         self.heartbeat = opening.welcome.ping_every
+        self.master_timeout = opening.welcome.master_timeout
         self.send_limit = opening.welcome.max_frame or self.max_frame_size  # requests over it fail unsent
         self._conn = opening.connection
         self._writer = writer
         self._liveness = Liveness(self.heartbeat, self._clock())
         self._connected.set()
         return reader, writer, opening.early
+
+    async def _connect_any(self, addr: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams to ``addr``: each IP address its host resolves to in turn (the one just
+        lost last), each within the connect timeout; the last failure is raised."""
+        loop = asyncio.get_running_loop()
+        infos = await asyncio.wait_for(loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM),
+                                       self.connect_timeout)
+        ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        context = self.ssl_context_for(addr)
+        last: BaseException | None = None
+        for ip in connect_order(ips, self.plan.avoid):
+            try:
+                return await asyncio.wait_for(
+                    asyncio.open_connection(ip, addr.port, ssl=context, limit=1 << 20,
+                                            server_hostname=addr.host if context is not None else None),
+                    self.connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                last = exc
+        if isinstance(last, (OSError, TimeoutError)):
+            raise last
+        raise OSError(f"{addr.host} resolves to no address")
 
     @staticmethod
     async def _run_opening(opening: Opening, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -159,6 +179,8 @@ class AsyncLink(LinkState):
                 keepalive.cancel()
                 self._connected.clear()
                 self._writer = None
+                peer = writer.get_extra_info("peername")
+                self.plan.lost(str(peer[0]) if peer else None)  # another master first, if there is one
                 with contextlib.suppress(Exception):  # a transport the peer reset may object
                     writer.close()
             while not self._closing:
@@ -190,7 +212,7 @@ class AsyncLink(LinkState):
         """Ping every heartbeat; a master silent for too long is presumed gone."""
         liveness = self._liveness
         while True:
-            await asyncio.sleep(liveness.until_ping(self._clock()))
+            await asyncio.sleep(liveness.until_check(self._clock()))
             now = self._clock()
             if liveness.silent(now):
                 log.warning("master at %s silent for %.0fs: reconnecting", self.address, liveness.silent_for(now))

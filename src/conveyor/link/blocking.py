@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import AuthenticationError, ConnectionLost, ProtocolError
-from .address import AddressesLike
+from .address import AddressesLike, connect_order
 from .policy import Liveness
 from .state import LinkState, broken, unreachable
 
@@ -139,6 +139,33 @@ class _TLS(_Plain):
                 return b"".join(chunks)
 
 
+def _connect_any(host: str, port: int, avoid: str | None, timeout: float) -> socket.socket:
+    """A TCP connection to ``host``: each address it resolves to in turn (``avoid``, the
+    one just lost, last); the last failure is raised."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    by_ip = {str(info[4][0]): info for info in infos}
+    last: OSError | None = None
+    for ip in connect_order(list(by_ip), avoid):
+        family, kind, proto, _, sockaddr = by_ip[ip]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last if last is not None else OSError(f"{host} resolves to no address")
+
+
+def _peer_ip(sock: socket.socket) -> str | None:
+    """The IP address ``sock`` is connected to (None once it is not)."""
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return None
+
+
 def _close(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
@@ -218,7 +245,7 @@ class BlockingLink(LinkState):
         """A new authenticated connection, the hello answered; and the messages that came with it."""
         addr = self.address
         try:
-            sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
+            sock = _connect_any(addr.host, addr.port, self.plan.avoid, self.connect_timeout)
         except OSError as exc:
             raise unreachable(addr, exc) from None
         opening = self._opening()
@@ -245,6 +272,7 @@ class BlockingLink(LinkState):
         assert opening.welcome is not None
         self.session = opening.welcome.session
         self.heartbeat = opening.welcome.ping_every
+        self.master_timeout = opening.welcome.master_timeout
         self.send_limit = opening.welcome.max_frame or self.max_frame_size  # requests over it fail unsent
         self._liveness = Liveness(self.heartbeat, self._clock())
         return transport, opening.connection, opening.early
@@ -265,6 +293,7 @@ class BlockingLink(LinkState):
                     log.exception("connection to %s: unexpected error; reconnecting", self.address)
             with self._wlock, self._lock:
                 self._transport = None
+            self.plan.lost(_peer_ip(transport.sock))  # another master first, if there is one
             transport.close()
             while not self._closing:
                 try:
@@ -312,7 +341,7 @@ class BlockingLink(LinkState):
                 if liveness.ping_due(now):
                     # Ping every heartbeat, busy or not: the master judges us by what we send.
                     self._send_to(transport, protocol.encode_frame(protocol.PING, 0, {}))
-                wait = liveness.until_ping(now)
+                wait = liveness.until_check(now)
                 if not (edge.poll(wait) if edge is not None else poller.poll(wait * 1000)):
                     now = self._clock()
                     if liveness.silent(now):

@@ -47,6 +47,8 @@ class Welcome:
     session: str | None
     ping_every: float
     max_frame: int | None = None
+    #: The master's heartbeat timeout (seconds of silence before it drops us), if it said.
+    master_timeout: float | None = None
 
 
 class Opening:
@@ -142,5 +144,6 @@ class Opening:
         if not isinstance(max_frame, int) or isinstance(max_frame, bool) or max_frame <= 0:
             max_frame = None
         self.welcome = Welcome(session if isinstance(session, str) else None,
-                               timing.ping_interval(self.heartbeat, master_timeout), max_frame)
+                               timing.ping_interval(self.heartbeat, master_timeout), max_frame,
+                               float(master_timeout) if master_timeout is not None else None)
         self.state = "done"

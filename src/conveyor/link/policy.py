@@ -66,6 +66,8 @@ class Reconnect:
         self._index = 0
         self._tried = 0  # failed attempts in this round
         self._delay = first
+        #: The IP address of the connection last lost, tried last among a name's addresses.
+        self.avoid: str | None = None
 
     @property
     def address(self) -> Address:
@@ -83,6 +85,16 @@ class Reconnect:
         self._delay = timing.next_backoff(delay, maximum=self.maximum)
         return delay
 
+    def lost(self, peer: str | None = None) -> None:
+        """The connection at ``address`` was lost (closed, reset or silent): start the
+        next round at the next address, without a pause, so that a client or worker of
+        several masters moves on at once instead of waiting on one that may hang.
+        ``peer`` is the IP address it was connected to: a name that resolves to
+        several tries that one last (``avoid``)."""
+        self.avoid = peer
+        self._index = (self._index + 1) % len(self.addresses)
+        self._tried = 0
+
     def succeeded(self) -> None:
         """Connected: the next trouble starts again from the first pause, here."""
         self._tried = 0
@@ -94,7 +106,7 @@ class Liveness:
 
     Peers ping every ``ping_every`` seconds, busy or not (the master judges
     them by what they send), and presume a master gone when it said nothing
-    for ``timing.MISSED_HEARTBEATS`` pings' worth of time.
+    for ``timing.MISSED_HEARTBEATS`` pings' worth of time (3 s by default).
     """
 
     def __init__(self, ping_every: float, now: float) -> None:
@@ -116,6 +128,13 @@ class Liveness:
     def until_ping(self, now: float) -> float:
         """Seconds until the next ping is due (0 when it is)."""
         return max(0.0, self.last_ping + self.ping_every - now)
+
+    def until_check(self, now: float) -> float:
+        """Seconds until something is due: a ping, or the moment the master's silence
+        would become too long (a hair after it, so that ``silent`` is then true): a silent
+        master is noticed then, not at the next ping after it."""
+        silent_in = self.last_recv + timing.MISSED_HEARTBEATS * self.ping_every - now + 0.01
+        return max(0.0, min(self.until_ping(now), silent_in))
 
     def silent(self, now: float) -> bool:
         """True when the master has been silent too long and is presumed gone."""

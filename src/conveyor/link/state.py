@@ -73,6 +73,8 @@ class LinkState:
         self._ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat
+        #: The master's heartbeat timeout, as its hello answer said (None until then).
+        self.master_timeout: float | None = None
         self.max_frame_size = max_frame_size
         #: The largest request body the master accepts: its own word once connected
         #: (the hello answer), our own limit until then.

@@ -79,7 +79,7 @@ class Worker:
         prefetch: int | None = None,
         allow_pickle: bool = False,
         ssl_context: ssl.SSLContext | None = None,
-        heartbeat: float = 5.0,
+        heartbeat: float = timing.HEARTBEAT,
         name: str | None = None,
         lifecycle: Lifecycle | None = None,
     ) -> None:
@@ -223,8 +223,8 @@ class Worker:
 
     def _stall_after(self) -> float:
         """A loop silence this long may have outlived our session at the master: it reaps
-        a worker silent for its heartbeat timeout, which is at least three of our pings."""
-        return 2.0 * (self._core.heartbeat if self._core is not None else self.heartbeat)
+        a worker silent for its heartbeat timeout (``timing.worker_stall_after``)."""
+        return timing.worker_stall_after(self._core.master_timeout if self._core is not None else None)
 
     def _stalled(self) -> None:
         """We were stalled (SIGSTOP, a paused VM, a long GC): hold every prefetched task
