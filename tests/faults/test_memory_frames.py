@@ -111,6 +111,8 @@ def test_a_frame_that_does_not_fit_the_budget_waits_for_the_one_under_way(make_c
     second = RawPeer(cluster.address, cluster.authkey, timeout=60)
     big = protocol.encode_frame(protocol.PING, 11, {"pad": b"\x00" * (2 * MiB)})
     first.sock.sendall(big[:MiB])  # let in alone although larger than the budget
+    with cluster.client() as watcher:  # the master has begun it (sendall only filled a buffer)
+        assert wait_until(lambda: watcher.status()["frames"]["partial_bytes"] > 0, timeout=60)
     other = protocol.encode_frame(protocol.PING, 12, {"pad": b"\x00" * (600 * 1024)})
     second.sock.sendall(other)
     second.sock.settimeout(1.0)

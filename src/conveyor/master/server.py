@@ -524,6 +524,10 @@ class Master:
             "rates": {"completed_10s": ctx.completed.rate(10), "completed_60s": ctx.completed.rate(60)},
             "schedules": self.scheduler.summary(),
             "metrics": ctx.metrics.snapshot(),
+            # Partly received frames: the bytes reserved of the shared budget, and the
+            # connections not read until there is room (master/backpressure.py).
+            "frames": {"partial_bytes": self.budget.used, "budget": self.budget.total,
+                       "waiting": self.budget.waiting},
         }
 
     def _worker(self, w: Session, mono: float, now: float) -> dict[str, Any]:
