@@ -15,53 +15,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import queue
 import statistics
 import sys
 import tempfile
 import time
-from multiprocessing.managers import BaseManager
+
+# The managers tutorial pattern, as bench/throughput.py runs it (this script's folder is on sys.path).
+from throughput import AUTHKEY, _managers_worker, _MasterManager
 
 from conveyor.cluster import LocalCluster
-
-AUTHKEY = b"bench"
-
-# -- the managers tutorial pattern (as in bench/throughput.py) ------------------
-_task_queue: queue.Queue = queue.Queue()
-_result_queue: queue.Queue = queue.Queue()
-
-
-def _get_task_queue() -> queue.Queue:
-    return _task_queue
-
-
-def _get_result_queue() -> queue.Queue:
-    return _result_queue
-
-
-class _MasterManager(BaseManager):
-    pass
-
-
-class _WorkerManager(BaseManager):
-    pass
-
-
-_MasterManager.register("get_task_queue", callable=_get_task_queue)
-_MasterManager.register("get_result_queue", callable=_get_result_queue)
-_WorkerManager.register("get_task_queue")
-_WorkerManager.register("get_result_queue")
-
-
-def _managers_worker(address: tuple[str, int]) -> None:
-    m = _WorkerManager(address=address, authkey=AUTHKEY)
-    m.connect()
-    tasks, results = m.get_task_queue(), m.get_result_queue()
-    while True:
-        n = tasks.get()
-        if n is None:
-            return
-        results.put(n * n)
 
 
 def _summary(lat: list[float]) -> dict[str, float]:
