@@ -32,31 +32,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import bench_managers  # noqa: E402 (bench/ is not a package)
+from postgres_store import scratch_database  # noqa: E402 (bench/ is not a package)
+from throughput import bench_managers  # noqa: E402
 
 from conveyor.cluster import LocalCluster  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def scratch_database(server: str) -> Iterator[str]:
-    """A fresh database on ``server``; its URL. Dropped afterwards."""
-    name = f"conveyor_scale_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _cpu(pids: list[int] | None = None, comm: str | None = None) -> float:
