@@ -197,9 +197,14 @@ class Dispatcher:
         # that acknowledges on get does change durable state, though.
         durable = any(not isinstance(t, Session) and t.ack for t, _, _ in plan)
         leases = await ctx.runner.call(self._lease_plan, plan, now, durable=durable)
+        again = False
         for (taker, q, n), mark, got in zip(plan, marks, leases):
             if len(got) < n:
                 ctx.queues.empty(q, mark)
+                # Another of the worker's queues may have work: the next pass tries it.
+                again = again or (isinstance(taker, Session) and len(taker.queues) > 1)
+            else:
+                again = True  # the queue may have more for the takers this pass did not serve
             if not got:
                 continue
             self.queue_service.space_freed(q)
@@ -207,8 +212,11 @@ class Dispatcher:
                 await self._push(taker, got, now)
             else:
                 self.queue_service.deliver(taker, got)
-        # Go round again: the next pass leases what this one left, or finds nothing and stops.
-        ctx.wake.set()
+        if again:
+            # Go round again: the next pass leases what this one left, or finds nothing and stops.
+            # Not when every lease came back short from a queue its taker has alone: those queues
+            # are empty (or were changed since, and whatever changed them woke dispatch).
+            ctx.wake.set()
 
     def plan(self) -> list[Planned]:
         """Parked gets first, then free slots across every worker, then prefetch.

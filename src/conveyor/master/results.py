@@ -138,8 +138,15 @@ class ResultService:
         if req.subscribe:  # fire-and-forget submits (subscribe False) cost nothing here
             for t in tasks:
                 ctx.subs.subscribe(s, t.id)
+        stored = ctx.runner.call(ctx.store.enqueue, tasks, now)
+        early = not ctx.runner.inline
+        if early:
+            # The insert waits for its commit: say now that its queues may have work, so the
+            # dispatch pass at the end of this read leases in that same commit (a submit and
+            # the lease that hands it on cost one transaction, not two in a row).
+            self._may_be_ready(tasks, now)
         try:
-            new = await ctx.runner.call(ctx.store.enqueue, tasks, now)
+            new = await stored
         except Exception:
             if req.subscribe:
                 for t in tasks:
@@ -148,7 +155,7 @@ class ResultService:
         s.reply(rid, {"new": sum(new)})
         ctx.counters["submitted"] += sum(new)
         ctx.metrics.submitted(tasks, new, now)
-        self._made_ready(tasks, new, now)
+        self._made_ready(tasks, new, now, told=early)
         existing = [t.id for t, is_new in zip(tasks, new) if not is_new]
         if existing:
             await self.push_stored(existing)
@@ -158,15 +165,34 @@ class ResultService:
             self.jobs.track_dependents(dependents)
             await self.jobs.settle_dependents()
 
-    def _made_ready(self, tasks: list[NewTask], new: list[bool], now: float) -> None:
-        """New tasks are ready now, or at their ``not_before``: tell dispatch, or the delay timer."""
+    def _may_be_ready(self, tasks: list[NewTask], now: float) -> None:
+        """Tasks whose insert is queued in the runner: their queues may have ready work.
+
+        Runner calls run in the order they are made, so every lease planned from here on
+        runs after the insert, in its transaction or a later one: a lease that comes back
+        short then (QueueTracker.empty) has seen these tasks, and the queue is empty indeed.
+        """
+        for t in tasks:
+            if not t.after and t.not_before <= now:
+                self.ctx.queues.changed(t.queue)
+        self.ctx.wake.set()
+
+    def _made_ready(self, tasks: list[NewTask], new: list[bool], now: float, *,
+                    told: bool = False) -> None:
+        """New tasks are ready now, or at their ``not_before``: tell dispatch, or the delay timer.
+
+        ``told``: :meth:`_may_be_ready` said so before the insert (its queues need no
+        second pass: one leasing nothing would cost a transaction for nothing)."""
+        woken = False
         for t, is_new in zip(tasks, new):
             if is_new:
                 if t.not_before > now:
                     self.ctx.delays.due_at(t.not_before)
-                else:
+                elif t.after or not told:
                     self.ctx.queues.changed(t.queue)
-        self.ctx.wake.set()
+                    woken = True
+        if woken:
+            self.ctx.wake.set()
 
     async def push_stored(self, ids: list[str]) -> None:
         """Push the stored results among ``ids`` to their subscribers."""
