@@ -184,9 +184,35 @@ _COLUMNS_SQL = ", ".join(sched.COLUMNS)
 # The tasks waiting on some finished tasks (a WHERE on d.depends_on follows).
 _DEPENDENTS = ("d.depends_on, t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
                "JOIN tasks t ON t.id = d.task_id AND t.state = 'waiting'")
+# complete() in one statement (distinct ids; see PostgresStore._complete_at_once): rows
+# ('o', seq, id, old state, attempts, queue, name, lease owner, started_at, token, stored, -)
+# for the outcomes' tasks, then ('d', seq, id, depends_on, -, queue, name, ..., not_before)
+# for the waiting dependents of those it stored, locked in seq order.
+_COMPLETE_AT_ONCE = (
+    "WITH u AS (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bool[], %s::bytea[], "
+    "%s::text[]) AS u(id, token, ok, payload, codec)), "
+    "old AS (SELECT t.seq, t.id, t.state, t.attempts, t.queue, t.name, t.lease_owner, "
+    "t.started_at, t.token FROM tasks t WHERE t.id IN (SELECT id FROM u) ORDER BY t.seq "
+    "FOR UPDATE SKIP LOCKED), "
+    "done AS (UPDATE tasks t SET state = CASE WHEN u.ok THEN 'succeeded' ELSE 'failed' END, "
+    "result_ok = u.ok, result_payload = u.payload, result_codec = u.codec, finished_at = %s, "
+    "lease_owner = NULL, lease_deadline = NULL FROM old JOIN u ON u.id = old.id "
+    f"WHERE t.seq = old.seq AND old.state NOT IN {_FINISHED_SQL} AND old.token = u.token "
+    "AND (u.ok OR old.state = 'leased') RETURNING t.id), "
+    "dep AS (SELECT " + _DEPENDENTS + " WHERE d.depends_on IN (SELECT id FROM done) "
+    "AND t.id NOT IN (SELECT id FROM done) ORDER BY t.seq FOR UPDATE OF t) "
+    "SELECT 'o', seq, id, state, attempts, queue, name, lease_owner, started_at, token, "
+    "id IN (SELECT id FROM done), NULL::float8 FROM old "
+    "UNION ALL SELECT 'd', seq, id, depends_on, NULL, queue, name, NULL, NULL, NULL, NULL, "
+    "not_before FROM dep"
+)
 
 
 log = logging.getLogger("conveyor.store")
+
+
+class _NotAll(Exception):
+    """complete's one-statement path did not find every task (it is undone)."""
 
 #: Seconds before the first new connection is tried after one was lost; doubled after
 #: each failed try, up to :data:`RECONNECT_MAX`.
@@ -896,6 +922,64 @@ class PostgresStore(Store):
         """Store results; STORED, DUPLICATE, STALE or UNKNOWN for each outcome."""
         if not outcomes:
             return []
+        with self.transaction():
+            ids = [o.id for o in outcomes]
+            if self.cascade_limit is None and len(set(ids)) == len(ids):
+                return self._complete_at_once(outcomes, now)
+            return self._complete_locked(outcomes, now)
+
+    def _complete_at_once(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
+        """complete for distinct ids: one statement locks, checks, stores and reads the
+        waiting dependents, one round trip fewer than reading first.
+
+        It skips the rows another transaction holds (SKIP LOCKED): its snapshot predates
+        their holder's commit, so it could miss a dependent that holder is inserting. When
+        it did not find every task (one held elsewhere, an unknown id, a token out of range),
+        it is undone (its savepoint, locks included: waiting for the others while holding
+        these could deadlock) and _complete_locked does the whole batch."""
+        if not all(0 <= o.token < 1 << 64 for o in outcomes):
+            return self._complete_locked(outcomes, now)
+        cols = [[o.id for o in outcomes], [o.token - TOKEN_OFFSET for o in outcomes],
+                [bool(o.ok) for o in outcomes], [bytes(o.payload) for o in outcomes],
+                [o.codec for o in outcomes]]
+        try:
+            with self.transaction():
+                rows = self._x(_COMPLETE_AT_ONCE, (*cols, now)).fetchall()
+                if sum(row[0] == "o" for row in rows) != len(outcomes):
+                    raise _NotAll
+        except _NotAll:
+            return self._complete_locked(outcomes, now)
+        old: dict[str, _Row] = {}
+        dependents: list[_Row] = []
+        for row in rows:
+            if row[0] == "o":
+                old[row[2]] = row
+            else:
+                dependents.append((row[3], row[1], row[2], row[11], row[5], row[6]))
+        out: list[str] = []
+        ended_attempts: list[tuple[str, AttemptRecord]] = []
+        ended: list[tuple[str, str]] = []
+        for o in outcomes:
+            row = old[o.id]
+            _, _, tid, state, attempts, queue, name, owner, leased_at, _, stored, _ = row
+            if not stored:
+                out.append(DUPLICATE if state in FINISHED_STATES else STALE)
+                continue
+            out.append(STORED)
+            new = SUCCEEDED if o.ok else FAILED
+            holder = state == LEASED  # else the last lease's late success: it was handed back
+            ended_attempts.append((tid, attempt_record(
+                attempts, owner if holder else None, leased_at if holder else None, now,
+                ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
+                None if o.ok else o.payload)))
+            self._note(queue, name, state, new, tid=tid)
+            ended.append((tid, new))
+        self._write_attempts(ended_attempts)
+        self._settle(ended, now, dependents)
+        return out
+
+    def _complete_locked(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
+        """complete that reads (and locks) the tasks first, then decides in Python."""
         with self.transaction():
             ids = list(dict.fromkeys(o.id for o in outcomes))
             # Locked: a concurrent complete of the same task waits, then sees it finished.
