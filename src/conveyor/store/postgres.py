@@ -185,9 +185,10 @@ _COLUMNS_SQL = ", ".join(sched.COLUMNS)
 _DEPENDENTS = ("d.depends_on, t.seq, t.id, t.not_before, t.queue, t.name FROM deps d "
                "JOIN tasks t ON t.id = d.task_id AND t.state = 'waiting'")
 # complete() in one statement (distinct ids; see PostgresStore._complete_at_once): rows
-# ('o', seq, id, old state, attempts, queue, name, lease owner, started_at, token, stored, -)
-# for the outcomes' tasks, then ('d', seq, id, depends_on, -, queue, name, ..., not_before)
-# for the waiting dependents of those it stored, locked in seq order.
+# ('o', seq, id, old state, attempts, queue, name, lease owner, started_at, token, stored, -,
+# has dependents) for the outcomes' tasks, then (unbounded cascades only) ('d', seq, id,
+# depends_on, -, queue, name, ..., not_before, -) for the waiting dependents of those it
+# stored, locked in seq order.
 _COMPLETE_AT_ONCE = (
     "WITH u AS (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bool[], %s::bytea[], "
     "%s::text[]) AS u(id, token, ok, payload, codec)), "
@@ -198,14 +199,17 @@ _COMPLETE_AT_ONCE = (
     "result_ok = u.ok, result_payload = u.payload, result_codec = u.codec, finished_at = %s, "
     "lease_owner = NULL, lease_deadline = NULL FROM old JOIN u ON u.id = old.id "
     f"WHERE t.seq = old.seq AND old.state NOT IN {_FINISHED_SQL} AND old.token = u.token "
-    "AND (u.ok OR old.state = 'leased') RETURNING t.id), "
-    "dep AS (SELECT " + _DEPENDENTS + " WHERE d.depends_on IN (SELECT id FROM done) "
-    "AND t.id NOT IN (SELECT id FROM done) ORDER BY t.seq FOR UPDATE OF t) "
+    "AND (u.ok OR old.state = 'leased') RETURNING t.id){dep} "
     "SELECT 'o', seq, id, state, attempts, queue, name, lease_owner, started_at, token, "
-    "id IN (SELECT id FROM done), NULL::float8 FROM old "
-    "UNION ALL SELECT 'd', seq, id, depends_on, NULL, queue, name, NULL, NULL, NULL, NULL, "
-    "not_before FROM dep"
+    "id IN (SELECT id FROM done), NULL::float8, "
+    "EXISTS (SELECT 1 FROM deps WHERE depends_on = old.id) FROM old{union}"
 )
+_COMPLETE_DEPENDENTS = _COMPLETE_AT_ONCE.format(
+    dep=", dep AS (SELECT " + _DEPENDENTS + " WHERE d.depends_on IN (SELECT id FROM done) "
+    "AND t.id NOT IN (SELECT id FROM done) ORDER BY t.seq FOR UPDATE OF t)",
+    union=" UNION ALL SELECT 'd', seq, id, depends_on, NULL, queue, name, NULL, NULL, NULL, "
+    "NULL, not_before, NULL FROM dep")
+_COMPLETE_ALONE = _COMPLETE_AT_ONCE.format(dep="", union="")
 
 
 log = logging.getLogger("conveyor.store")
@@ -924,7 +928,7 @@ class PostgresStore(Store):
             return []
         with self.transaction():
             ids = [o.id for o in outcomes]
-            if self.cascade_limit is None and len(set(ids)) == len(ids):
+            if len(set(ids)) == len(ids):
                 return self._complete_at_once(outcomes, now)
             return self._complete_locked(outcomes, now)
 
@@ -944,7 +948,9 @@ class PostgresStore(Store):
                 [o.codec for o in outcomes]]
         try:
             with self.transaction():
-                rows = self._x(_COMPLETE_AT_ONCE, (*cols, now)).fetchall()
+                unbounded = self.cascade_limit is None  # read the dependents now: the whole cascade goes
+                rows = self._x(_COMPLETE_DEPENDENTS if unbounded else _COMPLETE_ALONE,
+                               (*cols, now)).fetchall()
                 if sum(row[0] == "o" for row in rows) != len(outcomes):
                     raise _NotAll
         except _NotAll:
@@ -959,9 +965,10 @@ class PostgresStore(Store):
         out: list[str] = []
         ended_attempts: list[tuple[str, AttemptRecord]] = []
         ended: list[tuple[str, str]] = []
+        having: set[str] = set()  # the stored ones some task depends on
         for o in outcomes:
             row = old[o.id]
-            _, _, tid, state, attempts, queue, name, owner, leased_at, _, stored, _ = row
+            _, _, tid, state, attempts, queue, name, owner, leased_at, _, stored, _, deps = row
             if not stored:
                 out.append(DUPLICATE if state in FINISHED_STATES else STALE)
                 continue
@@ -974,8 +981,13 @@ class PostgresStore(Store):
                 None if o.ok else o.payload)))
             self._note(queue, name, state, new, tid=tid)
             ended.append((tid, new))
+            if deps:
+                having.add(tid)
         self._write_attempts(ended_attempts)
-        self._settle(ended, now, dependents)
+        if unbounded:
+            self._settle(ended, now, dependents)
+        elif having:
+            self._settle([e for e in ended if e[0] in having], now)
         return out
 
     def _complete_locked(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
