@@ -193,7 +193,7 @@ _COMPLETE_AT_ONCE = (
     "WITH u AS (SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bool[], %s::bytea[], "
     "%s::text[]) AS u(id, token, ok, payload, codec)), "
     "old AS (SELECT t.seq, t.id, t.state, t.attempts, t.queue, t.name, t.lease_owner, "
-    "t.started_at, t.token FROM tasks t WHERE t.id IN (SELECT id FROM u) ORDER BY t.seq "
+    "t.started_at, t.token FROM tasks t WHERE t.id = ANY(%s::text[]) ORDER BY t.seq "
     "FOR UPDATE SKIP LOCKED), "
     "done AS (UPDATE tasks t SET state = CASE WHEN u.ok THEN 'succeeded' ELSE 'failed' END, "
     "result_ok = u.ok, result_payload = u.payload, result_codec = u.codec, finished_at = %s, "
@@ -950,7 +950,7 @@ class PostgresStore(Store):
             with self.transaction():
                 unbounded = self.cascade_limit is None  # read the dependents now: the whole cascade goes
                 rows = self._x(_COMPLETE_DEPENDENTS if unbounded else _COMPLETE_ALONE,
-                               (*cols, now)).fetchall()
+                               (*cols, cols[0], now)).fetchall()
                 if sum(row[0] == "o" for row in rows) != len(outcomes):
                     raise _NotAll
         except _NotAll:
