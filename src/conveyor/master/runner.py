@@ -202,9 +202,6 @@ class StoreRunner:
                         self._fault(exc)
                         outcomes.append((call.future, False, exc))
             self._committed(started)
-            import os, sys
-            if os.environ.get("TRACE_RUNNER"):
-                print(f"TR {time.perf_counter():.6f} {(time.perf_counter()-started)*1000:.3f}ms n={len(batch)} " + ",".join(getattr(c.fn, "__name__", "?") for c in batch[:5]), file=sys.stderr, flush=True)
         except Exception as exc:  # the commit itself failed: nothing in the batch happened
             self._fault(exc)
             if len(batch) > 1 and not self.off_loop and is_store_fault(exc):
