@@ -234,3 +234,27 @@ def test_a_master_started_with_other_settings_than_a_live_peer_warns(
     log = b.log_path(b.master).read_text()
     assert f"at {a.address} runs with other settings" in log
     assert "'pickle': False" in log and "'pickle': True" in log
+
+
+def test_a_putter_parked_on_one_master_is_woken_by_a_get_on_the_other(
+        fresh_postgres_dsn, make_cluster, monkeypatch):  # noqa: F811
+    # The safety-net retry of parked puts an hour away: only B's announcement can wake A's putter.
+    monkeypatch.setenv("CONVEYOR_PUT_RETRY_EVERY", "3600")
+    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 0])
+    maxsize = 3
+    with a.client() as ca, b.client() as cb:
+        qa, qb = ca.queue("full", maxsize), cb.queue("full", maxsize, ack="get")
+        unbounded = cb.queue("free", ack="get")  # gets from an unbounded queue meanwhile: no harm
+        for i in range(maxsize):
+            qa.put(i)
+        assert qb.qsize() == maxsize
+        with cf.ThreadPoolExecutor(1) as pool:
+            put = pool.submit(qa.put, "late", timeout=120)
+            with pytest.raises(cf.TimeoutError):
+                put.result(timeout=1.0)  # parked on A: the queue is full
+            unbounded.put("x")
+            assert unbounded.get(timeout=10) == "x"
+            assert not put.done()
+            assert qb.get(timeout=10) == 0  # through B: room in the queue A's putter waits on
+            put.result(timeout=30)  # far sooner than the hour-long safety net
+        assert [qb.get(timeout=10) for _ in range(maxsize)] == [1, 2, "late"]
