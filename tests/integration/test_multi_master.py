@@ -258,3 +258,38 @@ def test_a_putter_parked_on_one_master_is_woken_by_a_get_on_the_other(
             assert qb.get(timeout=10) == 0  # through B: room in the queue A's putter waits on
             put.result(timeout=30)  # far sooner than the hour-long safety net
         assert [qb.get(timeout=10) for _ in range(maxsize)] == [1, 2, "late"]
+
+
+def test_a_manager_given_two_masters_keeps_its_queues_when_the_first_is_killed(
+        fresh_postgres_dsn, make_cluster):  # noqa: F811
+    from conveyor.managers import SyncManager
+
+    authkey = secrets.token_hex(16).encode()
+    a, b = (make_cluster(workers=0, authkey=authkey, master_args=["--store", fresh_postgres_dsn, "--pickle"],
+                         modules=[TASKS]).start() for _ in range(2))
+    pairs = [("127.0.0.1", a.port), ("127.0.0.1", b.port)]
+    m = SyncManager(address=pairs, authkey=authkey)
+    with pytest.raises(ValueError, match="several masters"):
+        m.start()  # a list is for connecting: serving needs one address
+    m.connect()
+    try:
+        q = m.Queue()
+        for i in range(3):
+            q.put({"n": i})
+        assert q.get(timeout=30) == {"n": 0}
+        assert f"127.0.0.1:{a.port}" in repr(q)
+        a.kill_master()  # kill -9 of the master the manager's client uses
+        q.put({"n": 3})  # the proxy moves to B
+        assert [q.get(timeout=30) for _ in range(3)] == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert q.qsize() == 0
+        # The string form, its first master down: connect() reaches the one that answers.
+        other = SyncManager(address=f"127.0.0.1:{a.port},127.0.0.1:{b.port}", authkey=authkey)
+        other.connect()
+        try:
+            q2 = other.Queue()
+            q2.put("via b")
+            assert q2.get(timeout=30) == "via b"
+        finally:
+            other.shutdown()
+    finally:
+        m.shutdown()
