@@ -293,3 +293,83 @@ def test_a_manager_given_two_masters_keeps_its_queues_when_the_first_is_killed(
             other.shutdown()
     finally:
         m.shutdown()
+
+
+def _dashboard(cluster: LocalCluster, env: dict[str, str], *args: str):
+    """``conveyor dashboard`` with ``env`` over the cluster's (no --connect unless in ``args``):
+    the process, and a Browser on it."""
+    from .dashboard_helpers import Browser
+
+    cmd = [sys.executable, "-m", "conveyor", "dashboard", "--bind", "127.0.0.1:0", "--interval", "0.3",
+           "--timeout", "2", *args]
+    with open(cluster.log_dir / "dashboard.log", "ab") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env={**cluster.env(), **env})
+    line = proc.stdout.readline().decode() if proc.stdout else ""
+    if "listening on " not in line:
+        proc.kill()
+        raise RuntimeError(f"dashboard did not start: {line!r}")
+    return proc, Browser(line.split("listening on ", 1)[1].strip())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def _up(web) -> bool:
+    reply = web.get("/api/history")
+    return reply.status == 200 and json.loads(reply.body)["up"] is True
+
+
+def test_a_dashboard_given_the_masters_of_conveyor_address_keeps_answering_when_the_first_is_killed(
+        fresh_postgres_dsn, make_cluster):  # noqa: F811
+    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 0])
+    assert a.master is not None and b.master is not None
+    proc, web = _dashboard(a, {"CONVEYOR_ADDRESS": f"{a.address},{b.address}"})  # no --connect
+    try:
+        assert wait_until(lambda: f"pid {a.master.pid}," in web.get("/").body, timeout=30)
+        assert _up(web)
+        a.kill_master()  # kill -9 of the master the dashboard's client uses
+        assert wait_until(lambda: f"pid {b.master.pid}," in web.get("/").body, timeout=30)
+        assert wait_until(lambda: _up(web), timeout=30)
+        assert "Master unreachable" not in web.get("/").body
+        assert web.get("/tasks").status == 200
+    finally:
+        _stop(proc)
+
+
+def test_a_dashboard_given_two_masters_moves_off_a_silent_one(fresh_postgres_dsn, make_cluster):  # noqa: F811
+    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 0])
+    assert a.master is not None and b.master is not None
+    proc, web = _dashboard(a, {}, "--connect", f"{a.address},{b.address}")
+    try:
+        assert wait_until(lambda: f"pid {a.master.pid}," in web.get("/").body, timeout=30)
+        a.master.send_signal(signal.SIGSTOP)  # silent, its port still accepting: not refused
+        # A new client per failure would start at the silent master each time and time out
+        # there; the kept client's link notices the silence and moves to B.
+        assert wait_until(lambda: f"pid {b.master.pid}," in web.get("/").body, timeout=60)
+        assert wait_until(lambda: _up(web), timeout=30)
+    finally:
+        a.master.send_signal(signal.SIGCONT)
+        _stop(proc)
+
+
+def test_a_dashboard_reads_every_master_of_conveyor_address(monkeypatch):
+    from conveyor.http.cli import _default_address
+    from conveyor.http.gateway import Gateway
+
+    monkeypatch.setenv("CONVEYOR_ADDRESS", "127.0.0.1:7001,tls://h:7002")
+    assert _default_address() == "tcp://127.0.0.1:7001,tls://h:7002"
+    gateway = Gateway("127.0.0.1:7001,127.0.0.1:7002", None)
+    try:
+        assert gateway.fails_over
+    finally:
+        gateway.close()
+    with pytest.raises(ValueError, match="empty entry"):
+        Gateway("127.0.0.1:7001,,", None)
