@@ -890,7 +890,8 @@ class BaseManager:
 
     @property
     def address(self) -> tuple[str, int] | None:
-        """(host, port); after ``start()`` or ``get_server()`` with port 0, the port chosen."""
+        """(host, port); after ``start()`` or ``get_server()`` with port 0, the port chosen
+        (given several masters, the first of them)."""
         return self._address
 
     def join(self, timeout: float | None = None) -> None:
