@@ -73,6 +73,7 @@ import multiprocessing.synchronize
 import multiprocessing.util
 import os
 import queue as stdqueue
+import re
 import signal
 import socket
 import subprocess
@@ -202,6 +203,11 @@ def _queue_maxsize(typeid: str, obj: Any) -> int:
 
 
 # -- addresses and data ------------------------------------------------------
+_HOST_PORT = re.compile(r"((tcp|tls)://)?(\[[^\]\s]+\]|[^:/\\\s\[\]]+):\d+")
+_ADDRESS_FORMS = ("a (host, port) tuple, a list of (host, port) pairs or a \"host:port,host:port\" "
+                  "string (several masters of one cluster)")
+
+
 def _check_address(address: Any) -> tuple[str, int] | None:
     if address is None:
         return None
@@ -210,6 +216,49 @@ def _check_address(address: Any) -> tuple[str, int] | None:
         raise ValueError(f"address must be a (host, port) tuple with a port from 0 to 65535, not {address!r} "
                          "(conveyor.managers speaks TCP only: no Unix sockets or named pipes)")
     return address[0], address[1]
+
+
+def _host_port(host: str, port: int) -> str:
+    host = _connect_host(host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_addresses(address: Any) -> tuple[tuple[str, int] | None, str | None]:
+    """``address`` as (the one (host, port), the masters to connect to or None).
+
+    One (host, port) pair is the stdlib's form (served, or connected to). A list
+    of pairs, or a comma-separated ``"host:port,host:port"`` string, names several
+    masters of one cluster: connect() then fails over between them, and the
+    masters string is what the clients get (None for one pair)."""
+    if isinstance(address, str):
+        try:
+            # Each entry names its port: a bare word could be a Unix socket path or a named pipe.
+            bad = [part for part in address.split(",") if not _HOST_PORT.fullmatch(part.strip())]
+            if bad:
+                raise ValueError(f"{bad[0].strip()!r} is not host:port")
+            masters = parse_addresses(address)
+        except ValueError as exc:
+            raise ValueError(f"address {address!r}: {exc}; expected {_ADDRESS_FORMS} (conveyor.managers "
+                             "speaks TCP only: no Unix sockets or named pipes)") from None
+        return (masters[0].host, masters[0].port), ",".join(
+            ("tls://" if a.tls else "") + _host_port(a.host, a.port) for a in masters)
+    if (isinstance(address, (list, tuple)) and address
+            and any(isinstance(x, (list, tuple)) for x in address)):
+        pairs = []
+        for i, entry in enumerate(address):
+            try:
+                host, port = _check_address(entry) or ("", 0)
+            except ValueError:
+                raise ValueError(f"address entry {i} is {entry!r}: each master must be a (host, port) "
+                                 "pair with a port from 1 to 65535") from None
+            if port == 0:
+                raise ValueError(f"address entry {i} is {entry!r}: a master's port cannot be 0 "
+                                 "(port 0 only means \"pick a free port\" when serving one address)")
+            pairs.append((host, port))
+        return pairs[0], ",".join(_host_port(h, p) for h, p in pairs)
+    if isinstance(address, (list, tuple)) and not address:
+        raise ValueError(f"address is an empty list: expected {_ADDRESS_FORMS}")
+    return _check_address(address), None
 
 
 def _bind_host(host: str) -> str:
@@ -632,7 +681,11 @@ class BaseManager:
 
     ``address`` is ``(host, port)``: ``("", port)`` or ``("0.0.0.0", port)``
     serve every interface, port 0 picks a free port (read it back from
-    :attr:`address`). ``authkey`` is bytes or str (UTF-8); it defaults to
+    :attr:`address`). To connect to a cluster of masters on one shared store,
+    ``address`` may also be a list of ``(host, port)`` pairs or a
+    ``"host:port,host:port"`` string: ``connect()`` reaches whichever answers
+    and its proxies move to another master when theirs fails (serving such an
+    address is an error). ``authkey`` is bytes or str (UTF-8); it defaults to
     ``multiprocessing.current_process().authkey`` like the stdlib.
     ``data_dir`` is where the serving side keeps its queues (see the module
     docstring). ``serializer`` must be "pickle"; ``ctx`` is accepted and
@@ -641,7 +694,8 @@ class BaseManager:
 
     _registry: dict[str, _Entry] = {}
 
-    def __init__(self, address: tuple[str, int] | None = None, authkey: bytes | str | None = None,
+    def __init__(self, address: tuple[str, int] | list[tuple[str, int]] | str | None = None,
+                 authkey: bytes | str | None = None,
                  serializer: str = "pickle", ctx: Any = None, *, shutdown_timeout: float = 1.0,
                  data_dir: str | os.PathLike[str] | None = None) -> None:
         if serializer != "pickle":
@@ -649,9 +703,9 @@ class BaseManager:
         if authkey is None:
             authkey = bytes(multiprocessing.current_process().authkey)
         self._authkey = as_key(authkey)
-        self._address = _check_address(address)
-        #: Several masters (comma-separated), when connect() read them from CONVEYOR_ADDRESS.
-        self._masters: str | None = None
+        #: Several masters (comma-separated), given as ``address`` or read by connect()
+        #: from CONVEYOR_ADDRESS; ``_address`` is then the first of them.
+        self._address, self._masters = _check_addresses(address)
         self._data_dir = data_dir
         self._state = _INITIAL
         self._s = _State()
@@ -711,9 +765,16 @@ class BaseManager:
         if self._state == _SHUTDOWN:
             raise multiprocessing.ProcessError("Manager has shut down")
 
+    def _check_serving(self, what: str) -> None:
+        if self._masters is not None:
+            raise ValueError(f"{what} serves one address, but this manager was given several masters "
+                             f"({self._masters}): pass one (host, port) to serve, or call connect() to "
+                             "use the cluster")
+
     def get_server(self) -> Server:
         """A :class:`Server` bound to this manager's address, to run with ``serve_forever()`` here."""
         self._check_initial()
+        self._check_serving("get_server()")
         server = Server(self._address or ("127.0.0.1", 0), self._authkey, self._declared_queues(),
                         self._data_dir)
         self._address = server.address
@@ -728,6 +789,7 @@ class BaseManager:
             raise NotImplementedError("conveyor.managers: start(initializer=...) is not supported: the "
                                       "server is a conveyor master that runs no user code (it already "
                                       "ignores SIGINT)")
+        self._check_serving("start()")
         queues = self._declared_queues()
         self._s.declared = list(queues)
         host, port = self._address or ("127.0.0.1", 0)
@@ -772,7 +834,9 @@ class BaseManager:
     def connect(self) -> None:
         """Connect to the master serving this manager's address.
 
-        Without an address, ``CONVEYOR_ADDRESS`` names the master, or several
+        With several masters (a list of (host, port) pairs or a comma-separated
+        string), the client reaches whichever answers first and moves to another
+        when its master fails. Without an address, ``CONVEYOR_ADDRESS`` names the master, or several
         masters of one cluster comma-separated (``a:7700,b:7700``): the client
         then moves to another when its master fails. ``ConnectionRefused`` (a
         ``ConnectionRefusedError``) if none answers; ``conveyor.AuthenticationError``
@@ -826,7 +890,8 @@ class BaseManager:
 
     @property
     def address(self) -> tuple[str, int] | None:
-        """(host, port); after ``start()`` or ``get_server()`` with port 0, the port chosen."""
+        """(host, port); after ``start()`` or ``get_server()`` with port 0, the port chosen
+        (given several masters, the first of them)."""
         return self._address
 
     def join(self, timeout: float | None = None) -> None:

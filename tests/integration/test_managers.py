@@ -385,6 +385,49 @@ def test_addresses(managed, host):
     assert m.get_task_queue().get(timeout=5) == host
 
 
+def test_a_list_of_masters_connects_to_the_one_that_answers(managed):
+    m = managed(QueueManager)
+    m.start()
+    down = ("127.0.0.1", free_port())  # nothing listens there
+    for address in ([down, ("127.0.0.1", m.address[1])], (down, ["localhost", m.address[1]]),
+                    f"127.0.0.1:{down[1]}, 127.0.0.1:{m.address[1]}"):
+        remote = managed(RemoteManager, address=address)
+        assert remote.address == down or remote.address == ("127.0.0.1", down[1])  # the first named
+        remote.connect()
+        remote.get_task_queue().put(repr(address))
+        assert m.get_task_queue().get(timeout=10) == repr(address)
+    with pytest.raises(ConnectionRefused):  # none answers
+        managed(RemoteManager, address=[down, ("127.0.0.1", free_port())]).connect()
+
+
+@pytest.mark.parametrize("address, match", [
+    ([], "empty list"),
+    ([("a", 1), ("b", 0)], "entry 1 .* port cannot be 0"),
+    ([("a", 1), ("b", "x")], "entry 1 is \\('b', 'x'\\)"),
+    ([("a", 1), "b:2"], "entry 1 is 'b:2'"),
+    ([("a", 1), ("b", 2, 3)], "entry 1"),
+    ([("a", 1), (None, 2)], "entry 1"),
+    ("a:1,,b:2", "'' is not host:port"),
+    ("a:1,b", "'b' is not host:port"),
+    ("/tmp/manager.sock", "no Unix sockets"),
+    ("a:99999", "port must be a number from 1 to 65535"),
+    (("a", 70000), "port from 0 to 65535"),
+])
+def test_malformed_master_lists_are_refused_naming_what_is_wrong(address, match):
+    with pytest.raises(ValueError, match=match):
+        RemoteManager(address=address, authkey=b"k")
+
+
+def test_serving_a_list_of_masters_is_refused(managed):
+    for address in ([("127.0.0.1", free_port()), ("127.0.0.1", free_port())], f"127.0.0.1:{free_port()}"):
+        m = managed(QueueManager, address=address)
+        with pytest.raises(ValueError, match="several masters .* pass one \\(host, port\\) to serve"):
+            m.start()
+        with pytest.raises(ValueError, match="get_server\\(\\) serves one address"):
+            m.get_server()
+        assert m._process is None
+
+
 def test_address_none_picks_a_loopback_port(managed):
     m = managed(QueueManager, address=None)
     m.start()

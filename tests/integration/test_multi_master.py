@@ -234,3 +234,142 @@ def test_a_master_started_with_other_settings_than_a_live_peer_warns(
     log = b.log_path(b.master).read_text()
     assert f"at {a.address} runs with other settings" in log
     assert "'pickle': False" in log and "'pickle': True" in log
+
+
+def test_a_putter_parked_on_one_master_is_woken_by_a_get_on_the_other(
+        fresh_postgres_dsn, make_cluster, monkeypatch):  # noqa: F811
+    # The safety-net retry of parked puts an hour away: only B's announcement can wake A's putter.
+    monkeypatch.setenv("CONVEYOR_PUT_RETRY_EVERY", "3600")
+    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 0])
+    maxsize = 3
+    with a.client() as ca, b.client() as cb:
+        qa, qb = ca.queue("full", maxsize), cb.queue("full", maxsize, ack="get")
+        unbounded = cb.queue("free", ack="get")  # gets from an unbounded queue meanwhile: no harm
+        for i in range(maxsize):
+            qa.put(i)
+        assert qb.qsize() == maxsize
+        with cf.ThreadPoolExecutor(1) as pool:
+            put = pool.submit(qa.put, "late", timeout=120)
+            with pytest.raises(cf.TimeoutError):
+                put.result(timeout=1.0)  # parked on A: the queue is full
+            unbounded.put("x")
+            assert unbounded.get(timeout=10) == "x"
+            assert not put.done()
+            assert qb.get(timeout=10) == 0  # through B: room in the queue A's putter waits on
+            put.result(timeout=30)  # far sooner than the hour-long safety net
+        assert [qb.get(timeout=10) for _ in range(maxsize)] == [1, 2, "late"]
+
+
+def test_a_manager_given_two_masters_keeps_its_queues_when_the_first_is_killed(
+        fresh_postgres_dsn, make_cluster):  # noqa: F811
+    from conveyor.managers import SyncManager
+
+    authkey = secrets.token_hex(16).encode()
+    a, b = (make_cluster(workers=0, authkey=authkey, master_args=["--store", fresh_postgres_dsn, "--pickle"],
+                         modules=[TASKS]).start() for _ in range(2))
+    pairs = [("127.0.0.1", a.port), ("127.0.0.1", b.port)]
+    m = SyncManager(address=pairs, authkey=authkey)
+    with pytest.raises(ValueError, match="several masters"):
+        m.start()  # a list is for connecting: serving needs one address
+    m.connect()
+    try:
+        q = m.Queue()
+        for i in range(3):
+            q.put({"n": i})
+        assert q.get(timeout=30) == {"n": 0}
+        assert f"127.0.0.1:{a.port}" in repr(q)
+        a.kill_master()  # kill -9 of the master the manager's client uses
+        q.put({"n": 3})  # the proxy moves to B
+        assert [q.get(timeout=30) for _ in range(3)] == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert q.qsize() == 0
+        # The string form, its first master down: connect() reaches the one that answers.
+        other = SyncManager(address=f"127.0.0.1:{a.port},127.0.0.1:{b.port}", authkey=authkey)
+        other.connect()
+        try:
+            q2 = other.Queue()
+            q2.put("via b")
+            assert q2.get(timeout=30) == "via b"
+        finally:
+            other.shutdown()
+    finally:
+        m.shutdown()
+
+
+def _dashboard(cluster: LocalCluster, env: dict[str, str], *args: str):
+    """``conveyor dashboard`` with ``env`` over the cluster's (no --connect unless in ``args``):
+    the process, and a Browser on it."""
+    from .dashboard_helpers import Browser
+
+    cmd = [sys.executable, "-m", "conveyor", "dashboard", "--bind", "127.0.0.1:0", "--interval", "0.3",
+           "--timeout", "2", *args]
+    with open(cluster.log_dir / "dashboard.log", "ab") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env={**cluster.env(), **env})
+    line = proc.stdout.readline().decode() if proc.stdout else ""
+    if "listening on " not in line:
+        proc.kill()
+        raise RuntimeError(f"dashboard did not start: {line!r}")
+    return proc, Browser(line.split("listening on ", 1)[1].strip())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def _up(web) -> bool:
+    reply = web.get("/api/history")
+    return reply.status == 200 and json.loads(reply.body)["up"] is True
+
+
+def test_a_dashboard_given_the_masters_of_conveyor_address_keeps_answering_when_the_first_is_killed(
+        fresh_postgres_dsn, make_cluster):  # noqa: F811
+    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 0])
+    assert a.master is not None and b.master is not None
+    proc, web = _dashboard(a, {"CONVEYOR_ADDRESS": f"{a.address},{b.address}"})  # no --connect
+    try:
+        assert wait_until(lambda: f"pid {a.master.pid}," in web.get("/").body, timeout=30)
+        assert _up(web)
+        a.kill_master()  # kill -9 of the master the dashboard's client uses
+        assert wait_until(lambda: f"pid {b.master.pid}," in web.get("/").body, timeout=30)
+        assert wait_until(lambda: _up(web), timeout=30)
+        assert "Master unreachable" not in web.get("/").body
+        assert web.get("/tasks").status == 200
+    finally:
+        _stop(proc)
+
+
+def test_a_dashboard_given_two_masters_moves_off_a_silent_one(fresh_postgres_dsn, make_cluster):  # noqa: F811
+    a, b = _masters(make_cluster, fresh_postgres_dsn, [0, 0])
+    assert a.master is not None and b.master is not None
+    proc, web = _dashboard(a, {}, "--connect", f"{a.address},{b.address}")
+    try:
+        assert wait_until(lambda: f"pid {a.master.pid}," in web.get("/").body, timeout=30)
+        a.master.send_signal(signal.SIGSTOP)  # silent, its port still accepting: not refused
+        # A new client per failure would start at the silent master each time and time out
+        # there; the kept client's link notices the silence and moves to B.
+        assert wait_until(lambda: f"pid {b.master.pid}," in web.get("/").body, timeout=60)
+        assert wait_until(lambda: _up(web), timeout=30)
+    finally:
+        a.master.send_signal(signal.SIGCONT)
+        _stop(proc)
+
+
+def test_a_dashboard_reads_every_master_of_conveyor_address(monkeypatch):
+    from conveyor.http.cli import _default_address
+    from conveyor.http.gateway import Gateway
+
+    monkeypatch.setenv("CONVEYOR_ADDRESS", "127.0.0.1:7001,tls://h:7002")
+    assert _default_address() == "tcp://127.0.0.1:7001,tls://h:7002"
+    gateway = Gateway("127.0.0.1:7001,127.0.0.1:7002", None)
+    try:
+        assert gateway.fails_over
+    finally:
+        gateway.close()
+    with pytest.raises(ValueError, match="empty entry"):
+        Gateway("127.0.0.1:7001,,", None)

@@ -64,8 +64,11 @@ def run_dashboard(args: argparse.Namespace, *, authkey: bytes | None, bind: tupl
         raise error(f"--login-required needs a login: pass --login-file or set {ENV_LOGIN}")
     if args.interval <= 0:
         raise error("--interval must be positive")
-    gateway = Gateway(args.connect or _default_address(), authkey, timeout=max(args.connect_timeout, 1.0),
-                      ssl_context=ssl_context)
+    try:
+        gateway = Gateway(args.connect or _default_address(), authkey,
+                          timeout=max(args.connect_timeout, 1.0), ssl_context=ssl_context)
+    except ValueError as exc:  # a malformed --connect or CONVEYOR_ADDRESS
+        raise error(str(exc)) from None
     try:
         gateway.connect_now()
     except AuthenticationError:
@@ -80,9 +83,11 @@ def run_dashboard(args: argparse.Namespace, *, authkey: bytes | None, bind: tupl
 
 
 def _default_address() -> str:
-    from ..client.client import resolve_address
+    """Every master ``CONVEYOR_ADDRESS`` names (or the default), comma-separated: the
+    dashboard's client fails over between them as any client does."""
+    from ..client.client import resolve_addresses
 
-    return str(resolve_address(None))
+    return ",".join(str(a) for a in resolve_addresses(None))
 
 
 async def _serve(app: Any, host: str, port: int) -> int:

@@ -6,6 +6,12 @@ the master to come back. The dashboard must answer at once instead ("master
 down"), so every call here runs in a thread with a deadline; on a deadline or
 a lost connection the client is closed (which fails whatever still waits on it)
 and the next call connects afresh.
+
+Given several masters of one cluster (``"a:7700,b:7700"``), the client's own
+link fails over between them: its client is then kept through a deadline or a
+lost connection (closing it would start the next one at the first master
+again), and while its link is down each call answers "master down" at once
+instead of waiting for the link to come back.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, TypeVar
 
 from ..client.client import Client
 from ..errors import AuthenticationError, ConnectionLost
+from ..link import AddressesLike, parse_addresses
 
 T = TypeVar("T")
 CALL_TIMEOUT = 5.0  # seconds a page waits for the master before saying it is down
@@ -31,9 +38,12 @@ class MasterDown(Exception):
 class Gateway:
     """Calls on the master from the dashboard's event loop, each bounded in time."""
 
-    def __init__(self, address: str, authkey: bytes | None, *, timeout: float = CALL_TIMEOUT,
+    def __init__(self, address: AddressesLike, authkey: bytes | None, *, timeout: float = CALL_TIMEOUT,
                  ssl_context: Any = None) -> None:
-        self.address = address
+        addresses = parse_addresses(address)  # a bad one raises ValueError here
+        self.address = address if isinstance(address, str) else ",".join(str(a) for a in addresses)
+        #: Several masters: the client's link moves between them (see the module docstring).
+        self.fails_over = len(addresses) > 1
         self._authkey = authkey
         self._ssl = ssl_context
         self.timeout = timeout
@@ -56,7 +66,17 @@ class Gateway:
                                       connect_timeout=self.timeout, name="dashboard")
             return self._client
 
-    def _drop(self, client: Client | None) -> None:
+    def _where(self, client: Client | None) -> str:
+        """The master a message names: the one the client used, else the address given."""
+        if client is not None and self.fails_over:
+            return str(client.address)
+        return self.address
+
+    def _drop(self, client: Client | None, *, keep: bool = False) -> None:
+        """Forget ``client`` (the next call connects afresh) unless ``keep`` and it is still
+        open: a client given several masters reconnects, to another one, by itself."""
+        if keep and client is not None and not client.closed:
+            return
         with self._lock:
             if client is not None and self._client is client:
                 self._client = None
@@ -79,22 +99,25 @@ class Gateway:
         def run() -> T:
             nonlocal client
             client = self._get_client()
+            if self.fails_over and not client.connected:
+                # Its link is moving to another master: "down" now, not a thread held until then.
+                raise ConnectionLost(f"reconnecting to one of the masters at {self.address}")
             return fn(client)
 
         fut = loop.run_in_executor(self._pool, run)
         try:
             result = await asyncio.wait_for(fut, limit)
         except TimeoutError:
-            self._drop(client)
-            self._mark_down(f"the master at {self.address} did not answer within {limit:g} s")
+            self._drop(client, keep=self.fails_over)  # the link notices a silent master itself
+            self._mark_down(f"the master at {self._where(client)} did not answer within {limit:g} s")
             raise MasterDown(self.down_reason) from None
         except AuthenticationError:
             self._drop(client)
             self._mark_down(f"the master at {self.address} refused the authkey")
             raise MasterDown(self.down_reason) from None
         except (ConnectionLost, OSError) as exc:
-            self._drop(client)
-            self._mark_down(str(exc) or f"lost the master at {self.address}")
+            self._drop(client, keep=self.fails_over)
+            self._mark_down(str(exc) or f"lost the master at {self._where(client)}")
             raise MasterDown(self.down_reason) from None
         self.down_reason = None
         self.down_since = None

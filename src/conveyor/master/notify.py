@@ -13,12 +13,14 @@ finished, the running tasks cancelled, progress reports and delayed work
   delivered (the result, a dependency failure or a cancellation);
 * a cancelled task leased to a worker connected here is stopped on that worker;
 * delayed work submitted elsewhere makes the leader look at the next due time;
-* a progress report some local client waits for is re-read and passed on.
+* a progress report some local client waits for is re-read and passed on;
+* room in a bounded queue (items left it through another master) lets the puts
+  parked here on that queue try again.
 
 Whenever listening (re)starts, anything may have been missed: every queue is
-looked at again, and the tasks finished since the lost connection last heard
-everything are re-read for the clients waiting here. Announcements from this master itself are skipped (it acted on
-them when it made them).
+looked at again, every parked put tries again, and the tasks finished since the
+lost connection last heard everything are re-read for the clients waiting here.
+Announcements from this master itself are skipped (it acted on them when it made them).
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ from ..store.base import (
     DUE_CHANNEL,
     PROGRESS_CHANNEL,
     RESULTS_CHANNEL,
+    SPACE_CHANNEL,
     WORK_CHANNEL,
 )
 
 if TYPE_CHECKING:
     from .context import Context
+    from .queues import QueueService
 
 log = logging.getLogger("conveyor.master")
 
@@ -55,9 +59,10 @@ REREAD_RETRY_MAX = 2.0
 class Notices:
     """Listens to the other masters' announcements and acts on them in the master's loop."""
 
-    def __init__(self, ctx: Context, master_id: str) -> None:
+    def __init__(self, ctx: Context, master_id: str, *, queues: QueueService | None = None) -> None:
         self.ctx = ctx
         self.master_id = master_id
+        self.queues = queues  # whose parked puts room announced elsewhere wakes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,6 +97,8 @@ class Notices:
         ctx = self.ctx
         if channel is None:  # (re)started listening: anything may have been missed
             ctx.work_added()
+            if self.queues is not None:
+                self.queues.space_freed_anywhere()
             if payload:
                 self._spawn(self._reread(float(payload) - REREAD_MARGIN))
             return
@@ -118,6 +125,13 @@ class Notices:
         elif channel == DUE_CHANNEL:
             if ctx.leader:  # the leader promotes: learn the next due time now, not at the poll
                 self._spawn(self._due())
+        elif channel == SPACE_CHANNEL:
+            if self.queues is not None:
+                if items is None:
+                    self.queues.space_freed_anywhere()
+                else:
+                    for queue in items:
+                        self.queues.space_freed(str(queue))
         elif channel == PROGRESS_CHANNEL:
             wanted = [str(i) for i in items or () if ctx.subs.watched(str(i))]
             if wanted:

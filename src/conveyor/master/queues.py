@@ -10,6 +10,9 @@ parked getters exactly as it serves workers with credit.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,9 +26,28 @@ from .session import Session
 if TYPE_CHECKING:
     from .context import Context, Routes
 
+log = logging.getLogger("conveyor.master")
+
 GET, PUT, JOIN = "get", "put", "join"
 #: Network queues ``qlist`` names beyond the declared ones (the most recently used first kept).
 MAX_LISTED = 1000
+#: Several masters on one store: seconds between retries of every parked put (a safety net
+#: only: a get through another master wakes them by its notification, master/notify.py).
+#: ``CONVEYOR_PUT_RETRY_EVERY`` sets it (tests make it huge so only notifications wake).
+PUT_RETRY_EVERY = 10.0
+ENV_PUT_RETRY_EVERY = "CONVEYOR_PUT_RETRY_EVERY"
+
+
+def put_retry_every(env: dict[str, str] | None = None) -> float:
+    """The safety-net retry interval of parked puts: ``CONVEYOR_PUT_RETRY_EVERY`` or the default."""
+    text = (os.environ if env is None else env).get(ENV_PUT_RETRY_EVERY, "").strip()
+    try:
+        value = float(text) if text else PUT_RETRY_EVERY
+    except ValueError:
+        raise ValueError(f"{ENV_PUT_RETRY_EVERY} must be a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise ValueError(f"{ENV_PUT_RETRY_EVERY} must be more than 0 seconds, not {text!r}")
+    return value
 
 
 @dataclass(eq=False)
@@ -114,6 +136,17 @@ class QueueService:
         self.putters = Waiting()
         self.joiners = Waiting()
         self._retrying: set[str] = set()
+        # Per bounded queue with a put under way (tried or parked): how often room was
+        # announced. A put that found the queue full parks, or tries again, if room came
+        # meanwhile: the announcement may arrive while its store call still runs.
+        self._freed: dict[str, int] = {}
+        self._trying: dict[str, int] = {}  # bounded puts in their first try, per queue
+        try:
+            self.retry_every = put_retry_every()
+        except ValueError as exc:
+            log.warning("%s; retrying parked puts every %.0fs", exc, PUT_RETRY_EVERY)
+            self.retry_every = PUT_RETRY_EVERY
+        self._polled = time.monotonic()
         # Queues put to or got from since the master started (with the declared ones, what
         # qlist lists), and per queue the sessions that got from it: its consumers.
         self.used: dict[str, None] = {}
@@ -143,15 +176,28 @@ class QueueService:
             s.error(rid, "SerializationError", PICKLE_DISABLED)
             return
         self._used(req.queue)
-        p = Parked(PUT, s, rid, req.queue, tasks=list(req.items),
-                   maxsize=self.declared.get(req.queue, req.maxsize))
-        await self._try_put(p)
-        if p.done:
+        q = req.queue
+        p = Parked(PUT, s, rid, q, tasks=list(req.items), maxsize=self.declared.get(q, req.maxsize))
+        if p.maxsize <= 0:
+            await self._try_put(p)  # unbounded: never parks
             return
-        if req.timeout == 0:
-            self._finish_put(p)
-            return
-        self.putters.park(p, req.timeout, self._finish_put)
+        self._trying[q] = self._trying.get(q, 0) + 1
+        seen = self._freed.setdefault(q, 0)
+        try:
+            await self._try_put(p)
+            if p.done:
+                return
+            if req.timeout == 0:
+                self._finish_put(p)
+                return
+            self.putters.park(p, req.timeout, self._finish_put)
+            if self._freed.get(q, 0) != seen:  # room was announced while it counted
+                self.space_freed(q)
+        finally:
+            self._trying[q] -= 1
+            if not self._trying[q]:
+                del self._trying[q]
+            self._forget(q)
 
     async def _try_put(self, p: Parked) -> None:
         ctx = self.ctx
@@ -176,23 +222,49 @@ class QueueService:
         if p.settle():
             self.putters.remove(p)
             p.session.reply(p.rid, {"accepted": p.accepted})
+            self._forget(p.queue)
+
+    def _forget(self, queue: str) -> None:
+        """Stop counting room announcements of ``queue`` once no put on it is under way."""
+        if queue not in self._trying and queue not in self._retrying and queue not in self.putters.by_queue:
+            self._freed.pop(queue, None)
 
     def space_freed(self, queue: str) -> None:
-        """Items left ``queue``: let parked putters try again, oldest first."""
+        """Items left ``queue``: let parked putters try again, oldest first.
+
+        Called for this master's own gets and, on a shared store, for another
+        master's (its commit's announcement, master/notify.py)."""
+        if queue in self._freed:
+            self._freed[queue] += 1
         if self.putters.first(queue) is not None and queue not in self._retrying:
             self._retrying.add(queue)
             asyncio.ensure_future(self._retry_putters(queue))
+
+    def space_freed_anywhere(self) -> None:
+        """Any bounded queue may have room (an announcement too big to name them, or
+        one that may have been missed): every parked put tries again."""
+        for q in list(self.putters.by_queue):
+            self.space_freed(q)
+
+    def poll_putters(self) -> None:
+        """The safety net on a shared store (called every cluster heartbeat): every
+        :attr:`retry_every` seconds, parked puts try again even if no room was announced."""
+        now = time.monotonic()
+        if now - self._polled >= self.retry_every:
+            self._polled = now
+            self.space_freed_anywhere()
 
     async def _retry_putters(self, queue: str) -> None:
         try:
             # Re-read every time: a session that goes away takes its puts with it.
             while (p := self.putters.first(queue)) is not None:
-                before = p.accepted
+                before, seen = p.accepted, self._freed.get(queue, 0)
                 await self._try_put(p)
-                if not p.done and p.accepted == before:
-                    break  # still full
+                if not p.done and p.accepted == before and self._freed.get(queue, 0) == seen:
+                    break  # still full, and no room announced since it looked
         finally:
             self._retrying.discard(queue)
+            self._forget(queue)
 
     # -- get ---------------------------------------------------------------
     async def on_qget(self, s: Session, rid: int, req: wire.QGet) -> None:
@@ -316,6 +388,8 @@ class QueueService:
         """A session went away: forget what it had parked, and that it consumed."""
         for waiting in (self.getters, self.putters, self.joiners):
             waiting.drop(s)
+        for q in list(self._freed):
+            self._forget(q)
         for q in [q for q, sessions in self.consumers.items() if s in sessions]:
             self.consumers[q].discard(s)
             if not self.consumers[q]:

@@ -176,7 +176,7 @@ class Master:
             # A shared store: register first (leases name this master), and hand back only
             # the leases of masters that died; live peers keep theirs.
             await self.membership.join()
-            self.notices = Notices(ctx, self.membership.id)
+            self.notices = Notices(ctx, self.membership.id, queues=self.queue_service)
             self.notices.start()
         else:
             released = await maintenance.release_all(ctx, ctx.clock())
@@ -225,10 +225,9 @@ class Master:
         asyncio.ensure_future(self.close())
 
     def _retry_putters(self) -> None:
-        """Puts parked on a full queue try again: a get through another master may have
-        made room (a shared store; looked at every cluster heartbeat)."""
-        for q in list(self.queue_service.putters.by_queue):
-            self.queue_service.space_freed(q)
+        """Puts parked on a full queue try again now and then: the safety net behind the
+        room other masters announce (a shared store; looked at every cluster heartbeat)."""
+        self.queue_service.poll_putters()
 
     @property
     def address(self) -> tuple[str, int]:

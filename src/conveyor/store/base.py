@@ -82,7 +82,8 @@ __all__ = [
     "BulkResult", "Lease", "NewTask", "Outcome", "QueueStats", "Result", "TaskCount", "TaskFilter",
     "TaskInfo", "TaskPage", "TaskSummary", "Store", "dependency_failed_error",
     "TOKEN_BITS", "TOKEN_OFFSET", "new_token",
-    "CANCEL_CHANNEL", "CHANNELS", "DUE_CHANNEL", "PROGRESS_CHANNEL", "RESULTS_CHANNEL", "WORK_CHANNEL",
+    "CANCEL_CHANNEL", "CHANNELS", "DUE_CHANNEL", "PROGRESS_CHANNEL", "RESULTS_CHANNEL", "SPACE_CHANNEL",
+    "WORK_CHANNEL",
 ]
 
 #: Bits of randomness in a lease token (a uint64 on the wire).
@@ -109,7 +110,10 @@ CANCEL_CHANNEL = "conveyor_cancel"
 PROGRESS_CHANNEL = "conveyor_progress"
 #: Items: queues that got delayed tasks (the leader looks at the next due time again).
 DUE_CHANNEL = "conveyor_due"
-CHANNELS = (WORK_CHANNEL, RESULTS_CHANNEL, CANCEL_CHANNEL, PROGRESS_CHANNEL, DUE_CHANNEL)
+#: Items: bounded queues (a maxsize in the shared queues table) that items left: putters
+#: parked on them may go on (null instead of a list: any bounded queue may have room).
+SPACE_CHANNEL = "conveyor_space"
+CHANNELS = (WORK_CHANNEL, RESULTS_CHANNEL, CANCEL_CHANNEL, PROGRESS_CHANNEL, DUE_CHANNEL, SPACE_CHANNEL)
 
 
 class Store(abc.ABC):

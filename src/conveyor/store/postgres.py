@@ -116,6 +116,7 @@ from .base import (
     DUE_CHANNEL,
     PROGRESS_CHANNEL,
     RESULTS_CHANNEL,
+    SPACE_CHANNEL,
     TOKEN_OFFSET,
     WORK_CHANNEL,
     Store,
@@ -139,6 +140,14 @@ __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 #: Payload bytes per notification: PostgreSQL refuses 8000 and more.
 NOTIFY_BUDGET = 7000
+#: The states a bounded put counts against the queue's maxsize (Store.enqueue_bounded).
+_COUNTED = (READY, DELAYED)
+#: One notification naming the bounded ones among the queues items left (those with a row in
+#: ``queues``), or ``[master id, null]`` when their names would not fit; nothing if none is.
+_SPACE_NOTIFY = (
+    b"SELECT pg_notify(%(channel)s, json_build_array(%(me)s::text, CASE WHEN "
+    b"sum(octet_length(to_json(name)::text) + 1) > %(budget)s THEN NULL ELSE json_agg(name ORDER BY name) "
+    b"END)::text) FROM queues WHERE name = ANY(%(queues)s::text[]) AND maxsize > 0 HAVING count(*) > 0")
 
 # The SQL below spells these states literally.
 assert (READY, LEASED, DELAYED, DEAD, WAITING) == ("ready", "leased", "delayed", "dead", "waiting")
@@ -475,6 +484,7 @@ class PostgresStore(Store):
                     # Inside the transaction: the server delivers them only if it commits.
                     for channel, payload in self._notices(deltas):
                         conn.execute(b"SELECT pg_notify(%s, %s)", (channel, payload))
+                    self._notify_space(conn, deltas)
                 cur = conn.execute(b"COMMIT")
         except psycopg.Error:
             with contextlib.suppress(psycopg.Error):
@@ -520,6 +530,17 @@ class PostgresStore(Store):
             out.append((channel, json.dumps([self.master_id, chunk or None])))
         return out
 
+    def _notify_space(self, conn: psycopg.Connection[_Row], deltas: dict[_Key, int]) -> None:
+        """Announce on SPACE_CHANNEL the bounded queues items left in this transaction.
+
+        Which queues are bounded only the shared ``queues`` table knows (any master's
+        bounded put records it), so the database picks them, in the same pipeline as the
+        COMMIT: no round trip more, and no notification for an unbounded queue."""
+        queues = sorted({q for (t, _, q, _), n in deltas.items() if t == "space" and n})
+        if queues:
+            conn.execute(_SPACE_NOTIFY, {"channel": SPACE_CHANNEL, "me": self.master_id,
+                                         "queues": queues, "budget": NOTIFY_BUDGET})
+
     def _announce(self, channel: str, item: str) -> None:
         """Announce ``item`` on ``channel`` when the open transaction commits (dropped if
         the level it was made in rolls back)."""
@@ -545,6 +566,8 @@ class PostgresStore(Store):
                 deltas[("notify", DUE_CHANNEL, queue, "")] = 1
             elif tid is not None and new in FINISHED_STATES:
                 deltas[("notify", RESULTS_CHANNEL, tid, "")] = 1
+            if old in _COUNTED and new not in _COUNTED:  # room in the queue, if it is bounded
+                deltas[("space", SPACE_CHANNEL, queue, "")] = 1
         name = name or ""
         if old is not None:
             key = ("counts", queue, name, old)
