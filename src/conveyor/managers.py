@@ -500,12 +500,13 @@ class QueueProxy(NetworkQueue):
         A master that comes back within ``timing.PROXY_MASTER_GRACE`` seconds
         (restarted on its data directory) is waited for: nothing is lost then.
         """
+        if self._client.down_for >= timing.PROXY_MASTER_GRACE:
+            raise self._gone(None)  # gone already (past the grace): fail at once, as the stdlib does
         try:
             cfut = self._send_request(op, fields, acks)
         except ConnectionLost as exc:
             raise self._gone(exc) from None
         deadline = None if wait is None else time.monotonic() + wait
-        down_since: float | None = None
         while True:
             now = time.monotonic()
             step = timing.PROXY_POLL if deadline is None else max(0.0, min(timing.PROXY_POLL, deadline - now))
@@ -514,13 +515,10 @@ class QueueProxy(NetworkQueue):
                 return reply
             except (TimeoutError, cf.TimeoutError):
                 now = time.monotonic()
-                if self._client.connected:
-                    down_since = None
-                else:
-                    down_since = down_since or now
-                gone = down_since is not None and now - down_since >= timing.PROXY_MASTER_GRACE
+                down_for = self._client.down_for
+                gone = down_for >= timing.PROXY_MASTER_GRACE
                 if deadline is not None and now >= deadline:
-                    gone = down_since is not None  # no master to have answered: not "empty"
+                    gone = down_for > 0  # no master to have answered: not "empty"
                 if gone or (deadline is not None and now >= deadline):
                     if op == protocol.QGET:  # items leased to us after we gave up go back
                         cfut.add_done_callback(self._give_back)

@@ -312,6 +312,12 @@ class Client(ScheduleMixin):  # schedule(), schedules(), unschedule(): client/sc
         """True while the link to the master is up (it reconnects by itself when it drops)."""
         return bool(self._core.connected)
 
+    @property
+    def down_for(self) -> float:
+        """Seconds since the link to the master was lost and not yet back (0.0 while it is up)."""
+        since: float | None = getattr(self._core, "down_since", None)
+        return 0.0 if since is None or self._core.connected else max(0.0, time.monotonic() - since)
+
     def _ask(self, op: str, fields: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Send a request and wait (30 s at most, unless told) for its reply fields."""
         reply: dict[str, Any] = self.wait(self.request(op, fields), timeout)

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import protocol, serde
+from .. import protocol, serde, timing
 from ..ids import new_id
 
 if TYPE_CHECKING:
@@ -319,7 +319,7 @@ class NetworkQueue:
             self._unacked.clear()
         if items:
             try:
-                self._send_qack(items).result(5)
+                wait_while_reachable([self._send_qack(items)], self._client)
             except Exception:
                 pass
 
@@ -425,7 +425,19 @@ def ack_auto_items(client: Client) -> None:
                 q.release_prefetched()
             except Exception:  # the connection is down: its end hands them back
                 pass
-    cf.wait(list(_ACKS_IN_FLIGHT), 5)
+    wait_while_reachable(list(_ACKS_IN_FLIGHT), client)
+
+
+def wait_while_reachable(futures: list[cf.Future[Any]], client: Client, limit: float = 5.0) -> None:
+    """Wait up to ``limit`` seconds for ``futures``, but not for a master ``client`` has been
+    cut off from for PROXY_MASTER_GRACE seconds: one restarting is waited for, one gone is not
+    (what was not acknowledged then is delivered again, never lost)."""
+    deadline = time.monotonic() + limit
+    while futures and (left := deadline - time.monotonic()) > 0:
+        _, pending = cf.wait(futures, min(timing.PROXY_POLL, left))
+        if not pending or client.down_for >= timing.PROXY_MASTER_GRACE:
+            return
+        futures = list(pending)
 
 
 def _ack_at_exit() -> None:

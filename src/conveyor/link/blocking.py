@@ -198,6 +198,9 @@ class BlockingLink(LinkState):
         self._transport: _Plain | None = None
         self._conn: protocol.Connection | None = None
         self._reader: threading.Thread | None = None
+        #: Monotonic time the connection was lost at (None while it is up, or before the first).
+        self.down_since: float | None = None
+        self._closed = threading.Event()  # set by close(): the reconnect loop stops pausing
         self._liveness = Liveness(self.heartbeat, clock())
 
     def _new_future(self) -> cf.Future[Any]:
@@ -293,6 +296,7 @@ class BlockingLink(LinkState):
                     log.exception("connection to %s: unexpected error; reconnecting", self.address)
             with self._wlock, self._lock:
                 self._transport = None
+                self.down_since = time.monotonic()
             self.plan.lost(_peer_ip(transport.sock))  # another master first, if there is one
             transport.close()
             while not self._closing:
@@ -302,7 +306,7 @@ class BlockingLink(LinkState):
                     delay = self._attempt_failed(exc)
                     if delay is None:
                         return
-                    time.sleep(delay)
+                    self._closed.wait(delay)  # close() cuts the pause short
                     continue
                 # Resend before anyone else writes on the new connection (the write lock), and
                 # handle what came with the welcome before anyone reads after it (the read role).
@@ -313,6 +317,7 @@ class BlockingLink(LinkState):
                                 new.close()
                                 return
                             self._transport, self._conn = new, conn
+                            self.down_since = None
                         self.limited.info(f"reconnected {self.address}", "reconnected to %s", self.address)
                         self.plan.succeeded()
                         self._resend()
@@ -457,6 +462,7 @@ class BlockingLink(LinkState):
         with self._wlock, self._lock:
             self._closing = True
             transport, self._transport = self._transport, None
+        self._closed.set()
         if transport is not None:
             # Shut down, and close only once the reader thread is gone: epoll forgets a
             # closed socket, so closing at once could leave it waiting for its next ping.
