@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import random
-
 from conveyor.ids import new_id
 from conveyor.master.idset import IdSet
 from conveyor.master.results import Subscriptions
 from conveyor.records import Result
 
+from .set_model import behaves_as_a_set
+
 
 def test_it_behaves_as_a_set_through_growth_tombstones_and_shrinking():
-    rng = random.Random(7)
-    ids = [new_id() for _ in range(5000)]
-    model: set[str] = set()
-    s = IdSet()
-    for _ in range(40_000):
-        tid = rng.choice(ids)
-        if rng.random() < 0.55:
-            assert s.add(tid) == (tid not in model)
-            model.add(tid)
-        else:
-            assert s.discard(tid) == (tid in model)
-            model.discard(tid)
-        assert len(s) == len(model)
-    assert all((tid in s) == (tid in model) for tid in ids)
-    assert 3 not in s and "" not in s
+    behaves_as_a_set(IdSet, n_ids=5000, steps=40_000, p_add=0.55)
 
 
 def test_a_drained_set_gives_its_memory_back_and_a_full_one_costs_a_few_bytes_a_task():

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import random
-
 from conveyor.ids import new_id
 from conveyor.master.idshards import IdShards
 
+from .set_model import behaves_as_a_set
+
 
 def test_behaves_as_a_set_under_random_adds_and_discards():
-    rng = random.Random(7)
-    ids = [new_id() for _ in range(3000)]
-    s, model = IdShards(), set()
-    for _ in range(20_000):
-        tid = rng.choice(ids)
-        if rng.random() < 0.6:
-            assert s.add(tid) == (tid not in model)
-            model.add(tid)
-        else:
-            assert s.discard(tid) == (tid in model)
-            model.discard(tid)
-        assert len(s) == len(model)
-    assert all((tid in s) == (tid in model) for tid in ids)
-    assert 42 not in s and "" not in s
+    behaves_as_a_set(IdShards, n_ids=3000, steps=20_000, p_add=0.6)
 
 
 def test_ids_spread_over_the_shards_and_a_drained_set_keeps_nothing():

@@ -183,6 +183,26 @@ def test_sqlite_errors_during_operation_are_store_errors(tmp_path):
     with pytest.raises(StoreError, match="closed"):
         s.get("a")
 
+def _kill_when_it_says(script: str, args: list[str], src: Path, line: bytes) -> None:
+    """Run ``script`` (with conveyor from ``src``) until it prints ``line``, then kill -9 it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, "-c", script, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, f"the child did not print {line!r} in time"
+        got = proc.stdout.readline()
+        assert got.strip() == line, (got, proc.stderr.read() if proc.poll() is not None else b"")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 @pytest.mark.parametrize("sync", ["normal", "full"])
@@ -197,23 +217,7 @@ def test_sqlite_commits_survive_sigkill(tmp_path, sync):
         print("done", flush=True)
         time.sleep(120)
     """)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path), sync],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "child did not finish enqueueing in time"
-        line = proc.stdout.readline()
-        assert line.strip() == b"done", (line, proc.stderr.read() if proc.poll() is not None else b"")
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
+    _kill_when_it_says(child, [str(tmp_path), sync], src, b"done")
     s = SQLiteStore(tmp_path)
     try:
         assert s.stats()["q"] == QueueStats(ready=1000)
@@ -498,23 +502,7 @@ def test_sqlite_counts_equal_a_recount_after_a_kill_mid_stream(tmp_path):
                 print("busy", flush=True)  # the parent kills it from here on
         random_mix(store, 11, 10**9, on_step=step)
     """)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        assert ready, "child did not start its mix in time"
-        line = proc.stdout.readline()
-        assert line.strip() == b"busy", (line, proc.stderr.read() if proc.poll() is not None else b"")
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
+    _kill_when_it_says(child, [str(tmp_path)], src, b"busy")
     s = SQLiteStore(tmp_path)
     try:
         from conveyor.store.conformance_counts import assert_counts_match
