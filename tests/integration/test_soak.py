@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import pytest
 
 import conveyor
 from conveyor import protocol
+from conveyor.client.client import TaskFuture
 from conveyor.cluster import LocalCluster
 from tests.faults.history import History, check, inspect_all
 from tests.pg import fresh_postgres_dsn  # noqa: F401 (a fixture)
@@ -49,6 +51,7 @@ MASTERS, WORKERS, CONCURRENCY, CLIENTS = 3, 4, 4, 3
 KILLS = 6
 BATCH = 250  # tasks per submit frame
 IN_FLIGHT = 1500  # unfinished tasks per client: submits go on during every kill
+INSPECTED = 5000  # tasks checked through inspect as well as in the store
 BACK_AIM = 5.0  # the issue: clients and workers back at work within 5 s
 
 pytestmark = pytest.mark.timeout(420)
@@ -80,12 +83,15 @@ class SoakClient(conveyor.Client):
         self._core._on_push = counting  # type: ignore[method-assign]
 
     def _resolver(self, fut):  # type: ignore[no-untyped-def]
-        def resolve(result: Any) -> None:
-            with self._count_lock:
-                self.deliveries[result.id] += 1
-                self.delivery_times.append(time.monotonic())
-            fut(result)
-        return resolve
+        # The future stays the callback (the client finds futures among the callbacks to
+        # give them progress reports), counting each call: a class with one more method.
+        fut.__class__ = CountingFuture
+        return fut
+
+    def delivered_one(self, task_id: str) -> None:
+        with self._count_lock:
+            self.deliveries[task_id] += 1
+            self.delivery_times.append(time.monotonic())
 
     def send_batch(self, specs: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> tuple[list[Any], Any]:
         """Submit ``(fn, args, options)`` tasks in one frame: their futures and the commit's."""
@@ -93,6 +99,14 @@ class SoakClient(conveyor.Client):
 
     def unfinished(self) -> int:
         return len(self.acked) - len(self.deliveries)
+
+
+class CountingFuture(TaskFuture):
+    """A future that tells its SoakClient each time it is given its task's result."""
+
+    def __call__(self, result: Any) -> None:
+        self._client.delivered_one(result.id)  # type: ignore[union-attr]
+        super().__call__(result)
 
 
 @dataclass
@@ -103,6 +117,7 @@ class Kill:
     at: float
     clients: list[SoakClient]  # the clients that were on it
     workers: list[int]  # pids of the workers that were on it
+    unfinished: int = 0  # acknowledged tasks without a result when it was killed
     client_back: dict[int, float] = field(default_factory=dict)  # client index -> delay
     worker_seen: dict[int, float] = field(default_factory=dict)  # pid -> monotonic time on a live master
 
@@ -134,6 +149,27 @@ def _status(cluster: LocalCluster) -> dict[str, Any] | None:
         return None
 
 
+def _stored_histories(dsn: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each task's state, attempt count and attempt log as PostgreSQL has them, in the
+    shape of ``inspect`` (the fields tests/faults/history.py reads)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        tasks = conn.execute("SELECT id, state, attempts FROM tasks WHERE id = ANY(%s)", (ids,)).fetchall()
+        rows = conn.execute("SELECT task_id, number, outcome FROM attempts WHERE task_id = ANY(%s) "
+                            "ORDER BY task_id, number", (ids,)).fetchall()
+    out: dict[str, dict[str, Any]] = {tid: {"state": state, "attempts": n, "attempt_log": []}
+                                      for tid, state, n in tasks}
+    for tid, number, outcome in rows:
+        out[tid]["attempt_log"].append({"number": number, "outcome": outcome})
+    return out
+
+
+def _essentials(info: dict[str, Any]) -> tuple[Any, ...]:
+    return (info.get("state"), info.get("attempts"),
+            [(a["number"], a["outcome"]) for a in info.get("attempt_log", ())])
+
+
 def _executions(log: Path) -> list[tuple[str, int, int, float]]:
     """The execution log's lines: (key, pid, parent pid, monotonic start)."""
     out = []
@@ -144,6 +180,7 @@ def _executions(log: Path) -> list[tuple[str, int, int, float]]:
 
 
 def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp_path):  # noqa: F811
+    set_up = time.monotonic()
     authkey = secrets.token_hex(16).encode()
     masters = [make_cluster(workers=0, authkey=authkey, master_args=["--store", fresh_postgres_dsn],
                             modules=[TASKS, FO]).start() for _ in range(MASTERS)]
@@ -210,6 +247,7 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
                          sum(c.address.port == m.port for c in clients))
             kill = Kill(victim, 0.0, [c for c in clients if c.address.port == victim.port],
                         [w["pid"] for w in statuses[id(victim)]["workers"]])
+            kill.unfinished = sum(c.unfinished() for c in clients)
             kill.at = time.monotonic()
             victim.kill_master(signal.SIGKILL)
             kills.append(kill)
@@ -220,6 +258,7 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
         assert not any(p.is_alive() for p in producers) and not errors, errors
         wait_for(lambda: all(c.unfinished() == 0 for c in clients), 240, "every result")
         wall = time.monotonic() - started
+        print(f"set up in {started - set_up:.1f}s; {TOTAL} tasks through in {wall:.1f}s")
     finally:
         stop.set()
         for p in producers:
@@ -230,6 +269,7 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
     unacked = set().union(*(c.unacked for c in clients))
     assert len(acked) + len(unacked) == TOTAL
     history = History(submitted=list(acked))
+    problems: list[str] = []
     for c in clients:
         for tid in c.acked:
             try:
@@ -238,14 +278,33 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
                 value = exc
             history.delivered += [(tid, value)] * c.deliveries[tid]
     expected_key = {tid: key for key, tid in key_of.items()}
-    history.inspected = inspect_all(clients[0], list(acked))
+    checking = time.monotonic()
+    # Every task's attempt history as the store keeps it (one query: inspecting 50,000
+    # tasks one by one takes the masters 15-20 s), and ``inspect`` of a sample, which
+    # must say the same.
+    history.inspected = _stored_histories(fresh_postgres_dsn, list(acked))
+    sample = random.Random(0).sample(sorted(acked), min(len(acked), INSPECTED))
+    with ThreadPoolExecutor(CLIENTS) as pool:  # each client asks its own master for a share
+        for part in pool.map(lambda ci: inspect_all(clients[ci], sample[ci::CLIENTS]), range(CLIENTS)):
+            for tid, info in part.items():
+                seen = _essentials(info)
+                if seen != _essentials(history.inspected.get(tid, {})):
+                    problems.append(f"{tid}: inspect says {seen}, the store {history.inspected.get(tid)}")
+                history.inspected[tid] = info
+    print(f"read {len(history.inspected)} attempt histories and inspected {len(sample)} tasks in "
+          f"{time.monotonic() - checking:.1f}s")
     history.read_executions(log, key_of)
-    problems = check(history, expected_key.__getitem__)
+    problems += check(history, expected_key.__getitem__)
     problems += [f"{tid}: ran {history.executions[tid]} times, expected {n}"
                  for tid, n in acked.items() if history.executions[tid] != n]
     problems += [f"{tid}: submit not acknowledged, delivered {c.deliveries[tid]} times"
                  for c in clients for tid in c.unacked if c.deliveries[tid] > 1]
     wire_twice = sum(n - 1 for c in clients for n in c.pushed.values() if n > 1)
+    # Progress is best effort (the latest report wins), but it must cross the masters.
+    reporting = [f for c in clients for tid, f in c.futures.items()
+                 if tid in acked and expected_key[tid].startswith("t") and int(expected_key[tid][1:]) % 10 == 5]
+    progressed = sum(f.progress is not None for f in reporting)
+    problems += [] if progressed else ["no progress report reached a client"]
 
     # -- back at work after each kill -----------------------------------------------
     runs = _executions(log)
@@ -259,14 +318,17 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
         worst = max([*kill.client_back.values(), *worker_back.values(),
                      *(float("inf") for _ in missing)], default=0.0)
         backs.append(worst)
-        print(f"kill {k} of {kill.victim.address}: {len(kill.clients)} client(s) back after "
+        print(f"kill {k} of {kill.victim.address} ({kill.unfinished} tasks unfinished): "
+              f"{len(kill.clients)} client(s) back after "
               f"{_secs(kill.client_back.values())}, {len(kill.workers)} worker(s) back after "
               f"{_secs(worker_back.values())}{f', {len(missing)} never seen back' if missing else ''}")
         problems += [f"kill {k}: worker {pid} never reconnected" for pid in missing]
+        problems += [] if kill.unfinished else [f"kill {k}: no load (every task had finished)"]
     assert worker_pids == {w.pid for w in workers}
     print(f"{TOTAL} tasks ({len(acked)} acknowledged), {len(kills)} kills of {MASTERS} masters, "
           f"{WORKERS} workers x {CONCURRENCY}, {CLIENTS} clients: {wall:.1f}s, {TOTAL / wall:.0f} tasks/s; "
           f"{sum(history.executions.values())} executions; {wire_twice} result(s) pushed twice on the wire; "
+          f"progress seen on {progressed} of {len(reporting)} progress tasks; "
           f"back at work after {_secs(backs)} (aim {BACK_AIM:.0f}s)")
     for c in clients:
         c.close()
