@@ -42,7 +42,7 @@ from conveyor.cluster import LocalCluster
 from tests.faults.history import History, check, inspect_all
 from tests.pg import fresh_postgres_dsn  # noqa: F401 (a fixture)
 
-from ..waiting import wait_for
+from ..waiting import wait_for, wait_until
 from .conftest import TASKS
 
 FO = "tests.integration.fotasks"
@@ -256,7 +256,8 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
         for p in producers:
             p.join(240)
         assert not any(p.is_alive() for p in producers) and not errors, errors
-        wait_for(lambda: all(c.unfinished() == 0 for c in clients), 240, "every result")
+        # A result that never comes is listed with the other problems below, not a bare timeout.
+        all_results = wait_until(lambda: all(c.unfinished() == 0 for c in clients), 120)
         wall = time.monotonic() - started
         print(f"set up in {started - set_up:.1f}s; {TOTAL} tasks through in {wall:.1f}s")
     finally:
@@ -269,7 +270,7 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
     unacked = set().union(*(c.unacked for c in clients))
     assert len(acked) + len(unacked) == TOTAL
     history = History(submitted=list(acked))
-    problems: list[str] = []
+    problems: list[str] = [] if all_results else ["not every acknowledged submit got its result within 120 s"]
     for c in clients:
         for tid in c.acked:
             try:
