@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 import conveyor
@@ -161,12 +162,14 @@ def _stored_histories(dsn: str, ids: list[str]) -> dict[str, dict[str, Any]]:
 
     with psycopg.connect(dsn) as conn:
         tasks = conn.execute("SELECT id, state, attempts FROM tasks WHERE id = ANY(%s)", (ids,)).fetchall()
-        rows = conn.execute("SELECT task_id, number, outcome FROM attempts WHERE task_id = ANY(%s) "
-                            "ORDER BY task_id, number", (ids,)).fetchall()
+        rows = conn.execute("SELECT task_id, number, outcome, owner, worker, leased_at, finished_at "
+                            "FROM attempts WHERE task_id = ANY(%s) ORDER BY task_id, number", (ids,)).fetchall()
     out: dict[str, dict[str, Any]] = {tid: {"state": state, "attempts": n, "attempt_log": []}
                                       for tid, state, n in tasks}
-    for tid, number, outcome in rows:
-        out[tid]["attempt_log"].append({"number": number, "outcome": outcome})
+    for tid, number, outcome, owner, worker, leased_at, finished_at in rows:
+        out[tid]["attempt_log"].append({
+            "number": number, "outcome": outcome, "owner": owner, "leased_at": leased_at,
+            "finished_at": finished_at, "worker": msgpack.unpackb(worker) if worker else None})
     return out
 
 
@@ -301,8 +304,9 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
           f"{time.monotonic() - checking:.1f}s")
     history.read_executions(log, key_of)
     problems += check(history, expected_key.__getitem__)
-    problems += [f"{tid}: ran {history.executions[tid]} times, expected {n}"
-                 for tid, n in acked.items() if history.executions[tid] != n]
+    again = [tid for tid, n in acked.items() if history.executions[tid] != n]
+    problems += [f"{tid} ({expected_key[tid]}): ran {history.executions[tid]} times, expected {acked[tid]}"
+                 for tid in again]
     problems += [f"{tid}: submit not acknowledged, delivered {c.deliveries[tid]} times"
                  for c in clients for tid in c.unacked if c.deliveries[tid] > 1]
     wire_twice = sum(n - 1 for c in clients for n in c.pushed.values() if n > 1)
@@ -314,6 +318,13 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
 
     # -- back at work after each kill -----------------------------------------------
     runs = _executions(log)
+    if again:  # what happened to the first few: their executions and attempts, against the kills
+        kill_times = ", ".join(f"kill {k} of {kl.victim.address} at {kl.at:.3f}" for k, kl in enumerate(kills, 1))
+        print(f"tasks run again ({len(again)}); {kill_times}")
+        for tid in again[:5]:
+            key = expected_key[tid]
+            print(f"  {tid} ({key}): executions {[(p, pp, at) for k_, p, pp, at in runs if k_ == key]}; "
+                  f"attempts {history.inspected.get(tid, {}).get('attempt_log')}")
     backs: list[float] = []
     for k, kill in enumerate(kills, 1):
         worker_back = {}
