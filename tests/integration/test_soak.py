@@ -320,7 +320,13 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
     runs = _executions(log)
     if again:  # what happened to the first few: their executions and attempts, against the kills
         kill_times = ", ".join(f"kill {k} of {kl.victim.address} at {kl.at:.3f}" for k, kl in enumerate(kills, 1))
-        print(f"tasks run again ({len(again)}); {kill_times}")
+        print(f"tasks run again ({len(again)}); {kill_times}; time.time() - monotonic {time.time() - time.monotonic():.3f}")
+        # Which master handed leases back, and when (wall clock), beside who led.
+        for m in masters:
+            for path in sorted(m.log_dir.glob("*master*.log")):
+                for line in path.read_text(errors="replace").splitlines():
+                    if "gone silent" in line or "leads the cluster" in line or "listening on" in line:
+                        print(f"  {path.parent.name}/{path.name}: {line}")
         for tid in again[:5]:
             key = expected_key[tid]
             print(f"  {tid} ({key}): executions {[(p, pp, at) for k_, p, pp, at in runs if k_ == key]}; "
