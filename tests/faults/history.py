@@ -39,10 +39,12 @@ class History:
         self.delivered.append((task_id, value))
 
     def read_executions(self, path: Path, id_of: Mapping[str, str]) -> None:
-        """Count the lines of an execution log; ``id_of`` maps a line to its task id."""
+        """Count the lines of an execution log; ``id_of`` maps a line's first word (the
+        task's key; more words may follow) to its task id."""
         if path.exists():
-            for line in path.read_text().split():
-                self.executions[id_of[line]] += 1
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    self.executions[id_of[line.split()[0]]] += 1
 
 
 def check(h: History, expected: Callable[[str], Any] | None = None) -> list[str]:
@@ -77,6 +79,16 @@ def _lease_problems(tid: str, info: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def inspect_all(client: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """``client.inspect`` of every id."""
-    return {tid: client.inspect(tid) for tid in ids}
+def inspect_all(client: Any, ids: Iterable[str], batch: int = 500) -> dict[str, dict[str, Any]]:
+    """``client.inspect`` of every id, ``batch`` requests pipelined at a time (a soak
+    inspects tens of thousands of tasks: one round trip each would take minutes)."""
+    from conveyor import protocol
+
+    ids = list(ids)
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(ids), batch):
+        chunk = ids[i:i + batch]
+        replies = client.requests([(protocol.INSPECT, {"id": tid}) for tid in chunk])
+        for tid, reply in zip(chunk, replies):
+            out[tid] = client.wait(reply, 60)["task"]
+    return out

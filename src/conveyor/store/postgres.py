@@ -1684,9 +1684,12 @@ class PostgresStore(Store):
                 "WHERE heartbeat_at >= clock_timestamp() - make_interval(secs => %s)))")
         params: tuple[Any, ...] = (float(timeout),)
         if limit is not None:
-            dead = (f"seq IN (SELECT seq FROM tasks WHERE state = 'leased' AND {dead} "
+            # The condition again outside the bounded pick: a row it picked that another
+            # master handed back and leased again while this waited for its lock is
+            # rechecked as it is now (a live master's lease), not as the pick saw it.
+            dead = (f"{dead} AND seq IN (SELECT seq FROM tasks WHERE state = 'leased' AND {dead} "
                     "ORDER BY seq LIMIT %s)")
-            params = (float(timeout), int(limit))
+            params = (float(timeout), float(timeout), int(limit))
         with self.transaction():
             n = len(self._return_to_ready(dead, params, now))
             if limit is None or n < limit:
