@@ -7,6 +7,7 @@ Against a scripted master on 127.0.0.1 (the FakeMaster of test_link.py).
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
 from conveyor import protocol
@@ -158,3 +159,41 @@ def test_close_wakes_the_reader_thread_at_once():
         link.close()
         master.close()
     assert not master.errors
+
+
+def test_a_reset_read_by_the_waiting_caller_wakes_the_reader_thread_to_reconnect():
+    """The master resets the connection (as the kernel does for a master killed with unread
+    bytes) while a caller holds the read role: the caller reads the reset, and the reader
+    thread must learn of it at once (the caller's shutdown of the socket wakes its epoll),
+    not from the master's silence (60 s of heartbeat here)."""
+    connections: list[int] = []
+
+    def script(n: int, sock: socket.socket, conn: protocol.Connection) -> None:
+        got: list[protocol.Message] = []
+        _welcome(sock, conn, got, n, heartbeat=60.0)
+        connections.append(n)
+        if n > 0:  # the link came back: hold this connection until it closes
+            while True:
+                try:
+                    read_message(sock, conn, got)
+                except AssertionError:
+                    return
+        request = read_message(sock, conn, got)
+        while request.op == protocol.PING:
+            request = read_message(sock, conn, got)
+        assert wait_for(lambda: links[0]._rlock.locked(), 10)  # the caller reads, not the reader thread
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, not a clean end
+
+    links: list[BlockingLink] = []
+    master = FakeMaster(script)
+    link = BlockingLink(("127.0.0.1", master.port), KEY, role="worker")
+    links.append(link)
+    try:
+        link.connect()
+        fut = link.request_nowait(protocol.STATUS, {})
+        link.wait_reading(fut.done, timeout=10)  # reads the reset itself and gives up the role
+        assert wait_for(lambda: len(connections) >= 2, 20), "the reader thread did not reconnect"
+    finally:
+        link.close()
+        master.close()
