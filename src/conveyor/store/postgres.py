@@ -138,6 +138,8 @@ from .validate import (
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
+#: Inserts after which the store's connection first re-plans its statements (then at each doubling).
+REPLAN_FIRST = 1000
 #: Payload bytes per notification: PostgreSQL refuses 8000 and more.
 NOTIFY_BUDGET = 7000
 #: The states a bounded put counts against the queue's maxsize (Store.enqueue_bounded).
@@ -323,6 +325,13 @@ class PostgresStore(Store):
         # Statements not sent yet (see transaction()): control statements, and writes whose
         # outcome nothing waits for (_later); each (sql, params).
         self._prelude: list[tuple[str, Any]] = []
+        # Plans are cached per prepared statement, and a generic plan made while the table
+        # was small (a seq scan of a few pages) stays when it has grown: re-plan (DISCARD
+        # PLANS, with the next transaction) after REPLAN_FIRST inserts, then each time the
+        # inserts since start have doubled.
+        self._inserted = 0
+        self._replan_after = REPLAN_FIRST
+        self._replan = False
         # Count changes of each open transaction level, innermost last: (table, queue,
         # name, state) -> delta, written to ``counts``/``totals`` at COMMIT.
         self._deltas: list[dict[_Key, int]] = []
@@ -428,6 +437,9 @@ class PostgresStore(Store):
                 if depth == 0:
                     self._prelude = [("BEGIN", None)] if durable else [
                         ("BEGIN", None), ("SET LOCAL synchronous_commit = off", None)]
+                    if self._replan:
+                        self._replan = False
+                        self._prelude.insert(0, ("DISCARD PLANS", None))
                     self._bare = not savepoints
                     self._deltas = []
                 elif not bare:
@@ -689,6 +701,9 @@ class PostgresStore(Store):
         for task_id, queue, name, state in self._x(_INSERT_TASKS, cols).fetchall():
             self._note(queue, name, None, state)
             inserted.add(task_id)
+        self._inserted += len(inserted)
+        if self._inserted >= self._replan_after:
+            self._replan, self._replan_after = True, 2 * self._replan_after
         return inserted
 
     def _enqueue_linked(self, tasks: Sequence[NewTask], now: float) -> list[bool]:
