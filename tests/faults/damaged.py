@@ -37,12 +37,29 @@ def build_store(base: Path) -> tuple[Path, dict[str, int]]:
 
 
 def damage(data: Path, seed: int = 10) -> None:
-    """Write 8 KiB of random bytes into the middle of the store file."""
+    """Write 8 KiB of random bytes into the middle of the store file, where they hit pages in use.
+
+    How the pages lie depends on the run that built the store: 8 KiB at exactly the middle
+    may land on free pages, which no check can find wrong. The first of a few places near
+    the middle where ``PRAGMA integrity_check`` sees the damage is kept.
+    """
+    from conveyor.store.check import integrity_check
+
     path = data / "conveyor.db"
     size = path.stat().st_size
-    with open(path, "r+b") as f:
-        f.seek(size // 2)
-        f.write(random.Random(seed).randbytes(8192))
+    noise = random.Random(seed).randbytes(8192)
+    for where in (size // 2, size * 2 // 5, size * 3 // 5, size // 3, size * 2 // 3):
+        with open(path, "r+b") as f:
+            f.seek(where)
+            before = f.read(len(noise))
+            f.seek(where)
+            f.write(noise)
+        if not integrity_check(path).ok:
+            return
+        with open(path, "r+b") as f:  # free pages there: put them back, try elsewhere
+            f.seek(where)
+            f.write(before)
+    raise AssertionError(f"no damage near the middle of {path} was seen by integrity_check")
 
 
 def conveyor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
