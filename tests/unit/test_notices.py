@@ -42,3 +42,27 @@ def test_a_malformed_announcement_is_ignored() -> None:
     notices.handle(WORK_CHANNEL, "not json")
     notices.handle(WORK_CHANNEL, json.dumps({"no": "list"}))
     assert notices.heard == 0
+
+
+def test_own_announcements_never_reach_the_loop() -> None:
+    """The listening thread drops this master's own announcements (both the JSON the store
+    writes and PostgreSQL's json_build_array spelling) and posts the others' to the loop."""
+    notices, _ = _notices()
+
+    class Loop:
+        def __init__(self) -> None:
+            self.posted: list[tuple[str | None, str]] = []
+
+        def is_closed(self) -> bool:
+            return False
+
+        def call_soon_threadsafe(self, fn, channel, payload) -> None:  # type: ignore[no-untyped-def]
+            self.posted.append((channel, payload))
+
+    loop = Loop()
+    notices._loop = loop  # type: ignore[assignment]
+    notices._post(WORK_CHANNEL, json.dumps(["me", ["q"]]))
+    notices._post(WORK_CHANNEL, '["me", ["q"]]')
+    notices._post(WORK_CHANNEL, json.dumps(["mex", ["q"]]))  # another master whose id starts alike
+    notices._post(None, "")  # a listener restart always reaches the loop
+    assert loop.posted == [(WORK_CHANNEL, json.dumps(["mex", ["q"]])), (None, "")]

@@ -62,6 +62,9 @@ class Notices:
     def __init__(self, ctx: Context, master_id: str, *, queues: QueueService | None = None) -> None:
         self.ctx = ctx
         self.master_id = master_id
+        # Every payload begins with its sender's id (json); this master's own announcements
+        # are dropped on the listening thread, without waking the loop for nothing.
+        self._own = "[" + json.dumps(master_id) + ","
         self.queues = queues  # whose parked puts room announced elsewhere wakes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,6 +88,8 @@ class Notices:
 
     def _post(self, channel: str | None, payload: str) -> None:
         """On the listening thread: hand one announcement to the master's loop."""
+        if channel is not None and payload.startswith(self._own):
+            return
         loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
