@@ -67,8 +67,9 @@ def test_a_master_refuses_to_start_on_a_store_damaged_mid_file_with_one_line(sou
                     timeout=60)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and proc.stdout == ""
-    (line,) = proc.stderr.strip().splitlines()
-    assert "corrupt" in line and f"conveyor store recover {data} NEW_DIR" in line
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "corrupt" in lines[0] and f"conveyor store recover {data} NEW_DIR" in lines[0]
 
 
 def test_a_sound_store_passes_the_thorough_check_and_the_master_serves(sound, tmp_path):
@@ -158,3 +159,16 @@ def test_counts_of_the_fixture(sound):
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == DONE + LATER
     finally:
         conn.close()
+
+
+def test_check_problems_are_one_line_each_whatever_sqlite_joins():
+    """SQLite before 3.43 returns an integrity check's findings newline-joined in one row,
+    after a heading: each becomes a problem of its own, and a message naming them stays one line."""
+    from conveyor.store.check import _problems
+
+    assert _problems(["ok"]) == []
+    assert _problems(["*** in database main ***\nPage 7: btreeInitPage() returns error code 11\n"
+                      "On tree page 3 cell 0: Child page depth differs"]) == [
+        "Page 7: btreeInitPage() returns error code 11", "On tree page 3 cell 0: Child page depth differs"]
+    assert _problems(["row 1 missing from index tasks_state", "wrong # of entries in index tasks_state"]) == [
+        "row 1 missing from index tasks_state", "wrong # of entries in index tasks_state"]

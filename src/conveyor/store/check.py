@@ -118,6 +118,15 @@ def _has_rowid(conn: sqlite3.Connection, table: str) -> bool:
     return not (sql and "WITHOUT ROWID" in str(sql[0]).upper())
 
 
+def _problems(rows: list[str]) -> list[str]:
+    """The problems of an integrity or quick check's rows, one line each: SQLite before 3.43
+    returns them newline-joined in one row, after a ``*** in database main ***`` heading."""
+    if rows == ["ok"]:
+        return []
+    lines = [line.strip() for row in rows for line in row.splitlines()]
+    return [line for line in lines if line and not line.startswith("*** in database")]
+
+
 def _quick_check_for(conn: sqlite3.Connection, budget: float) -> tuple[list[str], bool]:
     """``PRAGMA quick_check`` for at most ``budget`` seconds of CPU: (problems, whether it finished).
 
@@ -142,7 +151,7 @@ def _quick_check_for(conn: sqlite3.Connection, budget: float) -> tuple[list[str]
         raise
     finally:
         conn.set_progress_handler(None, 0)
-    return ([] if rows == ["ok"] else rows), True
+    return _problems(rows), True
 
 
 @dataclass
@@ -190,8 +199,7 @@ def integrity_check(path: Path, *, connect: Callable[[Path], sqlite3.Connection]
     conn = connect(path) if connect is not None else sqlite3.connect(path, isolation_level=None)
     try:
         rows = [str(r[0]) for r in conn.execute(f"PRAGMA integrity_check({int(max_errors)})")]
-        if rows != ["ok"]:
-            report.problems.extend(rows)
+        report.problems.extend(_problems(rows))
     except sqlite3.DatabaseError as exc:
         report.problems.append(str(exc))
     finally:
