@@ -76,6 +76,50 @@ def test_a_silent_master_is_left_within_seconds(fresh_postgres_dsn, make_cluster
             a.master.send_signal(signal.SIGCONT)
 
 
+def test_a_client_whose_threads_wait_for_results_hears_a_killed_master_close(
+        fresh_postgres_dsn, make_cluster, caplog):  # noqa: F811
+    """Two threads of one client wait for results (each may hold the read role) when their
+    master is killed: the end of the connection must reach the link at once, whichever thread
+    reads it, and never only through the master's silence (seen: the reader thread slept
+    through the end a waiting caller had read, and the client moved after 3 s of silence)."""
+    a, b, authkey = _two_masters(make_cluster, fresh_postgres_dsn)
+    for c in (a, b):
+        c.start_worker("--connect", f"{a.address},{b.address}")
+    wait_for(lambda: _served_by(a) + _served_by(b) == 2, 60, "both workers")
+    stop = threading.Event()
+    done: list[int] = [0]
+    errors: list[BaseException] = []
+    with conveyor.connect(f"{a.address},{b.address}", authkey) as client, \
+            caplog.at_level("INFO", logger="conveyor.link"):
+        def load() -> None:
+            try:
+                while not stop.is_set():
+                    futures = client.submit_many(f"{TASKS}:add", [(i, 1) for i in range(100)])
+                    assert [f.result(60) for f in futures] == [i + 1 for i in range(100)]
+                    done[0] += len(futures)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=load) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(4):
+                wait_for(lambda: done[0] > 0 and client.connected, 60, "results flowing")
+                victim = a if client.address.port == a.port else b
+                before = done[0]
+                victim.kill_master(signal.SIGKILL)
+                victim.start_master()
+                wait_for(lambda b0=before: done[0] >= b0 + 200, 60, "results after the kill")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+    assert not errors, errors
+    silent = [r.getMessage() for r in caplog.records if "silent for" in r.getMessage()]
+    assert not silent, silent
+
+
 # -- conveyor.managers: the masters from CONVEYOR_ADDRESS -----------------------------
 
 def get_failover_queue() -> Any:

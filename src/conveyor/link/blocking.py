@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import os
 import select
 import socket
 import ssl
@@ -35,6 +36,15 @@ from .state import LinkState, broken, unreachable
 log = logging.getLogger("conveyor.link")
 
 _READ_SIZE = 1 << 18
+
+
+def _drain(fd: int) -> None:
+    """Read a non-blocking pipe empty."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 class _Plain:
@@ -201,6 +211,8 @@ class BlockingLink(LinkState):
         #: Monotonic time the connection was lost at (None while it is up, or before the first).
         self.down_since: float | None = None
         self._closed = threading.Event()  # set by close(): the reconnect loop stops pausing
+        self._wake: int | None = None  # the write end of the reader thread's wake-up pipe (epoll)
+        self._caller_saw_end = False  # a caller holding the read role read the end of the connection
         self._liveness = Liveness(self.heartbeat, clock())
 
     def _new_future(self) -> cf.Future[Any]:
@@ -331,12 +343,23 @@ class BlockingLink(LinkState):
         # not be told when the caller lets go (the caller looks for leftovers itself).
         edge = select.epoll() if hasattr(select, "epoll") else None
         poller = select.poll()
+        wake_r = -1
         try:
             poller.register(transport.sock, select.POLLIN)
             if edge is not None:
                 edge.register(transport.sock.fileno(), select.EPOLLIN | select.EPOLLET)
+                # A caller that read the end of the connection wakes this thread through
+                # it once it lets the read role go: the edges the end made may all have come
+                # while callers held the role, and then nothing else would ever wake it.
+                wake_r, wake_w = os.pipe()
+                os.set_blocking(wake_r, False)
+                os.set_blocking(wake_w, False)
+                with self._lock:
+                    self._wake = wake_w
+                edge.register(wake_r, select.EPOLLIN)
         except (OSError, ValueError):  # closed already (a client closed at once)
             if edge is not None:
+                self._close_wake(wake_r)
                 edge.close()
             raise ConnectionLost("connection closed") from None
         liveness = self._liveness
@@ -353,6 +376,8 @@ class BlockingLink(LinkState):
                         raise ConnectionLost(
                             f"master at {self.address} silent for {liveness.silent_for(now):.0f}s")
                     continue
+                if edge is not None:
+                    _drain(wake_r)
                 if self._rlock.acquire(blocking=False):
                     try:
                         while poller.poll(0):  # all of it: the next edge comes with new bytes only
@@ -368,7 +393,26 @@ class BlockingLink(LinkState):
                         self._released.wait(max(0.001, liveness.until_ping(self._clock())))
         finally:
             if edge is not None:
+                self._close_wake(wake_r)
                 edge.close()
+
+    def _close_wake(self, wake_r: int) -> None:
+        """Close the reader thread's wake-up pipe (both ends)."""
+        with self._lock:  # never a write (_wake_reader) to a descriptor closed and reused meanwhile
+            wake, self._wake = self._wake, None
+            if wake is not None:
+                os.close(wake)
+        if wake_r >= 0:
+            os.close(wake_r)
+
+    def _wake_reader(self) -> None:
+        """Make the reader thread poll its socket again (a caller read the end of it)."""
+        with self._lock:
+            if self._wake is not None:
+                try:
+                    os.write(self._wake, b"x")
+                except OSError:  # the pipe is full: it is awake already
+                    pass
 
     def _read_once(self, transport: _Plain, conn: protocol.Connection) -> None:
         """Read what is there and handle its messages; holding the read role."""
@@ -381,10 +425,14 @@ class BlockingLink(LinkState):
                 self._on_message(ev)
 
     def _let_go(self) -> None:
-        """Give the read role up (a reader thread waiting for it, without epoll, is told)."""
+        """Give the read role up (a reader thread waiting for it, without epoll, is told; with
+        epoll, woken if this caller read the end of the connection)."""
         with self._released:
             self._rlock.release()
             self._released.notify_all()
+        if self._caller_saw_end:
+            self._caller_saw_end = False
+            self._wake_reader()
 
     def wait_reading(self, done: Callable[[], bool], timeout: float | None = None) -> None:
         """Wait until ``done()`` (or ``timeout``), reading the socket on this thread if no
@@ -435,6 +483,7 @@ class BlockingLink(LinkState):
             if not isinstance(exc, (ConnectionError, OSError, ssl.SSLError, ProtocolError)):
                 log.exception("connection to %s: unexpected error; reconnecting", self.address)
             transport.shutdown()
+            self._caller_saw_end = True  # _let_go wakes the reader thread to see it too
             return False
 
     # -- requests ----------------------------------------------------------
