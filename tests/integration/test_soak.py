@@ -29,7 +29,6 @@ import os
 import random
 import secrets
 import signal
-import statistics
 import threading
 import time
 from collections import Counter
@@ -362,11 +361,7 @@ def test_kill_9_soak_of_masters_under_load(fresh_postgres_dsn, make_cluster, tmp
     for c in clients:
         c.close()
     assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:40])
-    # The 5 s holds for the kills of a run (their median); a single kill may take a
-    # little longer on a loaded machine (seen: 5.04 s once in 16 runs, the client noticing the
-    # loss at once and its next result late): twice the aim is a failure, whatever the load.
-    assert statistics.median(backs) < BACK_AIM, f"back at work after {_secs(backs)}: over the issue's {BACK_AIM}s"
-    assert max(backs) < 2 * BACK_AIM, f"back at work after {_secs(backs)}: a kill took over {2 * BACK_AIM}s"
+    assert max(backs) < BACK_AIM, f"back at work after {_secs(backs)}: over the issue's {BACK_AIM}s"
 
 
 def _secs(values: Any) -> str:
