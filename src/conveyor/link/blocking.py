@@ -370,14 +370,15 @@ class BlockingLink(LinkState):
                     # Ping every heartbeat, busy or not: the master judges us by what we send.
                     self._send_to(transport, protocol.encode_frame(protocol.PING, 0, {}))
                 wait = liveness.until_check(now)
-                if not (edge.poll(wait) if edge is not None else poller.poll(wait * 1000)):
+                events = edge.poll(wait) if edge is not None else poller.poll(wait * 1000)
+                if not events:
                     now = self._clock()
                     if liveness.silent(now):
                         raise ConnectionLost(
                             f"master at {self.address} silent for {liveness.silent_for(now):.0f}s")
                     continue
-                if edge is not None:
-                    _drain(wake_r)
+                if edge is not None and any(fd == wake_r for fd, _ in events):
+                    _drain(wake_r)  # a caller that read the end let go: this thread reads it again
                 if self._rlock.acquire(blocking=False):
                     try:
                         while poller.poll(0):  # all of it: the next edge comes with new bytes only
