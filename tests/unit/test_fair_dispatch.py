@@ -187,3 +187,57 @@ def test_started_reports_are_batched_and_leave_out_tasks_that_finished_meanwhile
             (protocol.STARTED, {"leases": [["b", 2], ["c", 1]]})]
 
     asyncio.run(main())
+
+
+# -- when a dispatch pass goes round again ------------------------------------------
+
+def _pass_with(worker: Session, leases_per_call: list[int]) -> tuple[list[list[tuple[str, int]]], Wake]:
+    """Run one dispatch pass for ``worker`` against a stub store that leases as many tasks
+    as ``leases_per_call`` says per plan entry; the plan entries asked for, and the wake."""
+    from conveyor.records import Lease
+
+    asked: list[list[tuple[str, int]]] = []
+
+    class Runner:
+        def call(self, fn, plan, now, durable=True):  # type: ignore[no-untyped-def]
+            asked.append([(q, n) for _, q, n in plan])
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result([[Lease(f"t{i}-{k}", q, None, b"", "msgpack", k, {}) for k in range(got)]
+                            for i, ((_, q, _), got) in enumerate(zip(plan, leases_per_call))])
+            return fut
+
+    wake = Wake()
+    ctx = SimpleNamespace(wake=wake, queues=QueueTracker(), sessions={worker.id: worker},
+                          runner=Runner(), clock=time.time)
+    queues = SimpleNamespace(plan=lambda: [], space_freed=lambda q: None)
+    jobs = SimpleNamespace(rate_limit=lambda got, now: got, upstream=lambda got: _none())
+    d = Dispatcher(ctx, queues, jobs)  # type: ignore[arg-type]
+    wake.held = True  # as at the end of a read: the pass is noted, not scheduled
+
+    async def one_pass() -> None:
+        await d.dispatch_pass()
+
+    asyncio.run(one_pass())
+    return asked, wake
+
+
+async def _none() -> dict:
+    return {}
+
+
+def test_a_lease_that_comes_back_short_from_the_only_queue_ends_the_passes():
+    """One task for a worker with room for eight: its queue is empty now, and another pass
+    would only cost a transaction that leases nothing."""
+    w = _worker("w", concurrency=8, credit=8)
+    asked, wake = _pass_with(w, [1])
+    assert asked == [[("default", 8)]]
+    assert not wake.due
+
+
+def test_a_full_lease_or_a_worker_with_other_queues_goes_round_again():
+    full, wake = _pass_with(_worker("w", concurrency=2, credit=2), [2])
+    assert wake.due  # the queue may hold more, for takers this pass did not serve
+    two = _worker("w2", concurrency=4, credit=4)
+    two.queues = ["a", "b"]
+    asked, wake = _pass_with(two, [1])
+    assert asked == [[("a", 4)]] and wake.due  # "a" is empty now: the next pass tries "b"
