@@ -974,11 +974,15 @@ class PostgresStore(Store):
         """complete for distinct ids: one statement locks, checks, stores and reads the
         waiting dependents, one round trip fewer than reading first.
 
-        It skips the rows another transaction holds (SKIP LOCKED): its snapshot predates
-        their holder's commit, so it could miss a dependent that holder is inserting. When
-        it did not find every task (one held elsewhere, an unknown id, a token out of range),
-        it is undone (its savepoint, locks included: waiting for the others while holding
-        these could deadlock) and _complete_locked does the whole batch."""
+        The tasks are locked first by a statement of their own, pipelined ahead of it (no
+        round trip more): the main statement's snapshot then comes after the locks, so it
+        sees every dependent committed by a transaction that held one of these tasks (an
+        enqueue naming it as a dependency locks it), and later ones wait for this commit.
+        Both skip the rows another transaction holds (SKIP LOCKED): waiting would leave the
+        snapshot before that holder's commit. When it did not find every task (one held
+        elsewhere, an unknown id, a token out of range), it is undone (its savepoint, locks
+        included: waiting for the others while holding these could deadlock) and
+        _complete_locked does the whole batch."""
         if not all(0 <= o.token < 1 << 64 for o in outcomes):
             return self._complete_locked(outcomes, now)
         cols = [[o.id for o in outcomes], [o.token - TOKEN_OFFSET for o in outcomes],
@@ -986,6 +990,8 @@ class PostgresStore(Store):
                 [o.codec for o in outcomes]]
         try:
             with self.transaction():
+                self._later("SELECT 1 FROM tasks WHERE id = ANY(%s::text[]) ORDER BY seq "
+                            "FOR UPDATE SKIP LOCKED", (cols[0],))
                 unbounded = self.cascade_limit is None  # read the dependents now: the whole cascade goes
                 rows = self._x(_COMPLETE_DEPENDENTS if unbounded else _COMPLETE_ALONE,
                                (*cols, cols[0], now)).fetchall()
