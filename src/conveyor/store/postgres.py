@@ -983,11 +983,11 @@ class PostgresStore(Store):
         elsewhere, an unknown id, a token out of range), it is undone (its savepoint, locks
         included: waiting for the others while holding these could deadlock) and
         _complete_locked does the whole batch."""
-        if not all(0 <= o.token < 1 << 64 for o in outcomes):
+        tokens = [_db_token(o.token) for o in outcomes]
+        if None in tokens:
             return self._complete_locked(outcomes, now)
-        cols = [[o.id for o in outcomes], [o.token - TOKEN_OFFSET for o in outcomes],
-                [bool(o.ok) for o in outcomes], [bytes(o.payload) for o in outcomes],
-                [o.codec for o in outcomes]]
+        cols = [[o.id for o in outcomes], tokens, [bool(o.ok) for o in outcomes],
+                [bytes(o.payload) for o in outcomes], [o.codec for o in outcomes]]
         try:
             with self.transaction():
                 self._later("SELECT 1 FROM tasks WHERE id = ANY(%s::text[]) ORDER BY seq "
@@ -1035,64 +1035,64 @@ class PostgresStore(Store):
         return out
 
     def _complete_locked(self, outcomes: Sequence[Outcome], now: float) -> list[str]:
-        """complete that reads (and locks) the tasks first, then decides in Python."""
-        with self.transaction():
-            ids = list(dict.fromkeys(o.id for o in outcomes))
-            # Locked: a concurrent complete of the same task waits, then sees it finished.
-            current: dict[str, list[Any]] = {
-                row[1]: [row[0], *row[2:]] for row in self._x(
-                    "SELECT seq, id, state, attempts, queue, name, lease_owner, started_at, token "
-                    "FROM tasks WHERE id = ANY(%s) ORDER BY seq FOR UPDATE", (ids,)).fetchall()}
-            ended_attempts: list[tuple[str, AttemptRecord]] = []
-            out: list[str] = []
-            cols: list[list[Any]] = [[], [], [], [], []]  # seq, state, ok, payload, codec
-            ended: list[tuple[str, str]] = []
-            for o in outcomes:
-                cur = current.get(o.id)
-                if cur is None:
-                    out.append(UNKNOWN)
-                    continue
-                seq, state, attempts, queue, name, owner, leased_at, tok = cur
-                if state in FINISHED_STATES:
-                    out.append(DUPLICATE)
-                    continue
-                mine = tok is not None and o.token == int(tok) + TOKEN_OFFSET  # the last lease's
-                if o.ok and mine:
-                    cur[1] = SUCCEEDED
-                elif not o.ok and state == LEASED and mine:
-                    cur[1] = FAILED
-                else:
-                    out.append(STALE)
-                    continue
-                out.append(STORED)
-                holder = state == LEASED  # else the last lease's late success: it was handed back
-                ended_attempts.append((o.id, attempt_record(
-                    attempts, owner if holder else None, leased_at if holder else None, now,
-                    ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
-                    None if o.ok else o.payload)))
-                self._note(queue, name, state, cur[1], tid=o.id)
-                for col, value in zip(cols, (seq, cur[1], bool(o.ok), bytes(o.payload), o.codec)):
-                    col.append(value)
-                ended.append((o.id, cur[1]))
-            self._write_attempts(ended_attempts)
-            if ended:
-                store = ("UPDATE tasks t SET state = u.state, result_ok = u.ok, "
-                         "result_payload = u.payload, result_codec = u.codec, finished_at = %s, "
-                         "lease_owner = NULL, lease_deadline = NULL FROM unnest(%s::bigint[], "
-                         "%s::text[], %s::bool[], %s::bytea[], %s::text[]) "
-                         "AS u(seq, state, ok, payload, codec) "
-                         f"WHERE t.seq = u.seq AND t.state NOT IN {_FINISHED_SQL} RETURNING t.id")
-                if self.cascade_limit is not None:  # a bounded cascade reads dependents in steps
-                    self._x(store, (now, *cols))
-                    self._settle(ended, now)
-                else:
-                    # One round trip stores the results and reads (locked) the tasks waiting on them.
-                    dependents = self._x(
-                        f"WITH done AS ({store}) SELECT " + _DEPENDENTS +
-                        " WHERE d.depends_on IN (SELECT id FROM done) "
-                        "AND t.id NOT IN (SELECT id FROM done) ORDER BY t.seq FOR UPDATE OF t",
-                        (now, *cols)).fetchall()
-                    self._settle(ended, now, dependents)
+        """complete that reads (and locks) the tasks first, then decides in Python (inside
+        complete's transaction level: an error undoes it alone)."""
+        ids = list(dict.fromkeys(o.id for o in outcomes))
+        # Locked: a concurrent complete of the same task waits, then sees it finished.
+        current: dict[str, list[Any]] = {
+            row[1]: [row[0], *row[2:]] for row in self._x(
+                "SELECT seq, id, state, attempts, queue, name, lease_owner, started_at, token "
+                "FROM tasks WHERE id = ANY(%s) ORDER BY seq FOR UPDATE", (ids,)).fetchall()}
+        ended_attempts: list[tuple[str, AttemptRecord]] = []
+        out: list[str] = []
+        cols: list[list[Any]] = [[], [], [], [], []]  # seq, state, ok, payload, codec
+        ended: list[tuple[str, str]] = []
+        for o in outcomes:
+            cur = current.get(o.id)
+            if cur is None:
+                out.append(UNKNOWN)
+                continue
+            seq, state, attempts, queue, name, owner, leased_at, tok = cur
+            if state in FINISHED_STATES:
+                out.append(DUPLICATE)
+                continue
+            mine = tok is not None and o.token == int(tok) + TOKEN_OFFSET  # the last lease's
+            if o.ok and mine:
+                cur[1] = SUCCEEDED
+            elif not o.ok and state == LEASED and mine:
+                cur[1] = FAILED
+            else:
+                out.append(STALE)
+                continue
+            out.append(STORED)
+            holder = state == LEASED  # else the last lease's late success: it was handed back
+            ended_attempts.append((o.id, attempt_record(
+                attempts, owner if holder else None, leased_at if holder else None, now,
+                ATTEMPT_SUCCEEDED if o.ok else ATTEMPT_FAILED, note_of(o),
+                None if o.ok else o.payload)))
+            self._note(queue, name, state, cur[1], tid=o.id)
+            for col, value in zip(cols, (seq, cur[1], bool(o.ok), bytes(o.payload), o.codec)):
+                col.append(value)
+            ended.append((o.id, cur[1]))
+        self._write_attempts(ended_attempts)
+        if ended:
+            store = ("UPDATE tasks t SET state = u.state, result_ok = u.ok, "
+                     "result_payload = u.payload, result_codec = u.codec, finished_at = %s, "
+                     "lease_owner = NULL, lease_deadline = NULL FROM unnest(%s::bigint[], "
+                     "%s::text[], %s::bool[], %s::bytea[], %s::text[]) "
+                     "AS u(seq, state, ok, payload, codec) "
+                     f"WHERE t.seq = u.seq AND t.state NOT IN {_FINISHED_SQL} RETURNING t.id")
+            if self.cascade_limit is not None:  # a bounded cascade reads dependents in steps
+                self._x(store, (now, *cols))
+                self._settle(ended, now)
+            else:
+                # One round trip stores the results and reads (locked) the tasks waiting on them.
+                dependents = self._x(
+                    f"WITH done AS ({store}) SELECT " + _DEPENDENTS +
+                    " WHERE d.depends_on IN (SELECT id FROM done) "
+                    "AND t.id NOT IN (SELECT id FROM done) ORDER BY t.seq FOR UPDATE OF t",
+                    (now, *cols)).fetchall()
+                self._settle(ended, now, dependents)
         return out
 
     def nack(self, task_id: str, token: int, now: float, *, delay: float = 0.0,
